@@ -1,0 +1,43 @@
+// Validation and preparation of the arguments of gather_channels and merge_channels_, shared by
+// every backend. Index checks run on the tensors' device and meet the host once per call.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "checks.h"
+
+namespace pyprune_fast {
+
+struct GatherArgs {
+  std::vector<at::Tensor> xs;       // contiguous
+  std::vector<at::Tensor> indices;  // int64, one per tensor
+  std::vector<int64_t> dims;        // wrapped
+};
+
+GatherArgs prepare_gather(at::TensorList xs, at::TensorList indices, at::IntArrayRef dims);
+
+// Cluster members in CSR form: members[offsets[g] : offsets[g + 1]] are the channels of cluster g,
+// ascending, so every backend sums them in the same order (bitwise deterministic results).
+struct MergeArgs {
+  std::vector<int64_t> dims;
+  std::vector<at::Tensor> keep;     // int64 (G)
+  std::vector<at::Tensor> members;  // int64 (C)
+  std::vector<at::Tensor> offsets;  // int64 (G + 1)
+  std::vector<at::Tensor> weights;  // undefined, or (C) in the accumulate type of xs[i]
+};
+
+MergeArgs prepare_merge(
+    at::TensorList xs,
+    at::TensorList assignments,
+    at::TensorList keep,
+    at::IntArrayRef dims,
+    const c10::List<std::optional<at::Tensor>>& weights);
+
+// The accumulate dtype used for x: float for float/half/bfloat16, double for double.
+inline at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace pyprune_fast

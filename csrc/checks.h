@@ -1,0 +1,70 @@
+// Argument checks shared by the kernels of every backend. Messages name the op, the argument,
+// the tensor's position in its list and the offending value.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace pyprune_fast {
+
+// A list argument given once per tensor or once for all of them.
+inline void check_list_length(const char* op, const char* name, size_t got, size_t n, bool optional = false) {
+  TORCH_CHECK_VALUE(
+      got == n || got == 1 || (optional && got == 0), op, ": ", name, " must hold one entry per tensor (", n,
+      ") or one for all", optional ? " (or none)" : "", ", got ", got);
+}
+
+template <class T>
+const T& entry(c10::ArrayRef<T> list, size_t i) {
+  return list.size() == 1 ? list[0] : list[i];
+}
+
+// All of `xs` on one device; returns it (CPU for an empty list).
+inline c10::Device common_device(const char* op, at::TensorList xs) {
+  if (xs.empty()) return c10::Device(c10::kCPU);
+  for (size_t i = 1; i < xs.size(); ++i) {
+    TORCH_CHECK_VALUE(
+        xs[i].device() == xs[0].device(), op, ": all tensors must be on one device, but xs[0] is on ",
+        xs[0].device(), " and xs[", i, "] is on ", xs[i].device());
+  }
+  return xs[0].device();
+}
+
+inline void check_on_device(const char* op, const char* name, size_t i, const at::Tensor& t, c10::Device d) {
+  TORCH_CHECK_VALUE(
+      t.device() == d, op, ": ", name, "[", i, "] is on ", t.device(), " but the tensors are on ", d);
+}
+
+// Wraps a possibly negative dim of xs[i]; an error names the tensor and the dim.
+inline int64_t wrap_dim(const char* op, size_t i, const at::Tensor& x, int64_t dim) {
+  const int64_t nd = x.dim();
+  TORCH_CHECK_VALUE(
+      nd > 0 && dim >= -nd && dim < nd, op, ": dim ", dim, " is out of range for xs[", i, "] with ", nd,
+      " dimension(s)");
+  return dim < 0 ? dim + nd : dim;
+}
+
+// A 1-D integer tensor, returned as int64.
+inline at::Tensor as_index(const char* op, const char* name, size_t i, const at::Tensor& t, c10::Device d) {
+  TORCH_CHECK_TYPE(
+      t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name, "[", i,
+      "] must be an int64 or int32 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1, op, ": ", name, "[", i, "] must be 1-D, got ", t.dim(), "-D");
+  check_on_device(op, name, i, t, d);
+  return t.to(at::kLong);
+}
+
+// x viewed as [outer, channels, inner] around `dim`.
+struct ChannelView {
+  int64_t outer, channels, inner;
+};
+
+inline ChannelView channel_view(const at::Tensor& x, int64_t dim) {
+  ChannelView v{1, x.size(dim), 1};
+  for (int64_t d = 0; d < dim; ++d) v.outer *= x.size(d);
+  for (int64_t d = dim + 1; d < x.dim(); ++d) v.inner *= x.size(d);
+  return v;
+}
+
+}  // namespace pyprune_fast

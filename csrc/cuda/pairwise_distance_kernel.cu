@@ -1,0 +1,102 @@
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda/launch.cuh"
+#include "pairwise_distance.h"
+
+namespace pyprune_fast {
+namespace {
+
+constexpr int kTile = 32;
+constexpr int kRowsPerPass = 8;
+
+// One matrix of the batch: its Gram block, size, first tile in the launch and output.
+struct DistanceJob {
+  int64_t gram_offset;
+  int64_t n;
+  int64_t first_tile;
+  void* out;
+};
+
+// One launch for every matrix: block b takes tile b of the concatenated tile lists. G[j, i] is read
+// through shared memory so that both reads and the write are coalesced.
+template <class scalar_t, class acc_t>
+__global__ void distance_epilogue_kernel(const acc_t* __restrict__ gram, const DistanceJob* __restrict__ jobs,
+                                         int64_t num_jobs, Metric metric) {
+  __shared__ acc_t transposed[kTile][kTile + 1];
+  __shared__ acc_t diag_i[kTile], diag_j[kTile];
+
+  const int64_t tile = blockIdx.x;
+  int64_t lo = 0, hi = num_jobs - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (jobs[mid].first_tile <= tile) lo = mid; else hi = mid - 1;
+  }
+  const DistanceJob job = jobs[lo];
+  const int64_t n = job.n;
+  const int64_t tiles_per_row = (n + kTile - 1) / kTile;
+  const int64_t ti = (tile - job.first_tile) / tiles_per_row, tj = (tile - job.first_tile) % tiles_per_row;
+  const acc_t* g = gram + job.gram_offset;
+  scalar_t* out = static_cast<scalar_t*>(job.out);
+  const int tx = threadIdx.x;
+
+  // transposed[a][b] = G[tj*T + b, ti*T + a]
+  for (int y = threadIdx.y; y < kTile; y += kRowsPerPass) {
+    const int64_t r = tj * kTile + y, c = ti * kTile + tx;
+    if (r < n && c < n) transposed[tx][y] = g[r * n + c];
+  }
+  if (threadIdx.y == 0) {
+    const int64_t i = ti * kTile + tx, j = tj * kTile + tx;
+    if (i < n) diag_i[tx] = g[i * n + i];
+    if (j < n) diag_j[tx] = g[j * n + j];
+  }
+  __syncthreads();
+  for (int y = threadIdx.y; y < kTile; y += kRowsPerPass) {
+    const int64_t i = ti * kTile + y, j = tj * kTile + tx;
+    if (i < n && j < n) {
+      const acc_t d = distance_from_gram<acc_t>(diag_i[y], diag_j[tx], g[i * n + j], transposed[y][tx], i == j, metric);
+      out[i * n + j] = static_cast<scalar_t>(d);
+    }
+  }
+}
+
+std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList xs, c10::string_view metric_name) {
+  const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
+  const auto device = check_pairwise_inputs(xs);
+  if (xs.empty()) return {};
+  c10::cuda::OptionalCUDAGuard guard(device);
+  GramBatch batch = batched_gram(xs, metric);
+
+  std::vector<DistanceJob> jobs;
+  int64_t tiles = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const int64_t n = xs[i].size(0);
+    if (n == 0) continue;
+    jobs.push_back({batch.offsets[i], n, tiles, batch.outputs[i].data_ptr()});
+    tiles += ((n + kTile - 1) / kTile) * ((n + kTile - 1) / kTile);
+  }
+  if (jobs.empty()) return batch.outputs;
+  TORCH_CHECK(tiles < (int64_t(1) << 31), "pairwise_distance: ", tiles, " tiles exceed one launch");
+  auto table = upload_jobs(jobs, device);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs[0].scalar_type(), "pairwise_distance_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    distance_epilogue_kernel<scalar_t, acc_t>
+        <<<static_cast<unsigned int>(tiles), dim3(kTile, kRowsPerPass), 0, at::cuda::getCurrentCUDAStream()>>>(
+            batch.gram.const_data_ptr<acc_t>(), reinterpret_cast<const DistanceJob*>(table.const_data_ptr()),
+            static_cast<int64_t>(jobs.size()), metric);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return batch.outputs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyprune_fast, CUDA, m) {
+  m.impl("pairwise_distance", &pairwise_distance_cuda);
+}
+
+}  // namespace pyprune_fast

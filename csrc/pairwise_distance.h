@@ -1,0 +1,49 @@
+// The backend-independent half of pairwise_distance: argument checks and the Gram matrices of all
+// inputs, computed with one batched matrix product per distinct input shape.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+#include <string_view>
+#include <vector>
+
+namespace pyprune_fast {
+
+enum class Metric { kEuclidean, kSqEuclidean, kCosine };
+
+Metric parse_metric(std::string_view metric);
+
+// 2-D floating tensors of one dtype on one device; returns that device.
+c10::Device check_pairwise_inputs(at::TensorList xs);
+
+// Gram matrices of every input, back to back in one flat buffer of the accumulate dtype
+// (float for float/half/bfloat16, double for double). For the Euclidean metrics the rows are first
+// centred (distances do not change; cancellation in |a|^2 + |b|^2 - 2ab shrinks).
+struct GramBatch {
+  at::Tensor gram;
+  std::vector<int64_t> offsets;   // start of input i's N x N block in `gram`
+  std::vector<at::Tensor> outputs;  // N x N, the inputs' dtype, to be filled by the epilogue
+};
+
+GramBatch batched_gram(at::TensorList xs, Metric metric);  // xs already checked
+
+// The distance of rows i and j from Gram entries. Written so that (i, j) and (j, i) give the same bits,
+// the diagonal is exactly zero, and rounding never makes a NaN or a negative distance.
+template <class acc_t>
+C10_HOST_DEVICE inline acc_t distance_from_gram(acc_t gii, acc_t gjj, acc_t gij, acc_t gji, bool diagonal, Metric metric) {
+  if (diagonal) return acc_t(0);
+  if (metric == Metric::kCosine) {
+    if (gii <= acc_t(0) || gjj <= acc_t(0)) return acc_t(1);
+    const acc_t sim = (gij + gji) * acc_t(0.5) / (std::sqrt(gii) * std::sqrt(gjj));
+    const acc_t d = acc_t(1) - sim;
+    return d < acc_t(0) ? acc_t(0) : (d > acc_t(2) ? acc_t(2) : d);
+  }
+  acc_t d2 = (gii + gjj) - (gij + gji);
+  d2 = d2 > acc_t(0) ? d2 : acc_t(0);
+  return metric == Metric::kEuclidean ? std::sqrt(d2) : d2;
+}
+
+}  // namespace pyprune_fast

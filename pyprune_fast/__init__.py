@@ -1,0 +1,20 @@
+"""pyprune_fast: channel pruning for PyTorch models, with compiled CPU and CUDA ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _extension
+
+_BUILD_INFO = _extension.load()
+
+from . import ops  # noqa: E402  (registers the fake kernels of the ops just loaded)
+
+__all__ = ["build_info", "ops"]
+__version__ = "0.1.0"
+
+
+def build_info() -> dict[str, Any]:
+    """How the extension was built: `torch` and `cuda` (None for a CPU-only build) versions it was built
+    against, `with_cuda`, `openmp`, `cuda_arch_list` and `debug`."""
+    return dict(_BUILD_INFO)

@@ -1,0 +1,175 @@
+"""Typed wrappers over the compiled ops `torch.ops.pyprune_fast.*`, and their fake kernels.
+
+Every op takes one tensor or a list of them and handles a whole list in one call (on CUDA: a few
+batched launches, not one per tensor). Bad arguments raise ValueError or TypeError naming the op,
+the argument, the tensor's position in its list and the offending value. The ops are not
+differentiable; they are meant for pruning decisions and weight surgery.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union, overload
+
+import torch
+from torch import Tensor
+
+__all__ = ["pairwise_distance", "gather_channels", "merge_channels_", "METRICS"]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+Tensors = Union[Tensor, Sequence[Tensor]]
+Indices = Union[Tensor, Sequence[int], Sequence[Tensor]]
+Dims = Union[int, Sequence[int]]
+
+_ops = torch.ops.pyprune_fast
+
+
+def _tensor_list(op: str, name: str, xs: Tensors) -> tuple[list[Tensor], bool]:
+    """(list, whether a single tensor was given)."""
+    if isinstance(xs, Tensor):
+        return [xs], True
+    if isinstance(xs, (list, tuple)) and all(isinstance(x, Tensor) for x in xs):
+        return list(xs), False
+    raise TypeError(f"{op}: {name} must be a tensor or a list of tensors, got {type(xs).__name__}")
+
+
+def _index_list(op: str, name: str, idx: Indices, device: torch.device) -> list[Tensor]:
+    """A tensor, a list of ints (one index tensor), or a list of tensors (one per input)."""
+    if isinstance(idx, Tensor):
+        return [idx]
+    if isinstance(idx, (list, tuple)):
+        if all(isinstance(i, Tensor) for i in idx) and len(idx) > 0:
+            return list(idx)
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            return [torch.tensor(list(idx), dtype=torch.long, device=device)]
+    raise TypeError(f"{op}: {name} must be an index tensor, a list of ints or a list of index tensors, got {idx!r}")
+
+
+def _dim_list(op: str, dims: Dims) -> list[int]:
+    if isinstance(dims, int) and not isinstance(dims, bool):
+        return [dims]
+    if isinstance(dims, (list, tuple)) and all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        return list(dims)
+    raise TypeError(f"{op}: dims must be an int or a list of ints, got {dims!r}")
+
+
+def _device_of(xs: list[Tensor]) -> torch.device:
+    return xs[0].device if xs else torch.device("cpu")
+
+
+@overload
+def pairwise_distance(xs: Tensor, metric: str = ...) -> Tensor: ...
+@overload
+def pairwise_distance(xs: Sequence[Tensor], metric: str = ...) -> list[Tensor]: ...
+def pairwise_distance(xs: Tensors, metric: str = "euclidean") -> Union[Tensor, list[Tensor]]:
+    """Distances between the rows of each 2-D tensor.
+
+    Args:
+        xs: an (N, D) tensor, or a list of them with different N and D (e.g. the flattened filters of
+            every layer). float32/float64 (and float16/bfloat16), all of one dtype and on one device.
+        metric: ``"euclidean"`` (exactly symmetric, exactly 0 on the diagonal, never NaN),
+            ``"sqeuclidean"``, or ``"cosine"`` (1 - cosine similarity in [0, 2]; an all-zero row is at
+            distance 1 from every other row).
+
+    Returns:
+        An (N, N) tensor of the input's dtype and device, or a list of them. Computed from one Gram
+        matrix per input (one batched product per distinct shape) in float32 (float64 for float64
+        input), with a fused epilogue.
+    """
+    lst, single = _tensor_list("pairwise_distance", "xs", xs)
+    if metric not in METRICS:
+        raise ValueError(f"pairwise_distance: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    out = _ops.pairwise_distance(lst, metric)
+    return out[0] if single else out
+
+
+@overload
+def gather_channels(xs: Tensor, indices: Indices, dims: Dims) -> Tensor: ...
+@overload
+def gather_channels(xs: Sequence[Tensor], indices: Indices, dims: Dims) -> list[Tensor]: ...
+def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, list[Tensor]]:
+    """New compact tensors holding only channels ``indices`` of each x along its dim.
+
+    Args:
+        xs: a tensor or a list of tensors (any dtype), all on one device; need not be contiguous.
+        indices: int64/int32 1-D tensor of unique in-range channel indices (or a list of ints), used
+            for every x; or a list of such tensors, one per x. The order of ``indices`` is kept.
+        dims: the channel dim of every x, or one per x; negative dims count from the end.
+
+    Returns:
+        Contiguous tensors shaped like x with ``len(indices)`` channels along dim (a list for a list).
+    """
+    lst, single = _tensor_list("gather_channels", "xs", xs)
+    out = _ops.gather_channels(
+        lst, _index_list("gather_channels", "indices", indices, _device_of(lst)), _dim_list("gather_channels", dims)
+    )
+    return out[0] if single else out
+
+
+def merge_channels_(
+    xs: Tensors,
+    assignments: Indices,
+    keep: Indices,
+    dims: Dims,
+    weights: Optional[Union[Tensor, Sequence[Optional[Tensor]]]] = None,
+) -> Tensors:
+    """Channel addition, in place: channel ``keep[g]`` of x along dim becomes the sum of all channels
+    ``c`` with ``assignments[c] == g``, each multiplied by ``weights[c]`` when given.
+
+    Other channels are left as they are, so ``gather_channels(x, keep, dim)`` afterwards yields the
+    merged compact tensor. Members are summed in ascending channel order in float32 (float64 for
+    float64 x), so results are bitwise the same on every run, on CUDA too.
+
+    Args:
+        xs: a floating-point tensor or list of them, on one device, not sharing memory.
+        assignments: (C,) cluster id in [0, G) of every channel, for every x or one per x.
+        keep: (G,) the channel kept for every cluster; ``assignments[keep[g]] == g`` must hold.
+        dims: the channel dim of every x, or one per x.
+        weights: optional (C,) floating-point weight per channel, for every x or one per x.
+
+    Returns:
+        ``xs``, modified in place.
+    """
+    op = "merge_channels_"
+    lst, _ = _tensor_list(op, "xs", xs)
+    device = _device_of(lst)
+    if weights is None:
+        w: list[Optional[Tensor]] = []
+    elif isinstance(weights, Tensor):
+        w = [weights]
+    elif isinstance(weights, (list, tuple)) and all(x is None or isinstance(x, Tensor) for x in weights):
+        w = list(weights)
+    else:
+        raise TypeError(f"{op}: weights must be None, a tensor or a list of optional tensors, got {weights!r}")
+    _ops.merge_channels_(
+        lst, _index_list(op, "assignments", assignments, device), _index_list(op, "keep", keep, device),
+        _dim_list(op, dims), w,
+    )
+    return xs
+
+
+# ---- fake kernels: shapes only, so torch.compile(fullgraph=True) keeps the ops in its graph ----
+
+
+def _entry(values: Sequence, i: int):
+    return values[0] if len(values) == 1 else values[i]
+
+
+@torch.library.register_fake("pyprune_fast::pairwise_distance")
+def _pairwise_distance_fake(xs: list[Tensor], metric: str) -> list[Tensor]:
+    return [x.new_empty((x.shape[0], x.shape[0])) for x in xs]
+
+
+@torch.library.register_fake("pyprune_fast::gather_channels")
+def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[int]) -> list[Tensor]:
+    outs = []
+    for i, x in enumerate(xs):
+        shape = list(x.shape)
+        shape[_entry(dims, i)] = _entry(indices, i).shape[0]
+        outs.append(x.new_empty(shape))
+    return outs
+
+
+@torch.library.register_fake("pyprune_fast::merge_channels_")
+def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
+    return None
