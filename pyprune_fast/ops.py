@@ -79,6 +79,8 @@ def pairwise_distance(xs: Tensors, metric: str = "euclidean") -> Union[Tensor, l
     lst, single = _tensor_list("pairwise_distance", "xs", xs)
     if metric not in METRICS:
         raise ValueError(f"pairwise_distance: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if not lst:  # no tensor, so no device to dispatch on
+        return []
     out = _ops.pairwise_distance(lst, metric)
     return out[0] if single else out
 
@@ -100,6 +102,8 @@ def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, 
         Contiguous tensors shaped like x with ``len(indices)`` channels along dim (a list for a list).
     """
     lst, single = _tensor_list("gather_channels", "xs", xs)
+    if not lst:
+        return []
     out = _ops.gather_channels(
         lst, _index_list("gather_channels", "indices", indices, _device_of(lst)), _dim_list("gather_channels", dims)
     )
@@ -132,6 +136,8 @@ def merge_channels_(
     """
     op = "merge_channels_"
     lst, _ = _tensor_list(op, "xs", xs)
+    if not lst:
+        return xs
     device = _device_of(lst)
     if weights is None:
         w: list[Optional[Tensor]] = []

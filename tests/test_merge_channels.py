@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from helpers import cpu_and_cuda, device_dtypes, tolerance
+from pyprune_fast import _reference, ops
+
+
+def random_clusters(channels, clusters, device):
+    """assignments (every cluster non-empty) and keep (one member of each cluster, chosen at random)."""
+    assignments = torch.cat([torch.arange(clusters), torch.randint(0, clusters, (channels - clusters,))])
+    assignments = assignments[torch.randperm(channels)]
+    keep = torch.stack([torch.nonzero(assignments == g)[torch.randint(0, int((assignments == g).sum()), ())][0]
+                        for g in range(clusters)])
+    return assignments.to(device), keep.to(device)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("device,dtype", device_dtypes())
+def test_matches_reference(device, dtype, weighted):
+    assignments, keep = random_clusters(24, 9, device)
+    weights = torch.rand(24, device=device, dtype=torch.float64) + 0.5 if weighted else None
+    # A consuming conv (channels on dim 1), a Linear (dim 1) and a 1-D vector (dim 0).
+    xs = [torch.randn(s, device=device).to(dtype) for s in [(16, 24, 3, 3), (10, 24), (24,)]]
+    dims = [1, -1, 0]
+    expected = [_reference.merge_channels_(x.clone(), assignments, keep, d, weights) for x, d in zip(xs, dims)]
+    ops.merge_channels_(xs, assignments, keep, dims, weights)
+    rtol, atol = tolerance(dtype)
+    for x, e in zip(xs, expected):
+        torch.testing.assert_close(x.double(), e.double(), rtol=rtol, atol=atol * 4)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_compact_result_equals_index_add(device):
+    x = torch.randn(8, 30, 5, device=device)
+    assignments, keep = random_clusters(30, 11, device)
+    expected = torch.zeros(8, 11, 5, device=device).index_add_(1, assignments, x)
+    merged = ops.gather_channels(ops.merge_channels_(x, assignments, keep, 1), keep, 1)
+    torch.testing.assert_close(merged, expected)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_other_channels_untouched_and_bitwise_deterministic(device):
+    x = torch.randn(64, 200, 9, device=device)
+    assignments, keep = random_clusters(200, 37, device)
+    runs = [ops.merge_channels_(x.clone(), assignments, keep, 1) for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    untouched = torch.ones(200, dtype=torch.bool, device=device)
+    untouched[keep] = False
+    assert torch.equal(runs[0][:, untouched], x[:, untouched])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_non_contiguous_in_place_and_empty(device):
+    base = torch.randn(12, 7, device=device)
+    x = base.T  # (7, 12) view, not contiguous: must be updated in place
+    assignments, keep = random_clusters(12, 5, device)
+    expected = _reference.merge_channels_(x.clone(), assignments, keep, 1)
+    ops.merge_channels_(x, assignments, keep, 1)
+    torch.testing.assert_close(base.T, expected)
+    empty = torch.randn(0, 12, device=device)
+    ops.merge_channels_(empty, assignments, keep, 1)
+    none = torch.empty(0, dtype=torch.long, device=device)
+    ops.merge_channels_(torch.randn(3, 0, device=device), none, none, 1)
+    assert ops.merge_channels_([], none, none, 0) == []
+
+
+def test_schema_declares_mutation():
+    schema = torch.ops.pyprune_fast.merge_channels_.default._schema
+    assert schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write
+    assert len(schema.returns) == 0
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 5)
+    a, k = torch.tensor([0, 1, 0, 2, 1]), torch.tensor([0, 4, 3])
+    with pytest.raises(ValueError, match=r"merge_channels_: keep\[0\]\[1\] = 3 but assignments\[0\]\[3\] = 2"):
+        ops.merge_channels_(x, a, torch.tensor([0, 3, 1]), 1)
+    with pytest.raises(ValueError, match=r"assignments\[0\] holds 3, out of range for the 3 clusters of keep\[0\]"):
+        ops.merge_channels_(x, torch.tensor([0, 1, 0, 3, 1]), k, 1)
+    with pytest.raises(ValueError, match=r"keep\[0\] holds 4 more than once"):
+        ops.merge_channels_(x, a, torch.tensor([4, 4, 3]), 1)
+    with pytest.raises(ValueError, match=r"keep\[0\] holds 7, out of range for xs\[0\] with 5 channels along dim 1"):
+        ops.merge_channels_(x, a, torch.tensor([0, 7, 3]), 1)
+    with pytest.raises(ValueError, match=r"assignments\[0\] has 5 entries but xs\[0\] has 4 channels along dim 0"):
+        ops.merge_channels_(x, a, k, 0)
+    with pytest.raises(ValueError, match=r"weights\[0\] must have shape \(5,\) to match xs\[0\], got \[4\]"):
+        ops.merge_channels_(x, a, k, 1, torch.ones(4))
+    with pytest.raises(TypeError, match=r"weights\[0\] must be a floating-point tensor, got Long"):
+        ops.merge_channels_(x, a, k, 1, torch.ones(5, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"xs\[0\] must be a floating-point tensor, got Long"):
+        ops.merge_channels_(torch.ones(4, 5, dtype=torch.long), a, k, 1)
+    with pytest.raises(ValueError, match=r"xs\[0\] and xs\[1\] share memory"):
+        ops.merge_channels_([x, x[1:]], a, k, 1)
+    with pytest.raises(ValueError, match=r"keep must hold one entry per tensor \(2\)"):
+        ops.merge_channels_([x, x.clone()], a, [k, k, k], 1)
+    # Nothing was modified by the rejected calls.
+    assert torch.equal(x, x.clone())
+
+
+def test_rejected_call_leaves_tensors_untouched():
+    xs = [torch.randn(4, 5), torch.randn(5)]
+    before = [x.clone() for x in xs]
+    a = torch.tensor([0, 1, 0, 2, 1])
+    with pytest.raises(ValueError):
+        # valid for xs[0], but xs[1]'s keep is wrong: the whole call must fail before touching xs[0]
+        ops.merge_channels_(xs, a, [torch.tensor([0, 4, 3]), torch.tensor([0, 4, 1])], [1, 0])
+    assert all(torch.equal(x, b) for x, b in zip(xs, before))
+
+
+@pytest.mark.needs_cuda
+def test_mixed_devices():
+    x = torch.randn(4, 5, device="cuda")
+    with pytest.raises(ValueError, match=r"keep\[0\] is on cpu but the tensors are on cuda:0"):
+        ops.merge_channels_(x, torch.tensor([0, 1, 0, 2, 1], device="cuda"), torch.tensor([0, 4, 3]), 1)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck_and_compile(device):
+    a, k = torch.tensor([0, 1, 0, 2, 1], device=device), torch.tensor([0, 4, 3], device=device)
+    xs = [torch.randn(4, 5, device=device), torch.randn(5, 2, device=device)]
+    torch.library.opcheck(torch.ops.pyprune_fast.merge_channels_.default, (xs, [a], [k], [1, 0], [None]))
+
+    def f(x, y):
+        x = x * 2
+        ops.merge_channels_([x, y], a, k, [1, 0])
+        return x + 1
+
+    x, y = torch.randn(4, 5, device=device), torch.randn(5, 2, device=device)
+    x2, y2 = x.clone(), y.clone()
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, y)
+    assert torch.equal(got, f(x2, y2)) and torch.equal(y, y2)  # y was mutated the same way

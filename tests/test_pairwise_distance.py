@@ -1,0 +1,130 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import cpu_and_cuda, device_dtypes, tolerance
+from pyprune_fast import _reference, ops
+
+SHAPES = [(64, 27), (64, 27), (128, 72), (7, 3), (1, 5), (33, 1), (64, 27)]  # repeated shapes share one product
+
+
+def check_against_reference(xs, metric, ds):
+    for x, d in zip(xs, ds):
+        ref = _reference.pairwise_distance(x, metric)
+        assert d.shape == (x.shape[0], x.shape[0]) and d.dtype == x.dtype and d.device == x.device
+        rtol, atol = tolerance(x.dtype)
+        scale = max([1.0] + ([ref.double().abs().max().item()] if ref.numel() else []))
+        torch.testing.assert_close(d.double(), ref.double(), rtol=rtol, atol=atol * scale)
+        assert torch.equal(d, d.T), "not exactly symmetric"
+        assert torch.all(d.diagonal() == 0), "diagonal not exactly zero"
+        assert not d.isnan().any() and (d >= 0).all()
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("device,dtype", device_dtypes())
+def test_list_matches_reference(device, dtype, metric):
+    xs = [torch.randn(n, d, device=device, dtype=dtype) * 3 + 1 for n, d in SHAPES]
+    check_against_reference(xs, metric, ops.pairwise_distance(xs, metric))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_single_tensor_returns_tensor(device):
+    x = torch.randn(20, 9, device=device)
+    d = ops.pairwise_distance(x)
+    assert isinstance(d, torch.Tensor)
+    check_against_reference([x], "euclidean", [d])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_non_contiguous(device):
+    base = torch.randn(40, 50, device=device)
+    xs = [base.T, base[::2, ::3], base[:, 5:20]]
+    assert not any(x.is_contiguous() for x in xs)
+    for metric in ops.METRICS:
+        check_against_reference(xs, metric, ops.pairwise_distance(xs, metric))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_empty_inputs(device):
+    assert ops.pairwise_distance([]) == []
+    assert ops.pairwise_distance(torch.randn(0, 4, device=device)).shape == (0, 0)
+    no_cols = torch.randn(3, 0, device=device)
+    assert torch.equal(ops.pairwise_distance(no_cols), torch.zeros(3, 3, device=device))
+    assert torch.equal(ops.pairwise_distance(no_cols, "cosine"), 1 - torch.eye(3, device=device))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_duplicate_rows_give_zero_not_nan(device):
+    row = torch.randn(1, 300, device=device) * 100 + 50  # large common offset: the cancellation-prone case
+    x = torch.cat([row, row, torch.randn(5, 300, device=device), row])
+    for metric in ("euclidean", "sqeuclidean"):
+        d = ops.pairwise_distance(x, metric)
+        assert not d.isnan().any()
+        assert d[0, 1] < 1e-2 and d[0, 7] < 1e-2, d[0, [1, 7]]
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_cosine_zero_row_is_at_distance_one(device):
+    x = torch.randn(6, 10, device=device)
+    x[2] = 0
+    d = ops.pairwise_distance(x, "cosine")
+    assert not d.isnan().any()
+    others = [i for i in range(6) if i != 2]
+    assert torch.all(d[2, others] == 1) and torch.all(d[others, 2] == 1) and d[2, 2] == 0
+
+
+def test_bad_inputs():
+    good = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"pairwise_distance: xs\[1\] must be 2-D \(rows are filters\), got 1-D"):
+        ops.pairwise_distance([good, torch.randn(5)])
+    with pytest.raises(ValueError, match=r"xs\[0\] must be 2-D .* got 3-D"):
+        ops.pairwise_distance(torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match=r"xs\[0\] must be a floating-point tensor, got Long"):
+        ops.pairwise_distance(torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"one dtype, but xs\[0\] is Float and xs\[1\] is Double"):
+        ops.pairwise_distance([good, good.double()])
+    with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
+        ops.pairwise_distance(good, "manhattan")
+    with pytest.raises(ValueError, match="unknown metric 'manhattan'"):  # the C++ check, for C++ callers
+        torch.ops.pyprune_fast.pairwise_distance([good], "manhattan")
+    with pytest.raises(TypeError, match="xs must be a tensor or a list of tensors"):
+        ops.pairwise_distance([good, "x"])
+
+
+@pytest.mark.needs_cuda
+def test_mixed_devices():
+    with pytest.raises(ValueError, match=r"one device, but xs\[0\] is on cpu and xs\[1\] is on cuda:0"):
+        ops.pairwise_distance([torch.randn(3, 2), torch.randn(3, 2, device="cuda")])
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_opcheck(device):
+    xs = [torch.randn(9, 4, device=device), torch.randn(9, 4, device=device), torch.randn(5, 7, device=device)]
+    for metric in ops.METRICS:
+        torch.library.opcheck(torch.ops.pyprune_fast.pairwise_distance.default, (xs, metric))
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_torch_compile_fullgraph(device):
+    def f(a, b):
+        da, db = ops.pairwise_distance([a, b], "sqeuclidean")
+        return da.sum(1) + 1, db * 2
+
+    compiled = torch.compile(f, fullgraph=True)
+    a, b = torch.randn(12, 5, device=device), torch.randn(7, 3, device=device)
+    for got, want in zip(compiled(a, b), f(a, b)):
+        torch.testing.assert_close(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 24)), min_size=0, max_size=5),
+    metric=st.sampled_from(ops.METRICS),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_property_any_shapes(shapes, metric, dtype):
+    xs = [torch.randn(n, d, dtype=dtype) for n, d in shapes]
+    ds = ops.pairwise_distance(xs, metric)
+    assert len(ds) == len(xs)
+    check_against_reference(xs, metric, ds)
