@@ -109,7 +109,7 @@ def _extension():
     debug = _env_flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     omp = _openmp_flags()
-    cxx = ["-std=c++17", *opt, *omp]
+    cxx = [*opt, *omp]  # the C++ standard is torch's choice (17 or 20, by version); our code is C++17
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(
         name="pyprune_fast._C",
@@ -121,7 +121,7 @@ def _extension():
     if with_cuda:
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = [*opt, "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *os.environ.get("NVCC_FLAGS", "").split()]
+        nvcc = [*opt, "--expt-relaxed-constexpr", "-lineinfo", *os.environ.get("NVCC_FLAGS", "").split()]
         headers = _math_header_dirs()
         kwargs["include_dirs"] += headers
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)

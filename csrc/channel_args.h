@@ -35,9 +35,4 @@ MergeArgs prepare_merge(
     at::IntArrayRef dims,
     const c10::List<std::optional<at::Tensor>>& weights);
 
-// The accumulate dtype used for x: float for float/half/bfloat16, double for double.
-inline at::ScalarType accumulate_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 }  // namespace pyprune_fast

@@ -55,6 +55,11 @@ inline at::Tensor as_index(const char* op, const char* name, size_t i, const at:
   return t.to(at::kLong);
 }
 
+// The dtype kernels accumulate in: float for float/half/bfloat16, double for double.
+inline at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // x viewed as [outer, channels, inner] around `dim`.
 struct ChannelView {
   int64_t outer, channels, inner;

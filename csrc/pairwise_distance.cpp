@@ -1,11 +1,5 @@
 #include "pairwise_distance.h"
 
-#include <c10/core/DeviceGuard.h>
-
-#include <map>
-#include <utility>
-
-#include "channel_args.h"
 #include "checks.h"
 
 namespace pyprune_fast {
@@ -32,37 +26,10 @@ c10::Device check_pairwise_inputs(at::TensorList xs) {
   return device;
 }
 
-GramBatch batched_gram(at::TensorList xs, Metric metric) {
-  GramBatch out;
-  out.offsets.resize(xs.size());
-  if (xs.empty()) return out;
-  c10::OptionalDeviceGuard guard(xs[0].device());
-  const auto acc = accumulate_type(xs[0].scalar_type());
-
-  // Inputs of one shape share one batched product; blocks are laid out group by group.
-  std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> groups;
-  for (size_t i = 0; i < xs.size(); ++i) groups[{xs[i].size(0), xs[i].size(1)}].push_back(i);
-  int64_t total = 0;
-  for (const auto& [shape, members] : groups) {
-    for (size_t i : members) {
-      out.offsets[i] = total;
-      total += shape.first * shape.first;
-    }
-  }
-  out.gram = at::empty({total}, xs[0].options().dtype(acc));
-  for (const auto& [shape, members] : groups) {
-    const auto [rows, cols] = shape;
-    if (rows == 0) continue;
-    const int64_t batch = static_cast<int64_t>(members.size());
-    std::vector<at::Tensor> parts;
-    for (size_t i : members) parts.push_back(xs[i].to(acc));
-    auto x = at::stack(parts);  // [batch, rows, cols]
-    if (metric != Metric::kCosine && cols > 0) x.sub_(x.mean(1, /*keepdim=*/true));
-    auto block = out.gram.narrow(0, out.offsets[members[0]], batch * rows * rows).view({batch, rows, rows});
-    at::bmm_out(block, x, x.transpose(1, 2));
-  }
-  for (const auto& x : xs) out.outputs.push_back(at::empty({x.size(0), x.size(0)}, x.options()));
-  return out;
+at::Tensor gram_rows(const at::Tensor& x, Metric metric) {
+  auto rows = x.to(accumulate_type(x.scalar_type()));
+  if (metric == Metric::kCosine || x.size(-2) == 0 || x.size(-1) == 0) return rows;
+  return rows - rows.mean(-2, /*keepdim=*/true);
 }
 
 }  // namespace pyprune_fast

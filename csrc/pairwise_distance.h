@@ -8,7 +8,6 @@
 #include <cmath>
 
 #include <string_view>
-#include <vector>
 
 namespace pyprune_fast {
 
@@ -19,16 +18,10 @@ Metric parse_metric(std::string_view metric);
 // 2-D floating tensors of one dtype on one device; returns that device.
 c10::Device check_pairwise_inputs(at::TensorList xs);
 
-// Gram matrices of every input, back to back in one flat buffer of the accumulate dtype
-// (float for float/half/bfloat16, double for double). For the Euclidean metrics the rows are first
-// centred (distances do not change; cancellation in |a|^2 + |b|^2 - 2ab shrinks).
-struct GramBatch {
-  at::Tensor gram;
-  std::vector<int64_t> offsets;   // start of input i's N x N block in `gram`
-  std::vector<at::Tensor> outputs;  // N x N, the inputs' dtype, to be filled by the epilogue
-};
-
-GramBatch batched_gram(at::TensorList xs, Metric metric);  // xs already checked
+// Rows ready for the Gram product: in the accumulate dtype (float for float/half/bfloat16, double
+// for double) and, for the Euclidean metrics, centred along dim -2 (distances do not change;
+// cancellation in |a|^2 + |b|^2 - 2ab shrinks). x is (N, D) or a batch (B, N, D).
+at::Tensor gram_rows(const at::Tensor& x, Metric metric);
 
 // The distance of rows i and j from Gram entries. Written so that (i, j) and (j, i) give the same bits,
 // the diagonal is exactly zero, and rounding never makes a NaN or a negative distance.

@@ -11,8 +11,25 @@
 namespace pyprune_fast {
 namespace {
 
-// Fills out from the Gram block, tile pair by tile pair: each (i, j) with i < j is computed once and
-// written to both places, so out is exactly symmetric; tiles keep the transposed reads in cache.
+// The upper block triangle of rows @ rows.T (the lower one is never read): half the multiply-adds of
+// a full product once N spans several blocks.
+at::Tensor upper_gram(const at::Tensor& rows) {
+  constexpr int64_t kBlock = 256;
+  const int64_t n = rows.size(0);
+  auto gram = at::empty({n, n}, rows.options());
+  if (n <= kBlock + kBlock / 2) return at::mm_out(gram, rows, rows.t());
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t bi = std::min(kBlock, n - i);
+    auto block_rows = rows.narrow(0, i, bi);
+    auto right = rows.narrow(0, i, n - i);
+    auto out = gram.narrow(0, i, bi).narrow(1, i, n - i);
+    at::mm_out(out, block_rows, right.t());
+  }
+  return gram;
+}
+
+// Distances from the upper triangle of the Gram matrix, tile by tile; each (i, j) with i < j is
+// computed once and written to both places, so out is exactly symmetric.
 template <class scalar_t, class acc_t>
 void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) {
   constexpr int64_t kTile = 64;
@@ -24,8 +41,9 @@ void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) 
       for (int64_t i = ti * kTile; i < std::min(n, (ti + 1) * kTile); ++i) {
         const int64_t j0 = ti == tj ? i : tj * kTile;
         for (int64_t j = j0; j < std::min(n, (tj + 1) * kTile); ++j) {
-          const auto d = static_cast<scalar_t>(
-              distance_from_gram<acc_t>(g[i * n + i], g[j * n + j], g[i * n + j], g[j * n + i], i == j, metric));
+          const acc_t gij = g[i * n + j];
+          const auto d =
+              static_cast<scalar_t>(distance_from_gram<acc_t>(g[i * n + i], g[j * n + j], gij, gij, i == j, metric));
           out[i * n + j] = d;
           out[j * n + i] = d;
         }
@@ -37,18 +55,19 @@ void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) 
 std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_view metric_name) {
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
   check_pairwise_inputs(xs);
-  GramBatch batch = batched_gram(xs, metric);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    auto& out = batch.outputs[i];
-    const int64_t n = out.size(0);
+  std::vector<at::Tensor> outs;
+  for (const auto& x : xs) {
+    const int64_t n = x.size(0);
+    outs.push_back(at::empty({n, n}, x.options()));
     if (n == 0) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pairwise_distance_cpu", [&] {
+    const auto gram = upper_gram(gram_rows(x, metric));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pairwise_distance_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      distance_epilogue<scalar_t, acc_t>(batch.gram.data_ptr<acc_t>() + batch.offsets[i], out.data_ptr<scalar_t>(), n,
+      distance_epilogue<scalar_t, acc_t>(gram.const_data_ptr<acc_t>(), outs.back().mutable_data_ptr<scalar_t>(), n,
                                          metric);
     });
   }
-  return batch.outputs;
+  return outs;
 }
 
 }  // namespace

@@ -64,9 +64,10 @@ void merge_channels_cuda(at::TensorList xs, at::TensorList assignments, at::Tens
     largest = std::max(largest, v.outer * clusters * v.inner);
   }
   constexpr int kThreads = 256;
-  for (const auto& [dtype, entry] : by_dtype) {
-    const auto& [jobs, largest] = entry;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "merge_channels_cuda", [&] {
+  for (const auto& item : by_dtype) {
+    const std::vector<MergeJob>& jobs = item.second.first;
+    const int64_t largest = item.second.second;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, item.first, "merge_channels_cuda", [&] {
       launch_in_chunks(jobs, xs[0].device(), [&](const MergeJob* table, unsigned int count) {
         dim3 grid(grid_stride_blocks(largest, kThreads), count);
         merge_channels_kernel<scalar_t, at::opmath_type<scalar_t>>

@@ -5,6 +5,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <map>
+#include <utility>
+
+#include "checks.h"
 #include "cuda/launch.cuh"
 #include "pairwise_distance.h"
 
@@ -64,6 +68,37 @@ __global__ void distance_epilogue_kernel(const acc_t* __restrict__ gram, const D
   }
 }
 
+// Gram matrices of every input, back to back in one flat buffer: one batched product per distinct shape.
+struct GramBatch {
+  at::Tensor gram;                // accumulate dtype
+  std::vector<int64_t> offsets;   // start of input i's N x N block
+};
+
+GramBatch batched_gram(at::TensorList xs, Metric metric) {
+  GramBatch out;
+  out.offsets.resize(xs.size());
+  std::map<std::pair<int64_t, int64_t>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < xs.size(); ++i) groups[{xs[i].size(0), xs[i].size(1)}].push_back(i);
+  int64_t total = 0;
+  for (const auto& [shape, members] : groups) {
+    for (size_t i : members) {
+      out.offsets[i] = total;
+      total += shape.first * shape.first;
+    }
+  }
+  out.gram = at::empty({total}, xs[0].options().dtype(accumulate_type(xs[0].scalar_type())));
+  for (const auto& [shape, members] : groups) {
+    const int64_t rows = shape.first, batch = static_cast<int64_t>(members.size());
+    if (rows == 0) continue;
+    std::vector<at::Tensor> parts;
+    for (size_t i : members) parts.push_back(xs[i]);
+    auto x = gram_rows(at::stack(parts), metric);  // [batch, rows, cols]
+    auto block = out.gram.narrow(0, out.offsets[members[0]], batch * rows * rows).view({batch, rows, rows});
+    at::bmm_out(block, x, x.transpose(1, 2));
+  }
+  return out;
+}
+
 std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList xs, c10::string_view metric_name) {
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
   const auto device = check_pairwise_inputs(xs);
@@ -71,15 +106,17 @@ std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList xs, c10::string_vi
   c10::cuda::OptionalCUDAGuard guard(device);
   GramBatch batch = batched_gram(xs, metric);
 
+  std::vector<at::Tensor> outs;
   std::vector<DistanceJob> jobs;
   int64_t tiles = 0;
   for (size_t i = 0; i < xs.size(); ++i) {
     const int64_t n = xs[i].size(0);
+    outs.push_back(at::empty({n, n}, xs[i].options()));
     if (n == 0) continue;
-    jobs.push_back({batch.offsets[i], n, tiles, batch.outputs[i].data_ptr()});
+    jobs.push_back({batch.offsets[i], n, tiles, outs.back().mutable_data_ptr()});
     tiles += ((n + kTile - 1) / kTile) * ((n + kTile - 1) / kTile);
   }
-  if (jobs.empty()) return batch.outputs;
+  if (jobs.empty()) return outs;
   TORCH_CHECK(tiles < (int64_t(1) << 31), "pairwise_distance: ", tiles, " tiles exceed one launch");
   auto table = upload_jobs(jobs, device);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs[0].scalar_type(), "pairwise_distance_cuda", [&] {
@@ -90,7 +127,7 @@ std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList xs, c10::string_vi
             static_cast<int64_t>(jobs.size()), metric);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return batch.outputs;
+  return outs;
 }
 
 }  // namespace
