@@ -1,12 +1,14 @@
 """Benchmark of the three ops on the conv layers of real networks, against the pure-PyTorch baseline.
 
-For every conv layer of torchvision ResNet-50 and VGG-16 (random init: only shapes matter), the
-filters are the rows (out channels) and C_in/groups * kh * kw the columns. Each op handles all
-layers in one call; the baseline is the per-layer loop a user would write:
+For every conv layer of torchvision ResNet-50 and VGG-16 (random init: only shapes matter). For the
+distances the filters are the rows (out channels) and C_in/groups * kh * kw the columns; gather and
+merge work on the 4-D weights. Each op handles all layers in one call; the baseline is the per-layer
+loop a user would write:
 
   pairwise_distance  ours: one call, all layers      baseline: torch.cdist(w, w) per layer
   gather_channels    ours: one call, all layers      baseline: w.index_select(0, keep) per layer
   merge_channels_    ours: merge + gather, one call  baseline: zeros.index_add_(1, assignments, w) per layer
+                     (merging the input channels of every layer into half as many clusters)
                      (both also restore their scratch copies of the inputs each run, so they stay bounded)
 
 For pairwise_distance the table also shows one matrix product of the same total FLOPs (sum of N^2 D
@@ -31,17 +33,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pyprune_fast import ops  # noqa: E402
 
 
-def conv_filters(model_name: str, device: str) -> list[torch.Tensor]:
-    """The (out_channels, in_channels/groups * kh * kw) filter matrix of every conv layer of the model."""
+def conv_weights(model_name: str, device: str) -> list[torch.Tensor]:
+    """The (out, in/groups, kh, kw) weight of every conv layer of the model."""
     import torchvision
 
     model = getattr(torchvision.models, model_name)(weights=None)
-    return [m.weight.detach().flatten(1).to(device) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return [m.weight.detach().to(device) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
 def median_ms(fn, min_run_time: float) -> float:
     fn()  # warm-up (CUDA context, allocator, lazy init)
-    return tbench.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Row:
 
 
 def bench_pairwise(model: str, ws: list[torch.Tensor], min_time: float) -> list[Row]:
+    ws = [w.flatten(1) for w in ws]  # rows are filters
     ours = ops.pairwise_distance(ws)
     for w, d in zip(ws, ours):
         ref = torch.cdist(w.double(), w.double()).to(w.dtype)
@@ -75,6 +79,7 @@ def bench_pairwise(model: str, ws: list[torch.Tensor], min_time: float) -> list[
 
 
 def bench_gather(model: str, ws: list[torch.Tensor], min_time: float) -> list[Row]:
+    # Prune half the filters (dim 0) of every layer.
     keeps = [torch.randperm(w.shape[0], device=w.device)[: max(1, w.shape[0] // 2)] for w in ws]
     for w, k, g in zip(ws, keeps, ops.gather_channels(ws, keeps, 0)):
         assert torch.equal(g, w.index_select(0, k))
@@ -95,7 +100,6 @@ def random_clusters(channels: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bench_merge(model: str, ws: list[torch.Tensor], min_time: float) -> list[Row]:
     # Merge input channels (dim 1), as channel addition does in the layer after a pruned one.
-    ws = [w.view(w.shape[0], -1, 1) for w in ws]  # (out, in*k*k) seen as out x channels x 1
     clusters = [random_clusters(w.shape[1], w.device) for w in ws]
     work = [w.clone() for w in ws]
     scratch = [w.clone() for w in ws]
@@ -107,8 +111,7 @@ def bench_merge(model: str, ws: list[torch.Tensor], min_time: float) -> list[Row
 
     def baseline():
         torch._foreach_copy_(scratch, ws)
-        return [torch.zeros(w.shape[0], k.numel(), 1, device=w.device, dtype=w.dtype).index_add_(1, a, w)
-                for w, (a, k) in zip(scratch, clusters)]
+        return [w.new_zeros(w.shape[0], k.numel(), *w.shape[2:]).index_add_(1, a, w) for w, (a, k) in zip(scratch, clusters)]
 
     for got, want in zip(ours(), baseline()):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     rows: list[Row] = []
     for model in args.models.split(","):
-        ws = conv_filters(model, args.device)
+        ws = conv_weights(model, args.device)
         for op in args.ops.split(","):
             rows += benches[op](model, ws, args.min_time)
     print_table(rows, device_name)

@@ -3,6 +3,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <limits>
 #include <map>
 #include <string>
@@ -40,9 +41,26 @@ Segments concat(const std::vector<at::Tensor>& parts, c10::Device device) {
   return s;
 }
 
+// index_stats on the host: plain loops, no tensor ops.
+at::Tensor index_stats_cpu(const std::vector<at::Tensor>& idx) {
+  auto out = at::empty({static_cast<int64_t>(idx.size()), 3}, at::kLong);
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (size_t t = 0; t < idx.size(); ++t, o += 3) {
+    const int64_t* p = idx[t].const_data_ptr<int64_t>();
+    std::vector<int64_t> sorted(p, p + idx[t].numel());
+    std::sort(sorted.begin(), sorted.end());
+    o[0] = sorted.empty() ? 0 : sorted.front();
+    o[1] = sorted.empty() ? 0 : sorted.back();
+    auto repeated = std::adjacent_find(sorted.begin(), sorted.end());
+    o[2] = repeated == sorted.end() ? kNone : *repeated;
+  }
+  return out;
+}
+
 // Per tensor (all in a fixed number of ops on their device): [min, max, smallest repeated value or kNone].
 // Rows of empty tensors are meaningless; callers skip them.
 at::Tensor index_stats(const std::vector<at::Tensor>& idx, c10::Device device) {
+  if (device.is_cpu()) return index_stats_cpu(idx);
   const Segments s = concat(idx, device);
   // Sort by (segment, value): a stable sort by value, then a stable sort by segment.
   auto [by_value, order] = s.values.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
@@ -69,6 +87,22 @@ at::Tensor index_stats(const std::vector<at::Tensor>& idx, c10::Device device) {
 // reported by index_stats, and must not fault here.
 at::Tensor link_stats(const std::vector<at::Tensor>& assignments, const std::vector<at::Tensor>& keep,
                       c10::Device device) {
+  if (device.is_cpu()) {  // plain loops, no tensor ops
+    auto out = at::zeros({static_cast<int64_t>(keep.size()), 4}, at::kLong);
+    int64_t* o = out.mutable_data_ptr<int64_t>();
+    for (size_t t = 0; t < keep.size(); ++t, o += 4) {
+      const int64_t *a = assignments[t].const_data_ptr<int64_t>(), *k = keep[t].const_data_ptr<int64_t>();
+      const int64_t channels = assignments[t].numel();
+      for (int64_t g = 0; g < keep[t].numel(); ++g) {
+        const int64_t owner = a[std::clamp<int64_t>(k[g], 0, channels - 1)];
+        if (owner != g) {
+          o[0] = 1, o[1] = g, o[2] = k[g], o[3] = owner;
+          break;
+        }
+      }
+    }
+    return out;
+  }
   const Segments a = concat(assignments, device), k = concat(keep, device);
   auto channels = to_device(a.lengths, device).index_select(0, k.segment);
   auto a_start = to_device(a.starts, device).index_select(0, k.segment);

@@ -1,0 +1,33 @@
+// One parallel region over the rows of many tensors, split by work rather than by row count.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace pyprune_fast {
+
+// Calls fn(t, begin, end) for row ranges [begin, end) of tensor t, covering rows[t] rows of every
+// tensor t once, in one at::parallel_for. A row of tensor t costs cost[t] (bytes, say); threads get
+// equal shares of the total cost, and tasks about `grain` of it.
+template <class F>
+void parallel_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& cost, int64_t grain, F fn) {
+  std::vector<int64_t> start(rows.size() + 1, 0);  // in cost units
+  for (size_t t = 0; t < rows.size(); ++t) start[t + 1] = start[t] + rows[t] * cost[t];
+  // Row r of tensor t belongs to the task holding the cost offset start[t] + r * cost[t].
+  auto first_row = [&](size_t t, int64_t at) {
+    return std::clamp<int64_t>((at - start[t] + cost[t] - 1) / cost[t], 0, rows[t]);
+  };
+  at::parallel_for(0, start.back(), std::max<int64_t>(grain, 1), [&](int64_t begin, int64_t end) {
+    size_t t = std::upper_bound(start.begin(), start.end(), begin) - start.begin() - 1;
+    for (; t < rows.size() && start[t] < end; ++t) {
+      if (rows[t] == 0) continue;
+      const int64_t lo = first_row(t, begin), hi = first_row(t, end);
+      if (hi > lo) fn(t, lo, hi);
+    }
+  });
+}
+
+}  // namespace pyprune_fast
