@@ -60,7 +60,6 @@ $(STAMP_CMAKE): $(STAMP_DEPS) $(SOURCES) CMakeLists.txt tests/cpp/smoke.cpp
 	nvrtc=$$(ls $$site/nvidia/*/lib/libnvrtc.so.* 2>/dev/null | grep -v builtins | head -n1); \
 	cmake -S . -B build/cmake -G Ninja -DWITH_CUDA=OFF \
 		-DCMAKE_PREFIX_PATH="$$($(VPY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
-		-DPython3_EXECUTABLE=$(VPY) \
 		$${CUDA_HOME:+-DCUDA_TOOLKIT_ROOT_DIR=$$CUDA_HOME -DCUDAToolkit_ROOT=$$CUDA_HOME} \
 		$${nvrtc:+-DCUDA_nvrtc_LIBRARY=$$nvrtc}
 	cmake --build build/cmake -j $(MAX_JOBS)
