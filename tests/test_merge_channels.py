@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import cpu_and_cuda, device_dtypes, tolerance
 from pyprune_fast import _reference, ops
@@ -129,3 +131,18 @@ def test_opcheck_and_compile(device):
     x2, y2 = x.clone(), y.clone()
     got = torch.compile(f, fullgraph=True, backend="aot_eager")(x, y)
     assert torch.equal(got, f(x2, y2)) and torch.equal(y, y2)  # y was mutated the same way
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_property_any_shape(data):
+    shape = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    channels = shape[dim]
+    clusters = data.draw(st.integers(1, channels))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    assignments, keep = random_clusters(channels, clusters, "cpu")
+    weights = torch.rand(channels) if data.draw(st.booleans()) else None
+    x = torch.randn(shape, dtype=torch.float64)
+    expected = _reference.merge_channels_(x.clone(), assignments, keep, dim, weights)
+    torch.testing.assert_close(ops.merge_channels_(x, assignments, keep, dim, weights), expected)
