@@ -1,0 +1,132 @@
+"""The channel-dependency graph: which parameters share which channel index space.
+
+`DependencyGraph(model, example_inputs)` records one forward pass (see `trace.py`), follows the
+channel dim of every activation through the recorded ops (see `rules.py`) and returns the *groups*:
+sets of (parameter or buffer, dim, index mapping) that must be cut together. A residual add joins
+the spaces of its branches into one group; a concat lays several groups side by side along one dim;
+a flatten into a Linear makes each channel a block of columns.
+
+Tracing records the ops the forward really executes, so Python control flow (data-dependent
+branches, loops) is followed as it ran for `example_inputs`. `torch.fx` symbolic tracing is not
+used: it cannot follow such control flow and gains nothing once every executed op is recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .rules import Context, propagate
+from .spaces import Member
+from .trace import record
+
+__all__ = ["DependencyGraph", "Group", "Member"]
+
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    """One channel index space: `channels` channels, held by `members` (parameter or buffer, dim,
+    offset, block, role). `reason` says why it cannot be pruned, or is None when it can."""
+
+    index: int
+    channels: int
+    members: tuple[Member, ...]
+    modules: tuple[str, ...]
+    origin: str
+    reason: Optional[str]
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else f"not prunable: {self.reason}"
+        return f"Group({self.index}: {self.channels} channels of {self.origin}, {len(self.members)} members, {state})"
+
+
+class DependencyGraph:
+    """Channel groups of `model`, found by running it once on `example_inputs` (in eval mode, no grad).
+
+    Args:
+        model: any nn.Module.
+        example_inputs: a tensor or a tuple of positional inputs, on the model's device.
+        ignored_layers: modules whose output channels must not be pruned (the classifier, say).
+        fake: record shape-only under FakeTensorMode (for models too big to run once).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
+                 fake: bool = False):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
+        names = {m: n for n, m in model.named_modules()}
+        ignored = set()
+        for m in ignored_layers:
+            if m not in names:
+                raise ValueError(f"DependencyGraph: ignored_layers holds a {type(m).__name__} that is not part of the model")
+            ignored.add(names[m])
+        try:
+            trace = record(model, example_inputs, fake=fake)
+        except Exception as e:
+            raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
+        ctx = Context(trace, ignored)
+        propagate(ctx)
+
+        self.model = model
+        self.trace = trace
+        self.depthwise = frozenset(ctx.depthwise)
+        self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
+        self.shapes = {n: tuple(t.shape) for n, t in _tensors(model).items()}
+        roots = []
+        for s in ctx.spaces:
+            r = s.root()
+            if r not in roots:
+                roots.append(r)
+        self.groups: list[Group] = []
+        for r in roots:
+            members = tuple(dict.fromkeys(r.members))
+            reason = r.locked
+            if reason is None and not any(m.role == "producer" for m in members):
+                reason = "no parameter produces these channels"
+            if reason is None and r.size < 2:
+                reason = "it has a single channel"
+            self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason))
+        self.stale = False
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def group_of(self, module: nn.Module) -> Group:
+        """The group holding `module`'s output channels (dim 0 of its weight)."""
+        name = next((n for n, m in self.model.named_modules() if m is module), None)
+        if name is None:
+            raise ValueError(f"group_of: the {type(module).__name__} is not part of the model")
+        weight = f"{name}.weight" if name else "weight"
+        for g in self.groups:
+            if any(m.name == weight and m.dim == 0 and m.role == "producer" for m in g.members):
+                return g
+        raise ValueError(f"group_of: no group holds the output channels of {name} ({type(module).__name__})")
+
+    def check_current(self) -> None:
+        """ValueError if the model changed shape since the graph was built (e.g. it was pruned)."""
+        if self.stale:
+            raise ValueError("this DependencyGraph was used by apply() already; build a new one for the pruned model")
+        now = {n: tuple(t.shape) for n, t in _tensors(self.model).items()}
+        if now != self.shapes:
+            changed = sorted(set(now.items()) ^ set(self.shapes.items()))[0][0]
+            raise ValueError(f"the model changed since the DependencyGraph was built ({changed}); build a new one")
+
+    def summary(self) -> str:
+        lines = [f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable"]
+        for g in self.groups:
+            lines.append(f"  {g!r}")
+        return "\n".join(lines)
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(model.named_parameters())
+    out.update(model.named_buffers())
+    return out

@@ -1,0 +1,591 @@
+"""How each recorded op carries channel labels from its inputs to its outputs.
+
+Every dim of a value without a label is *fixed*: its size may not change. An op that meets a label
+it cannot follow locks that label's spaces (with the reason, for the user), so a space is only ever
+prunable when every op that touches it is understood. That is the safety argument: a rule may be
+conservative, never optimistic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .spaces import Label, Labels, Member, Segment, Space, add_members, lock_label, unify
+from .trace import Node, Trace, Value
+
+__all__ = ["Context", "propagate"]
+
+
+class Context:
+    def __init__(self, trace: Trace, ignored_modules: set[str]):
+        self.trace = trace
+        self.ignored = ignored_modules
+        self.labels: dict[int, Labels] = {}
+        self.spaces: list[Space] = []
+        self.depthwise: set[str] = set()  # convs whose groups follow their channel count
+        self.per_channel_groupnorm: set[str] = set()
+
+    def of(self, v: Value) -> Labels:
+        got = self.labels.get(v.id)
+        if got is None:
+            got = Labels(params={d: (v.param, d) for d in range(v.ndim)} if v.param else {})
+            self.labels[v.id] = got
+        return got
+
+    def set(self, v: Value, dims: dict[int, Label], params: Optional[dict] = None) -> None:
+        self.labels[v.id] = Labels(dims=dict(dims), params=dict(params or {}))
+
+    def new_space(self, size: int, origin: str, locked: Optional[str] = None) -> Space:
+        s = Space(size, origin, locked)
+        self.spaces.append(s)
+        return s
+
+    def lock_all(self, values, reason: str) -> None:
+        for v in values:
+            for label in self.of(v).dims.values():
+                lock_label(label, reason)
+
+
+def module_of(param: Optional[str]) -> str:
+    return param.rsplit(".", 1)[0] if param and "." in param else ""
+
+
+def _arg(node: Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _wrap(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+# ---- layers with parameters ----
+
+
+def conv(ctx: Context, node: Node) -> None:
+    x, w, b = _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    groups = _arg(node, 6, "groups", 1)
+    out = node.outputs[0]
+    lx = ctx.of(x).dims.get(1)
+    module = module_of(w.param)
+    cin, cout = x.shape[1], w.shape[0]
+    if w.param is None:
+        ctx.lock_all([x], f"{node.name} with a weight computed in forward")
+        return
+    if groups == 1:
+        space = ctx.new_space(cout, f"{node.name} {module}")
+        space.modules.add(module)
+        for t in (w, b):
+            if isinstance(t, Value) and t.param:
+                space.root().members.append(_producer(t.param))
+        if module in ctx.ignored:
+            space.lock(f"{module} is in ignored_layers")
+        if lx:
+            add_members(lx, w.param, 1, "consumer")
+            _record_module(lx, module)
+        ctx.set(out, {1: (Segment(space, cout),)})
+    elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
+        # depthwise: output channel c reads input channel c only, so both are one space
+        for t in (w, b):
+            if isinstance(t, Value) and t.param:
+                add_members(lx, t.param, 0, "producer")
+        _record_module(lx, module)
+        ctx.depthwise.add(module)
+        if module in ctx.ignored:
+            lock_label(lx, f"{module} is in ignored_layers")
+        ctx.set(out, {1: lx})
+    else:
+        reason = f"{module} is a grouped conv (groups={groups}): its channels go in whole groups"
+        lock_label(lx, reason)
+        ctx.set(out, {1: (Segment(ctx.new_space(cout, f"{node.name} {module}", locked=reason), cout),)})
+
+
+def _producer(name: str, dim: int = 0) -> Member:
+    return Member(name, dim, 0, 1, "producer")
+
+
+def _record_module(label: Label, module: str) -> None:
+    for seg in label:
+        seg.space.root().modules.add(module)
+
+
+def linear(ctx: Context, node: Node) -> None:
+    x, w, b = _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    out = node.outputs[0]
+    if w.param is None:
+        ctx.lock_all([x], "linear with a weight computed in forward")
+        return
+    module = module_of(w.param)
+    lx = ctx.of(x).dims.get(x.ndim - 1)
+    if lx:
+        add_members(lx, w.param, 1, "consumer")
+        _record_module(lx, module)
+    space = ctx.new_space(w.shape[0], f"linear {module}")
+    space.modules.add(module)
+    for t in (w, b):
+        if isinstance(t, Value) and t.param:
+            space.root().members.append(_producer(t.param))
+    if module in ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+    dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}
+    dims[out.ndim - 1] = (Segment(space, w.shape[0]),)
+    ctx.set(out, dims)
+
+
+def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, what: str) -> None:
+    label = ctx.of(x).dims.get(channel_dim)
+    module = next((module_of(p.param) for p in params if isinstance(p, Value) and p.param), "")
+    if label:
+        if any(seg.block != 1 for seg in label):
+            lock_label(label, f"{what} {module} over a reshaped channel dim")
+        for p in params:
+            if isinstance(p, Value) and p.param:
+                add_members(label, p.param, 0, "producer")
+        _record_module(label, module)
+    ctx.set(node.outputs[0], ctx.of(x).dims)
+
+
+def batch_norm(ctx: Context, node: Node) -> None:
+    x = _arg(node, 0, "input")
+    params = [_arg(node, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    _norm(ctx, node, x, 1, params, "batch_norm")
+
+
+def instance_norm(ctx: Context, node: Node) -> None:
+    x = _arg(node, 0, "input")
+    params = [_arg(node, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    _norm(ctx, node, x, 1, params, "instance_norm")
+
+
+def group_norm(ctx: Context, node: Node) -> None:
+    x, groups = _arg(node, 0, "input"), _arg(node, 1, "num_groups")
+    w, b = _arg(node, 2, "weight"), _arg(node, 3, "bias")
+    label = ctx.of(x).dims.get(1)
+    module = module_of(w.param if isinstance(w, Value) else None)
+    if groups == x.shape[1]:
+        ctx.per_channel_groupnorm.add(module)
+    elif groups != 1:
+        lock_label(label, f"{module} is a GroupNorm with {groups} groups: pruning would unbalance them")
+    _norm(ctx, node, x, 1, [w, b], "group_norm")
+
+
+def layer_norm(ctx: Context, node: Node) -> None:
+    x, shape = _arg(node, 0, "input"), _arg(node, 1, "normalized_shape")
+    w, b = _arg(node, 2, "weight"), _arg(node, 3, "bias")
+    if len(shape) != 1:
+        ctx.lock_all([x], "layer_norm over several dims")
+        ctx.set(node.outputs[0], {})
+        return
+    _norm(ctx, node, x, x.ndim - 1, [w, b], "layer_norm")
+
+
+def attention(ctx: Context, node: Node) -> None:
+    inputs = node.tensor_inputs()
+    ctx.lock_all(inputs, "nn.MultiheadAttention ties its embedding size to its inputs (head pruning: not yet)")
+    _fixed_outputs(ctx, node)
+
+
+# ---- ops without parameters ----
+
+
+def identity(ctx: Context, node: Node) -> None:
+    """Elementwise on one tensor (activations, dropout, copies): labels pass through."""
+    x = node.tensor_inputs()[0]
+    for out in node.outputs:
+        if out.shape == x.shape:
+            lab = ctx.of(x)
+            ctx.set(out, lab.dims, lab.params)
+        else:
+            generic(ctx, node)
+
+
+def elementwise(ctx: Context, node: Node) -> None:
+    """Broadcasting ops on several tensors (add, sub, mul, div, where): aligned dims share channels."""
+    out = node.outputs[0]
+    operands = node.tensor_inputs()
+    dims = {}
+    for d in range(out.ndim):
+        labels, params, fixed = [], [], []
+        for v in operands:
+            od = d - (out.ndim - v.ndim)
+            if od < 0 or (v.shape[od] == 1 and out.shape[d] != 1):
+                continue
+            lab = ctx.of(v)
+            if od in lab.dims:
+                labels.append(lab.dims[od])
+            elif od in lab.params:
+                params.append(lab.params[od])
+            elif v.shape[od] > 1:
+                fixed.append(v)
+        if not labels:
+            continue
+        label = unify(labels, f"{node.name} adds tensors whose channels are concatenated differently")
+        if fixed:
+            source = fixed[0].producer.name if fixed[0].producer else "a model input or constant"
+            lock_label(label, f"{node.name} combines these channels with fixed ones (from {source})")
+        for name, pd in params:
+            add_members(label, name, pd, "producer")
+        dims[d] = label
+    ctx.set(out, dims)
+
+
+def cat(ctx: Context, node: Node) -> None:
+    tensors = list(_arg(node, 0, "tensors"))
+    out = node.outputs[0]
+    dim = _wrap(_arg(node, 1, "dim", 0), out.ndim)
+    dims = {}
+    for d in range(out.ndim):
+        if d == dim:
+            continue
+        labels = [ctx.of(t).dims[d] for t in tensors if d in ctx.of(t).dims]
+        if labels:
+            label = unify(labels, f"{node.name} joins tensors whose channels are laid out differently")
+            if len(labels) < len(tensors):
+                params = [ctx.of(t).params.get(d) for t in tensors if d not in ctx.of(t).dims]
+                for p in params:
+                    if p is None:
+                        lock_label(label, f"{node.name} joins channels with a tensor made inside forward")
+                    else:
+                        add_members(label, p[0], p[1], "producer")
+            dims[d] = label
+    if any(dim in ctx.of(t).dims for t in tensors):
+        segments = []
+        for t in tensors:
+            lab = ctx.of(t).dims.get(dim)
+            if lab is None:
+                space = ctx.new_space(t.shape[dim], "a concatenated tensor", locked="concatenated with fixed channels")
+                if dim in ctx.of(t).params:
+                    name, pd = ctx.of(t).params[dim]
+                    space.members.append(_producer(name, pd))
+                lab = (Segment(space, t.shape[dim]),)
+            segments += lab
+        dims[dim] = tuple(segments)
+    ctx.set(out, dims)
+
+
+def permute(ctx: Context, node: Node) -> None:
+    x, out = node.args[0], node.outputs[0]
+    name = node.name
+    if name in ("permute",):
+        order = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        order = list(order) if order else list(node.kwargs.get("dims"))
+        order = [_wrap(d, x.ndim) for d in order]
+    elif name in ("transpose", "swapaxes", "swapdims"):
+        a, b = _wrap(_arg(node, 1, "dim0"), x.ndim), _wrap(_arg(node, 2, "dim1"), x.ndim)
+        order = list(range(x.ndim))
+        order[a], order[b] = order[b], order[a]
+    elif name in ("t", "T", "numpy_T"):
+        order = list(range(x.ndim))[::-1]
+    elif name == "mT":
+        order = list(range(x.ndim))
+        order[-1], order[-2] = order[-2], order[-1]
+    elif name == "movedim":
+        src, dst = _arg(node, 1, "source"), _arg(node, 2, "destination")
+        src = [src] if isinstance(src, int) else list(src)
+        dst = [dst] if isinstance(dst, int) else list(dst)
+        src, dst = [_wrap(s, x.ndim) for s in src], [_wrap(d, x.ndim) for d in dst]
+        rest = [d for d in range(x.ndim) if d not in src]
+        order = [None] * x.ndim
+        for s, d in zip(src, dst):
+            order[d] = s
+        it = iter(rest)
+        order = [o if o is not None else next(it) for o in order]
+    else:
+        return generic(ctx, node)
+    lab = ctx.of(x)
+    ctx.set(out, {i: lab.dims[o] for i, o in enumerate(order) if o in lab.dims},
+            {i: lab.params[o] for i, o in enumerate(order) if o in lab.params})
+
+
+def reshape(ctx: Context, node: Node) -> None:
+    """view, reshape, flatten, unflatten, squeeze, unsqueeze: read from the shapes before and after."""
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    groups = _reshape_groups(x.shape, out.shape)
+    if groups is None:
+        ctx.lock_all([x], f"{node.name} from {list(x.shape)} to {list(out.shape)}")
+        ctx.set(out, {})
+        return
+    dims, params = {}, {}
+    for ia, jb in groups:
+        labelled = [k for k in ia if k in lab.dims]
+        if len(ia) == 1 and len(jb) == 1:
+            if ia[0] in lab.dims:
+                dims[jb[0]] = lab.dims[ia[0]]
+            if ia[0] in lab.params:
+                params[jb[0]] = lab.params[ia[0]]
+            continue
+        if not labelled:
+            continue
+        k = labelled[0]
+        if len(labelled) == 1 and len(jb) == 1 and all(x.shape[m] == 1 for m in ia if m < k):
+            factor = math.prod(x.shape[m] for m in ia if m > k)  # merge: each channel spans `factor` positions more
+            dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k])
+            continue
+        if len(labelled) == 1 and len(ia) == 1 and len(lab.dims[k]) == 1:
+            seg = lab.dims[k][0]
+            sizes = [out.shape[j] for j in jb]
+            t = next((i for i, s in enumerate(sizes) if s != 1), None)
+            if t is not None and sizes[t] == seg.length and math.prod(sizes[t + 1:]) == seg.block:
+                dims[jb[t]] = (Segment(seg.space, seg.length, 1),)  # split back: undoes a flatten
+                continue
+        for m in labelled:
+            lock_label(lab.dims[m], f"{node.name} from {list(x.shape)} to {list(out.shape)} splits or mixes channels")
+    ctx.set(out, dims, params)
+
+
+def _reshape_groups(a, b):
+    """Pairs (dims of a, dims of b) whose sizes multiply to the same number, in order; None if none."""
+    i = j = 0
+    groups = []
+    try:
+        while i < len(a) or j < len(b):
+            ia, jb, pa, pb = [], [], 1, 1
+            if i < len(a):
+                ia.append(i)
+                pa *= a[i]
+                i += 1
+            if j < len(b):
+                jb.append(j)
+                pb *= b[j]
+                j += 1
+            while pa != pb:
+                if pa < pb:
+                    ia.append(i)
+                    pa *= a[i]
+                    i += 1
+                else:
+                    jb.append(j)
+                    pb *= b[j]
+                    j += 1
+            groups.append((ia, jb))
+    except IndexError:
+        return None
+    return groups
+
+
+def expand(ctx: Context, node: Node) -> None:
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    dims, params = {}, {}
+    for d in range(x.ndim):
+        od = d + out.ndim - x.ndim
+        if x.shape[d] == out.shape[od]:
+            if d in lab.dims:
+                dims[od] = lab.dims[d]
+            if d in lab.params:
+                params[od] = lab.params[d]
+        elif d in lab.dims:
+            lock_label(lab.dims[d], f"{node.name} repeats channels")
+    ctx.set(out, dims, params)
+
+
+def spatial(ctx: Context, node: Node) -> None:
+    """Pooling, interpolation, padding: channels-first, batch and channel dims untouched."""
+    x = node.tensor_inputs()[0]
+    out = node.outputs[0]
+    lab = ctx.of(x)
+    keep = {d: lab.dims[d] for d in (0, 1) if d in lab.dims and x.shape[d] == out.shape[d]}
+    for d, label in lab.dims.items():
+        if d not in keep:
+            lock_label(label, f"{node.name} changes dim {d}")
+    ctx.set(out, keep)
+    for extra in node.outputs[1:]:  # max_pool's indices
+        ctx.set(extra, {})
+
+
+def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
+    """Ops that act along some dims only (pad, roll): labels stay on the other dims of unchanged size."""
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    keep = {}
+    for d, label in lab.dims.items():
+        if d in moved or out.ndim != x.ndim or x.shape[d] != out.shape[d]:
+            lock_label(label, f"{node.name} changes or moves along dim {d}")
+        else:
+            keep[d] = label
+    ctx.set(out, keep)
+
+
+def pad(ctx: Context, node: Node) -> None:
+    same_size_dims(ctx, node, set())
+
+
+def roll(ctx: Context, node: Node) -> None:
+    x = node.tensor_inputs()[0]
+    dims = _arg(node, 2, "dims")
+    dims = [] if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    same_size_dims(ctx, node, {_wrap(d, x.ndim) for d in dims} if dims else set(range(x.ndim)))
+
+
+def reduction(ctx: Context, node: Node) -> None:
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    dim = _arg(node, 1, "dim")
+    keepdim = bool(_arg(node, 2, "keepdim", False))
+    lab = ctx.of(x)
+    if dim is None or not isinstance(dim, (int, tuple, list)):
+        ctx.lock_all([x], f"{node.name} over all dims")
+        for o in node.outputs:
+            ctx.set(o, {})
+        return
+    reduced = {_wrap(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
+    dims, j = {}, 0
+    for d in range(x.ndim):
+        if d in reduced:
+            if d in lab.dims:
+                lock_label(lab.dims[d], f"{node.name} over the channel dim")
+            j += 1 if keepdim else 0
+            continue
+        if d in lab.dims:
+            dims[j] = lab.dims[d]
+        j += 1
+    for o in node.outputs:
+        ctx.set(o, dims)
+
+
+def softmax(ctx: Context, node: Node) -> None:
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    dim = _wrap(_arg(node, 1, "dim"), x.ndim)
+    lab = ctx.of(x)
+    if dim in lab.dims:
+        lock_label(lab.dims[dim], f"{node.name} normalises over the channel dim")
+    ctx.set(out, {d: v for d, v in lab.dims.items() if d != dim})
+
+
+def getitem(ctx: Context, node: Node) -> None:
+    x, index, out = node.args[0], node.args[1], node.outputs[0]
+    lab = ctx.of(x)
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Value, list)) for i in index):
+        ctx.lock_all([x], "indexing with a tensor or a list")
+        ctx.set(out, {})
+        return
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        fill = x.ndim - sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:k] + (slice(None),) * fill + index[k + 1:]
+    index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
+    dims, params, d, j = {}, {}, 0, 0
+    for i in index:
+        if i is None:
+            j += 1
+            continue
+        full = isinstance(i, slice) and i == slice(None) or (
+            isinstance(i, slice) and (i.start in (None, 0)) and i.stop is None and i.step in (None, 1))
+        if isinstance(i, int) or not full:
+            if d in lab.dims:
+                lock_label(lab.dims[d], "indexing or slicing along the channel dim")
+            if isinstance(i, int):
+                d += 1
+                continue
+        else:
+            if d in lab.dims:
+                dims[j] = lab.dims[d]
+            if d in lab.params:
+                params[j] = lab.params[d]
+        d += 1
+        j += 1
+    ctx.set(out, dims, params)
+
+
+def split(ctx: Context, node: Node) -> None:
+    """split, chunk, unbind, narrow, select, tensor_split: fine along other dims, locks along channels."""
+    x = node.tensor_inputs()[0]
+    lab = ctx.of(x)
+    dim = _arg(node, 2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else _arg(node, 1, "dim", 0)
+    dim = _wrap(dim, x.ndim)
+    if dim in lab.dims:
+        lock_label(lab.dims[dim], f"{node.name} cuts the channel dim at sizes fixed in the model's code")
+    for out in node.outputs:
+        if out.ndim == x.ndim:
+            ctx.set(out, {d: v for d, v in lab.dims.items() if d != dim})
+        else:  # the dim is gone
+            ctx.set(out, {(d if d < dim else d - 1): v for d, v in lab.dims.items() if d != dim})
+
+
+def generic(ctx: Context, node: Node) -> None:
+    """An op without a rule: the channels it reads can no longer change."""
+    ctx.lock_all(node.tensor_inputs(), f"{node.name} (no rule for this op; pass its module in ignored_layers "
+                                       f"or keep these channels)")
+    _fixed_outputs(ctx, node)
+
+
+def size_read(ctx: Context, node: Node) -> None:
+    """x.shape, x.size(), x.numel(): the code may compute other shapes from a channel count it read."""
+    x = node.args[0]
+    dim = _arg(node, 1, "dim") if node.name == "size" else None
+    lab = ctx.of(x)
+    for d, label in lab.dims.items():
+        if dim is None or _wrap(dim, x.ndim) == d:
+            lock_label(label, f"the model's code reads this channel count ({node.name} of a {list(x.shape)} tensor) "
+                              "and may compute other shapes from it")
+
+
+def creation(ctx: Context, node: Node) -> None:
+    """new_zeros, zeros_like and the like read only the shape of their input: fixed outputs, no lock."""
+    _fixed_outputs(ctx, node)
+
+
+def _fixed_outputs(ctx: Context, node: Node) -> None:
+    for out in node.outputs:
+        ctx.set(out, {})
+
+
+_IDENTITY = {
+    "relu", "relu_", "relu6", "gelu", "silu", "silu_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "elu", "elu_", "selu", "celu", "leaky_relu", "leaky_relu_", "hardtanh",
+    "hardtanh_", "mish", "softplus", "softsign", "logsigmoid", "dropout", "dropout1d", "dropout2d", "dropout3d",
+    "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "detach", "data", "to", "float", "half",
+    "double", "bfloat16", "type", "type_as", "abs", "neg", "exp", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min",
+    "clamp_max", "square", "erf", "log", "sin", "cos", "reciprocal", "requires_grad_", "pow",
+}
+_ELEMENTWISE = {
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__", "rsub",
+    "mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__rtruediv__", "__itruediv__",
+    "true_divide", "where", "maximum", "minimum", "addcmul", "lerp",
+}
+_RESHAPE = {"view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as", "reshape_as"}
+_PERMUTE = {"permute", "transpose", "swapaxes", "swapdims", "t", "T", "mT", "movedim"}
+_SPATIAL = {
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "interpolate", "upsample", "lp_pool2d",
+}
+_REDUCTION = {"mean", "sum", "amax", "amin", "std", "var", "nansum", "nanmean"}
+_SPLIT = {"split", "chunk", "unbind", "narrow", "select", "tensor_split", "split_with_sizes"}
+
+_BY_FUNC: dict[Callable, Callable] = {
+    F.max_pool1d: spatial, F.max_pool2d: spatial, F.max_pool3d: spatial,
+    F.adaptive_max_pool1d: spatial, F.adaptive_max_pool2d: spatial, F.adaptive_max_pool3d: spatial,
+    F.batch_norm: batch_norm, F.instance_norm: instance_norm, F.group_norm: group_norm, F.layer_norm: layer_norm,
+    F.linear: linear, torch.conv1d: conv, torch.conv2d: conv, torch.conv3d: conv,
+    F.multi_head_attention_forward: attention,
+}
+_BY_NAME: dict[str, Callable] = {
+    **{n: identity for n in _IDENTITY}, **{n: elementwise for n in _ELEMENTWISE}, **{n: reshape for n in _RESHAPE},
+    **{n: permute for n in _PERMUTE}, **{n: spatial for n in _SPATIAL}, **{n: reduction for n in _REDUCTION},
+    **{n: split for n in _SPLIT},
+    "cat": cat, "concat": cat, "concatenate": cat, "expand": expand, "expand_as": expand, "broadcast_to": expand,
+    "__getitem__": getitem, "softmax": softmax, "pad": pad, "roll": roll,
+    "size": size_read, "shape": size_read, "numel": size_read,
+    **{n: creation for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "zeros_like",
+                             "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")}, "log_softmax": softmax,
+    "max_pool1d": spatial, "max_pool2d": spatial, "max_pool3d": spatial,
+}
+
+
+def rule_for(node: Node) -> Callable:
+    return _BY_FUNC.get(node.func) or _BY_NAME.get(node.name) or generic
+
+
+def propagate(ctx: Context) -> None:
+    """Runs every node's rule in execution order, then locks what the model outputs."""
+    for node in ctx.trace.nodes:
+        rule_for(node)(ctx, node)
+    for v in ctx.trace.outputs:
+        for label in ctx.of(v).dims.values():
+            lock_label(label, "the model's output")

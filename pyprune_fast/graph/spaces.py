@@ -1,0 +1,122 @@
+"""Channel index spaces, joined with union-find, and the tensor dims that index them.
+
+A *space* is one set of channels, e.g. the output channels of a conv. Ops that tie two sets of
+channels together (a residual add, a BatchNorm after a conv) join their spaces. A *segment* says
+that a run of positions along some tensor dim holds the channels of one space, each channel
+taking `block` consecutive positions (a flatten of C x H x W into a Linear gives block = H * W).
+A dim of an activation is *labelled* with its segments, in order (a concat gives several).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Member:
+    """Positions `offset + c * block ... + block` of dim `dim` of parameter/buffer `name` hold channel c.
+
+    role: "producer" when the tensor makes the channel's values (conv weight rows, BatchNorm
+    parameters, biases), "consumer" when it reads them (the next layer's input columns).
+    """
+
+    name: str
+    dim: int
+    offset: int = 0
+    block: int = 1
+    role: str = "producer"
+
+
+class Space:
+    """A union-find node: the root holds the size, the members and, if any, why it cannot be pruned."""
+
+    def __init__(self, size: int, origin: str, locked: Optional[str] = None):
+        self.size = size
+        self.origin = origin  # what made it, for messages: "conv2d layer1.0.conv1", "model input"
+        self.locked = locked
+        self.members: list[Member] = []
+        self.modules: set[str] = set()  # modules whose channel count this space sets
+        self._parent: Space = self
+
+    def root(self) -> "Space":
+        node = self
+        while node._parent is not node:
+            node._parent = node._parent._parent
+            node = node._parent
+        return node
+
+    def add(self, member: Member) -> None:
+        self.root().members.append(member)
+
+    def lock(self, reason: str) -> None:
+        r = self.root()
+        if r.locked is None:
+            r.locked = reason
+
+
+def union(a: Space, b: Space) -> Space:
+    ra, rb = a.root(), b.root()
+    if ra is rb:
+        return ra
+    if ra.size != rb.size:  # cannot happen for shapes that broadcast; stay safe
+        ra.lock(f"joins {ra.origin} and {rb.origin} with different sizes ({ra.size} vs {rb.size})")
+        rb.lock(ra.locked)
+    rb._parent = ra
+    ra.members += rb.members
+    ra.modules |= rb.modules
+    ra.locked = ra.locked or rb.locked
+    rb.members = []
+    return ra
+
+
+@dataclass(frozen=True)
+class Segment:
+    space: Space
+    length: int  # channels
+    block: int = 1  # positions per channel
+
+    @property
+    def span(self) -> int:
+        return self.length * self.block
+
+
+Label = tuple  # tuple[Segment, ...]: the segments along one dim, in order
+
+
+def same_layout(a: Label, b: Label) -> bool:
+    return len(a) == len(b) and all(x.length == y.length and x.block == y.block for x, y in zip(a, b))
+
+
+def unify(labels: list[Label], reason: str) -> Label:
+    """One label for positions that several tensors share (an elementwise op): joins their spaces."""
+    first = labels[0]
+    for other in labels[1:]:
+        if same_layout(first, other):
+            for x, y in zip(first, other):
+                union(x.space, y.space)
+        else:
+            for seg in (*first, *other):
+                seg.space.lock(reason)
+    return first
+
+
+def lock_label(label: Optional[Label], reason: str) -> None:
+    for seg in label or ():
+        seg.space.lock(reason)
+
+
+def add_members(label: Label, name: str, dim: int, role: str) -> None:
+    """Members for every segment of `label`, laid along dim `dim` of tensor `name`."""
+    offset = 0
+    for seg in label:
+        seg.space.add(Member(name, dim, offset, seg.block, role))
+        offset += seg.span
+
+
+@dataclass
+class Labels:
+    """Per value: dim -> Label, and for views of a parameter, dim -> (parameter name, its dim)."""
+
+    dims: dict[int, Label] = field(default_factory=dict)
+    params: dict[int, tuple[str, int]] = field(default_factory=dict)

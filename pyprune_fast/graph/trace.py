@@ -1,0 +1,162 @@
+"""Records the tensor operations one forward pass of a model executes.
+
+The recorder is a `TorchFunctionMode`: it sees every torch function, `torch.nn.functional` call and
+Tensor method the forward runs, in the order it runs them, so Python control flow is simply followed.
+`F.conv2d`, `F.batch_norm`, `F.multi_head_attention_forward` and the like are recorded as single ops
+(the mode is suspended while they run), with the parameters and buffers they read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+__all__ = ["Value", "Node", "Trace", "record"]
+
+
+@dataclass(eq=False)
+class Value:
+    """One tensor seen during the pass. `param` names a parameter or buffer of the model it is."""
+
+    shape: tuple[int, ...]
+    producer: Optional["Node"] = None
+    param: Optional[str] = None
+    id: int = 0
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(eq=False)
+class Node:
+    """One executed op: `func` with `args`/`kwargs` in which every tensor is replaced by its Value."""
+
+    func: Callable
+    args: tuple
+    kwargs: dict
+    outputs: list[Value]
+    output_tree: Any  # the op's return value with Values in place of tensors
+    id: int = 0
+
+    @property
+    def name(self) -> str:
+        return op_name(self.func)
+
+    def tensor_inputs(self) -> list[Value]:
+        leaves, _ = tree_flatten((self.args, self.kwargs))
+        return [v for v in leaves if isinstance(v, Value)]
+
+
+@dataclass
+class Trace:
+    nodes: list[Node]
+    inputs: list[Value]
+    outputs: list[Value]
+    params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
+    fake: bool = True
+
+
+# Calls that read sizes: recorded (with no outputs), since code may compute other shapes from them.
+SIZE_READS = {"size", "shape", "numel"}
+
+
+def op_name(func: Callable) -> str:
+    """A short name for a recorded function: 'conv2d', 'add_', '__getitem__', 'T' for the `.T` property."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":  # a Tensor property such as .T or .data
+        return getattr(getattr(func, "__self__", None), "__name__", name)
+    return name or repr(func)
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, param_names: dict[int, str]):
+        super().__init__()
+        self.param_names = param_names
+        self.values: dict[int, Value] = {}
+        self.keep_alive: list[torch.Tensor] = []  # ids stay unique while we hold the tensors
+        self.nodes: list[Node] = []
+        self.params: dict[str, Value] = {}
+        self._ids = itertools.count()
+
+    def value_of(self, t: torch.Tensor) -> Value:
+        v = self.values.get(id(t))
+        if v is None:
+            name = self.param_names.get(id(t))
+            v = Value(tuple(t.shape), param=name, id=next(self._ids))
+            self.values[id(t)] = v
+            self.keep_alive.append(t)
+            if name is not None:
+                self.params[name] = v
+        return v
+
+    def new_value(self, t: torch.Tensor, node: Node) -> Value:
+        v = Value(tuple(t.shape), producer=node, id=next(self._ids))
+        self.values[id(t)] = v  # an in-place op makes the same tensor object a new value
+        self.keep_alive.append(t)
+        return v
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        out_leaves, _ = tree_flatten(out)
+        if not any(isinstance(o, torch.Tensor) for o in out_leaves) and op_name(func) not in SIZE_READS:
+            return out
+        to_value = lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        node = Node(func, tree_map(to_value, tuple(args)), tree_map(to_value, kwargs), [], None, id=len(self.nodes))
+        node.output_tree = tree_map(lambda x: self.new_value(x, node) if isinstance(x, torch.Tensor) else x, out)
+        node.outputs = [v for v in tree_flatten(node.output_tree)[0] if isinstance(v, Value)]
+        self.nodes.append(node)
+        return out
+
+
+def _param_names(model: nn.Module) -> dict[int, str]:
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+    return names
+
+
+def _run(model: nn.Module, example_inputs: tuple, fake: bool) -> Trace:
+    recorder = _Recorder(_param_names(model))
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        inputs = tuple(tree_map(lambda x: mode.from_tensor(x) if isinstance(x, torch.Tensor) else x, example_inputs))
+    else:
+        mode, inputs = torch.no_grad(), example_inputs
+    in_leaves = [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
+    with mode, recorder:
+        input_values = [recorder.value_of(x) for x in in_leaves]
+        out = model(*inputs)
+    outputs = [recorder.values[id(o)] for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and id(o) in recorder.values]
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, fake)
+
+
+def record(model: nn.Module, example_inputs: Any, *, fake: bool = False) -> Trace:
+    """Record one forward pass of `model` (in eval mode; its mode is restored after).
+
+    By default the pass computes for real under `no_grad` (for a ResNet-50 at 224 px that is faster
+    than FakeTensorMode's bookkeeping). fake=True runs shape-only under FakeTensorMode, for models too
+    large to run, and falls back to a real pass when the model needs real values.
+    """
+    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        if fake:
+            try:
+                return _run(model, example_inputs, fake=True)
+            except Exception:
+                pass
+        return _run(model, example_inputs, fake=False)
+    finally:
+        model.train(was_training)

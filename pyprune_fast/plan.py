@@ -1,0 +1,96 @@
+"""A pruning plan: for some groups of a DependencyGraph, which channels go or which merge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .graph import DependencyGraph, Group
+
+__all__ = ["Plan"]
+
+IndexLike = Union[torch.Tensor, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Entry:
+    group: Group
+    keep: torch.Tensor  # sorted kept channels (CPU int64)
+    assignment: Optional[torch.Tensor] = None  # merges: cluster id of every channel
+    merge_keep: Optional[torch.Tensor] = None  # merges: the kept channel of every cluster, by cluster id
+
+
+def _indices(name: str, values: IndexLike) -> torch.Tensor:
+    t = torch.as_tensor(values)
+    if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or t.dim() != 1:
+        raise TypeError(f"Plan.{name}: expected a 1-D list or tensor of ints, got {t.dtype} with shape {tuple(t.shape)}")
+    return t.to(torch.int64).cpu()
+
+
+class Plan:
+    """Channels to remove (`remove`) or to merge by channel addition (`merge`), group by group.
+
+    Every call is checked at once; `apply(plan)` then changes the model all together or not at all.
+    """
+
+    def __init__(self, graph: DependencyGraph):
+        if not isinstance(graph, DependencyGraph):
+            raise TypeError(f"Plan: expected a DependencyGraph, got {type(graph).__name__}")
+        self.graph = graph
+        self.entries: dict[int, Entry] = {}
+
+    def _check_group(self, op: str, group: Group) -> None:
+        if not isinstance(group, Group) or group.index >= len(self.graph.groups) or self.graph.groups[group.index] is not group:
+            raise ValueError(f"Plan.{op}: the group is not one of this graph's groups")
+        if not group.prunable:
+            raise ValueError(f"Plan.{op}: group {group.index} ({group.origin}) cannot be pruned: {group.reason}")
+        if group.index in self.entries:
+            raise ValueError(f"Plan.{op}: group {group.index} is already in the plan")
+
+    def remove(self, group: Group, indices: IndexLike) -> "Plan":
+        """Remove channels `indices` (unique, in range) of `group`; at least one channel must stay."""
+        self._check_group("remove", group)
+        idx = _indices("remove", indices)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= group.channels):
+            bad = idx[(idx < 0) | (idx >= group.channels)][0].item()
+            raise ValueError(f"Plan.remove: channel {bad} is out of range for group {group.index} with {group.channels} channels")
+        if idx.unique().numel() != idx.numel():
+            raise ValueError(f"Plan.remove: channel indices for group {group.index} repeat")
+        if idx.numel() >= group.channels:
+            raise ValueError(f"Plan.remove: removing all {group.channels} channels of group {group.index}; at least one must stay")
+        mask = torch.ones(group.channels, dtype=torch.bool)
+        mask[idx] = False
+        self.entries[group.index] = Entry(group, mask.nonzero().squeeze(1))
+        return self
+
+    def merge(self, group: Group, assignment: IndexLike, keep: Optional[IndexLike] = None) -> "Plan":
+        """Merge the channels of each cluster into one by channel addition (see ops.merge_channels_).
+
+        assignment: cluster id in [0, G) of every channel, every cluster used. keep: the channel kept
+        for every cluster (default: its lowest channel); `assignment[keep[g]] == g` must hold. The
+        producing tensors keep that channel's values; the consuming tensors sum the cluster's inputs.
+        """
+        self._check_group("merge", group)
+        a = _indices("merge", assignment)
+        if a.numel() != group.channels:
+            raise ValueError(f"Plan.merge: assignment has {a.numel()} entries but group {group.index} has {group.channels} channels")
+        clusters = int(a.max()) + 1 if a.numel() else 0
+        if a.min() < 0 or torch.bincount(a, minlength=clusters).eq(0).any():
+            raise ValueError(f"Plan.merge: cluster ids must be 0..G-1 with every cluster used, got {a.unique().tolist()[:10]}")
+        if keep is None:
+            k = torch.full((clusters,), group.channels, dtype=torch.int64).scatter_reduce(0, a, torch.arange(group.channels), "amin")
+        else:
+            k = _indices("merge", keep)
+            if k.numel() != clusters or k.min() < 0 or k.max() >= group.channels or not torch.equal(a[k], torch.arange(clusters)):
+                raise ValueError("Plan.merge: keep must name, for every cluster g, a channel c with assignment[c] == g")
+        self.entries[group.index] = Entry(group, k.sort().values, a, k)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __repr__(self) -> str:
+        removed = sum(e.group.channels - e.keep.numel() for e in self.entries.values())
+        return f"Plan({len(self.entries)} groups, {removed} channels removed)"

@@ -1,0 +1,190 @@
+"""Applies a Plan to the model: every coupled tensor at once, or none.
+
+Three phases. *Check*: the graph still matches the model. *Build*: every new tensor (parameters,
+their gradients, buffers, optimizer state) is computed with the extension's ops (`merge_channels_`
+on copies, then batched `gather_channels`) while the model is untouched; a failure here changes
+nothing. *Swap*: each change is one assignment with its undo recorded; a failure part-way undoes
+the ones made. Parameters keep their identity (their `.data` is replaced), so an optimizer that
+holds them goes on working, with its per-parameter state sliced the same way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from . import ops
+from .graph import DependencyGraph
+from .plan import Plan
+
+__all__ = ["apply", "sync_module_attributes"]
+
+
+def _positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
+    """Positions along a dim of the given channels of a member."""
+    return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
+
+
+def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
+    """Per tensor: {dim: kept positions}, and the channel additions to run first."""
+    drop: dict[tuple[str, int], list[torch.Tensor]] = defaultdict(list)
+    merges: dict[str, list[tuple]] = defaultdict(list)
+    for entry in plan.entries.values():
+        removed = torch.ones(entry.group.channels, dtype=torch.bool)
+        removed[entry.keep] = False
+        removed = removed.nonzero().squeeze(1)
+        for m in entry.group.members:
+            if removed.numel():
+                drop[(m.name, m.dim)].append(_positions(removed, m.offset, m.block))
+            if entry.assignment is not None and m.role == "consumer":
+                merges[m.name].append((m, entry.group.channels, entry.assignment, entry.merge_keep))
+    keep: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
+    for (name, dim), parts in drop.items():
+        mask = torch.ones(shapes[name][dim], dtype=torch.bool)
+        mask[torch.cat(parts)] = False
+        keep[name][dim] = mask.nonzero().squeeze(1)
+    return keep, merges
+
+
+def _gather_all(tensors: dict[str, torch.Tensor], keep: dict[str, dict[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Gathers every tensor along each of its pruned dims: one batched op call per round of dims."""
+    out = dict(tensors)
+    todo = {k: sorted(keep[k].items()) for k in tensors if k in keep}
+    device_idx: dict[tuple, torch.Tensor] = {}
+    while todo:
+        names = list(todo)
+        xs, idxs, dims = [], [], []
+        for n in names:
+            dim, idx = todo[n].pop(0)
+            key = (idx.data_ptr(), out[n].device)
+            if key not in device_idx:
+                device_idx[key] = idx.to(out[n].device)
+            xs.append(out[n])
+            idxs.append(device_idx[key])
+            dims.append(dim)
+        for n, new in zip(names, ops.gather_channels(xs, idxs, dims)):
+            out[n] = new
+        todo = {n: rest for n, rest in todo.items() if rest}
+    return out
+
+
+def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer]):
+    model = plan.graph.model
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    tensors = {**params, **buffers}
+    keep, merges = _selections(plan, {n: tuple(t.shape) for n, t in tensors.items()})
+    names = sorted(set(keep) | set(merges))
+
+    sources = {}
+    with torch.no_grad():
+        for n in names:
+            t = tensors[n].detach()
+            if n in merges:  # channel addition on a copy, before the gathers
+                t = t.clone()
+                for m, channels, assignment, merge_keep in merges[n]:
+                    view = t.narrow(m.dim, m.offset, channels * m.block).unflatten(m.dim, (channels, m.block))
+                    ops.merge_channels_(view, assignment.to(t.device), merge_keep.to(t.device), m.dim)
+            sources[n] = t
+        new_data = _gather_all(sources, keep)
+        grads = {n: params[n].grad for n in names if n in params and params[n].grad is not None}
+        new_grads = _gather_all(grads, keep)
+        new_state = {}
+        if optimizer is not None:
+            for n in names:
+                p = params.get(n)
+                state = optimizer.state.get(p) if p is not None else None
+                if not state:
+                    continue
+                sliced = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == p.shape}
+                new_state[n] = {**state, **_gather_all(sliced, {k: keep.get(n, {}) for k in sliced})}
+    return names, params, buffers, new_data, new_grads, new_state
+
+
+class _Swap:
+    """Assignments with their undo, so that a failure part-way can be rolled back."""
+
+    def __init__(self):
+        self.undo: list[Callable[[], None]] = []
+
+    def setattr(self, obj, attr: str, value) -> None:
+        old = getattr(obj, attr)
+        setattr(obj, attr, value)
+        self.undo.append(lambda: setattr(obj, attr, old))
+
+    def setitem(self, d: dict, key, value) -> None:
+        had, old = key in d, d.get(key)
+        d[key] = value
+        self.undo.append(lambda: d.__setitem__(key, old) if had else d.pop(key, None))
+
+    def rollback(self) -> None:
+        for fn in reversed(self.undo):
+            fn()
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, attr = name.rpartition(".")
+    return model.get_submodule(module_name) if module_name else model, attr
+
+
+def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozenset = frozenset(),
+                           per_channel_groupnorm: frozenset = frozenset()) -> dict:
+    """The shape attributes of `module` that its (new) parameters imply, as {attr: value}."""
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
+        groups = w.shape[0] if name in graph_depthwise else module.groups
+        return {"out_channels": w.shape[0], "groups": groups, "in_channels": w.shape[1] * groups}
+    if isinstance(module, nn.Linear):
+        return {"out_features": module.weight.shape[0], "in_features": module.weight.shape[1]}
+    if isinstance(module, (nn.modules.batchnorm._NormBase,)):
+        ref = w if w is not None else module.running_mean
+        return {"num_features": ref.shape[0]} if ref is not None else {}
+    if isinstance(module, nn.GroupNorm) and w is not None:
+        attrs = {"num_channels": w.shape[0]}
+        if name in per_channel_groupnorm:
+            attrs["num_groups"] = w.shape[0]
+        return attrs
+    if isinstance(module, nn.LayerNorm) and w is not None:
+        return {"normalized_shape": (w.shape[0],)}
+    return {}
+
+
+def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
+    """Prune the model of `plan.graph` as `plan` says, all or nothing; returns the model.
+
+    Slices the optimizer's per-parameter state (SGD momentum, Adam moments: every state tensor of
+    the parameter's shape) and existing gradients the same way. The graph is stale afterwards.
+    """
+    if not isinstance(plan, Plan):
+        raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
+    graph: DependencyGraph = plan.graph
+    graph.check_current()
+    names, params, buffers, new_data, new_grads, new_state = _build(plan, optimizer)
+
+    model = graph.model
+    swap = _Swap()
+    try:
+        for n in names:
+            if n in params:
+                p = params[n]
+                swap.setattr(p, "data", new_data[n])
+                if n in new_grads:
+                    swap.setattr(p, "grad", new_grads[n])
+                if n in new_state:
+                    swap.setitem(optimizer.state, p, new_state[n])
+            else:
+                owner, attr = _owner(model, n)
+                swap.setitem(owner._buffers, attr, new_data[n])
+        for module_name in sorted({n.rpartition(".")[0] for n in names}):
+            module = model.get_submodule(module_name) if module_name else model
+            attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
+            for attr, value in attrs.items():
+                swap.setattr(module, attr, value)
+    except BaseException:
+        swap.rollback()
+        raise
+    graph.stale = True
+    return model
