@@ -54,11 +54,12 @@ class DependencyGraph:
         model: any nn.Module.
         example_inputs: a tensor or a tuple of positional inputs, on the model's device.
         ignored_layers: modules whose output channels must not be pruned (the classifier, say).
-        fake: record shape-only under FakeTensorMode (for models too big to run once).
+        meta: record the forward pass on meta tensors (shapes only; falls back to a real pass when the
+            model needs real values). meta=False always runs it for real.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
-                 fake: bool = False):
+                 meta: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
         names = {m: n for n, m in model.named_modules()}
@@ -68,7 +69,7 @@ class DependencyGraph:
                 raise ValueError(f"DependencyGraph: ignored_layers holds a {type(m).__name__} that is not part of the model")
             ignored.add(names[m])
         try:
-            trace = record(model, example_inputs, fake=fake)
+            trace = record(model, example_inputs, meta=meta)
         except Exception as e:
             raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
         ctx = Context(trace, ignored)

@@ -9,8 +9,11 @@ A dim of an activation is *labelled* with its segments, in order (a concat gives
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Optional
+
+_order = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Space:
         self.members: list[Member] = []
         self.modules: set[str] = set()  # modules whose channel count this space sets
         self._parent: Space = self
+        self.order = next(_order)  # the older space of a union stays root: its origin names the group
 
     def root(self) -> "Space":
         node = self
@@ -59,6 +63,8 @@ def union(a: Space, b: Space) -> Space:
     ra, rb = a.root(), b.root()
     if ra is rb:
         return ra
+    if rb.order < ra.order:
+        ra, rb = rb, ra
     if ra.size != rb.size:  # cannot happen for shapes that broadcast; stay safe
         ra.lock(f"joins {ra.origin} and {rb.origin} with different sizes ({ra.size} vs {rb.size})")
         rb.lock(ra.locked)

@@ -60,7 +60,7 @@ class Trace:
     inputs: list[Value]
     outputs: list[Value]
     params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
-    fake: bool = True
+    meta: bool = True  # recorded on meta tensors
 
 
 # Calls that read sizes: recorded (with no outputs), since code may compute other shapes from them.
@@ -122,29 +122,54 @@ def _param_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def _run(model: nn.Module, example_inputs: tuple, fake: bool) -> Trace:
+def _run(model: nn.Module, example_inputs: tuple, meta: bool) -> Trace:
+    inputs = example_inputs
+    if meta:
+        inputs = tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, example_inputs))
     recorder = _Recorder(_param_names(model))
-    if fake:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        inputs = tuple(tree_map(lambda x: mode.from_tensor(x) if isinstance(x, torch.Tensor) else x, example_inputs))
-    else:
-        mode, inputs = torch.no_grad(), example_inputs
     in_leaves = [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
-    with mode, recorder:
+    with torch.no_grad(), recorder:
         input_values = [recorder.value_of(x) for x in in_leaves]
         out = model(*inputs)
     outputs = [recorder.values[id(o)] for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and id(o) in recorder.values]
-    return Trace(recorder.nodes, input_values, outputs, recorder.params, fake)
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta)
 
 
-def record(model: nn.Module, example_inputs: Any, *, fake: bool = False) -> Trace:
-    """Record one forward pass of `model` (in eval mode; its mode is restored after).
+class _OnMeta:
+    """Puts meta stand-ins (same shapes, no data) in place of every parameter and buffer, and the
+    originals back on exit. Ops on meta tensors compute shapes only."""
 
-    By default the pass computes for real under `no_grad` (for a ResNet-50 at 224 px that is faster
-    than FakeTensorMode's bookkeeping). fake=True runs shape-only under FakeTensorMode, for models too
-    large to run, and falls back to a real pass when the model needs real values.
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        stand_in: dict[int, torch.Tensor] = {}
+
+        def meta_of(t: torch.Tensor) -> torch.Tensor:
+            if id(t) not in stand_in:
+                m = torch.empty_like(t, device="meta")
+                stand_in[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
+            return stand_in[id(t)]
+
+        self.saved = []
+        for module in self.model.modules():
+            for slots in (module._parameters, module._buffers):
+                for k, t in slots.items():
+                    if t is not None:
+                        self.saved.append((slots, k, t))
+                        slots[k] = meta_of(t)
+
+    def __exit__(self, *exc):
+        for slots, k, t in self.saved:
+            slots[k] = t
+
+
+def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
+    """Record one forward pass of `model` (in eval mode, without grad; its mode is restored after).
+
+    meta=True runs the pass on meta tensors (shapes only, no arithmetic): the model's tensors are
+    swapped for meta ones and back. If the model needs real values (`.item()`, data-dependent
+    branches), or meta=False, the pass runs for real on `example_inputs`.
     """
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
@@ -152,11 +177,12 @@ def record(model: nn.Module, example_inputs: Any, *, fake: bool = False) -> Trac
     was_training = model.training
     model.eval()
     try:
-        if fake:
+        if meta:
             try:
-                return _run(model, example_inputs, fake=True)
+                with _OnMeta(model):
+                    return _run(model, example_inputs, meta=True)
             except Exception:
                 pass
-        return _run(model, example_inputs, fake=False)
+        return _run(model, example_inputs, meta=False)
     finally:
         model.train(was_training)

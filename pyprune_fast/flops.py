@@ -1,0 +1,67 @@
+"""Multiply-accumulate and parameter counts of a model, from one recorded forward pass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from .graph.rules import module_of
+from .graph.trace import Node, Trace, record
+
+__all__ = ["Profile", "profile", "profile_trace"]
+
+
+@dataclass
+class Profile:
+    """macs: multiply-accumulates of one forward pass on the example inputs; params: parameter count;
+    rows: (module or op, op, macs) for every op that does multiply-accumulates."""
+
+    macs: int
+    params: int
+    rows: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<48} {'op':<30} {'MMACs':>10}"]
+        lines += [f"{name[:48]:<48} {op[:30]:<30} {macs / 1e6:>10.2f}" for name, op, macs in self.rows]
+        lines.append(f"total: {self.macs / 1e9:.3f} GMACs, {self.params / 1e6:.3f} M params")
+        return "\n".join(lines)
+
+
+def _macs(node: Node) -> tuple[str, int]:
+    args, name = node.args, node.name
+    out = node.outputs[0] if node.outputs else None
+    if name in ("conv1d", "conv2d", "conv3d"):
+        w = args[1]
+        return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:])
+    if node.func is F.linear:
+        w = args[1]
+        return module_of(w.param) or name, math.prod(out.shape) * w.shape[1]
+    if node.func is F.multi_head_attention_forward:
+        q, k = args[0], args[1]  # (L, N, E), (S, N, E)
+        (L, N, E), S = q.shape, k.shape[0]
+        w = args[5]
+        return module_of(w.param) or name, N * (L * 3 * E * E + 2 * L * S * E + L * E * E)
+    if name in ("matmul", "bmm", "__matmul__", "einsum") and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
+        return name, math.prod(out.shape) * args[0].shape[-1]
+    if name == "scaled_dot_product_attention":
+        q, k = args[0], args[1]
+        return name, 2 * math.prod(q.shape) * k.shape[-2]
+    return name, 0
+
+
+def profile_trace(trace: Trace, model: nn.Module) -> Profile:
+    rows = []
+    for node in trace.nodes:
+        where, macs = _macs(node)
+        if macs:
+            rows.append((where, node.name, int(macs)))
+    return Profile(sum(r[2] for r in rows), sum(p.numel() for p in model.parameters()), rows)
+
+
+def profile(model: nn.Module, example_inputs: Any) -> Profile:
+    """MACs (multiply-accumulates) and parameters of `model` on `example_inputs`, with per-layer rows."""
+    return profile_trace(record(model, example_inputs), model)
