@@ -48,7 +48,7 @@ def test_load_failure_is_reported_with_versions(monkeypatch):
         _extension.load()
 
 
-def test_import_has_no_side_effects_beyond_loading():
-    code = "import pyprune_fast, sys; print(sorted(m for m in sys.modules if m.startswith('pyprune_fast')))"
+def test_import_loads_the_extension_and_nothing_heavy():
+    code = "import pyprune_fast, sys; print('pyprune_fast._C' in sys.modules, 'torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['pyprune_fast', 'pyprune_fast._C', 'pyprune_fast._build_info', 'pyprune_fast._extension', 'pyprune_fast.ops']"
+    assert out.split() == ["True", "False"]
