@@ -23,7 +23,9 @@ class Entry:
 
 
 def _indices(name: str, values: IndexLike) -> torch.Tensor:
-    t = torch.as_tensor(values)
+    t = torch.as_tensor(values if isinstance(values, torch.Tensor) else list(values), dtype=None)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64)
     if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or t.dim() != 1:
         raise TypeError(f"Plan.{name}: expected a 1-D list or tensor of ints, got {t.dtype} with shape {tuple(t.shape)}")
     return t.to(torch.int64).cpu()

@@ -115,6 +115,18 @@ class _Swap:
         setattr(obj, attr, value)
         self.undo.append(lambda: setattr(obj, attr, old))
 
+    def parameter(self, p: nn.Parameter, data: torch.Tensor, grad: Optional[torch.Tensor]) -> None:
+        """New data and gradient together (a gradient must always match its parameter's shape)."""
+        old_data, old_grad = p.data, p.grad
+
+        def put(d, g):
+            p.grad = None
+            p.data = d
+            p.grad = g
+
+        put(data, grad)
+        self.undo.append(lambda: put(old_data, old_grad))
+
     def setitem(self, d: dict, key, value) -> None:
         had, old = key in d, d.get(key)
         d[key] = value
@@ -170,9 +182,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
         for n in names:
             if n in params:
                 p = params[n]
-                swap.setattr(p, "data", new_data[n])
-                if n in new_grads:
-                    swap.setattr(p, "grad", new_grads[n])
+                swap.parameter(p, new_data[n], new_grads.get(n))
                 if n in new_state:
                     swap.setitem(optimizer.state, p, new_state[n])
             else:

@@ -424,37 +424,29 @@ def roll(ctx: Context, node: Node) -> None:
 
 
 def reduction(ctx: Context, node: Node) -> None:
-    x, out = node.tensor_inputs()[0], node.outputs[0]
+    """mean, sum, amax...: reduced dims lose their labels (fewer channels change values, not shapes)."""
+    x = node.tensor_inputs()[0]
     dim = _arg(node, 1, "dim")
     keepdim = bool(_arg(node, 2, "keepdim", False))
     lab = ctx.of(x)
     if dim is None or not isinstance(dim, (int, tuple, list)):
-        ctx.lock_all([x], f"{node.name} over all dims")
-        for o in node.outputs:
-            ctx.set(o, {})
-        return
-    reduced = {_wrap(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
+        reduced = set(range(x.ndim))
+    else:
+        reduced = {_wrap(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
     dims, j = {}, 0
     for d in range(x.ndim):
-        if d in reduced:
-            if d in lab.dims:
-                lock_label(lab.dims[d], f"{node.name} over the channel dim")
-            j += 1 if keepdim else 0
+        if d in reduced and not keepdim:
             continue
-        if d in lab.dims:
+        if d in lab.dims and d not in reduced:
             dims[j] = lab.dims[d]
         j += 1
     for o in node.outputs:
-        ctx.set(o, dims)
+        ctx.set(o, dims if o.ndim == x.ndim - (0 if keepdim else len(reduced)) else {})
 
 
 def softmax(ctx: Context, node: Node) -> None:
-    x, out = node.tensor_inputs()[0], node.outputs[0]
-    dim = _wrap(_arg(node, 1, "dim"), x.ndim)
-    lab = ctx.of(x)
-    if dim in lab.dims:
-        lock_label(lab.dims[dim], f"{node.name} normalises over the channel dim")
-    ctx.set(out, {d: v for d, v in lab.dims.items() if d != dim})
+    """softmax over any dim keeps every channel where it was."""
+    identity(ctx, node)
 
 
 def getitem(ctx: Context, node: Node) -> None:

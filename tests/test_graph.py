@@ -1,0 +1,98 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pyprune_fast as ppf
+from nets import BranchNet, FlattenNet
+
+
+def members(group, name):
+    return [m for m in group.members if m.name == name]
+
+
+def test_residual_branches_share_one_group():
+    model = torchvision.models.resnet18()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64))
+    stem = g.group_of(model.conv1)
+    assert stem is g.group_of(model.layer1[0].conv2) is g.group_of(model.layer1[1].conv2)
+    names = {m.name for m in stem.members}
+    assert {"bn1.weight", "bn1.running_var", "layer1.0.bn2.bias", "layer2.0.conv1.weight", "layer2.0.downsample.0.weight"} <= names
+    assert members(stem, "layer2.0.conv1.weight")[0].role == "consumer"
+    assert stem.prunable and g.group_of(model.layer1[0].conv1).prunable
+    assert g.group_of(model.layer2[0].conv2) is g.group_of(model.layer2[0].downsample[0])
+
+
+def test_output_and_ignored_layers_are_not_prunable():
+    model = torchvision.models.resnet18()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64), ignored_layers=[model.layer1[0].conv1])
+    assert not g.group_of(model.fc).prunable and "output" in g.group_of(model.fc).reason
+    assert "ignored_layers" in g.group_of(model.layer1[0].conv1).reason
+    with pytest.raises(ValueError, match="not part of the model"):
+        ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64), ignored_layers=[nn.Linear(2, 2)])
+
+
+def test_flatten_into_linear_gives_channel_blocks():
+    model = FlattenNet()
+    g = ppf.DependencyGraph(model, torch.randn(2, 3, 8, 8))
+    grp = g.group_of(model.conv2)
+    (fc,) = members(grp, "fc1.weight")
+    assert (fc.dim, fc.offset, fc.block, fc.role) == (1, 0, 16, "consumer")
+    assert {m.name for m in g.group_of(model.conv1).members} >= {"bn1.weight", "bn1.bias", "bn1.running_mean", "conv2.weight"}
+
+
+def test_concat_offsets_and_squeeze_excitation():
+    model = BranchNet()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 6, 6))
+    a, b = g.group_of(model.a), g.group_of(model.b)
+    assert [(m.offset, m.block) for m in members(a, "mix.weight")] == [(0, 1)]
+    assert [(m.offset, m.block) for m in members(b, "mix.weight")] == [(4, 1)]
+    # y + mix(y) adds one 9-channel space to the [4 | 5] concat: not followed, so all of it is locked,
+    # with the reason, rather than guessed
+    for conv in (model.a, model.b, model.mix, model.se2):
+        assert "concatenated differently" in g.group_of(conv).reason
+    assert g.group_of(model.se1).prunable
+
+
+def test_depthwise_and_se_in_mobilenet():
+    model = torchvision.models.mobilenet_v3_small()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64))
+    expand = model.features[4].block[0][0]   # 1x1 expansion conv
+    depthwise = model.features[4].block[1][0]
+    grp = g.group_of(expand)
+    assert grp is g.group_of(depthwise)
+    assert members(grp, "features.4.block.1.0.weight")[0].role == "producer"
+    assert grp is g.group_of(model.features[4].block[2].fc2)  # the SE scale multiplies these channels
+
+
+def test_reasons_for_unprunable_groups():
+    shufflenet = ppf.DependencyGraph(torchvision.models.shufflenet_v2_x0_5(), torch.randn(1, 3, 64, 64))
+    reasons = " | ".join(g.reason for g in shufflenet.groups if g.reason)
+    assert "reads this channel count" in reasons  # the channel shuffle computes its view from x.size()
+    regnet = ppf.DependencyGraph(torchvision.models.regnet_x_400mf(), torch.randn(1, 3, 64, 64))
+    assert any("grouped conv" in (g.reason or "") for g in regnet.groups)
+
+
+def test_bad_model_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="running the model on example_inputs failed: RuntimeError"):
+        ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 4, 32, 32))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ppf.DependencyGraph(lambda x: x, torch.randn(1))
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    model = torchvision.models.resnet18().train()
+    params = {n: p for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ppf.DependencyGraph(model, torch.randn(2, 3, 32, 32))
+    assert model.training
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN statistics untouched
+
+
+def test_profile_counts_macs():
+    model = FlattenNet()
+    p = ppf.profile(model, torch.randn(1, 3, 8, 8))
+    expected = 8 * 64 * 27 + 6 * 16 * 72 + 10 * 96 + 3 * 10
+    assert p.macs == expected and p.params == sum(t.numel() for t in model.parameters())
+    assert "conv1" in str(p)

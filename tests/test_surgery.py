@@ -1,0 +1,276 @@
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pyprune_fast as ppf
+from nets import BranchNet, FlattenNet
+from pyprune_fast import surgery
+from pyprune_fast.testing import dead_channels_are_exact, kill_channels
+
+
+def run(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def prune_third(model, x, exact_only=True):
+    """Kill a third of the channels of every (exact) prunable group, then remove them."""
+    g = ppf.DependencyGraph(model, x)
+    chosen = {}
+    for grp in g.prunable_groups:
+        if exact_only and not dead_channels_are_exact(g, grp):
+            continue
+        chosen[grp.index] = torch.randperm(grp.channels)[: grp.channels // 3]
+        kill_channels(g, grp, chosen[grp.index])
+    before = run(model, x)
+    plan = ppf.Plan(g)
+    for i, channels in chosen.items():
+        plan.remove(g.groups[i], channels)
+    ppf.apply(plan)
+    return before, run(model, x), len(chosen)
+
+
+def test_empty_plan_is_bitwise_identity():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = run(model, x)
+    g = ppf.DependencyGraph(model, x)
+    plan = ppf.Plan(g)
+    plan.remove(g.prunable_groups[0], [])
+    ppf.apply(plan)
+    assert torch.equal(run(model, x), before)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "googlenet"])
+def test_dead_channels_removed_without_changing_outputs(name):
+    kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(**kwargs)
+    before, after, groups = prune_third(model, torch.randn(2, 3, 64, 64))
+    assert groups > 5
+    assert rel_err(after, before) < 1e-5
+
+
+def test_dead_channels_linear_after_flatten_and_concat():
+    for model, x in ((FlattenNet(), torch.randn(3, 3, 8, 8)), (BranchNet(), torch.randn(2, 3, 6, 6))):
+        before, after, groups = prune_third(model, x)
+        assert groups >= 1 and rel_err(after, before) < 1e-5
+    assert model.se1.out_channels == 2
+
+
+def test_dead_channels_vit_mlp():
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero
+    before, after, groups = prune_third(model, torch.randn(2, 3, 32, 32))
+    assert groups == 2  # the MLP hidden layer of each block; heads need nn.MultiheadAttention replaced
+    assert model.encoder.layers[0].mlp[0].out_features == 128 - 42
+    assert rel_err(after, before) < 1e-5
+
+
+def test_merge_identical_channels_by_addition():
+    model = FlattenNet().eval()
+    x = torch.randn(4, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.conv1)
+    assignment = torch.tensor([0, 1, 0, 2, 1, 3, 3, 0])
+    keep = torch.tensor([2, 1, 3, 6])
+    with torch.no_grad():  # make every channel of a cluster identical: conv row, bias, BN parameters and statistics
+        for c, k in enumerate(keep[assignment].tolist()):
+            for t in (model.conv1.weight, model.conv1.bias, model.bn1.weight, model.bn1.bias,
+                      model.bn1.running_mean, model.bn1.running_var):
+                t[c] = t[k]
+    before = run(model, x)
+    ppf.apply(ppf.Plan(g).merge(grp, assignment, keep))
+    assert model.conv1.out_channels == 4 and model.conv2.in_channels == 4
+    torch.testing.assert_close(run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_in_a_residual_group():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.layer1[0].conv1)
+    assignment = torch.arange(64) % 40
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for m in grp.members:
+            if m.role == "producer":
+                t = {**params, **buffers}[m.name]
+                t.narrow(m.dim, 40, 24).copy_(t.narrow(m.dim, 0, 24))
+    before = run(model, x)
+    ppf.apply(ppf.Plan(g).merge(grp, assignment))
+    assert model.layer1[0].conv1.out_channels == 40
+    torch.testing.assert_close(run(model, x), before, rtol=1e-4, atol=1e-4)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def snapshot(model, optimizer):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for p, s in optimizer.state.items()}
+    attrs = [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return state, opt, attrs
+
+
+def assert_same(model, optimizer, snap):
+    state, opt, attrs = snap
+    now = model.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+    for p, s in optimizer.state.items():
+        assert all(torch.equal(v, opt[id(p)][k]) if torch.is_tensor(v) else v == opt[id(p)][k] for k, v in s.items())
+    assert attrs == [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def trained(model, x, opt_cls):
+    optimizer = opt_cls(model.parameters(), lr=0.01, **({"momentum": 0.9} if opt_cls is torch.optim.SGD else {}))
+    model.train()
+    model(x).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+@pytest.mark.parametrize("phase", ["build", "swap"])
+def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phase):
+    model = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    optimizer = trained(model, x, torch.optim.Adam)
+    g = ppf.DependencyGraph(model, x)
+    plan = ppf.Plan(g)
+    for grp in g.prunable_groups:
+        plan.remove(grp, [0, 1])
+    snap = snapshot(model, optimizer)
+    calls = {"n": 0}
+    if phase == "build":
+        real = ppf.ops.gather_channels
+
+        def failing(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Boom("injected")
+            return real(*a, **k)
+
+        monkeypatch.setattr(surgery.ops, "gather_channels", failing)
+    else:
+        real = surgery._Swap.setattr
+
+        def failing(self, *a):
+            calls["n"] += 1
+            if calls["n"] == 40:
+                raise Boom("injected")
+            return real(self, *a)
+
+        monkeypatch.setattr(surgery._Swap, "setattr", failing)
+    with pytest.raises(Boom):
+        ppf.apply(plan, optimizer)
+    assert calls["n"] >= 3
+    assert_same(model, optimizer, snap)
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_optimizer_state_is_sliced_and_training_goes_on(opt_cls):
+    model = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    optimizer = trained(model, x, opt_cls)
+    w = model.layer1[0].conv1.weight
+    key = "momentum_buffer" if opt_cls is torch.optim.SGD else "exp_avg"
+    before = optimizer.state[w][key].clone()
+    g = ppf.DependencyGraph(model, x)
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.layer1[0].conv1), [1, 3]), optimizer)
+    kept = [c for c in range(64) if c not in (1, 3)]
+    assert w is model.layer1[0].conv1.weight and w.shape[0] == 62 and w.requires_grad
+    assert torch.equal(optimizer.state[w][key], before[kept])
+    optimizer.zero_grad()
+    model(x).sum().backward()
+    optimizer.step()  # shapes of parameters, gradients and state agree
+
+
+def test_save_load_and_compile_pruned_model(tmp_path):
+    model = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    ppf.prune(model, x, ratio=0.4)
+    y = run(model, x)
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    rebuilt = ppf.load_pruned(torchvision.models.resnet18, tmp_path / "m.pt")
+    assert torch.equal(run(rebuilt, x), y)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    again = ppf.load_pruned(torchvision.models.resnet18, tmp_path / "m.pt")
+    again.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    assert torch.equal(run(again, x), y)
+    compiled = torch.compile(rebuilt, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), y)
+    with pytest.raises(ValueError, match="has no"):
+        ppf.load_pruned(lambda: nn.Linear(2, 2), tmp_path / "m.pt")
+
+
+def test_prune_ratio_and_global_ratio():
+    model = torchvision.models.mobilenet_v2()
+    x = torch.randn(1, 3, 64, 64)
+    report = ppf.prune(model, x, "l2", global_ratio=0.5)
+    assert report.macs_after < report.macs_before and report.params_after < report.params_before
+    assert all(after >= 1 for _, _, after in report.widths)
+    assert run(model, x).shape == (1, 1000)
+    assert "MACs" in str(report)
+    model = torchvision.models.resnet18()
+    report = ppf.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, ignored_layers=[model.conv1])
+    assert model.conv1.out_channels == 64 and model.layer1[0].conv1.out_channels == 32
+
+
+def test_bad_input_modifies_nothing():
+    model = torchvision.models.resnet18()
+    x = torch.randn(1, 3, 32, 32)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for kwargs in ({"ratio": 1.0}, {"ratio": -0.1}, {"global_ratio": 1.5}, {}, {"ratio": 0.1, "global_ratio": 0.1}):
+        with pytest.raises(ValueError):
+            ppf.prune(model, x, **kwargs)
+    with pytest.raises(ValueError, match="unknown method 'l3'"):
+        ppf.prune(model, x, "l3", ratio=0.5)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.layer1[0].conv1)
+    with pytest.raises(ValueError, match="removing all 64 channels"):
+        ppf.Plan(g).remove(grp, range(64))
+    with pytest.raises(ValueError, match="channel 64 is out of range"):
+        ppf.Plan(g).remove(grp, [0, 64])
+    with pytest.raises(ValueError, match="repeat"):
+        ppf.Plan(g).remove(grp, [3, 3])
+    with pytest.raises(ValueError, match="cannot be pruned: the model's output"):
+        ppf.Plan(g).remove(g.group_of(model.fc), [0])
+    with pytest.raises(ValueError, match="keep must name"):
+        ppf.Plan(g).merge(grp, torch.arange(64) % 2, keep=[1, 0])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_stale_graph_and_changed_model_are_refused():
+    model = torchvision.models.resnet18()
+    x = torch.randn(1, 3, 32, 32)
+    g = ppf.DependencyGraph(model, x)
+    plan = ppf.Plan(g).remove(g.group_of(model.layer1[0].conv1), [0])
+    ppf.apply(plan)
+    with pytest.raises(ValueError, match="used by apply"):
+        ppf.apply(plan)
+    g2 = ppf.DependencyGraph(model, x)
+    plan2 = ppf.Plan(g2).remove(g2.group_of(model.layer1[0].conv1), [0])
+    model.layer1[0].conv1.weight.data = model.layer1[0].conv1.weight.data[:10]
+    with pytest.raises(ValueError, match="changed since the DependencyGraph was built"):
+        ppf.apply(plan2)
+
+
+def test_dtype_device_and_requires_grad_kept():
+    model = FlattenNet().double()
+    model.conv1.weight.requires_grad_(False)
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv1), [0, 5]))
+    assert model.conv1.weight.dtype == torch.float64 and not model.conv1.weight.requires_grad
+    assert model.bn1.num_features == 6 and model.bn1.running_mean.shape == (6,)
+    assert run(model, torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 3)
