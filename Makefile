@@ -1,5 +1,5 @@
 # make test : venv + dependencies + extension (CUDA compiled) + CMake library + all tests
-# make demo : the main job on a built-in default (for now: the ops benchmark on ResNet-50 / VGG-16 shapes)
+# make demo : the main job on a built-in default: prune ResNet-50 (L1, 50%), then the ops benchmark
 # Second runs are incremental: only what changed is rebuilt.
 
 PYTHON ?= python3
@@ -74,7 +74,8 @@ test-py: $(STAMP_EXT)
 test: test-cpp test-py
 
 demo: $(STAMP_EXT)
-	$(VPY) benchmarks/bench_ops.py
+	$(VPY) examples/prune_resnet50.py
+	$(VPY) benchmarks/bench_ops.py --min-time 0.2
 
 bench: $(STAMP_EXT)
 	$(VPY) benchmarks/bench_ops.py --csv bench_out/ops.csv

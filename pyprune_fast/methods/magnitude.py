@@ -9,18 +9,25 @@ from ..graph import DependencyGraph, Group
 
 def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
     tensors = dict(graph.model.named_parameters())
+    per_dim: dict[tuple[str, int], torch.Tensor] = {}  # |t|^p summed over every dim but one, computed once
+
+    def along(name: str, dim: int) -> torch.Tensor:
+        if (name, dim) not in per_dim:
+            t = tensors[name].detach()
+            other = [d for d in range(t.dim()) if d != dim]
+            norm = torch.linalg.vector_norm(t, ord=p, dim=other) if other else t.abs()
+            per_dim[(name, dim)] = norm.float().pow(p)
+        return per_dim[(name, dim)]
+
     out = []
     with torch.no_grad():
         for g in groups:
-            total = None
+            total = torch.zeros(g.channels, device=next(iter(tensors.values())).device)
             for m in g.members:
                 t = tensors.get(m.name)
-                if t is None or not t.is_floating_point():  # buffers (running stats) carry no importance
+                if t is None or not t.is_floating_point():  # buffers (running statistics) carry no importance
                     continue
-                rows = t.narrow(m.dim, m.offset, g.channels * m.block).movedim(m.dim, 0).reshape(g.channels, -1)
-                part = rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1)
-                total = part.float() if total is None else total + part.float()
-            total = total if total is not None else torch.zeros(g.channels)
+                total += along(m.name, m.dim).narrow(0, m.offset, g.channels * m.block).view(g.channels, m.block).sum(1)
             out.append((total if p == 1 else total.sqrt()).cpu())
     return out
 
