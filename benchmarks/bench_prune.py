@@ -22,18 +22,20 @@ MLP hidden dims (3072 -> 1536 in every block); it leaves the embedding dim alone
 torchvision's code reads it (`hidden_dim`). `tp` is Torch-Pruning restricted to the same scope
 (conv_proj also ignored, which locks the embedding-dim group), so the speed-up compares equal work.
 `tp-recipe` is Torch-Pruning's own recipe for torchvision ViT (its benchmarks/prunability script:
-round_to=num_heads; here also num_heads={attention: 12}, head-dim pruning, no head removal; then
-`model.hidden_dim = model.conv_proj.out_channels`, inside the timed region): it also halves the
-embedding dim, so it does more work and gives a smaller model. MACs and parameters after pruning are
+round_to=num_heads, then `model.hidden_dim = model.conv_proj.out_channels`, inside the timed region):
+it also halves the embedding dim (head dim 64 -> 32, 12 heads kept), so it does more work and gives a
+smaller model. (Adding num_heads={attention: 12} makes TP 1.6.1 skip the embedding-dim group of
+nn.MultiheadAttention altogether, so the recipe leaves it out.) MACs and parameters after pruning are
 counted by `ppf.profile(model, x)` for every model, and a forward pass of every pruned model must give
 shape (1, 1000) before anything is timed.
 
-Memory during ppf.apply (one extra, untimed run after the timings). On CUDA: torch.cuda peak
+Memory during ppf.apply (one extra, untimed run after the timings, in a fresh child interpreter per
+model so that earlier runs leave no freed heap memory behind for it to reuse unseen). On CUDA: torch.cuda peak
 allocated bytes minus allocated bytes before the call. On the CPU torch exposes no allocator
 statistics (and torch.profiler's memory events do not record these allocations), so the resident
 set size is read from /proc/self/statm by a background thread every 1 ms and right after every
 `pyprune_fast.ops.gather_channels` call (wrapped only for this run); the peak minus the RSS before
-the call is reported. Before this run glibc's mmap threshold is fixed at 64 KiB with mallopt, so every
+the call is reported. The child's glibc mmap threshold is fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), so every
 tensor of 64 KiB or more is its own mapping and is returned to the OS when freed: the RSS then
 follows the live tensors instead of the heap's high-water mark. It is approximate (page granularity,
 a 1 ms sampler can miss short spikes, small allocations come from the heap). "Size of the replaced
@@ -114,10 +116,10 @@ def _tp_pruner(model: nn.Module, x: torch.Tensor, model_name: str, recipe: bool)
     ignored = [model.get_submodule(CLASSIFIER[model_name])]
     kwargs = {}
     if model_name.startswith("vit"):
-        if recipe:  # Torch-Pruning's torchvision-ViT recipe: embedding dim too, in multiples of num_heads
-            heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-            kwargs = dict(round_to=model.encoder.layers[0].num_heads, num_heads=heads,
-                          prune_num_heads=False, prune_head_dims=True)
+        if recipe:  # Torch-Pruning's torchvision-ViT recipe: embedding dim too, in multiples of num_heads.
+            # Not num_heads={attention: 12}: with it, TP 1.6.1 treats the embedding-dim group of
+            # nn.MultiheadAttention as an attention group, finds no downstream root and skips it.
+            kwargs = dict(round_to=model.encoder.layers[0].num_heads)
         else:  # same scope as ours: the embedding-dim group holds conv_proj, so ignoring it locks that group
             ignored.append(model.conv_proj)
     return tp.pruner.MagnitudePruner(
@@ -400,7 +402,7 @@ def bench_model(model_name: str, pristine: nn.Module, x: torch.Tensor, reps: int
 
     live = [t for t in tools if results[t.name].error is None]
     for rep in range(reps):
-        for t in live:
+        for t in list(live):
             model = copy.deepcopy(pristine)
             gc.collect()
             gc.disable()
@@ -408,6 +410,11 @@ def bench_model(model_name: str, pristine: nn.Module, x: torch.Tensor, reps: int
                 t0 = time.perf_counter()
                 times = t.run(model, x, model_name, device)
                 total = time.perf_counter() - t0
+            except Exception as e:
+                results[t.name].error = f"rep {rep + 1}: {type(e).__name__}: {e}"
+                print(f"[{model_name}] {t.name} FAILED: {results[t.name].error}", file=sys.stderr)
+                live.remove(t)
+                continue
             finally:
                 gc.enable()
             for p in PHASES:
@@ -471,7 +478,11 @@ def main(argv=None) -> int:
     from importlib.metadata import version
 
     print(f"torch {torch.__version__}, torch-pruning {version('torch-pruning')} ({tp.__file__}), "
-          f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}")
+          f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; with OpenMP threads competing for cores every parallel op can "
+              "wait a scheduler slice, and the times below mean little", file=sys.stderr)
 
     all_results: list[Result] = []
     befores: dict[str, ppf.Profile] = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -63,6 +64,36 @@ class Trace:
     meta: bool = True  # recorded on meta tensors
 
 
+# On meta tensors some ops' shape functions are slow Python decompositions; for these the recorder
+# makes the output directly. Only ops whose output shape is plain (and that do not work in place).
+_SAME_SHAPE = {F.batch_norm, F.instance_norm, F.layer_norm, F.group_norm, F.gelu}
+
+
+def _meta_output(func: Callable, args: tuple, kwargs: dict):
+    """The output of func on meta inputs, made without running it; None where that is not plain."""
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+        return None
+    x = args[0]
+    if func in _SAME_SHAPE:
+        return torch.empty_like(x)
+    if func is F.linear:
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+    if func is F.multi_head_attention_forward:
+        names = ("key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
+                 "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight")
+        given = dict(zip(names, args[1:]), **kwargs)
+        if given.get("bias_k") is not None or given.get("add_zero_attn") or given.get("static_k") is not None:
+            return None
+        out = x.new_empty((*x.shape[:-1], given["out_proj_weight"].shape[0]))
+        if not given.get("need_weights", True):
+            return out, None
+        L, S = x.shape[0], given["key"].shape[0]
+        batch = () if x.dim() == 2 else (x.shape[1],)
+        heads = () if given.get("average_attn_weights", True) else (given["num_heads"],)
+        return out, x.new_empty((*batch, *heads, L, S))
+    return None
+
 # Calls that read sizes: recorded (with no outputs), since code may compute other shapes from them.
 SIZE_READS = {"size", "shape", "numel"}
 
@@ -104,7 +135,9 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = _meta_output(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         out_leaves, _ = tree_flatten(out)
         if not any(isinstance(o, torch.Tensor) for o in out_leaves) and op_name(func) not in SIZE_READS:
             return out

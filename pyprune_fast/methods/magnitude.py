@@ -2,33 +2,45 @@
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+
 import torch
 
 from ..graph import DependencyGraph, Group
 
 
 def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
-    tensors = dict(graph.model.named_parameters())
-    per_dim: dict[tuple[str, int], torch.Tensor] = {}  # |t|^p summed over every dim but one, computed once
-
-    def along(name: str, dim: int) -> torch.Tensor:
-        if (name, dim) not in per_dim:
-            t = tensors[name].detach()
-            other = [d for d in range(t.dim()) if d != dim]
-            norm = torch.linalg.vector_norm(t, ord=p, dim=other) if other else t.abs()
-            per_dim[(name, dim)] = norm.float().pow(p)
-        return per_dim[(name, dim)]
-
-    out = []
+    params = {n: t for n, t in graph.model.named_parameters() if t.is_floating_point()}
+    needed: dict[str, set[int]] = defaultdict(set)
+    for g in groups:
+        for m in g.members:
+            if m.name in params:  # buffers (running statistics) carry no importance
+                needed[m.name].add(m.dim)
+    along: dict[tuple[str, int], torch.Tensor] = {}
     with torch.no_grad():
-        for g in groups:
-            total = torch.zeros(g.channels, device=next(iter(tensors.values())).device)
-            for m in g.members:
-                t = tensors.get(m.name)
-                if t is None or not t.is_floating_point():  # buffers (running statistics) carry no importance
-                    continue
-                total += along(m.name, m.dim).narrow(0, m.offset, g.channels * m.block).view(g.channels, m.block).sum(1)
-            out.append((total if p == 1 else total.sqrt()).cpu())
+        # |t|^p goes into one reused float32 buffer (fresh large tensors cost page faults), and the
+        # sums along each needed dim are matrix-vector products.
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+        buf = torch.empty(max((params[n].numel() for n in needed), default=0), device=device)
+        for name, dims in needed.items():
+            t = params[name].detach()
+            a = buf[: t.numel()].view(t.shape)
+            a.copy_(t)
+            a.abs_() if p == 1 else a.mul_(a)
+            for d in dims:
+                before, after = math.prod(t.shape[:d]), math.prod(t.shape[d + 1:])
+                r = a.view(before, t.shape[d], after)
+                r = r @ torch.ones(after, device=device) if after > 1 else r.squeeze(2)
+                r = torch.ones(before, device=device) @ r if before > 1 else r.squeeze(0)
+                along[(name, d)] = r.to("cpu", copy=True)  # may still be a view of buf
+    out = []
+    for g in groups:
+        total = torch.zeros(g.channels, dtype=torch.float32)
+        for m in g.members:
+            if m.name in params:
+                total += along[(m.name, m.dim)].narrow(0, m.offset, g.channels * m.block).view(g.channels, m.block).sum(1)
+        out.append(total if p == 1 else total.sqrt())
     return out
 
 
