@@ -41,18 +41,32 @@ Segments concat(const std::vector<at::Tensor>& parts, c10::Device device) {
   return s;
 }
 
-// index_stats on the host: plain loops, no tensor ops.
+// index_stats on the host: plain loops, no tensor ops; repeats found with a bitmap over [min, max].
 at::Tensor index_stats_cpu(const std::vector<at::Tensor>& idx) {
   auto out = at::empty({static_cast<int64_t>(idx.size()), 3}, at::kLong);
   int64_t* o = out.mutable_data_ptr<int64_t>();
+  std::vector<uint8_t> seen;
   for (size_t t = 0; t < idx.size(); ++t, o += 3) {
     const int64_t* p = idx[t].const_data_ptr<int64_t>();
-    std::vector<int64_t> sorted(p, p + idx[t].numel());
-    std::sort(sorted.begin(), sorted.end());
-    o[0] = sorted.empty() ? 0 : sorted.front();
-    o[1] = sorted.empty() ? 0 : sorted.back();
-    auto repeated = std::adjacent_find(sorted.begin(), sorted.end());
-    o[2] = repeated == sorted.end() ? kNone : *repeated;
+    const int64_t n = idx[t].numel();
+    o[0] = n ? *std::min_element(p, p + n) : 0;
+    o[1] = n ? *std::max_element(p, p + n) : 0;
+    o[2] = kNone;
+    if (n < 2) continue;
+    const uint64_t range = static_cast<uint64_t>(o[1]) - static_cast<uint64_t>(o[0]) + 1;
+    if (range <= (uint64_t(1) << 26)) {
+      seen.assign(range, 0);
+      for (int64_t i = 0; i < n; ++i) {
+        uint8_t& s = seen[p[i] - o[0]];
+        if (s && p[i] < o[2]) o[2] = p[i];
+        s = 1;
+      }
+    } else {  // a huge range (bad input, usually): sort instead
+      std::vector<int64_t> sorted(p, p + n);
+      std::sort(sorted.begin(), sorted.end());
+      auto repeated = std::adjacent_find(sorted.begin(), sorted.end());
+      if (repeated != sorted.end()) o[2] = *repeated;
+    }
   }
   return out;
 }

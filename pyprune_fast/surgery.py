@@ -25,6 +25,8 @@ __all__ = ["apply", "sync_module_attributes"]
 
 def _positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
     """Positions along a dim of the given channels of a member."""
+    if block == 1:
+        return channels + offset
     return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
 
 
@@ -50,24 +52,40 @@ def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
 
 
 def _gather_all(tensors: dict[str, torch.Tensor], keep: dict[str, dict[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Gathers every tensor along each of its pruned dims: one batched op call per round of dims."""
+    """Gathers every tensor along each of its pruned dims, all tensors in one batched op call per round.
+
+    A tensor pruned along dims 0 and 1 (a conv between two pruned layers) is gathered in one pass, as
+    rows of its (dim0 * dim1, rest) view, so no half-pruned copy is made.
+    """
     out = dict(tensors)
-    todo = {k: sorted(keep[k].items()) for k in tensors if k in keep}
-    device_idx: dict[tuple, torch.Tensor] = {}
+    todo: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    shapes: dict[str, list[int]] = {}  # final shape of tensors gathered through a merged view
+    for n, t in tensors.items():
+        dims = keep.get(n, {})
+        if set(dims) == {0, 1} and t.dim() >= 2:
+            i0, i1 = dims[0], dims[1]
+            out[n] = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+            todo[n] = [(0, (i0[:, None] * t.shape[1] + i1[None, :]).reshape(-1))]
+            shapes[n] = [i0.numel(), i1.numel(), *t.shape[2:]]
+        elif dims:
+            todo[n] = sorted(dims.items())
+    on_device: dict[tuple, torch.Tensor] = {}
     while todo:
         names = list(todo)
         xs, idxs, dims = [], [], []
         for n in names:
             dim, idx = todo[n].pop(0)
-            key = (idx.data_ptr(), out[n].device)
-            if key not in device_idx:
-                device_idx[key] = idx.to(out[n].device)
+            key = (id(idx), out[n].device)
+            if key not in on_device:
+                on_device[key] = idx.to(out[n].device)
             xs.append(out[n])
-            idxs.append(device_idx[key])
+            idxs.append(on_device[key])
             dims.append(dim)
         for n, new in zip(names, ops.gather_channels(xs, idxs, dims)):
             out[n] = new
         todo = {n: rest for n, rest in todo.items() if rest}
+    for n, shape in shapes.items():
+        out[n] = out[n].view(shape)
     return out
 
 

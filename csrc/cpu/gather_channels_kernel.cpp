@@ -46,8 +46,10 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList xs, at::TensorList in
     const auto* src = static_cast<const char*>(x.const_data_ptr());
     auto* dst = static_cast<char*>(outs[t].mutable_data_ptr());
     const int64_t* idx = args.indices[t].const_data_ptr<int64_t>();
+    int64_t o = begin / picked, k = begin % picked;  // walked without a division per row
     for (int64_t r = begin; r < end; ++r) {
-      copy_row(dst + r * row, src + ((r / picked) * v.channels + idx[r % picked]) * row, row, size);
+      copy_row(dst + r * row, src + (o * v.channels + idx[k]) * row, row, size);
+      if (++k == picked) k = 0, ++o;
     }
   });
   return outs;

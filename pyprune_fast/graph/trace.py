@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = ["Value", "Node", "Trace", "record"]
 
@@ -51,8 +50,7 @@ class Node:
         return op_name(self.func)
 
     def tensor_inputs(self) -> list[Value]:
-        leaves, _ = tree_flatten((self.args, self.kwargs))
-        return [v for v in leaves if isinstance(v, Value)]
+        return [v for v in leaves((self.args, self.kwargs)) if isinstance(v, Value)]
 
 
 @dataclass
@@ -62,6 +60,24 @@ class Trace:
     outputs: list[Value]
     params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
     meta: bool = True  # recorded on meta tensors
+
+
+def tree_map(fn: Callable, obj: Any) -> Any:
+    """fn applied to every leaf of nested tuples, lists and dicts (the containers torch ops take)."""
+    if isinstance(obj, (tuple, list)):
+        mapped = [tree_map(fn, o) for o in obj]
+        return type(obj)(*mapped) if hasattr(obj, "_fields") else type(obj)(mapped)  # namedtuples take fields
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v) for k, v in obj.items()}
+    return fn(obj)
+
+
+def leaves(obj: Any) -> list:
+    if isinstance(obj, (tuple, list)):
+        return [leaf for o in obj for leaf in leaves(o)]
+    if isinstance(obj, dict):
+        return [leaf for v in obj.values() for leaf in leaves(v)]
+    return [obj]
 
 
 # On meta tensors some ops' shape functions are slow Python decompositions; for these the recorder
@@ -138,13 +154,13 @@ class _Recorder(TorchFunctionMode):
         out = _meta_output(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        out_leaves, _ = tree_flatten(out)
+        out_leaves = leaves(out)
         if not any(isinstance(o, torch.Tensor) for o in out_leaves) and op_name(func) not in SIZE_READS:
             return out
         to_value = lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
         node = Node(func, tree_map(to_value, tuple(args)), tree_map(to_value, kwargs), [], None, id=len(self.nodes))
         node.output_tree = tree_map(lambda x: self.new_value(x, node) if isinstance(x, torch.Tensor) else x, out)
-        node.outputs = [v for v in tree_flatten(node.output_tree)[0] if isinstance(v, Value)]
+        node.outputs = [v for v in leaves(node.output_tree) if isinstance(v, Value)]
         self.nodes.append(node)
         return out
 
@@ -160,11 +176,11 @@ def _run(model: nn.Module, example_inputs: tuple, meta: bool) -> Trace:
     if meta:
         inputs = tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, example_inputs))
     recorder = _Recorder(_param_names(model))
-    in_leaves = [x for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)]
+    in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
+    input_values = [recorder.value_of(x) for x in in_leaves]
     with torch.no_grad(), recorder:
-        input_values = [recorder.value_of(x) for x in in_leaves]
         out = model(*inputs)
-    outputs = [recorder.values[id(o)] for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor) and id(o) in recorder.values]
+    outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
     return Trace(recorder.nodes, input_values, outputs, recorder.params, meta)
 
 

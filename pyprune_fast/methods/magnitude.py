@@ -26,14 +26,18 @@ def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Te
         for name, dims in needed.items():
             t = params[name].detach()
             a = buf[: t.numel()].view(t.shape)
-            a.copy_(t)
-            a.abs_() if p == 1 else a.mul_(a)
+            if t.dtype == torch.float32 and p == 1:
+                torch.abs(t, out=a)
+            else:
+                a.copy_(t)
+                a.abs_() if p == 1 else a.mul_(a)
+            # sum over every dim after the last needed one in one pass; the rest is small
+            last = max(dims)
+            after = math.prod(t.shape[last + 1:])
+            small = (a.view(-1, after) @ torch.ones(after, device=device)).view(t.shape[: last + 1]) if after > 1 else a
             for d in dims:
-                before, after = math.prod(t.shape[:d]), math.prod(t.shape[d + 1:])
-                r = a.view(before, t.shape[d], after)
-                r = r @ torch.ones(after, device=device) if after > 1 else r.squeeze(2)
-                r = torch.ones(before, device=device) @ r if before > 1 else r.squeeze(0)
-                along[(name, d)] = r.to("cpu", copy=True)  # may still be a view of buf
+                other = [i for i in range(small.dim()) if i != d]
+                along[(name, d)] = (small.sum(other) if other else small).to("cpu", copy=True)  # small may view buf
     out = []
     for g in groups:
         total = torch.zeros(g.channels, dtype=torch.float32)
