@@ -6,7 +6,7 @@ timed alternately rep after rep; medians are printed. Each rep prunes a fresh `c
 pristine model, made outside the timed region; the garbage collector is off inside it (and run
 between reps), for both tools alike.
 
-  ours   graph        ppf.DependencyGraph(model, x, ignored_layers=[classifier])
+  ours   graph        ppf.DependencyGraph(model, x, ignored_layers=[classifier] (+ attention modules for ViT))
          scores+plan  g.prunable_groups; pyprune_fast.methods.scores("l1", g, groups); ppf.Plan(g);
                       plan.remove(group, argsort(score)[: int(0.5 * channels)]) for every group
          apply        ppf.apply(plan)
@@ -18,8 +18,9 @@ between reps), for both tools alike.
          step         pruning the groups the generator yields
 
 What is pruned. ResNet-50: every prunable channel group, by both tools. ViT-B/16: ours prunes the
-MLP hidden dims (3072 -> 1536 in every block); it leaves the embedding dim alone because
-torchvision's code reads it (`hidden_dim`). `tp` is Torch-Pruning restricted to the same scope
+MLP hidden dims (3072 -> 1536 in every block), with the attention modules in ignored_layers (ours
+would otherwise prune whole heads too); it leaves the embedding dim alone because torchvision's
+code reads it (`hidden_dim`). `tp` is Torch-Pruning restricted to the same scope
 (conv_proj also ignored, which locks the embedding-dim group), so the speed-up compares equal work.
 `tp-recipe` is Torch-Pruning's own recipe for torchvision ViT (its benchmarks/prunability script:
 round_to=num_heads, then `model.hidden_dim = model.conv_proj.out_channels`, inside the timed region):
@@ -75,6 +76,15 @@ CLASSIFIER = {"resnet50": "fc", "vit_b_16": "heads.head"}
 PHASES = ("graph", "scores", "apply")  # ours: graph, scores+plan, apply; tp: pruner init, importance, group pruning
 
 
+def ours_ignored(model: nn.Module, model_name: str) -> list[nn.Module]:
+    """The classifier, and for ViT the attention modules: ours would also prune whole heads, which the
+    `tp` row does not, so they are left out to compare equal work."""
+    ignored = [model.get_submodule(CLASSIFIER[model_name])]
+    if model_name.startswith("vit"):
+        ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    return ignored
+
+
 def build_model(name: str, device: str) -> nn.Module:
     import torchvision
 
@@ -92,9 +102,9 @@ def sync(device: str) -> None:
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, model_name: str, device: str) -> dict[str, float]:
-    classifier = model.get_submodule(CLASSIFIER[model_name])
+    ignored = ours_ignored(model, model_name)
     t0 = time.perf_counter()
-    g = ppf.DependencyGraph(model, x, ignored_layers=[classifier])
+    g = ppf.DependencyGraph(model, x, ignored_layers=ignored)
     sync(device)
     t1 = time.perf_counter()
     groups = g.prunable_groups
@@ -288,8 +298,7 @@ def measure_memory(pristine: nn.Module, x: torch.Tensor, model_name: str, device
     res.how = "torch.cuda peak allocated" if cuda else "RSS peak (1 ms thread + after each gather_channels)"
 
     model = copy.deepcopy(pristine)
-    classifier = model.get_submodule(CLASSIFIER[model_name])
-    g = ppf.DependencyGraph(model, x, ignored_layers=[classifier])
+    g = ppf.DependencyGraph(model, x, ignored_layers=ours_ignored(model, model_name))
     groups = g.prunable_groups
     plan = ppf.Plan(g)
     for grp, s in zip(groups, pyprune_fast.methods.scores("l1", g, groups)):

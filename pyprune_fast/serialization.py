@@ -8,6 +8,8 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from .attention import PrunedMultiheadAttention
+
 __all__ = ["save_pruned", "load_pruned"]
 
 _FORMAT = "pyprune_fast.pruned/1"
@@ -17,6 +19,7 @@ _ATTRS = {
     nn.modules.batchnorm._NormBase: ("num_features",),
     nn.GroupNorm: ("num_groups", "num_channels"),
     nn.LayerNorm: ("normalized_shape",),
+    nn.MultiheadAttention: ("num_heads",),
 }
 
 
@@ -26,6 +29,8 @@ def _shape_attrs(model: nn.Module) -> dict[str, dict]:
         for cls, attrs in _ATTRS.items():
             if isinstance(m, cls):
                 out[name] = {a: getattr(m, a) for a in attrs}
+        if isinstance(m, PrunedMultiheadAttention):
+            out[name]["pruned_heads"] = True
     return out
 
 
@@ -62,6 +67,9 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
     for module_name, attrs in payload["attrs"].items():
         module = model.get_submodule(module_name) if module_name else model
         for attr, value in attrs.items():
-            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+            if attr == "pruned_heads":
+                module.__class__ = PrunedMultiheadAttention
+            else:
+                setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     model.load_state_dict(payload["state_dict"])
     return model

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .graph import DependencyGraph
+from .attention import PrunedMultiheadAttention
+from .graph import DependencyGraph, named_tensors
 from .plan import Plan
 
 __all__ = ["apply", "sync_module_attributes"]
@@ -91,9 +92,9 @@ def _gather_all(tensors: dict[str, torch.Tensor], keep: dict[str, dict[int, torc
 
 def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer]):
     model = plan.graph.model
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    tensors = {**params, **buffers}
+    tensors = named_tensors(model)
+    params = {n: t for n, t in tensors.items() if isinstance(t, nn.Parameter)}
+    buffers = {n: t for n, t in tensors.items() if n not in params}
     keep, merges = _selections(plan, {n: tuple(t.shape) for n, t in tensors.items()})
     names = sorted(set(keep) | set(merges))
 
@@ -163,6 +164,12 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozenset = frozenset(),
                            per_channel_groupnorm: frozenset = frozenset()) -> dict:
     """The shape attributes of `module` that its (new) parameters imply, as {attr: value}."""
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        heads = module.in_proj_weight.shape[0] // (3 * module.head_dim)
+        attrs = {"num_heads": heads}
+        if heads * module.head_dim != module.embed_dim:
+            attrs["__class__"] = PrunedMultiheadAttention  # nn.MultiheadAttention cannot run fewer heads
+        return attrs
     w = getattr(module, "weight", None)
     if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
         groups = w.shape[0] if name in graph_depthwise else module.groups

@@ -65,14 +65,15 @@ def test_dead_channels_linear_after_flatten_and_concat():
     assert model.se1.out_channels == 2
 
 
-def test_dead_channels_vit_mlp():
+def test_dead_channels_vit_mlp_and_heads():
     from torchvision.models import VisionTransformer
 
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
     nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero
     before, after, groups = prune_third(model, torch.randn(2, 3, 32, 32))
-    assert groups == 2  # the MLP hidden layer of each block; heads need nn.MultiheadAttention replaced
+    assert groups == 4  # the MLP hidden layer and the heads of each block
     assert model.encoder.layers[0].mlp[0].out_features == 128 - 42
+    assert model.encoder.layers[0].self_attention.num_heads == 3
     assert rel_err(after, before) < 1e-5
 
 

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "channel_args.h"
@@ -9,21 +10,24 @@
 namespace pyprune_fast {
 namespace {
 
+// Rows [begin, end) of the output, row r = (outer o, picked k): `inner` words copied from input row
+// (o, idx[k]). Rows are walked without a division each; tiny rows (1x1 convs, vectors) are one load.
 template <class word_t>
-void copy_words(char* dst, const char* src, int64_t n) {
-  auto* d = reinterpret_cast<word_t*>(dst);
-  const auto* s = reinterpret_cast<const word_t*>(src);
-  for (int64_t i = 0; i < n; ++i) d[i] = s[i];
-}
-
-// A row of `bytes` bytes: short rows (the k*k taps of one input channel) as a word loop, long ones by memcpy.
-void copy_row(char* dst, const char* src, int64_t bytes, int64_t element_size) {
-  if (bytes > 256) return (void)std::memcpy(dst, src, bytes);
-  switch (element_size) {
-    case 4: return copy_words<uint32_t>(dst, src, bytes / 4);
-    case 8: return copy_words<uint64_t>(dst, src, bytes / 8);
-    case 2: return copy_words<uint16_t>(dst, src, bytes / 2);
-    default: return (void)std::memcpy(dst, src, bytes);
+void gather_rows(const word_t* src, word_t* dst, const int64_t* idx, const ChannelView& v, int64_t picked,
+                 int64_t begin, int64_t end) {
+  int64_t o = begin / picked, k = begin % picked;
+  const int64_t inner = v.inner;
+  for (int64_t r = begin; r < end; ++r) {
+    const word_t* from = src + (o * v.channels + idx[k]) * inner;
+    word_t* to = dst + r * inner;
+    if (inner == 1) {
+      *to = *from;
+    } else if (inner * int64_t(sizeof(word_t)) > 256) {
+      std::memcpy(to, from, inner * sizeof(word_t));
+    } else {
+      for (int64_t e = 0; e < inner; ++e) to[e] = from[e];
+    }
+    if (++k == picked) k = 0, ++o;
   }
 }
 
@@ -42,14 +46,19 @@ std::vector<at::Tensor> gather_channels_cpu(at::TensorList xs, at::TensorList in
   parallel_rows(rows, bytes, 32768, [&](size_t t, int64_t begin, int64_t end) {
     const auto& x = args.xs[t];
     const auto v = channel_view(x, args.dims[t]);
-    const int64_t picked = args.indices[t].numel(), size = x.element_size(), row = v.inner * size;
-    const auto* src = static_cast<const char*>(x.const_data_ptr());
-    auto* dst = static_cast<char*>(outs[t].mutable_data_ptr());
+    const int64_t picked = args.indices[t].numel();
+    const void* src = x.const_data_ptr();
+    void* dst = outs[t].mutable_data_ptr();
     const int64_t* idx = args.indices[t].const_data_ptr<int64_t>();
-    int64_t o = begin / picked, k = begin % picked;  // walked without a division per row
-    for (int64_t r = begin; r < end; ++r) {
-      copy_row(dst + r * row, src + (o * v.channels + idx[k]) * row, row, size);
-      if (++k == picked) k = 0, ++o;
+    switch (x.element_size()) {  // raw words: one instantiation per element size serves every dtype
+      case 1: return gather_rows(static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), idx, v, picked, begin, end);
+      case 2: return gather_rows(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), idx, v, picked, begin, end);
+      case 4: return gather_rows(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), idx, v, picked, begin, end);
+      case 8: return gather_rows(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), idx, v, picked, begin, end);
+      default: {  // complex128 and other 16-byte types: copy as two 8-byte words
+        ChannelView wide{v.outer, v.channels, v.inner * (x.element_size() / 8)};
+        return gather_rows(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), idx, wide, picked, begin, end);
+      }
     }
   });
   return outs;

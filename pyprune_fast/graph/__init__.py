@@ -23,7 +23,7 @@ from .rules import Context, propagate
 from .spaces import Member
 from .trace import record
 
-__all__ = ["DependencyGraph", "Group", "Member"]
+__all__ = ["DependencyGraph", "Group", "Member", "named_tensors"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +79,8 @@ class DependencyGraph:
         self.trace = trace
         self.depthwise = frozenset(ctx.depthwise)
         self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
-        self.shapes = {n: tuple(t.shape) for n, t in _tensors(model).items()}
+        self.attention = frozenset(ctx.attention)
+        self.shapes = {n: tuple(t.shape) for n, t in named_tensors(model).items()}
         roots = []
         for s in ctx.spaces:
             r = s.root()
@@ -115,7 +116,7 @@ class DependencyGraph:
         """ValueError if the model changed shape since the graph was built (e.g. it was pruned)."""
         if self.stale:
             raise ValueError("this DependencyGraph was used by apply() already; build a new one for the pruned model")
-        now = {n: tuple(t.shape) for n, t in _tensors(self.model).items()}
+        now = {n: tuple(t.shape) for n, t in named_tensors(self.model).items()}
         if now != self.shapes:
             changed = sorted(set(now.items()) ^ set(self.shapes.items()))[0][0]
             raise ValueError(f"the model changed since the DependencyGraph was built ({changed}); build a new one")
@@ -127,7 +128,13 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    out = dict(model.named_parameters())
-    out.update(model.named_buffers())
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under its first qualified name, as named_parameters() names it."""
+    out, seen = {}, set()
+    for prefix, m in model.named_modules():
+        for slots in (m._parameters, m._buffers):
+            for k, t in slots.items():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    out[f"{prefix}.{k}" if prefix else k] = t
     return out

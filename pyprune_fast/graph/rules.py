@@ -28,6 +28,7 @@ class Context:
         self.spaces: list[Space] = []
         self.depthwise: set[str] = set()  # convs whose groups follow their channel count
         self.per_channel_groupnorm: set[str] = set()
+        self.attention: set[str] = set()  # nn.MultiheadAttention modules whose heads form a group
 
     def of(self, v: Value) -> Labels:
         got = self.labels.get(v.id)
@@ -185,9 +186,36 @@ def layer_norm(ctx: Context, node: Node) -> None:
 
 
 def attention(ctx: Context, node: Node) -> None:
-    inputs = node.tensor_inputs()
-    ctx.lock_all(inputs, "nn.MultiheadAttention ties its embedding size to its inputs (head pruning: not yet)")
+    """F.multi_head_attention_forward (nn.MultiheadAttention): its heads form a group.
+
+    Head h is the block of head_dim rows h*hd... in each of the q, k and v parts of in_proj_weight
+    (and in_proj_bias), and the same block of columns of out_proj.weight. The embedding dims of the
+    inputs stay fixed: the module ties them to embed_dim.
+    """
+    names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias")
+    a = dict(zip(names, node.args), **node.kwargs)
+    ctx.lock_all([a["query"], a["key"], a["value"]], "nn.MultiheadAttention ties its embedding size to its inputs")
     _fixed_outputs(ctx, node)
+    w_in, w_out = a.get("in_proj_weight"), a.get("out_proj_weight")
+    simple = (isinstance(w_in, Value) and w_in.param and isinstance(w_out, Value) and w_out.param
+              and a.get("bias_k") is None and not a.get("add_zero_attn") and a.get("static_k") is None
+              and not a.get("use_separate_proj_weight"))
+    if not simple:
+        return
+    heads, inner = a["num_heads"], w_in.shape[0] // 3
+    hd = inner // heads
+    module = module_of(w_in.param)
+    space = ctx.new_space(heads, f"attention heads {module}")
+    space.modules.add(module)
+    ctx.attention.add(module)
+    for t in (w_in, a.get("in_proj_bias")):
+        if isinstance(t, Value) and t.param:
+            for part in range(3):
+                space.members.append(Member(t.param, 0, part * inner, hd, "producer"))
+    space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))
+    if module in ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
 
 
 # ---- ops without parameters ----

@@ -166,8 +166,13 @@ class _Recorder(TorchFunctionMode):
 
 
 def _param_names(model: nn.Module) -> dict[int, str]:
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-    names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+    """id -> first qualified name, as named_parameters() and named_buffers() name shared tensors."""
+    names: dict[int, str] = {}
+    for prefix, m in model.named_modules():
+        for slots in (m._parameters, m._buffers):
+            for k, t in slots.items():
+                if t is not None:
+                    names.setdefault(id(t), f"{prefix}.{k}" if prefix else k)
     return names
 
 

@@ -7,11 +7,11 @@ from collections import defaultdict
 
 import torch
 
-from ..graph import DependencyGraph, Group
+from ..graph import DependencyGraph, Group, named_tensors
 
 
 def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
-    params = {n: t for n, t in graph.model.named_parameters() if t.is_floating_point()}
+    params = {n: t for n, t in named_tensors(graph.model).items() if isinstance(t, torch.nn.Parameter) and t.is_floating_point()}
     needed: dict[str, set[int]] = defaultdict(set)
     for g in groups:
         for m in g.members:
