@@ -18,7 +18,7 @@ from torch import nn
 
 from . import ops
 from .attention import PrunedMultiheadAttention
-from .graph import DependencyGraph, named_tensors
+from .graph import DependencyGraph
 from .plan import Plan
 
 __all__ = ["apply", "sync_module_attributes"]
@@ -33,27 +33,34 @@ def _positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
 
 def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
     """Per tensor: {dim: kept positions}, and the channel additions to run first."""
-    drop: dict[tuple[str, int], list[torch.Tensor]] = defaultdict(list)
+    on_dim: dict[tuple[str, int], list[tuple]] = defaultdict(list)  # (name, dim) -> [(member, entry)]
     merges: dict[str, list[tuple]] = defaultdict(list)
     for entry in plan.entries.values():
-        removed = torch.ones(entry.group.channels, dtype=torch.bool)
-        removed[entry.keep] = False
-        removed = removed.nonzero().squeeze(1)
+        if entry.keep.numel() == entry.group.channels and entry.assignment is None:
+            continue  # removes nothing
         for m in entry.group.members:
-            if removed.numel():
-                drop[(m.name, m.dim)].append(_positions(removed, m.offset, m.block))
+            on_dim[(m.name, m.dim)].append((m, entry))
             if entry.assignment is not None and m.role == "consumer":
                 merges[m.name].append((m, entry.group.channels, entry.assignment, entry.merge_keep))
     keep: dict[str, dict[int, torch.Tensor]] = defaultdict(dict)
-    for (name, dim), parts in drop.items():
-        mask = torch.ones(shapes[name][dim], dtype=torch.bool)
-        mask[torch.cat(parts)] = False
+    for (name, dim), found in on_dim.items():
+        size = shapes[name][dim]
+        m, entry = found[0]
+        if len(found) == 1 and m.offset == 0 and entry.group.channels * m.block == size:
+            keep[name][dim] = _positions(entry.keep, 0, m.block)  # the common case: one group spans the dim
+            continue
+        mask = torch.ones(size, dtype=torch.bool)
+        for m, entry in found:
+            removed = torch.ones(entry.group.channels, dtype=torch.bool)
+            removed[entry.keep] = False
+            mask[_positions(removed.nonzero().squeeze(1), m.offset, m.block)] = False
         keep[name][dim] = mask.nonzero().squeeze(1)
     return keep, merges
 
 
-def _gather_all(tensors: dict[str, torch.Tensor], keep: dict[str, dict[int, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Gathers every tensor along each of its pruned dims, all tensors in one batched op call per round.
+def _gather_all(tensors: dict, keep: dict) -> dict:
+    """Gathers every tensor (by key) along each of its pruned dims ({key: {dim: kept positions}}), all
+    tensors in one batched op call per round.
 
     A tensor pruned along dims 0 and 1 (a conv between two pruned layers) is gathered in one pass, as
     rows of its (dim0 * dim1, rest) view, so no half-pruned copy is made.
@@ -90,12 +97,10 @@ def _gather_all(tensors: dict[str, torch.Tensor], keep: dict[str, dict[int, torc
     return out
 
 
-def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer]):
-    model = plan.graph.model
-    tensors = named_tensors(model)
+def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer], tensors: dict[str, torch.Tensor]):
     params = {n: t for n, t in tensors.items() if isinstance(t, nn.Parameter)}
     buffers = {n: t for n, t in tensors.items() if n not in params}
-    keep, merges = _selections(plan, {n: tuple(t.shape) for n, t in tensors.items()})
+    keep, merges = _selections(plan, plan.graph.shapes)
     names = sorted(set(keep) | set(merges))
 
     sources = {}
@@ -111,15 +116,13 @@ def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer]):
         new_data = _gather_all(sources, keep)
         grads = {n: params[n].grad for n in names if n in params and params[n].grad is not None}
         new_grads = _gather_all(grads, keep)
-        new_state = {}
-        if optimizer is not None:
-            for n in names:
-                p = params.get(n)
-                state = optimizer.state.get(p) if p is not None else None
-                if not state:
-                    continue
-                sliced = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == p.shape}
-                new_state[n] = {**state, **_gather_all(sliced, {k: keep.get(n, {}) for k in sliced})}
+        # optimizer state: every state tensor of its parameter's shape, all in one batched gather
+        states = {n: optimizer.state[params[n]] for n in names if optimizer is not None and n in params
+                  and optimizer.state.get(params[n])}
+        sliced = {(n, k): v for n, st in states.items() for k, v in st.items()
+                  if isinstance(v, torch.Tensor) and v.shape == params[n].shape}
+        gathered = _gather_all(sliced, {key: keep.get(key[0], {}) for key in sliced})
+        new_state = {n: {**st, **{k: gathered[(n, k)] for k in st if (n, k) in gathered}} for n, st in states.items()}
     return names, params, buffers, new_data, new_grads, new_state
 
 
@@ -198,8 +201,8 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     if not isinstance(plan, Plan):
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
     graph: DependencyGraph = plan.graph
-    graph.check_current()
-    names, params, buffers, new_data, new_grads, new_state = _build(plan, optimizer)
+    tensors = graph.check_current()
+    names, params, buffers, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
 
     model = graph.model
     swap = _Swap()

@@ -112,14 +112,16 @@ class DependencyGraph:
                 return g
         raise ValueError(f"group_of: no group holds the output channels of {name} ({type(module).__name__})")
 
-    def check_current(self) -> None:
-        """ValueError if the model changed shape since the graph was built (e.g. it was pruned)."""
+    def check_current(self) -> dict[str, torch.Tensor]:
+        """The model's tensors by name; ValueError if their shapes changed since the graph was built."""
         if self.stale:
             raise ValueError("this DependencyGraph was used by apply() already; build a new one for the pruned model")
-        now = {n: tuple(t.shape) for n, t in named_tensors(self.model).items()}
+        tensors = named_tensors(self.model)
+        now = {n: tuple(t.shape) for n, t in tensors.items()}
         if now != self.shapes:
             changed = sorted(set(now.items()) ^ set(self.shapes.items()))[0][0]
             raise ValueError(f"the model changed since the DependencyGraph was built ({changed}); build a new one")
+        return tensors
 
     def summary(self) -> str:
         lines = [f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable"]
