@@ -10,6 +10,7 @@ holds them goes on working, with its per-parameter state sliced the same way.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -62,15 +63,15 @@ def _gather_all(tensors: dict, keep: dict) -> dict:
     """Gathers every tensor (by key) along each of its pruned dims ({key: {dim: kept positions}}), all
     tensors in one batched op call per round.
 
-    A tensor pruned along dims 0 and 1 (a conv between two pruned layers) is gathered in one pass, as
-    rows of its (dim0 * dim1, rest) view, so no half-pruned copy is made.
+    A k x k conv pruned along dims 0 and 1 (between two pruned layers) is gathered in one pass, as rows
+    of its (dim0 * dim1, k * k) view, so no half-pruned copy is made.
     """
     out = dict(tensors)
     todo: dict[str, list[tuple[int, torch.Tensor]]] = {}
     shapes: dict[str, list[int]] = {}  # final shape of tensors gathered through a merged view
     for n, t in tensors.items():
         dims = keep.get(n, {})
-        if set(dims) == {0, 1} and t.dim() >= 2:
+        if set(dims) == {0, 1} and math.prod(t.shape[2:]) >= 4:  # k x k convs; 1x1 are faster in two rounds
             i0, i1 = dims[0], dims[1]
             out[n] = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
             todo[n] = [(0, (i0[:, None] * t.shape[1] + i1[None, :]).reshape(-1))]

@@ -35,9 +35,13 @@ def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Te
             last = max(dims)
             after = math.prod(t.shape[last + 1:])
             small = (a.view(-1, after) @ torch.ones(after, device=device)).view(t.shape[: last + 1]) if after > 1 else a
+            if small.dim() == 2:  # rows and columns of (dim0, dim1) sums: matrix-vector products
+                sums = {0: small @ torch.ones(small.shape[1], device=device),
+                        1: torch.ones(small.shape[0], device=device) @ small}
+            else:
+                sums = {d: small.sum([i for i in range(small.dim()) if i != d]) if small.dim() > 1 else small for d in dims}
             for d in dims:
-                other = [i for i in range(small.dim()) if i != d]
-                along[(name, d)] = (small.sum(other) if other else small).to("cpu", copy=True)  # small may view buf
+                along[(name, d)] = sums[d].to("cpu", copy=True)  # may view buf
     out = []
     for g in groups:
         total = torch.zeros(g.channels, dtype=torch.float32)
