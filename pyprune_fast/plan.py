@@ -58,13 +58,14 @@ class Plan:
         if idx.numel() and (idx.min() < 0 or idx.max() >= group.channels):
             bad = idx[(idx < 0) | (idx >= group.channels)][0].item()
             raise ValueError(f"Plan.remove: channel {bad} is out of range for group {group.index} with {group.channels} channels")
-        if idx.unique().numel() != idx.numel():
-            raise ValueError(f"Plan.remove: channel indices for group {group.index} repeat")
-        if idx.numel() >= group.channels:
-            raise ValueError(f"Plan.remove: removing all {group.channels} channels of group {group.index}; at least one must stay")
         mask = torch.ones(group.channels, dtype=torch.bool)
         mask[idx] = False
-        self.entries[group.index] = Entry(group, mask.nonzero().squeeze(1))
+        kept = mask.nonzero().squeeze(1)
+        if kept.numel() + idx.numel() != group.channels:
+            raise ValueError(f"Plan.remove: channel indices for group {group.index} repeat")
+        if kept.numel() == 0:
+            raise ValueError(f"Plan.remove: removing all {group.channels} channels of group {group.index}; at least one must stay")
+        self.entries[group.index] = Entry(group, kept)
         return self
 
     def merge(self, group: Group, assignment: IndexLike, keep: Optional[IndexLike] = None) -> "Plan":

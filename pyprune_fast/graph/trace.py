@@ -95,6 +95,15 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
         return x.new_empty((*x.shape[:-1], w.shape[0]))
+    if func in (torch.conv1d, torch.conv2d, torch.conv3d) and not kwargs and x.dim() == args[1].dim():
+        w, spatial = args[1], x.dim() - 2
+        stride, padding, dilation, groups = (list(args) + [None, 1, 0, 1, 1][len(args) - 2:])[3:7]
+        if isinstance(padding, str) or x.shape[1] != w.shape[1] * groups:
+            return None  # 'same' padding, or a mismatch for the real kernel to report
+        stride, padding, dilation = ([a] * spatial if isinstance(a, int) else list(a) for a in (stride, padding, dilation))
+        out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
+               for i in range(spatial)]
+        return x.new_empty((x.shape[0], w.shape[0], *out))
     if func is F.multi_head_attention_forward:
         names = ("key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
                  "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight")
