@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import math
 from collections import defaultdict
 
 import torch
@@ -31,17 +32,13 @@ def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Te
             else:
                 a.copy_(t)
                 a.abs_() if p == 1 else a.mul_(a)
-            # sum over every dim after the last needed one in one pass; the rest is small
-            last = max(dims)
-            after = math.prod(t.shape[last + 1:])
-            small = (a.view(-1, after) @ torch.ones(after, device=device)).view(t.shape[: last + 1]) if after > 1 else a
-            if small.dim() == 2:  # rows and columns of (dim0, dim1) sums: matrix-vector products
-                sums = {0: small @ torch.ones(small.shape[1], device=device),
-                        1: torch.ones(small.shape[0], device=device) @ small}
-            else:
-                sums = {d: small.sum([i for i in range(small.dim()) if i != d]) if small.dim() > 1 else small for d in dims}
-            for d in dims:
-                along[(name, d)] = sums[d].to("cpu", copy=True)  # may view buf
+            for d in dims:  # one long matrix-vector product per dim, over the (before, size * after) view
+                before, size, after = math.prod(t.shape[:d]), t.shape[d], math.prod(t.shape[d + 1:])
+                if before == 1:
+                    v = a.view(size, after) @ torch.ones(after, device=device)
+                else:
+                    v = (torch.ones(before, device=device) @ a.view(before, size * after)).view(size, after).sum(1)
+                along[(name, d)] = v.to("cpu", copy=True)
     out = []
     for g in groups:
         total = torch.zeros(g.channels, dtype=torch.float32)
