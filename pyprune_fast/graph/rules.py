@@ -79,17 +79,7 @@ def conv(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], f"{node.name} with a weight computed in forward")
         return
     if groups == 1:
-        space = ctx.new_space(cout, f"{node.name} {module}")
-        space.modules.add(module)
-        for t in (w, b):
-            if isinstance(t, Value) and t.param:
-                space.root().members.append(_producer(t.param))
-        if module in ctx.ignored:
-            space.lock(f"{module} is in ignored_layers")
-        if lx:
-            add_members(lx, w.param, 1, "consumer")
-            _record_module(lx, module)
-        ctx.set(out, {1: (Segment(space, cout),)})
+        ctx.set(out, {1: _layer(ctx, f"{node.name} {module}", module, w, b, lx)})
     elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
         # depthwise: output channel c reads input channel c only, so both are one space
         for t in (w, b):
@@ -104,6 +94,22 @@ def conv(ctx: Context, node: Node) -> None:
         reason = f"{module} is a grouped conv (groups={groups}): its channels go in whole groups"
         lock_label(lx, reason)
         ctx.set(out, {1: (Segment(ctx.new_space(cout, f"{node.name} {module}", locked=reason), cout),)})
+
+
+def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Optional[Label]) -> Label:
+    """A conv or Linear: its weight's dim 1 reads the input's channels; dim 0 (and the bias) make a new
+    space of output channels. Returns the output's channel label."""
+    if input_label:
+        add_members(input_label, w.param, 1, "consumer")
+        _record_module(input_label, module)
+    space = ctx.new_space(w.shape[0], origin)
+    space.modules.add(module)
+    for t in (w, b):
+        if isinstance(t, Value) and t.param:
+            space.members.append(_producer(t.param))
+    if module in ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+    return (Segment(space, w.shape[0]),)
 
 
 def _producer(name: str, dim: int = 0) -> Member:
@@ -122,19 +128,8 @@ def linear(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], "linear with a weight computed in forward")
         return
     module = module_of(w.param)
-    lx = ctx.of(x).dims.get(x.ndim - 1)
-    if lx:
-        add_members(lx, w.param, 1, "consumer")
-        _record_module(lx, module)
-    space = ctx.new_space(w.shape[0], f"linear {module}")
-    space.modules.add(module)
-    for t in (w, b):
-        if isinstance(t, Value) and t.param:
-            space.root().members.append(_producer(t.param))
-    if module in ctx.ignored:
-        space.lock(f"{module} is in ignored_layers")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}
-    dims[out.ndim - 1] = (Segment(space, w.shape[0]),)
+    dims[out.ndim - 1] = _layer(ctx, f"linear {module}", module, w, b, ctx.of(x).dims.get(x.ndim - 1))
     ctx.set(out, dims)
 
 
