@@ -463,8 +463,11 @@ def reduction(ctx: Context, node: Node) -> None:
         if d in lab.dims and d not in reduced:
             dims[j] = lab.dims[d]
         j += 1
+    if any(o.ndim != x.ndim - (0 if keepdim else len(reduced)) for o in node.outputs):
+        ctx.lock_all([x], f"{node.name} with arguments not understood")  # unlabelled would mean fixed
+        dims = {}
     for o in node.outputs:
-        ctx.set(o, dims if o.ndim == x.ndim - (0 if keepdim else len(reduced)) else {})
+        ctx.set(o, dims)
 
 
 def softmax(ctx: Context, node: Node) -> None:
@@ -542,8 +545,15 @@ def size_read(ctx: Context, node: Node) -> None:
 
 
 def creation(ctx: Context, node: Node) -> None:
-    """new_zeros, zeros_like and the like read only the shape of their input: fixed outputs, no lock."""
+    """new_zeros, new_full...: a shape given in numbers (any read of a channel count locks by itself)."""
     _fixed_outputs(ctx, node)
+
+
+def like(ctx: Context, node: Node) -> None:
+    """zeros_like and the like: the output takes its input's shape, so its channels follow."""
+    x, lab = node.tensor_inputs()[0], ctx.of(node.tensor_inputs()[0])
+    for out in node.outputs:
+        ctx.set(out, lab.dims if out.shape == x.shape else {})
 
 
 def _fixed_outputs(ctx: Context, node: Node) -> None:
@@ -587,8 +597,8 @@ _BY_NAME: dict[str, Callable] = {
     "cat": cat, "concat": cat, "concatenate": cat, "expand": expand, "expand_as": expand, "broadcast_to": expand,
     "__getitem__": getitem, "softmax": softmax, "pad": pad, "roll": roll,
     "size": size_read, "shape": size_read, "numel": size_read,
-    **{n: creation for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "zeros_like",
-                             "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")}, "log_softmax": softmax,
+    **{n: creation for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")},
+    **{n: like for n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")}, "log_softmax": softmax,
     "max_pool1d": spatial, "max_pool2d": spatial, "max_pool3d": spatial,
 }
 
