@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union, overload
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_distance", "gather_channels", "merge_channels_", "METRICS"]
+__all__ = ["pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -154,6 +154,40 @@ def merge_channels_(
     return xs
 
 
+def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
+    """Ward linkage of each N x N Euclidean distance matrix (symmetric, zero diagonal), on the CPU.
+
+    Returns (N - 1) x 4 float64 tensors in scipy.cluster.hierarchy.linkage's format and order:
+    [cluster a, cluster b, merge height, size of the new cluster], cluster ids >= N naming earlier
+    merges. Problems run in parallel; each is O(N^2) time and memory (nearest-neighbour chain).
+    """
+    lst, _ = _tensor_list("ward_linkage", "dists", dists)
+    return list(_ops.ward_linkage(lst)) if lst else []
+
+
+def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
+                 spherical: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """`niter` Lloyd iterations for every problem at once, from the given initial centroids.
+
+    Args:
+        xs: (N_i, D_i) float32/float64 tensors on one device.
+        centroids: (k_i, D_i) initial centroids, same dtype and device.
+        niter: iterations (an assignment and an update each); stops early once no label changes.
+        spherical: cosine k-means: centroids are renormalised to unit length after every update.
+
+    Returns:
+        (labels: (N_i,) int64, centroids: (k_i, D_i), inertia: (len(xs),) float64 — the sum of
+        squared distances to the final centroids). Empty clusters are re-seeded, in cluster order,
+        with the points farthest from their centroids (farthest first).
+    """
+    lst, _ = _tensor_list("kmeans_lloyd", "xs", xs)
+    cents, _ = _tensor_list("kmeans_lloyd", "centroids", centroids)
+    if not lst:
+        return [], [], torch.zeros(0, dtype=torch.float64)
+    labels, out, inertia = _ops.kmeans_lloyd(lst, cents, int(niter), bool(spherical))
+    return list(labels), list(out), inertia
+
+
 # ---- fake kernels: shapes only, so torch.compile(fullgraph=True) keeps the ops in its graph ----
 
 
@@ -174,6 +208,17 @@ def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[in
         shape[_entry(dims, i)] = _entry(indices, i).shape[0]
         outs.append(x.new_empty(shape))
     return outs
+
+
+@torch.library.register_fake("pyprune_fast::ward_linkage")
+def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
+    return [d.new_empty((max(d.shape[0] - 1, 0), 4), dtype=torch.float64) for d in dists]
+
+
+@torch.library.register_fake("pyprune_fast::kmeans_lloyd")
+def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool):
+    labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
+    return labels, [c.new_empty(c.shape) for c in centroids], xs[0].new_empty((len(xs),), dtype=torch.float64)
 
 
 @torch.library.register_fake("pyprune_fast::merge_channels_")

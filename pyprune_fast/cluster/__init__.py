@@ -1,0 +1,5 @@
+"""Clustering for pruning: many small problems (one per layer) at once, on the data's device."""
+
+from .kmeans import BACKENDS, KMeans, init_centroids, kmeans
+
+__all__ = ["kmeans", "KMeans", "init_centroids", "BACKENDS"]

@@ -1,0 +1,156 @@
+"""k-means for many small problems at once (one per layer), on the device where the data is.
+
+Backends: "native" (the extension's kmeans_lloyd: C++ with BLAS and OpenMP on the CPU; on CUDA for
+now ATen ops per problem), "torch" (a plain PyTorch Lloyd loop: the reference), "faiss" (faiss-cpu,
+looped over the problems), "auto" (native). All run the same Lloyd iterations from the same initial
+centroids: an assignment, then `niter` times an update and an assignment, stopping early once no
+label changes; an empty cluster is re-seeded with the point farthest from its centroid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import ops
+
+__all__ = ["KMeans", "kmeans", "init_centroids", "BACKENDS"]
+
+BACKENDS = ("auto", "native", "torch", "faiss")
+
+
+@dataclass
+class KMeans:
+    labels: Tensor  # (N,) int64, cluster of every point
+    centroids: Tensor  # (k, D)
+    inertia: float  # sum of squared distances of the points to their centroids
+
+
+def _check_points(xs: Sequence[Tensor]) -> None:
+    for i, x in enumerate(xs):
+        if x.dim() != 2:
+            raise ValueError(f"kmeans: xs[{i}] must be 2-D (points x features), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"kmeans: xs[{i}] must be a floating-point tensor, got {x.dtype}")
+        if x.numel() and not torch.isfinite(x).all():
+            raise ValueError(f"kmeans: xs[{i}] holds NaN or Inf")
+
+
+def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) -> Tensor:
+    """k initial centroids, rows of x: "random" (k distinct points) or "k-means++" (each next point
+    drawn with probability proportional to its squared distance to the nearest chosen one)."""
+    g = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    if init == "random":
+        return x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
+    if init != "k-means++":
+        raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
+    chosen = [int(torch.randint(n, (1,), generator=g))]
+    d2 = ((x - x[chosen[0]]) ** 2).sum(1).double().cpu()
+    for _ in range(1, k):
+        total = float(d2.sum())
+        nxt = int(torch.multinomial(d2 / total, 1, generator=g)) if total > 0 else int(torch.randint(n, (1,), generator=g))
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1).double().cpu())
+    return x[torch.tensor(chosen, device=x.device)].clone()
+
+
+def _lloyd_torch(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
+    """The reference: the same iterations as the native kernel, in plain PyTorch."""
+    xnorm = (x * x).sum(1)
+
+    def assign(c):
+        best, labels = ((c * c).sum(1)[None, :] - 2 * x @ c.T).min(1)
+        return labels, (best + xnorm).clamp_min(0)
+
+    labels, mind = assign(c)
+    for _ in range(niter):
+        counts = torch.bincount(labels, minlength=c.shape[0])
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), c)
+        empty = (counts == 0).nonzero().squeeze(1)
+        if empty.numel():
+            far = torch.sort(mind, stable=True, descending=True).indices[: empty.numel()]
+            c[empty[: far.numel()]] = x[far]
+        if spherical:
+            c = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        prev = labels
+        labels, mind = assign(c)
+        if torch.equal(labels, prev):
+            break
+    return labels, c, float(mind.double().sum())
+
+
+def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError("kmeans: backend='faiss' needs faiss: pip install faiss-cpu (or pyprune-fast[faiss])") from e
+    xn = x.detach().cpu().float().contiguous().numpy()
+    k = c.shape[0]
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=spherical, min_points_per_centroid=1,
+                      max_points_per_centroid=max(1, x.shape[0]), verbose=False, seed=0)
+    km.train(xn, init_centroids=c.detach().cpu().float().contiguous().numpy())
+    cent = torch.from_numpy(km.centroids).to(x.device, x.dtype)
+    best, labels = ((cent * cent).sum(1)[None, :] - 2 * x @ cent.T).min(1)
+    return labels, cent, float((best + (x * x).sum(1)).clamp_min(0).double().sum())
+
+
+def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], niter: int = 25,
+           init: Union[str, Sequence[Tensor]] = "k-means++", seed: int = 0, spherical: bool = False,
+           backend: str = "auto") -> Union[KMeans, list[KMeans]]:
+    """k-means of one (N, D) tensor or of a list of them (N, D and k may differ per problem).
+
+    Args:
+        xs: float32/float64 points, on any device (all on one).
+        k: clusters, one int for all problems or one per problem; k >= N gives every point its own cluster.
+        niter: Lloyd iterations (at most; stops once the labels no longer change).
+        init: "k-means++", "random", or the initial centroids themselves (a tensor per problem).
+        seed: for the initialisation; results are deterministic for a seed and backend.
+        spherical: cosine k-means on L2-normalised points, centroids renormalised after each update.
+        backend: "auto" (native), "native", "torch" (reference), "faiss".
+
+    Returns:
+        A KMeans (labels, centroids, inertia), or a list of them for a list.
+    """
+    single = isinstance(xs, Tensor)
+    lst = [xs] if single else list(xs)
+    if not all(isinstance(x, Tensor) for x in lst):
+        raise TypeError("kmeans: xs must be a tensor or a list of tensors")
+    ks = [k] * len(lst) if isinstance(k, int) else list(k)
+    if len(ks) != len(lst):
+        raise ValueError(f"kmeans: k has {len(ks)} entries for {len(lst)} problems")
+    if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in ks):
+        raise ValueError(f"kmeans: every k must be a positive int, got {ks}")
+    if not isinstance(niter, int) or niter < 0:
+        raise ValueError(f"kmeans: niter must be a non-negative int, got {niter!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"kmeans: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _check_points(lst)
+    if spherical:
+        lst = [x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) for x in lst]
+
+    results: list[Optional[KMeans]] = [None] * len(lst)
+    todo, inits = [], []
+    for i, (x, kk) in enumerate(zip(lst, ks)):
+        if kk >= x.shape[0]:  # every point its own cluster
+            results[i] = KMeans(torch.arange(x.shape[0], device=x.device), x.clone(), 0.0)
+            continue
+        c = init[i] if isinstance(init, (list, tuple)) else init_centroids(x, kk, init, seed)
+        if tuple(c.shape) != (kk, x.shape[1]):
+            raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
+        todo.append(i)
+        inits.append(c.to(x.dtype))
+    if backend in ("auto", "native") and todo:
+        labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
+        for j, i in enumerate(todo):
+            results[i] = KMeans(labels[j], cents[j], float(inertia[j]))
+    else:
+        run = _lloyd_torch if backend == "torch" else _lloyd_faiss
+        for i, c in zip(todo, inits):
+            labels, cent, inertia = run(lst[i], c, niter, spherical)
+            results[i] = KMeans(labels, cent, inertia)
+    return results[0] if single else results
