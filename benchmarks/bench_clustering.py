@@ -1,0 +1,168 @@
+"""Clustering speed on the filters of every conv layer of real networks: our backends against faiss,
+scikit-learn and the plain PyTorch loop, side by side in one run.
+
+Problems: every conv layer of the model (rows = filters, flattened; random init, shapes are what
+matter), k = N/2, 25 Lloyd iterations, the same random initial centroids for every backend. Ward:
+ours (`cluster.ward`, distances included) against scipy's `linkage(w, "ward")` per layer, with the
+partitions at one threshold compared.
+
+  python benchmarks/bench_clustering.py [--models resnet50,vgg16,resnet152] [--device cpu|cuda]
+                                        [--csv out.csv] [--plot out.png] [--no-ward]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pyprune_fast import cluster  # noqa: E402
+
+
+def conv_filters(model_name: str, device: str) -> list[torch.Tensor]:
+    import torchvision
+
+    model = getattr(torchvision.models, model_name)(weights=None)
+    return [m.weight.detach().flatten(1).to(device) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def timed(fn, device: str, reps: int = 1):
+    """Best of `reps` wall times (synchronised on CUDA) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(reps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def sklearn_kmeans(xs, ks, inits, niter):
+    from sklearn.cluster import KMeans as SK
+
+    inertia = 0.0
+    for x, k, c in zip(xs, ks, inits):
+        km = SK(n_clusters=k, init=c.cpu().numpy(), n_init=1, max_iter=niter, tol=0.0, algorithm="lloyd")
+        km.fit(x.cpu().numpy())
+        inertia += float(km.inertia_)
+    return inertia
+
+
+@dataclass
+class Row:
+    model: str
+    task: str
+    backend: str
+    seconds: float
+    quality: float  # k-means: total inertia; Ward: 1.0 when the partitions equal scipy's
+
+
+def bench_kmeans(model: str, xs, device: str, niter: int, reps: int) -> list[Row]:
+    ks = [max(1, x.shape[0] // 2) for x in xs]
+    inits = [cluster.init_centroids(x, k, "random", seed=0) for x, k in zip(xs, ks)]
+    rows = []
+    backends = ["native", "torch"] + (["faiss"] if device == "cpu" else [])
+    for backend in backends:
+        secs, res = timed(lambda: cluster.kmeans(xs, ks, niter=niter, init=inits, backend=backend), device, reps)
+        rows.append(Row(model, "kmeans", f"{backend} ({device})", secs, sum(r.inertia for r in res)))
+    if device == "cpu":
+        secs, inertia = timed(lambda: sklearn_kmeans(xs, ks, inits, niter), device, 1)
+        rows.append(Row(model, "kmeans", "sklearn (cpu)", secs, inertia))
+    return rows
+
+
+def bench_ward(model: str, xs, device: str, reps: int) -> list[Row]:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    secs, ours = timed(lambda: cluster.ward(xs, n_clusters=[max(1, x.shape[0] // 2) for x in xs]), device, reps)
+
+    def scipy_all():
+        return [fcluster(linkage(x.cpu().double().numpy(), "ward"), max(1, x.shape[0] // 2), criterion="maxclust")
+                for x in xs]
+
+    secs_scipy, theirs = timed(scipy_all, "cpu", 1)
+    same = all(_same_partition(a.cpu().numpy(), b) for a, b in zip(ours, theirs))
+    return [Row(model, "ward", f"native ({device})", secs, float(same)), Row(model, "ward", "scipy (cpu)", secs_scipy, 1.0)]
+
+
+def _same_partition(a, b) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist()))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'model':<10} {'task':<7} {'backend':<16} {'seconds':>9} {'vs faiss':>9} {'vs sklearn':>10} {'vs scipy':>9} {'quality':>14}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        same = [o for o in rows if o.model == r.model and o.task == r.task]
+        ref = {o.backend.split()[0]: o for o in same}
+        ratio = lambda name: f"{ref[name].seconds / r.seconds:8.2f}x" if name in ref else f"{'-':>9}"  # noqa: E731
+        if r.task == "kmeans":
+            q = f"{r.quality / ref['faiss'].quality:.4f} of faiss" if "faiss" in ref else f"{r.quality:.3f}"
+        else:
+            q = "same as scipy" if r.quality == 1.0 else "DIFFERENT"
+        print(f"{r.model:<10} {r.task:<7} {r.backend:<16} {r.seconds:9.3f} {ratio('faiss')} {ratio('sklearn'):>10} "
+              f"{ratio('scipy')} {q:>14}")
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    labels = [f"{r.model}\n{r.task}\n{r.backend}" for r in rows]
+    ax.bar(range(len(rows)), [r.seconds for r in rows], color=["tab:blue" if "native" in r.backend else "tab:gray" for r in rows])
+    ax.set_xticks(range(len(rows)), labels, fontsize=6)
+    ax.set_ylabel("seconds (all layers)")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="resnet50,vgg16,resnet152")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--niter", type=int, default=25)
+    p.add_argument("--reps", type=int, default=2, help="best of this many runs (the first also warms up BLAS and threads)")
+    p.add_argument("--no-ward", action="store_true")
+    p.add_argument("--csv")
+    p.add_argument("--plot")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible")
+    rows: list[Row] = []
+    for model in args.models.split(","):
+        xs = conv_filters(model, args.device)
+        rows += bench_kmeans(model, xs, args.device, args.niter, args.reps)
+        if not args.no_ward:
+            rows += bench_ward(model, xs, args.device, args.reps)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nclustering every conv layer's filters, k = N/2, {args.niter} iterations, same init ({name})\n")
+    print_table(rows)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", "task", "backend", "seconds", "quality"])
+            w.writerows([[r.model, r.task, r.backend, f"{r.seconds:.4f}", r.quality] for r in rows])
+        print(f"wrote {args.csv}")
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
