@@ -18,9 +18,9 @@ std::pair<at::Tensor, at::Tensor> assign(const at::Tensor& x, const at::Tensor& 
 
 void update(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& mind, at::Tensor& c, bool spherical) {
   const int64_t k = c.size(0);
-  auto [sorted, order] = labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto order = std::get<1>(labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   auto counts = at::bincount(labels, {}, k);
-  auto sums = at::segment_reduce(x.index_select(0, order), "sum", /*path=*/{}, /*lengths=*/counts);
+  auto sums = at::segment_reduce(x.index_select(0, order), "sum", /*lengths=*/counts);
   auto filled = counts > 0;
   c = at::where(filled.unsqueeze(1), sums / counts.clamp_min(1).unsqueeze(1).to(x.scalar_type()), c);
   auto empty = (~filled).nonzero().squeeze(1);  // one host read; rare
