@@ -9,13 +9,15 @@ TORCH_LIBRARY(pyprune_fast, m) {
   m.def("gather_channels(Tensor[] xs, Tensor[] indices, int[] dims) -> Tensor[]");
   // Channel addition in place: channel keep[g] of xs[i] along dims[i] becomes the (weighted) sum of
   // the channels c with assignments[c] == g. List arguments: one entry per tensor or one for all.
-  // Ward linkage of each N x N Euclidean distance matrix: (N - 1) x 4 float64 rows
-  // [cluster a, cluster b, height, size] in scipy.cluster.hierarchy.linkage's format and order.
-  m.def("ward_linkage(Tensor[] dists) -> Tensor[]");
-  // Lloyd iterations for many k-means problems at once: xs[i] (N_i x D_i) from centroids[i] (k_i x D_i).
-  // Returns (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64).
-  m.def("kmeans_lloyd(Tensor[] xs, Tensor[] centroids, int niter, bool spherical) -> (Tensor[] labels, Tensor[] centroids, Tensor inertia)");
   m.def(
       "merge_channels_(Tensor(a!)[] xs, Tensor[] assignments, Tensor[] keep, int[] dims, "
       "Tensor?[] weights) -> ()");
+  // Ward linkage of each N x N Euclidean distance matrix (upper triangle read), CPU only:
+  // (N - 1) x 4 float64 rows [cluster a, cluster b, height, size] in scipy's linkage format and order.
+  m.def("ward_linkage(Tensor[] dists) -> Tensor[]");
+  // Lloyd iterations for many k-means problems at once: xs[i] (N_i x D_i) from centroids[i] (k_i x D_i).
+  // Returns (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64).
+  m.def(
+      "kmeans_lloyd(Tensor[] xs, Tensor[] centroids, int niter, bool spherical) -> "
+      "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
 }

@@ -47,3 +47,28 @@ def merge_channels_(x: Tensor, assignments: Tensor, keep: Tensor, dim: int, weig
     sums = torch.zeros(sums_shape, dtype=torch.float64, device=x.device).index_add_(dim, assignments.long(), src)
     x.index_copy_(dim, keep.long(), sums.to(x.dtype))
     return x
+
+
+def ward_linkage(dist: Tensor) -> Tensor:
+    """(N, N) Euclidean distances (upper triangle read) -> (N - 1, 4) Ward linkage in scipy's format, by
+    the naive algorithm: merge the closest pair of clusters, update by Lance–Williams, repeat. O(N^3)."""
+    n = dist.shape[0]
+    d = torch.triu(dist.double(), 1)
+    d = d + d.T
+    d.fill_diagonal_(float("inf"))
+    size = torch.ones(n, dtype=torch.float64)
+    ids = list(range(n))  # cluster id held by each row: the point, or n + the row that made it
+    rows = []
+    for k in range(n - 1):
+        i, j = divmod(int(torch.argmin(d)), n)  # merged-away rows and columns are +inf
+        h = d[i, j].item()
+        ni, nj = size[i].item(), size[j].item()
+        new = ((ni + size) * d[i] ** 2 + (nj + size) * d[j] ** 2 - size * h**2) / (ni + nj + size)
+        new = new.clamp(min=0).sqrt()
+        rows.append([min(ids[i], ids[j]), max(ids[i], ids[j]), h, ni + nj])
+        d[i], d[:, i] = new, new  # row i holds the union, row j is dropped
+        d[j], d[:, j] = float("inf"), float("inf")
+        d[i, i] = float("inf")
+        size[i], size[j] = ni + nj, 0.0
+        ids[i] = n + k
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)

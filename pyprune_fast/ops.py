@@ -155,14 +155,15 @@ def merge_channels_(
 
 
 def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
-    """Ward linkage of each N x N Euclidean distance matrix (symmetric, zero diagonal), on the CPU.
+    """Ward linkage of each N x N Euclidean distance matrix (only the upper triangle is read), on the
+    CPU: matrices on another device are copied there (the nearest-neighbour chain is sequential).
 
     Returns (N - 1) x 4 float64 tensors in scipy.cluster.hierarchy.linkage's format and order:
     [cluster a, cluster b, merge height, size of the new cluster], cluster ids >= N naming earlier
     merges. Problems run in parallel; each is O(N^2) time and memory (nearest-neighbour chain).
     """
     lst, _ = _tensor_list("ward_linkage", "dists", dists)
-    return list(_ops.ward_linkage(lst)) if lst else []
+    return list(_ops.ward_linkage([d.cpu() for d in lst])) if lst else []
 
 
 def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,

@@ -1,5 +1,6 @@
 """Clustering for pruning: many small problems (one per layer) at once, on the data's device."""
 
 from .kmeans import BACKENDS, KMeans, init_centroids, kmeans
+from .ward import ward
 
-__all__ = ["kmeans", "KMeans", "init_centroids", "BACKENDS"]
+__all__ = ["kmeans", "KMeans", "init_centroids", "BACKENDS", "ward"]

@@ -1,0 +1,131 @@
+"""Ward hierarchical clustering for many small problems at once (one per layer), cut into flat clusters.
+
+The tree is scipy.cluster.hierarchy.linkage(x, "ward")'s (the extension's ward_linkage, on the CPU, in
+parallel over the problems); the cut is scipy's fcluster with criterion "distance" or "maxclust".
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .. import ops
+
+__all__ = ["ward"]
+
+Labels = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+def _check_points(xs: Sequence[Tensor]) -> None:
+    for i, x in enumerate(xs):
+        if x.dim() != 2:
+            raise ValueError(f"ward: xs[{i}] must be 2-D (points x features), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"ward: xs[{i}] must be a floating-point tensor, got {x.dtype}")
+        if x.device != xs[0].device:
+            raise ValueError(f"ward: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
+                             f"xs[{i}] is on {x.device}")
+        if x.numel() and not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(f"ward: xs[{i}] holds {x[bad[0], bad[1]].item()} at {bad}; points must be finite")
+
+
+def _per_problem(name: str, value, n: int) -> list:
+    """A cut parameter given once for all problems, or as a list with one entry per problem."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"ward: {name} has {len(value)} entries for {n} problems")
+        return list(value)
+    return [value] * n
+
+
+def _check_cut(threshold, n_clusters) -> None:
+    if (threshold is None) == (n_clusters is None):
+        raise ValueError(f"ward: give exactly one of threshold and n_clusters, got "
+                         f"{'both' if threshold is not None else 'neither'}")
+    if n_clusters is not None:
+        if not isinstance(n_clusters, numbers.Integral) or isinstance(n_clusters, bool):
+            raise TypeError(f"ward: n_clusters must be an int, got {n_clusters!r}")
+        if n_clusters <= 0:
+            raise ValueError(f"ward: n_clusters must be positive, got {n_clusters}")
+    else:
+        if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool):
+            raise TypeError(f"ward: threshold must be a number, got {threshold!r}")
+        if math.isnan(threshold) or threshold < 0:
+            raise ValueError(f"ward: threshold must be >= 0, got {threshold}")
+
+
+def _cut(linkage: Tensor, n: int, threshold: Optional[float], n_clusters: Optional[int]) -> Tensor:
+    """Labels of the flat clusters after the first k merges, numbered by first appearance.
+
+    Heights grow down the rows and a row's children are earlier rows, so "merges with height <= t"
+    (fcluster's "distance") and "all but the last m - 1 merges" ("maxclust") are both a prefix.
+    """
+    if n_clusters is not None:
+        k = max(n - n_clusters, 0)
+    else:
+        k = int(torch.searchsorted(linkage[:, 2].contiguous(), float(threshold), right=True))
+    # Node n + r is made by row r; roots by pointer jumping over the first k merges.
+    parent = torch.arange(2 * n - 1 if n else 0)
+    pairs = linkage[:k, :2].long()
+    made = torch.arange(n, n + k).unsqueeze(1).expand(k, 2)
+    parent[pairs.reshape(-1)] = made.reshape(-1)
+    while True:
+        up = parent[parent]
+        if torch.equal(up, parent):
+            break
+        parent = up
+    root = parent[:n]
+    points = torch.arange(n)
+    first = torch.full((max(2 * n - 1, 0),), n, dtype=torch.long).scatter_reduce_(0, root, points, "amin")[root]
+    return torch.cumsum(first == points, 0)[first] - 1
+
+
+def ward(
+    xs: Union[Tensor, Sequence[Tensor]],
+    threshold: Optional[float] = None,
+    n_clusters: Optional[int] = None,
+    return_linkage: bool = False,
+) -> Union[Labels, list[Labels]]:
+    """Ward clustering of the rows of each (N, D) tensor, cut into flat clusters.
+
+    Args:
+        xs: an (N, D) floating-point tensor or a list of them (N and D may differ), on one device.
+        threshold: cut the tree at this height: points end up together when the merge joining them
+            is at most this high (scipy's fcluster(Z, threshold, criterion="distance")).
+        n_clusters: apply all but the last n_clusters - 1 merges: exactly min(n_clusters, N) clusters
+            (scipy's criterion="maxclust", which can give fewer on tied heights). Give exactly one of
+            threshold and n_clusters, each a number for all problems or a list with one per problem.
+        return_linkage: also return each tree, as scipy.cluster.hierarchy.linkage would.
+
+    Returns:
+        Per input, (N,) int64 labels 0..m-1 numbered in order of first appearance, on the input's
+        device; with return_linkage, a (labels, linkage) pair, linkage being the (N - 1, 4) float64
+        CPU tensor in scipy's format. A tensor (or pair) for a tensor, a list for a list.
+
+    Distances are computed in float64 whatever the input dtype (pairwise_distance on the input's
+    device), so the tree matches scipy's on the same points to rounding.
+    """
+    if isinstance(xs, Tensor):
+        lst, single = [xs], True
+    elif isinstance(xs, (list, tuple)) and all(isinstance(x, Tensor) for x in xs):
+        lst, single = list(xs), False
+    else:
+        raise TypeError(f"ward: xs must be a tensor or a list of tensors, got {type(xs).__name__}")
+    thresholds, counts = _per_problem("threshold", threshold, len(lst)), _per_problem("n_clusters", n_clusters, len(lst))
+    for t, m in zip(thresholds, counts):
+        _check_cut(t, m)
+    _check_points(lst)
+    if not lst:
+        return []
+    dists = ops.pairwise_distance([x.double() for x in lst], "euclidean")
+    linkages = ops.ward_linkage(dists)
+    out: list[Labels] = []
+    for x, z, t, m in zip(lst, linkages, thresholds, counts):
+        labels = _cut(z, x.shape[0], t, m).to(x.device)
+        out.append((labels, z) if return_linkage else labels)
+    return out[0] if single else out

@@ -1,0 +1,272 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist, squareform
+
+from helpers import cpu_and_cuda
+from pyprune_fast import _reference, ops
+from pyprune_fast.cluster.ward import ward
+
+
+def canonical(labels) -> list[int]:
+    """Labels renumbered by first appearance: equal lists mean equal partitions."""
+    seen: dict = {}
+    return [seen.setdefault(int(v), len(seen)) for v in labels]
+
+
+def points(n, d, dtype=torch.float64, generator=None):
+    """Continuous random points: tie-free, so the tree is unique."""
+    return (torch.randn(n, d, dtype=torch.float64, generator=generator) * 2 + 1).to(dtype)
+
+
+def assert_same_tree(ours: torch.Tensor, theirs: np.ndarray):
+    """Same merges, same heights to rtol 1e-9. The atol covers the distances: pairwise_distance's come
+    from a Gram matrix, off by ~1e-16 |x|^2 / d, i.e. ~1e-12 absolute for points 1e-4 apart."""
+    assert ours.dtype == torch.float64 and ours.shape == theirs.shape
+    z = ours.numpy()
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], theirs[:, [0, 1, 3]])
+    scale = max(1.0, float(np.abs(theirs[:, 2]).max(initial=0)))
+    np.testing.assert_allclose(z[:, 2], theirs[:, 2], rtol=1e-9, atol=1e-10 * scale)
+
+
+def cut_heights(z: np.ndarray) -> list[float]:
+    """Thresholds halfway between consecutive merge heights, plus both ends."""
+    h = np.unique(z[:, 2])
+    return [0.0, *((h[1:] + h[:-1]) / 2)[:: max(1, len(h) // 12)], float(h[-1]) * 2 if len(h) else 1.0]
+
+
+# ---- the op ----
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 17, 64, 200, 513, 1000])
+def test_op_equals_scipy_bitwise_on_the_same_distances(n):
+    y = pdist(points(n, 7).numpy())
+    ours = ops.ward_linkage([torch.from_numpy(squareform(y))])[0]
+    assert np.array_equal(ours.numpy(), linkage(y, "ward"))
+
+
+def test_op_ties_resolved_as_scipy_does():
+    # Points on a small grid: many duplicates and equal distances. Same distances in, same tree out.
+    for _ in range(100):
+        n = int(torch.randint(2, 40, ()))
+        x = torch.randint(0, 3, (n, 2)).double().numpy()
+        y = pdist(x)
+        assert np.array_equal(ops.ward_linkage([torch.from_numpy(squareform(y))])[0].numpy(), linkage(y, "ward"))
+
+
+def test_op_float32_and_many_problems():
+    sizes = [(40, 3), (1, 4), (300, 9), (0, 2), (2, 5), (77, 1)]
+    xs = [points(n, d) for n, d in sizes]
+    dists = [torch.from_numpy(squareform(pdist(x.numpy()))).float() for x in xs]
+    outs = ops.ward_linkage(dists)
+    for d, out, (n, _) in zip(dists, outs, sizes):
+        assert out.shape == (max(n - 1, 0), 4) and out.dtype == torch.float64
+        if n > 1:  # scipy on the float32 distances, widened
+            assert np.array_equal(out.numpy(), linkage(squareform(d.double().numpy(), checks=False), "ward"))
+        assert torch.equal(out, ops.ward_linkage([d])[0])
+
+
+def test_op_reads_the_upper_triangle():
+    d = torch.from_numpy(squareform(pdist(points(30, 4).numpy())))
+    noisy = d.clone()
+    lower = torch.ones(30, 30, dtype=torch.bool).tril()
+    noisy[lower] = torch.rand(int(lower.sum()), dtype=torch.float64) * 50
+    assert torch.equal(ops.ward_linkage([noisy])[0], ops.ward_linkage([d])[0])
+
+
+def test_op_matches_naive_reference():
+    for n in [2, 3, 4, 9, 25, 60]:
+        d = ops.pairwise_distance(points(n, 3))
+        ours, ref = ops.ward_linkage([d])[0], _reference.ward_linkage(d)
+        assert torch.equal(ours[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+        torch.testing.assert_close(ours[:, 2], ref[:, 2], rtol=1e-12, atol=0)
+
+
+def test_reference_matches_scipy():
+    x = points(40, 5)
+    assert_same_tree(_reference.ward_linkage(torch.from_numpy(squareform(pdist(x.numpy())))), linkage(x.numpy(), "ward"))
+
+
+def test_op_small_sizes():
+    assert ops.ward_linkage([]) == []
+    assert ops.ward_linkage([torch.zeros(0, 0)])[0].shape == (0, 4)
+    assert ops.ward_linkage([torch.zeros(1, 1)])[0].shape == (0, 4)
+    d = torch.tensor([[0.0, 3.0], [3.0, 0.0]])
+    assert torch.equal(ops.ward_linkage([d])[0], torch.tensor([[0.0, 1.0, 3.0, 2.0]], dtype=torch.float64))
+
+
+def test_op_bad_inputs():
+    good = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"ward_linkage: dists\[1\] must be a 2-D distance matrix, got 1-D"):
+        ops.ward_linkage([good, torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"ward_linkage: dists\[0\] must be square, got 3 x 4"):
+        ops.ward_linkage([torch.zeros(3, 4)])
+    with pytest.raises(TypeError, match=r"ward_linkage: dists\[0\] must be a floating-point tensor, got Long"):
+        ops.ward_linkage([torch.zeros(3, 3, dtype=torch.long)])
+    for value, shown in [(float("nan"), "nan"), (float("inf"), "inf"), (-1.0, "-1"), (1e200, "1e\\+200")]:
+        bad = torch.zeros(4, 4, dtype=torch.float64)
+        bad[2, 1] = value
+        with pytest.raises(ValueError, match=rf"ward_linkage: dists\[1\] holds {shown} at \[2, 1\]; distances must be"):
+            ops.ward_linkage([good, bad])
+
+
+@pytest.mark.needs_cuda
+def test_op_on_cuda_says_to_move_to_cpu():
+    with pytest.raises(ValueError, match=r"ward_linkage: dists\[0\] is on cuda:0; the op runs on the CPU only"):
+        torch.ops.pyprune_fast.ward_linkage([torch.zeros(3, 3, device="cuda")])
+
+
+def test_opcheck_and_compile():
+    dists = [ops.pairwise_distance(points(n, 3)) for n in (12, 5, 1)]
+    torch.library.opcheck(torch.ops.pyprune_fast.ward_linkage.default, (dists[:2],))
+    torch.library.opcheck(torch.ops.pyprune_fast.ward_linkage.default, (dists,))
+
+    def f(a, b):
+        za, zb = ops.ward_linkage([a, b])
+        return za[:, 2].sum() + zb[:, 2].sum()
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(*dists[:2])
+    assert torch.equal(got, f(*dists[:2]))
+
+
+# ---- ward(): tree and cuts against scipy ----
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,d", [(2, 1), (3, 2), (10, 3), (57, 8), (256, 27), (700, 64)])
+def test_ward_matches_scipy(n, d, dtype):
+    x = points(n, d, dtype)
+    z_scipy = linkage(x.double().numpy(), "ward")
+    labels, z = ward(x, threshold=1.0, return_linkage=True)
+    assert_same_tree(z, z_scipy)
+    for t in cut_heights(z_scipy):
+        got = ward(x, threshold=t)
+        assert got.dtype == torch.int64 and got.shape == (n,)
+        assert got.tolist() == canonical(fcluster(z_scipy, t, "distance")), t
+    for m in sorted({1, 2, 3, n // 2 or 1, n - 1 or 1, n, n + 5}):
+        assert ward(x, n_clusters=m).tolist() == canonical(fcluster(z_scipy, m, "maxclust")), m
+
+
+def test_threshold_at_a_merge_height_includes_that_merge():
+    x = points(60, 4)
+    _, z = ward(x, threshold=0.0, return_linkage=True)
+    for t in z[::7, 2].tolist():
+        assert ward(x, threshold=t).tolist() == canonical(fcluster(z.numpy(), t, "distance"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 80), d=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), q=st.floats(0, 1))
+def test_property_matches_scipy(n, d, seed, q):
+    x = points(n, d, generator=torch.Generator().manual_seed(seed))
+    labels, z = ward(x, threshold=0.0, return_linkage=True)
+    assert labels.tolist() == list(range(n))
+    if n < 2:
+        assert z.shape == (0, 4)
+        return
+    z_scipy = linkage(x.numpy(), "ward")
+    assert_same_tree(z, z_scipy)
+    t = float(np.quantile(z_scipy[:, 2], q)) * (1 + 1e-6)  # clear of rounding at the quantile's merge
+    assert ward(x, threshold=t).tolist() == canonical(fcluster(z_scipy, t, "distance"))
+    m = 1 + int(q * n)
+    assert ward(x, n_clusters=m).tolist() == canonical(fcluster(z_scipy, m, "maxclust"))
+
+
+def test_planted_blobs_are_recovered():
+    for _ in range(5):
+        k = int(torch.randint(2, 9, ()))
+        sizes = torch.randint(1, 30, (k,))
+        centers = torch.randn(k, 16, dtype=torch.float64) * 100
+        truth = torch.repeat_interleave(torch.arange(k), sizes)
+        x = centers[truth] + torch.randn(len(truth), 16, dtype=torch.float64)
+        perm = torch.randperm(len(truth))
+        x, truth = x[perm], truth[perm]
+        assert ward(x, n_clusters=k).tolist() == canonical(truth)
+        assert ward(x, threshold=60.0).tolist() == canonical(truth)
+
+
+def test_duplicate_points():
+    base = points(30, 3)
+    x = torch.cat([base, base[:10], base[:4]])[torch.randperm(44)]  # ties at height 0
+    labels, z = ward(x, threshold=1e-9, return_linkage=True)
+    z_scipy = linkage(x.numpy(), "ward")
+    np.testing.assert_allclose(z[:, 2].numpy(), z_scipy[:, 2], rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(z[:, 3].numpy(), z_scipy[:, 3])
+    assert labels.unique().numel() == 30
+    for t in [1e-9, *cut_heights(z_scipy)[1:]]:
+        assert ward(x, threshold=t).tolist() == canonical(fcluster(z_scipy, t, "distance")), t
+    for m in [1, 5, 17, 30]:
+        assert ward(x, n_clusters=m).tolist() == canonical(fcluster(z_scipy, m, "maxclust")), m
+    # All points equal: every merge at height 0; n_clusters still gives exactly that many clusters.
+    same = torch.ones(6, 2)
+    assert ward(same, threshold=0.0).tolist() == [0] * 6
+    assert ward(same, n_clusters=4).unique().numel() == 4
+
+
+def test_small_sizes_and_return_types():
+    assert ward([], threshold=1.0) == []
+    empty = ward(torch.zeros(0, 3), n_clusters=2, return_linkage=True)
+    assert empty[0].shape == (0,) and empty[0].dtype == torch.int64 and empty[1].shape == (0, 4)
+    assert ward(torch.ones(1, 3), threshold=0.0).tolist() == [0]
+    two = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    assert ward(two, threshold=4.9).tolist() == [0, 1]
+    assert ward(two, threshold=5.0).tolist() == [0, 0]
+    assert ward(two, n_clusters=1).tolist() == [0, 0]
+    labels, z = ward(two, n_clusters=2, return_linkage=True)
+    assert labels.tolist() == [0, 1] and torch.equal(z, torch.tensor([[0.0, 1.0, 5.0, 2.0]], dtype=torch.float64))
+
+
+def test_many_problems_in_one_call():
+    xs = [points(n, d) for n, d in [(50, 3), (1, 2), (120, 9), (0, 4), (2, 7), (33, 1)]]
+    got = ward(xs, n_clusters=4, return_linkage=True)
+    assert isinstance(got, list) and len(got) == len(xs)
+    for x, (labels, z) in zip(xs, got):
+        assert torch.equal(labels, ward(x, n_clusters=4))
+        if x.shape[0] > 1:
+            assert_same_tree(z, linkage(x.numpy(), "ward"))
+    thresholds = ward(xs, threshold=3.0)
+    assert all(torch.equal(a, ward(x, threshold=3.0)) for a, x in zip(thresholds, xs))
+
+
+def test_bad_inputs():
+    x = torch.randn(5, 2)
+    with pytest.raises(TypeError, match=r"ward: xs must be a tensor or a list of tensors, got ndarray"):
+        ward(x.numpy(), threshold=1.0)
+    with pytest.raises(TypeError, match=r"ward: xs must be a tensor or a list of tensors, got list"):
+        ward([x, [1.0, 2.0]], threshold=1.0)
+    with pytest.raises(ValueError, match=r"ward: xs\[1\] must be 2-D \(points x features\), got shape \(5,\)"):
+        ward([x, torch.randn(5)], threshold=1.0)
+    with pytest.raises(ValueError, match=r"ward: xs\[0\] must be 2-D \(points x features\), got shape \(2, 3, 4\)"):
+        ward(torch.randn(2, 3, 4), threshold=1.0)
+    with pytest.raises(TypeError, match=r"ward: xs\[0\] must be a floating-point tensor, got torch.int64"):
+        ward(torch.ones(3, 2, dtype=torch.long), threshold=1.0)
+    for value in [float("nan"), float("inf")]:
+        bad = x.clone()
+        bad[3, 1] = value
+        with pytest.raises(ValueError, match=rf"ward: xs\[1\] holds {value} at \[3, 1\]; points must be finite"):
+            ward([x, bad], n_clusters=2)
+    with pytest.raises(ValueError, match="ward: give exactly one of threshold and n_clusters, got both"):
+        ward(x, threshold=1.0, n_clusters=2)
+    with pytest.raises(ValueError, match="ward: give exactly one of threshold and n_clusters, got neither"):
+        ward(x)
+    for m in [0, -3]:
+        with pytest.raises(ValueError, match=f"ward: n_clusters must be positive, got {m}"):
+            ward(x, n_clusters=m)
+    with pytest.raises(TypeError, match=r"ward: n_clusters must be an int, got 2.5"):
+        ward(x, n_clusters=2.5)
+    with pytest.raises(ValueError, match=r"ward: threshold must be >= 0, got -0.5"):
+        ward(x, threshold=-0.5)
+    with pytest.raises(ValueError, match=r"ward: threshold must be >= 0, got nan"):
+        ward(x, threshold=float("nan"))
+    with pytest.raises(TypeError, match=r"ward: threshold must be a number, got '1'"):
+        ward(x, threshold="1")
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_labels_on_the_input_device(device):
+    x = points(90, 6, torch.float32).to(device)
+    labels, z = ward(x, n_clusters=7, return_linkage=True)
+    assert labels.device == x.device and z.device.type == "cpu"
+    assert labels.tolist() == canonical(fcluster(linkage(x.double().cpu().numpy(), "ward"), 7, "maxclust"))
