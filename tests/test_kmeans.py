@@ -83,7 +83,7 @@ def test_bad_inputs():
     x = torch.randn(10, 3)
     with pytest.raises(ValueError, match=r"xs\[0\] must be 2-D"):
         cluster.kmeans(torch.randn(10), 2)
-    with pytest.raises(ValueError, match=r"xs\[1\] holds NaN or Inf"):
+    with pytest.raises(ValueError, match=r"kmeans: xs\[1\] holds nan at \[0, 0\]; points must be finite"):
         cluster.kmeans([x, torch.full((4, 3), float("nan"))], 2)
     with pytest.raises(ValueError, match="every k must be a positive int"):
         cluster.kmeans(x, 0)

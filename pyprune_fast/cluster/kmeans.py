@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ._inputs import check_points
 
 __all__ = ["KMeans", "kmeans", "init_centroids", "BACKENDS"]
 
@@ -27,16 +28,6 @@ class KMeans:
     labels: Tensor  # (N,) int64, cluster of every point
     centroids: Tensor  # (k, D)
     inertia: float  # sum of squared distances of the points to their centroids
-
-
-def _check_points(xs: Sequence[Tensor]) -> None:
-    for i, x in enumerate(xs):
-        if x.dim() != 2:
-            raise ValueError(f"kmeans: xs[{i}] must be 2-D (points x features), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"kmeans: xs[{i}] must be a floating-point tensor, got {x.dtype}")
-        if x.numel() and not torch.isfinite(x).all():
-            raise ValueError(f"kmeans: xs[{i}] holds NaN or Inf")
 
 
 def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) -> Tensor:
@@ -129,7 +120,7 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         raise ValueError(f"kmeans: niter must be a non-negative int, got {niter!r}")
     if backend not in BACKENDS:
         raise ValueError(f"kmeans: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    _check_points(lst)
+    check_points("kmeans", lst)
     if spherical:
         lst = [x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) for x in lst]
 

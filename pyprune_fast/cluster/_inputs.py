@@ -1,0 +1,23 @@
+"""Input checks shared by the clustering functions."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_points(op: str, xs: Sequence[Tensor]) -> None:
+    """2-D floating-point tensors (points x features), all on one device, every value finite."""
+    for i, x in enumerate(xs):
+        if x.dim() != 2:
+            raise ValueError(f"{op}: xs[{i}] must be 2-D (points x features), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{op}: xs[{i}] must be a floating-point tensor, got {x.dtype}")
+        if x.device != xs[0].device:
+            raise ValueError(f"{op}: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
+                             f"xs[{i}] is on {x.device}")
+        if x.numel() and not torch.isfinite(x).all():
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise ValueError(f"{op}: xs[{i}] holds {x[bad[0], bad[1]].item()} at {bad}; points must be finite")
