@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .attention import PrunedMultiheadAttention
+from .surgery import owner
 
 __all__ = ["save_pruned", "load_pruned"]
 
@@ -57,15 +58,14 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
         t = current[name]
         if tuple(t.shape) == tuple(shape):
             continue
-        module_name, _, attr = name.rpartition(".")
-        owner = model.get_submodule(module_name) if module_name else model
+        module, attr = owner(model, name)
         new = torch.empty(shape, dtype=t.dtype, device=t.device)
         if isinstance(t, nn.Parameter):
-            setattr(owner, attr, nn.Parameter(new, requires_grad=t.requires_grad))
+            setattr(module, attr, nn.Parameter(new, requires_grad=t.requires_grad))
         else:
-            owner._buffers[attr] = new
+            module._buffers[attr] = new
     for module_name, attrs in payload["attrs"].items():
-        module = model.get_submodule(module_name) if module_name else model
+        module = model.get_submodule(module_name)
         for attr, value in attrs.items():
             if attr == "pruned_heads":
                 module.__class__ = PrunedMultiheadAttention

@@ -22,11 +22,11 @@ from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph
 from .plan import Plan
 
-__all__ = ["apply", "sync_module_attributes"]
+__all__ = ["apply", "owner", "positions", "sync_module_attributes"]
 
 
-def _positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
-    """Positions along a dim of the given channels of a member."""
+def positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
+    """Positions along a member's dim that hold the given channels (see graph.Member)."""
     if block == 1:
         return channels + offset
     return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
@@ -48,13 +48,13 @@ def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
         size = shapes[name][dim]
         m, entry = found[0]
         if len(found) == 1 and m.offset == 0 and entry.group.channels * m.block == size:
-            keep[name][dim] = _positions(entry.keep, 0, m.block)  # the common case: one group spans the dim
+            keep[name][dim] = positions(entry.keep, 0, m.block)  # the common case: one group spans the dim
             continue
         mask = torch.ones(size, dtype=torch.bool)
         for m, entry in found:
             removed = torch.ones(entry.group.channels, dtype=torch.bool)
             removed[entry.keep] = False
-            mask[_positions(removed.nonzero().squeeze(1), m.offset, m.block)] = False
+            mask[positions(removed.nonzero().squeeze(1), m.offset, m.block)] = False
         keep[name][dim] = mask.nonzero().squeeze(1)
     return keep, merges
 
@@ -100,7 +100,6 @@ def _gather_all(tensors: dict, keep: dict) -> dict:
 
 def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer], tensors: dict[str, torch.Tensor]):
     params = {n: t for n, t in tensors.items() if isinstance(t, nn.Parameter)}
-    buffers = {n: t for n, t in tensors.items() if n not in params}
     keep, merges = _selections(plan, plan.graph.shapes)
     names = sorted(set(keep) | set(merges))
 
@@ -124,7 +123,7 @@ def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer], tensors: dict
                   if isinstance(v, torch.Tensor) and v.shape == params[n].shape}
         gathered = _gather_all(sliced, {key: keep.get(key[0], {}) for key in sliced})
         new_state = {n: {**st, **{k: gathered[(n, k)] for k in st if (n, k) in gathered}} for n, st in states.items()}
-    return names, params, buffers, new_data, new_grads, new_state
+    return names, params, new_data, new_grads, new_state
 
 
 class _Swap:
@@ -160,9 +159,10 @@ class _Swap:
             fn()
 
 
-def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding parameter or buffer `name`, and the attribute it sits under."""
     module_name, _, attr = name.rpartition(".")
-    return model.get_submodule(module_name) if module_name else model, attr
+    return model.get_submodule(module_name), attr
 
 
 def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozenset = frozenset(),
@@ -203,7 +203,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
     graph: DependencyGraph = plan.graph
     tensors = graph.check_current()
-    names, params, buffers, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
+    names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
 
     model = graph.model
     swap = _Swap()
@@ -215,10 +215,10 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
                 if n in new_state:
                     swap.setitem(optimizer.state, p, new_state[n])
             else:
-                owner, attr = _owner(model, n)
-                swap.setitem(owner._buffers, attr, new_data[n])
+                module, attr = owner(model, n)
+                swap.setitem(module._buffers, attr, new_data[n])
         for module_name in sorted({n.rpartition(".")[0] for n in names}):
-            module = model.get_submodule(module_name) if module_name else model
+            module = model.get_submodule(module_name)
             attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)

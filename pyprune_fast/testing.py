@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .graph import DependencyGraph, Group
+from .surgery import positions
 
 __all__ = ["kill_channels", "dead_channels_are_exact"]
 
@@ -17,7 +18,7 @@ def dead_channels_are_exact(graph: DependencyGraph, group: Group) -> bool:
     """Whether removing channels of `group` whose output is exactly zero must leave outputs unchanged:
     true unless a norm that mixes channels (LayerNorm, GroupNorm with several channels a group) sees them."""
     for name in group.modules:
-        m = graph.model.get_submodule(name) if name else graph.model
+        m = graph.model.get_submodule(name)
         if isinstance(m, _MIXING) and not (isinstance(m, nn.GroupNorm) and name in graph.per_channel_groupnorm):
             return False
     return True
@@ -32,5 +33,4 @@ def kill_channels(graph: DependencyGraph, group: Group, channels: torch.Tensor) 
         if m.role != "producer" or m.name not in params:
             continue
         t = params[m.name]
-        pos = (channels[:, None] * m.block + torch.arange(m.block) + m.offset).reshape(-1).to(t.device)
-        t.index_fill_(m.dim, pos, 0.0)
+        t.index_fill_(m.dim, positions(channels, m.offset, m.block).to(t.device), 0.0)

@@ -49,15 +49,16 @@ def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) ->
     return x[torch.tensor(chosen, device=x.device)].clone()
 
 
+def _nearest(x: Tensor, xnorm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Label of every point's nearest centroid and the squared distance to it, from one product."""
+    best, labels = ((c * c).sum(1)[None, :] - 2 * x @ c.T).min(1)
+    return labels, (best + xnorm).clamp_min(0)
+
+
 def _lloyd_torch(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
     """The reference: the same iterations as the native kernel, in plain PyTorch."""
     xnorm = (x * x).sum(1)
-
-    def assign(c):
-        best, labels = ((c * c).sum(1)[None, :] - 2 * x @ c.T).min(1)
-        return labels, (best + xnorm).clamp_min(0)
-
-    labels, mind = assign(c)
+    labels, mind = _nearest(x, xnorm, c)
     for _ in range(niter):
         counts = torch.bincount(labels, minlength=c.shape[0])
         sums = torch.zeros_like(c).index_add_(0, labels, x)
@@ -69,7 +70,7 @@ def _lloyd_torch(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
         if spherical:
             c = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
         prev = labels
-        labels, mind = assign(c)
+        labels, mind = _nearest(x, xnorm, c)
         if torch.equal(labels, prev):
             break
     return labels, c, float(mind.double().sum())
@@ -86,8 +87,8 @@ def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
                       max_points_per_centroid=max(1, x.shape[0]), verbose=False, seed=0)
     km.train(xn, init_centroids=c.detach().cpu().float().contiguous().numpy())
     cent = torch.from_numpy(km.centroids).to(x.device, x.dtype)
-    best, labels = ((cent * cent).sum(1)[None, :] - 2 * x @ cent.T).min(1)
-    return labels, cent, float((best + (x * x).sum(1)).clamp_min(0).double().sum())
+    labels, mind = _nearest(x, (x * x).sum(1), cent)
+    return labels, cent, float(mind.double().sum())
 
 
 def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], niter: int = 25,

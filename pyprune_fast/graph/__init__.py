@@ -21,7 +21,7 @@ from torch import nn
 
 from .rules import Context, propagate
 from .spaces import Member
-from .trace import record
+from .trace import named_tensors, record
 
 __all__ = ["DependencyGraph", "Group", "Member", "named_tensors"]
 
@@ -128,15 +128,3 @@ class DependencyGraph:
         for g in self.groups:
             lines.append(f"  {g!r}")
         return "\n".join(lines)
-
-
-def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer under its first qualified name, as named_parameters() names it."""
-    out, seen = {}, set()
-    for prefix, m in model.named_modules():
-        for slots in (m._parameters, m._buffers):
-            for k, t in slots.items():
-                if t is not None and id(t) not in seen:
-                    seen.add(id(t))
-                    out[f"{prefix}.{k}" if prefix else k] = t
-    return out

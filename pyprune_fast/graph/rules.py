@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .spaces import Label, Labels, Member, Segment, Space, add_members, lock_label, unify
-from .trace import Node, Trace, Value
+from .trace import Node, Trace, Value, attention_args
 
 __all__ = ["Context", "propagate"]
 
@@ -82,9 +82,8 @@ def conv(ctx: Context, node: Node) -> None:
         ctx.set(out, {1: _layer(ctx, f"{node.name} {module}", module, w, b, lx)})
     elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
         # depthwise: output channel c reads input channel c only, so both are one space
-        for t in (w, b):
-            if isinstance(t, Value) and t.param:
-                add_members(lx, t.param, 0, "producer")
+        for name in _param_names(w, b):
+            add_members(lx, name, 0, "producer")
         _record_module(lx, module)
         ctx.depthwise.add(module)
         if module in ctx.ignored:
@@ -104,12 +103,15 @@ def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Opt
         _record_module(input_label, module)
     space = ctx.new_space(w.shape[0], origin)
     space.modules.add(module)
-    for t in (w, b):
-        if isinstance(t, Value) and t.param:
-            space.members.append(_producer(t.param))
+    space.members += [_producer(name) for name in _param_names(w, b)]
     if module in ctx.ignored:
         space.lock(f"{module} is in ignored_layers")
     return (Segment(space, w.shape[0]),)
+
+
+def _param_names(*values) -> list[str]:
+    """Names of the parameters among `values` (a bias may be None, a weight computed in forward)."""
+    return [v.param for v in values if isinstance(v, Value) and v.param]
 
 
 def _producer(name: str, dim: int = 0) -> Member:
@@ -135,13 +137,13 @@ def linear(ctx: Context, node: Node) -> None:
 
 def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, what: str) -> None:
     label = ctx.of(x).dims.get(channel_dim)
-    module = next((module_of(p.param) for p in params if isinstance(p, Value) and p.param), "")
+    names = _param_names(*params)
+    module = module_of(names[0]) if names else ""
     if label:
         if any(seg.block != 1 for seg in label):
             lock_label(label, f"{what} {module} over a reshaped channel dim")
-        for p in params:
-            if isinstance(p, Value) and p.param:
-                add_members(label, p.param, 0, "producer")
+        for name in names:
+            add_members(label, name, 0, "producer")
         _record_module(label, module)
     ctx.set(node.outputs[0], ctx.of(x).dims)
 
@@ -187,9 +189,7 @@ def attention(ctx: Context, node: Node) -> None:
     (and in_proj_bias), and the same block of columns of out_proj.weight. The embedding dims of the
     inputs stay fixed: the module ties them to embed_dim.
     """
-    names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
-             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias")
-    a = dict(zip(names, node.args), **node.kwargs)
+    a = attention_args(node.args, node.kwargs)
     ctx.lock_all([a["query"], a["key"], a["value"]], "nn.MultiheadAttention ties its embedding size to its inputs")
     _fixed_outputs(ctx, node)
     w_in, w_out = a.get("in_proj_weight"), a.get("out_proj_weight")
@@ -204,10 +204,8 @@ def attention(ctx: Context, node: Node) -> None:
     space = ctx.new_space(heads, f"attention heads {module}")
     space.modules.add(module)
     ctx.attention.add(module)
-    for t in (w_in, a.get("in_proj_bias")):
-        if isinstance(t, Value) and t.param:
-            for part in range(3):
-                space.members.append(Member(t.param, 0, part * inner, hd, "producer"))
+    for name in _param_names(w_in, a.get("in_proj_bias")):
+        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
     space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))
     if module in ctx.ignored:
         space.lock(f"{module} is in ignored_layers")
@@ -217,14 +215,13 @@ def attention(ctx: Context, node: Node) -> None:
 
 
 def identity(ctx: Context, node: Node) -> None:
-    """Elementwise on one tensor (activations, dropout, copies): labels pass through."""
+    """Elementwise on one tensor (activations, dropout, copies, softmax): labels pass through."""
     x = node.tensor_inputs()[0]
+    if any(out.shape != x.shape for out in node.outputs):
+        return generic(ctx, node)
+    lab = ctx.of(x)
     for out in node.outputs:
-        if out.shape == x.shape:
-            lab = ctx.of(x)
-            ctx.set(out, lab.dims, lab.params)
-        else:
-            generic(ctx, node)
+        ctx.set(out, lab.dims, lab.params)
 
 
 def elementwise(ctx: Context, node: Node) -> None:
@@ -409,21 +406,14 @@ def expand(ctx: Context, node: Node) -> None:
 
 
 def spatial(ctx: Context, node: Node) -> None:
-    """Pooling, interpolation, padding: channels-first, batch and channel dims untouched."""
+    """Pooling and interpolation (channels first): labels stay on the batch and channel dims."""
     x = node.tensor_inputs()[0]
-    out = node.outputs[0]
-    lab = ctx.of(x)
-    keep = {d: lab.dims[d] for d in (0, 1) if d in lab.dims and x.shape[d] == out.shape[d]}
-    for d, label in lab.dims.items():
-        if d not in keep:
-            lock_label(label, f"{node.name} changes dim {d}")
-    ctx.set(out, keep)
-    for extra in node.outputs[1:]:  # max_pool's indices
-        ctx.set(extra, {})
+    same_size_dims(ctx, node, set(range(2, x.ndim)))
 
 
 def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
-    """Ops that act along some dims only (pad, roll): labels stay on the other dims of unchanged size."""
+    """Ops that act along some dims only (pad, roll, pooling): labels stay on the other dims whose
+    size is unchanged; labels on `moved` dims are locked."""
     x, out = node.tensor_inputs()[0], node.outputs[0]
     lab = ctx.of(x)
     keep = {}
@@ -433,6 +423,8 @@ def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
         else:
             keep[d] = label
     ctx.set(out, keep)
+    for extra in node.outputs[1:]:  # max_pool's indices
+        ctx.set(extra, {})
 
 
 def pad(ctx: Context, node: Node) -> None:
@@ -468,11 +460,6 @@ def reduction(ctx: Context, node: Node) -> None:
         dims = {}
     for o in node.outputs:
         ctx.set(o, dims)
-
-
-def softmax(ctx: Context, node: Node) -> None:
-    """softmax over any dim keeps every channel where it was."""
-    identity(ctx, node)
 
 
 def getitem(ctx: Context, node: Node) -> None:
@@ -544,11 +531,6 @@ def size_read(ctx: Context, node: Node) -> None:
                               "and may compute other shapes from it")
 
 
-def creation(ctx: Context, node: Node) -> None:
-    """new_zeros, new_full...: a shape given in numbers (any read of a channel count locks by itself)."""
-    _fixed_outputs(ctx, node)
-
-
 def like(ctx: Context, node: Node) -> None:
     """zeros_like and the like: the output takes its input's shape, so its channels follow."""
     x, lab = node.tensor_inputs()[0], ctx.of(node.tensor_inputs()[0])
@@ -557,6 +539,8 @@ def like(ctx: Context, node: Node) -> None:
 
 
 def _fixed_outputs(ctx: Context, node: Node) -> None:
+    """Outputs whose every dim is fixed (new_zeros and the like: a shape given in numbers; any read of
+    a channel count locks by itself)."""
     for out in node.outputs:
         ctx.set(out, {})
 
@@ -567,7 +551,7 @@ _IDENTITY = {
     "hardtanh_", "mish", "softplus", "softsign", "logsigmoid", "dropout", "dropout1d", "dropout2d", "dropout3d",
     "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "detach", "data", "to", "float", "half",
     "double", "bfloat16", "type", "type_as", "abs", "neg", "exp", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min",
-    "clamp_max", "square", "erf", "log", "sin", "cos", "reciprocal", "requires_grad_", "pow",
+    "clamp_max", "square", "erf", "log", "sin", "cos", "reciprocal", "requires_grad_", "pow", "softmax", "log_softmax",
 }
 _ELEMENTWISE = {
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__", "rsub",
@@ -595,10 +579,10 @@ _BY_NAME: dict[str, Callable] = {
     **{n: permute for n in _PERMUTE}, **{n: spatial for n in _SPATIAL}, **{n: reduction for n in _REDUCTION},
     **{n: split for n in _SPLIT},
     "cat": cat, "concat": cat, "concatenate": cat, "expand": expand, "expand_as": expand, "broadcast_to": expand,
-    "__getitem__": getitem, "softmax": softmax, "pad": pad, "roll": roll,
+    "__getitem__": getitem, "pad": pad, "roll": roll,
     "size": size_read, "shape": size_read, "numel": size_read,
-    **{n: creation for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")},
-    **{n: like for n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")}, "log_softmax": softmax,
+    **{n: _fixed_outputs for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")},
+    **{n: like for n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")},
     "max_pool1d": spatial, "max_pool2d": spatial, "max_pool3d": spatial,
 }
 

@@ -80,6 +80,16 @@ def leaves(obj: Any) -> list:
     return [obj]
 
 
+# F.multi_head_attention_forward's leading positional arguments.
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias")
+
+
+def attention_args(args: tuple, kwargs: dict) -> dict:
+    """The arguments of an F.multi_head_attention_forward call, by name."""
+    return dict(zip(_MHA_ARGS, args), **kwargs)
+
+
 # On meta tensors some ops' shape functions are slow Python decompositions; for these the recorder
 # makes the output directly. Only ops whose output shape is plain (and that do not work in place).
 _SAME_SHAPE = {F.batch_norm, F.instance_norm, F.layer_norm, F.group_norm, F.gelu}
@@ -105,9 +115,7 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
                for i in range(spatial)]
         return x.new_empty((x.shape[0], w.shape[0], *out))
     if func is F.multi_head_attention_forward:
-        names = ("key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k",
-                 "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight")
-        given = dict(zip(names, args[1:]), **kwargs)
+        given = attention_args(args, kwargs)
         if given.get("bias_k") is not None or given.get("add_zero_attn") or given.get("static_k") is not None:
             return None
         out = x.new_empty((*x.shape[:-1], given["out_proj_weight"].shape[0]))
@@ -174,22 +182,30 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
-def _param_names(model: nn.Module) -> dict[int, str]:
-    """id -> first qualified name, as named_parameters() and named_buffers() name shared tensors."""
-    names: dict[int, str] = {}
+def tensor_slots(model: nn.Module):
+    """(qualified name, the dict holding it, key, tensor) for every parameter and buffer slot."""
     for prefix, m in model.named_modules():
         for slots in (m._parameters, m._buffers):
             for k, t in slots.items():
                 if t is not None:
-                    names.setdefault(id(t), f"{prefix}.{k}" if prefix else k)
-    return names
+                    yield (f"{prefix}.{k}" if prefix else k), slots, k, t
+
+
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under its first qualified name, as named_parameters() names it."""
+    out, seen = {}, set()
+    for name, _, _, t in tensor_slots(model):
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t
+    return out
 
 
 def _run(model: nn.Module, example_inputs: tuple, meta: bool) -> Trace:
     inputs = example_inputs
     if meta:
         inputs = tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, example_inputs))
-    recorder = _Recorder(_param_names(model))
+    recorder = _Recorder({id(t): n for n, t in named_tensors(model).items()})
     in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     input_values = [recorder.value_of(x) for x in in_leaves]
     with torch.no_grad(), recorder:
@@ -214,13 +230,9 @@ class _OnMeta:
                 stand_in[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
             return stand_in[id(t)]
 
-        self.saved = []
-        for module in self.model.modules():
-            for slots in (module._parameters, module._buffers):
-                for k, t in slots.items():
-                    if t is not None:
-                        self.saved.append((slots, k, t))
-                        slots[k] = meta_of(t)
+        self.saved = [(slots, k, t) for _, slots, k, t in tensor_slots(self.model)]
+        for slots, k, t in self.saved:
+            slots[k] = meta_of(t)
 
     def __exit__(self, *exc):
         for slots, k, t in self.saved:
