@@ -33,10 +33,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class Ladder:
-    """widths(i) for i in [0, steps): non-increasing in i, widths(0) the least pruning."""
+    """widths(i) for i in [0, steps): non-increasing in i, widths(0) the least pruning. knob(i) is the
+    method's own setting at rung i (channels removed, a ratio, a threshold), named knob_name."""
 
     steps: int
     widths: Callable[[int], Tensor]
+    knob: Callable[[int], float]
+    knob_name: str
 
 
 def uniform_widths(channels: Tensor, ratio: float) -> Tensor:
@@ -57,12 +60,12 @@ def ranking_ladder(scores: list[Tensor], channels: Tensor, limits: Limits) -> La
         removed = torch.bincount(order[:i], minlength=len(scores))
         return limits(channels - removed, channels)
 
-    return Ladder(order.numel() + 1, widths)
+    return Ladder(order.numel() + 1, widths, float, "channels removed by the global ranking")
 
 
-def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) -> Tensor:
-    """Widths of the rung whose measure is nearest `target`: the first rung at most `target` (found by
-    bisection, the last rung if none is), or the rung before it when that one is nearer."""
+def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) -> int:
+    """The rung whose measure is nearest `target`: the first rung at most `target` (found by bisection,
+    the last rung if none is), or the rung before it when that one is nearer."""
     lo, hi = 0, ladder.steps - 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -70,16 +73,13 @@ def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) ->
             hi = mid
         else:
             lo = mid + 1
-    under = ladder.widths(lo)
-    if lo > 0:
-        over = ladder.widths(lo - 1)
-        if measure(over) - target < target - measure(under):
-            return over
-    return under
+    if lo > 0 and measure(ladder.widths(lo - 1)) - target < target - measure(ladder.widths(lo)):
+        return lo - 1
+    return lo
 
 
 def fraction_ladder(channels: Tensor, limits: Limits) -> Ladder:
     """Uniform ratios: rung i is the i-th distinct ratio at which some group's width changes."""
     ratios = sorted({j / n for n in channels.tolist() for j in range(n)})
-    return Ladder(len(ratios), lambda i: limits(uniform_widths(channels, ratios[i]), channels))
+    return Ladder(len(ratios), lambda i: limits(uniform_widths(channels, ratios[i]), channels), ratios.__getitem__, "ratio")
 

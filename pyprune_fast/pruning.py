@@ -35,7 +35,7 @@ class PruneReport:
     groups: int = 0
     prunable_groups: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # seconds: trace, scores, clustering, allocation, surgery
-    allocation: str = ""  # e.g. "target_flops=0.5"
+    allocation: str = ""  # e.g. "target_flops=0.5 (threshold 0.731)"
 
     def __str__(self) -> str:
         pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
@@ -112,21 +112,24 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
 
 
-def _widths(crit: Criterion, alloc: str, value: float, macs: MacsModel) -> torch.Tensor:
+def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tensor, str]:
+    """Every group's width, and the allocation in words (with the knob a target was solved for)."""
     if alloc == "ratio":
-        return crit.uniform(value)
+        return crit.uniform(value), f"ratio={value:g}"
     if alloc == "threshold":
-        return crit.at_threshold(value)
+        return crit.at_threshold(value), f"threshold={value:g}"
     ladder = crit.ladder()
     if alloc == "global_ratio":
         total = int(crit.channels.sum())
-        return bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 1e-9))
-    smallest = macs(ladder.widths(ladder.steps - 1)) / macs.total
-    if value < smallest:
-        raise ValueError(f"prune: target_flops={value} cannot be reached with method {crit.name!r}: keeping the fewest "
-                         f"channels allowed in every group leaves {smallest:.4f} of the MACs; the smallest reachable "
-                         f"target_flops is {math.ceil(smallest * 1e4) / 1e4}")
-    return bisect(ladder, macs, value * macs.total)
+        rung = bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 1e-9))
+    else:
+        smallest = macs(ladder.widths(ladder.steps - 1)) / macs.total
+        if value < smallest:
+            raise ValueError(f"prune: target_flops={value} cannot be reached with method {crit.name!r}: keeping the "
+                             f"fewest channels allowed in every group leaves {smallest:.4f} of the MACs; the smallest "
+                             f"reachable target_flops is {math.ceil(smallest * 1e4) / 1e4}")
+        rung = bisect(ladder, macs, value * macs.total)
+    return ladder.widths(rung), f"{alloc}={value:g} ({ladder.knob_name} {ladder.knob(rung):.6g})"
 
 
 def _apply_with(model: nn.Module, written: dict[str, torch.Tensor], plan: Plan, optimizer) -> None:
@@ -171,7 +174,7 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
                **method_options)
     macs = MacsModel(graph, groups) if alloc == "target_flops" else None
-    widths = _widths(crit, alloc, value, macs)
+    widths, allocation = _widths(crit, alloc, value, macs)
     plan = Plan(graph)
     written = crit.decide(plan, widths)
     t2 = time.perf_counter()
@@ -183,4 +186,4 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
                "allocation": t2 - t1 - scores - clustering, "surgery": t3 - t2}
     widths_rows = [(g.origin, g.channels, int(w)) for g, w in zip(groups, widths.tolist())]
     return PruneReport(method, before.macs, after.macs, before.params, after.params, widths_rows, len(graph.groups),
-                       len(groups), timings, f"{alloc}={value:g}")
+                       len(groups), timings, allocation)

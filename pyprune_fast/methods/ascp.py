@@ -152,7 +152,8 @@ class ASCP(Criterion):
 
         col = 0
         for u in units:
-            width = self._rows(u.weight, c).shape[1]
+            t = self.tensors[u.weight.name]
+            width = t.numel() // t.shape[u.weight.dim] * u.weight.block
             wc, col = centres[:, col:col + width], col + width
             bc = None
             if u.bias or u.bn:

@@ -6,7 +6,8 @@ the L2 norm of W_next[o, i] (one per output o; a flatten into a Linear gives the
 channel's block of columns). Residual groups lay the features of all their producers and consumers
 side by side. No bias, no normalisation: the threshold is in absolute units.
 
-Ward clustering of the feature rows, all groups in one batched call; the tree is cut at one global
+Ward clustering of the feature rows, all groups in one batched call (distances in float32: merge
+heights match scipy's float64 ones to float32 rounding, so only near-ties could cut differently); the tree is cut at one global
 height `threshold` (scipy's fcluster "distance"), or into the number of clusters a ratio or MACs
 target asks for ("maxclust"). In every cluster the channel whose feature row has the largest norm
 stays; the others go (no merging).
@@ -20,21 +21,24 @@ from torch import Tensor
 from ..allocation import Ladder, Limits
 from ..cluster import flat_clusters, linkage
 from ..plan import Plan
-from .base import Criterion, channel_view, check_finite, member_tensors
+from .base import Criterion, check_finite, member_tensors
 
 __all__ = ["CUP", "cup_features"]
 
 
-def _slice_norms(view: Tensor) -> Tensor:
-    """view (C, block, other, *rest) -> (C, other): the norm of every (channel, other) slice."""
-    c, _, other = view.shape[:3]
-    return view.transpose(1, 2).reshape(c, other, -1).float().norm(dim=2)
+def _slice_norms(t: Tensor, m, channels: int) -> Tensor:
+    """(channels, other): the norm of each channel's slice per index of the tensor's other channel dim
+    (dim 1 for a producer's rows, dim 0 for a consumer's columns), reduced in place, without copies."""
+    s = t.narrow(m.dim, m.offset, channels * m.block).unflatten(m.dim, (channels, m.block))
+    other = 2 if m.dim == 0 else 0
+    n = torch.linalg.vector_norm(s, dim=[d for d in range(s.dim()) if d not in (m.dim, other)], dtype=torch.float32)
+    return n if m.dim < other else n.T
 
 
 def cup_features(tensors: dict[str, Tensor], group) -> Tensor:
     """(channels, features): incoming kernel-slice norms and outgoing norms, over the group's weights."""
     members = member_tensors(tensors, group, "producer", min_ndim=2) + member_tensors(tensors, group, "consumer", min_ndim=2)
-    return torch.cat([_slice_norms(channel_view(t, m, group.channels)) for m, t in members], 1)
+    return torch.cat([_slice_norms(t, m, group.channels) for m, t in members], 1)
 
 
 class CUP(Criterion):
@@ -46,7 +50,7 @@ class CUP(Criterion):
         self.features = self._timed("scores", lambda: [cup_features(self.tensors, g) for g in groups])
         for g, f in zip(groups, self.features):
             check_finite(self.tensors, g, f)
-        self.trees = self._timed("clustering", linkage, self.features)
+        self.trees = self._timed("clustering", linkage, self.features, torch.float32)
         self.heights = [z[:, 2].contiguous() for z in self.trees]
 
     def at_threshold(self, threshold: float) -> Tensor:
@@ -56,7 +60,7 @@ class CUP(Criterion):
 
     def ladder(self) -> Ladder:
         cuts = torch.cat([torch.tensor([-1.0], dtype=torch.float64)] + self.heights).unique()  # sorted
-        return Ladder(cuts.numel(), lambda i: self.at_threshold(float(cuts[i])))
+        return Ladder(cuts.numel(), lambda i: self.at_threshold(float(cuts[i])), lambda i: max(float(cuts[i]), 0.0), "threshold")
 
     def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
         for g, z, f, w in zip(self.groups, self.trees, self.features, widths.tolist()):
