@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .graph.rules import module_of
 from .graph.trace import Node, Trace, record
 
-__all__ = ["Profile", "profile", "profile_trace"]
+__all__ = ["MacsModel", "Profile", "profile", "profile_trace"]
 
 
 @dataclass
@@ -31,32 +32,33 @@ class Profile:
         return "\n".join(lines)
 
 
-def _macs(node: Node) -> tuple[str, int]:
+def _macs(node: Node) -> tuple[str, int, Optional[str]]:
+    """(module or op, multiply-accumulates, the weight they scale with: a parameter name or None)."""
     args, name = node.args, node.name
     out = node.outputs[0] if node.outputs else None
     if name in ("conv1d", "conv2d", "conv3d"):
         w = args[1]
-        return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:])
+        return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:]), w.param
     if node.func is F.linear:
         w = args[1]
-        return module_of(w.param) or name, math.prod(out.shape) * w.shape[1]
+        return module_of(w.param) or name, math.prod(out.shape) * w.shape[1], w.param
     if node.func is F.multi_head_attention_forward:
         q, k = args[0], args[1]  # (L, N, E), (S, N, E)
         (L, N, E), S = q.shape, k.shape[0]
-        w = args[5]
-        return module_of(w.param) or name, N * (L * 3 * E * E + 2 * L * S * E + L * E * E)
+        w = args[5]  # in_proj_weight: every term scales with its rows (heads) and columns (embedding)
+        return module_of(w.param) or name, N * (L * 3 * E * E + 2 * L * S * E + L * E * E), w.param
     if name in ("matmul", "bmm", "__matmul__", "einsum") and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
-        return name, math.prod(out.shape) * args[0].shape[-1]
+        return name, math.prod(out.shape) * args[0].shape[-1], None
     if name == "scaled_dot_product_attention":
         q, k = args[0], args[1]
-        return name, 2 * math.prod(q.shape) * k.shape[-2]
-    return name, 0
+        return name, 2 * math.prod(q.shape) * k.shape[-2], None
+    return name, 0, None
 
 
 def profile_trace(trace: Trace, model: nn.Module) -> Profile:
     rows = []
     for node in trace.nodes:
-        where, macs = _macs(node)
+        where, macs, _ = _macs(node)
         if macs:
             rows.append((where, node.name, int(macs)))
     return Profile(sum(r[2] for r in rows), sum(p.numel() for p in model.parameters()), rows)
@@ -65,3 +67,45 @@ def profile_trace(trace: Trace, model: nn.Module) -> Profile:
 def profile(model: nn.Module, example_inputs: Any) -> Profile:
     """MACs (multiply-accumulates) and parameters of `model` on `example_inputs`, with per-layer rows."""
     return profile_trace(record(model, example_inputs), model)
+
+
+class MacsModel:
+    """MACs of the model as a function of the widths of some groups, without running it.
+
+    A conv's or Linear's MACs are proportional to its weight's element count, which shrinks along
+    each weight dim by the channels removed there (times the member's block). Ops without a weight
+    (activation products in attention) are counted as they are.
+    """
+
+    def __init__(self, graph, groups: list):
+        weighted: dict[str, int] = {}
+        self.fixed = 0
+        for node in graph.trace.nodes:
+            _, macs, weight = _macs(node)
+            if weight is not None:
+                weighted[weight] = weighted.get(weight, 0) + macs
+            else:
+                self.fixed += macs
+        names = list(weighted)
+        index = {n: i for i, n in enumerate(names)}
+        rows: dict[tuple[str, int], int] = {}
+        entries = []  # (row, group, block)
+        for gi, g in enumerate(groups):
+            for m in g.members:
+                if m.name in index:
+                    r = rows.setdefault((m.name, m.dim), len(rows))
+                    entries.append((r, gi, m.block))
+        self.total = self.fixed + sum(weighted.values())
+        self.macs = torch.tensor([float(weighted[n]) for n in names], dtype=torch.float64)
+        self.row_size = torch.tensor([float(graph.shapes[n][d]) for n, d in rows], dtype=torch.float64)
+        self.row_weight = torch.tensor([index[n] for n, _ in rows], dtype=torch.long)
+        self.blocks = torch.zeros(len(rows), len(groups), dtype=torch.float64)
+        for r, gi, block in entries:
+            self.blocks[r, gi] += block
+        self.channels = torch.tensor([float(g.channels) for g in groups], dtype=torch.float64)
+
+    def __call__(self, widths: torch.Tensor) -> float:
+        """MACs when group i keeps widths[i] channels."""
+        kept = self.row_size - self.blocks @ (self.channels - widths.double())
+        scale = torch.ones(len(self.macs), dtype=torch.float64).index_reduce_(0, self.row_weight, kept / self.row_size, "prod")
+        return float(self.fixed + (self.macs * scale).sum())

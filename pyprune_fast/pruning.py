@@ -1,22 +1,27 @@
-"""`prune`: one-shot pruning of a model by a channel criterion, with a report of what happened."""
+"""`prune`: one-shot pruning of a model by any criterion, with a report of what happened."""
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import torch
 from torch import nn
 
-from .flops import profile, profile_trace
-from .graph import DependencyGraph
-from .methods import scores
+from .allocation import Limits, bisect
+from .flops import MacsModel, profile, profile_trace
+from .graph import DependencyGraph, named_tensors
+from .methods import METHODS, Criterion
 from .plan import Plan
 from .surgery import apply
 
 __all__ = ["PruneReport", "prune"]
+
+ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
+COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "optimizer": None, "seed": 0}
 
 
 @dataclass
@@ -29,82 +34,153 @@ class PruneReport:
     widths: list[tuple[str, int, int]] = field(default_factory=list)  # (group origin, before, after)
     groups: int = 0
     prunable_groups: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: trace, scores, clustering, allocation, surgery
+    allocation: str = ""  # e.g. "target_flops=0.5"
 
     def __str__(self) -> str:
         pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
         lines = [
-            f"pyprune_fast.prune(method={self.method!r})",
+            f"pyprune_fast.prune(method={self.method!r}, {self.allocation})",
             f"  MACs   {self.macs_before / 1e9:8.3f} G -> {self.macs_after / 1e9:8.3f} G  ({pct(self.macs_after, self.macs_before)} kept)",
             f"  params {self.params_before / 1e6:8.3f} M -> {self.params_after / 1e6:8.3f} M  ({pct(self.params_after, self.params_before)} kept)",
             f"  groups {self.groups}, prunable {self.prunable_groups}, pruned {sum(b != a for _, b, a in self.widths)}",
-            "  time   " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timings.items()),
+            "  time   " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timings.items())
+            + f" (total {sum(self.timings.values()) * 1e3:.1f} ms)",
             "  widths (group: before -> after):",
         ]
         lines += [f"    {origin[:60]:<60} {b:>5} -> {a:<5}" for origin, b, a in self.widths]
         return "\n".join(lines)
 
+    def plot(self, path) -> None:
+        """Write a PNG of the channels every group had and kept."""
+        import matplotlib
 
-def _check_fraction(name: str, value: Optional[float]) -> None:
-    if value is not None and (not isinstance(value, (int, float)) or not 0 <= value < 1):
-        raise ValueError(f"prune: {name} must be in [0, 1), got {value!r}")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-
-def _uniform(groups, group_scores, ratio: float) -> dict[int, torch.Tensor]:
-    removed = {}
-    for g, s in zip(groups, group_scores):
-        n = min(int(math.floor(ratio * g.channels)), g.channels - 1)
-        removed[g.index] = torch.argsort(s, stable=True)[:n]
-    return removed
-
-
-def _global(groups, group_scores, ratio: float) -> dict[int, torch.Tensor]:
-    """One ranking over all channels (scores divided by their group's mean), each group keeping one."""
-    normalised = [s / s.mean().clamp_min(1e-12) for s in group_scores]
-    flat = torch.cat(normalised)
-    owner = torch.cat([torch.full((g.channels,), i) for i, g in enumerate(groups)])
-    local = torch.cat([torch.arange(g.channels) for g in groups])
-    budget = int(math.floor(ratio * flat.numel()))
-    left = [g.channels for g in groups]
-    chosen: dict[int, list[int]] = {g.index: [] for g in groups}
-    for pos in torch.argsort(flat, stable=True).tolist():
-        if budget == 0:
-            break
-        i = int(owner[pos])
-        if left[i] > 1:
-            left[i] -= 1
-            chosen[groups[i].index].append(int(local[pos]))
-            budget -= 1
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in chosen.items()}
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(self.widths)), 4))
+        x = range(len(self.widths))
+        ax.bar(x, [b for _, b, _ in self.widths], color="#cccccc", label="before")
+        ax.bar(x, [a for _, _, a in self.widths], color="#1f77b4", label="kept")
+        ax.set_xlabel("group (in the order the forward pass meets them)")
+        ax.set_ylabel("channels")
+        ax.set_title(f"{self.method}, {self.allocation}: MACs kept {self.macs_after / max(self.macs_before, 1):.1%}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
 
 
-def prune(model: nn.Module, example_inputs: Any, method: str = "l1", *, ratio: Optional[float] = None,
-          global_ratio: Optional[float] = None, ignored_layers: Iterable[nn.Module] = (),
-          optimizer: Optional[torch.optim.Optimizer] = None) -> PruneReport:
-    """Prune `model` in place by `method` ("l1" or "l2") and return a PruneReport.
+def _fraction(name: str, value: Any, low_open: bool) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low_open:
+        ok = 0 < value <= 1
+    elif ok:
+        ok = 0 <= value < 1
+    if not ok:
+        raise ValueError(f"prune: {name} must be in {'(0, 1]' if low_open else '[0, 1)'}, got {value!r}")
+    return float(value)
 
-    ratio: remove this fraction of the channels of every prunable group. global_ratio: remove this
-    fraction of all prunable channels, ranked together (each group keeps at least one). Exactly one
-    of the two; both in [0, 1). The model's output dimension and `ignored_layers` are never pruned.
+
+def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion], str, float, dict, dict]:
+    """(criterion class, allocation name, its value, common options, method options), or ValueError."""
+    if method not in METHODS:
+        raise ValueError(f"prune: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    cls = METHODS[method]
+    valid = list(cls.allocations) + list(COMMON) + list(cls.options)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"prune: unknown option {unknown[0]!r} for method {method!r}; valid options: {', '.join(valid)}")
+    given = [a for a in ALLOCATIONS if options.get(a) is not None]
+    if len(given) != 1:
+        raise ValueError(f"prune: give exactly one of {', '.join(cls.allocations)} for method {method!r}"
+                         + (f", got {', '.join(given)}" if given else ""))
+    alloc = given[0]
+    value = options[alloc]
+    if alloc == "threshold":
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"prune: threshold must be a number >= 0, got {value!r}")
+        value = float(value)
+    else:
+        value = _fraction(alloc, value, low_open=alloc == "target_flops")
+    common = {k: options.get(k, d) for k, d in COMMON.items()}
+    for k in ("min_channels", "round_to"):
+        if not isinstance(common[k], numbers.Integral) or isinstance(common[k], bool) or common[k] < 1:
+            raise ValueError(f"prune: {k} must be an int >= 1, got {common[k]!r}")
+    if not isinstance(common["seed"], numbers.Integral):
+        raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
+    return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
+
+
+def _widths(crit: Criterion, alloc: str, value: float, macs: MacsModel) -> torch.Tensor:
+    if alloc == "ratio":
+        return crit.uniform(value)
+    if alloc == "threshold":
+        return crit.at_threshold(value)
+    ladder = crit.ladder()
+    if alloc == "global_ratio":
+        total = int(crit.channels.sum())
+        return bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 1e-9))
+    smallest = macs(ladder.widths(ladder.steps - 1)) / macs.total
+    if value < smallest:
+        raise ValueError(f"prune: target_flops={value} cannot be reached with method {crit.name!r}: keeping the fewest "
+                         f"channels allowed in every group leaves {smallest:.4f} of the MACs; the smallest reachable "
+                         f"target_flops is {math.ceil(smallest * 1e4) / 1e4}")
+    return bisect(ladder, macs, value * macs.total)
+
+
+def _apply_with(model: nn.Module, written: dict[str, torch.Tensor], plan: Plan, optimizer) -> None:
+    """Write the reconstructed tensors, then apply the plan; on any failure the model is as it was."""
+    tensors = named_tensors(model)
+    saved = {n: tensors[n].data for n in written}
+    try:
+        for n, t in written.items():
+            tensors[n].data = t
+        apply(plan, optimizer)
+    except BaseException:
+        for n, d in saved.items():
+            tensors[n].data = d
+        raise
+
+
+def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
+    """Prune `model` in place by `method` and return a PruneReport; on any error nothing is modified.
+
+    Methods (see `pyprune_fast.methods`): "l1", "l2", "random", "bn_scale", "fpgm", "kcp" score channels;
+    "cup" clusters them (Ward) and keeps one per cluster; "ascp" clusters them (k-means), makes each
+    cluster identical and merges it by channel addition.
+
+    Give exactly one allocation:
+        ratio: remove this fraction of every prunable group, in [0, 1).
+        global_ratio: remove this fraction of all prunable channels, by the method's own global order
+            (one ranking for scoring methods, one Ward threshold for CUP), in [0, 1).
+        target_flops: keep this fraction of the MACs, in (0, 1]: the method's knob (the ranking's
+            cut, CUP's threshold, ASCP's uniform ratio) is found by bisection on a model of the MACs.
+        threshold: CUP only, the Ward height at which every group's tree is cut (absolute units).
+    Other options: min_channels (each group keeps at least this many, default 1), round_to (widths
+    rounded up to a multiple, e.g. 8 for fast kernels), ignored_layers (modules whose outputs are not
+    pruned; the model's output dimension never is), optimizer (its per-parameter state is sliced
+    along), seed (for random, k-means++), and for "ascp" niter (k-means iterations, default 25).
     """
-    if (ratio is None) == (global_ratio is None):
-        raise ValueError("prune: give exactly one of ratio= or global_ratio=")
-    _check_fraction("ratio", ratio)
-    _check_fraction("global_ratio", global_ratio)
+    cls, alloc, value, common, method_options = _check_options(method, options)
     t0 = time.perf_counter()
-    graph = DependencyGraph(model, example_inputs, ignored_layers)
+    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
     before = profile_trace(graph.trace, model)
-    t1 = time.perf_counter()
     groups = graph.prunable_groups
-    group_scores = scores(method, graph, groups)
-    removed = _uniform(groups, group_scores, ratio) if ratio is not None else _global(groups, group_scores, global_ratio)
-    t2 = time.perf_counter()
+    t1 = time.perf_counter()
+    crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
+               **method_options)
+    macs = MacsModel(graph, groups) if alloc == "target_flops" else None
+    widths = _widths(crit, alloc, value, macs)
     plan = Plan(graph)
-    for g in groups:
-        plan.remove(g, removed[g.index])
-    apply(plan, optimizer)
+    written = crit.decide(plan, widths)
+    t2 = time.perf_counter()
+    _apply_with(model, written, plan, common["optimizer"])
     t3 = time.perf_counter()
     after = profile(model, example_inputs)
-    widths = [(g.origin, g.channels, g.channels - removed[g.index].numel()) for g in groups]
-    return PruneReport(method, before.macs, after.macs, before.params, after.params, widths, len(graph.groups),
-                       len(groups), {"trace": t1 - t0, "scores": t2 - t1, "surgery": t3 - t2})
+    scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
+    timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering,
+               "allocation": t2 - t1 - scores - clustering, "surgery": t3 - t2}
+    widths_rows = [(g.origin, g.channels, int(w)) for g, w in zip(groups, widths.tolist())]
+    return PruneReport(method, before.macs, after.macs, before.params, after.params, widths_rows, len(graph.groups),
+                       len(groups), timings, f"{alloc}={value:g}")

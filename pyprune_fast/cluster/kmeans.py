@@ -39,13 +39,20 @@ def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) ->
         return x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
     if init != "k-means++":
         raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
+    xc = x.detach().double().cpu()
+    xnorm = (xc * xc).sum(1)
+    gram = xc @ xc.T if n <= 4096 else None  # one product up front beats k matrix-vector products
+
+    def dist2(i: int) -> Tensor:  # squared distances to point i
+        return (xnorm - 2 * (gram[i] if gram is not None else xc @ xc[i]) + xnorm[i]).clamp_min_(0)
+
     chosen = [int(torch.randint(n, (1,), generator=g))]
-    d2 = ((x - x[chosen[0]]) ** 2).sum(1).double().cpu()
+    d2 = dist2(chosen[0])
     for _ in range(1, k):
         total = float(d2.sum())
         nxt = int(torch.multinomial(d2 / total, 1, generator=g)) if total > 0 else int(torch.randint(n, (1,), generator=g))
         chosen.append(nxt)
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1).double().cpu())
+        torch.minimum(d2, dist2(nxt), out=d2)
     return x[torch.tensor(chosen, device=x.device)].clone()
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import ops
 from ._inputs import check_points
 
-__all__ = ["ward"]
+__all__ = ["ward", "linkage", "flat_clusters"]
 
 Labels = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -61,12 +61,15 @@ def _check_cut(threshold, n_clusters) -> None:
             raise ValueError(f"ward: threshold must be >= 0, got {threshold}")
 
 
-def _cut(linkage: Tensor, n: int, threshold: Optional[float], n_clusters: Optional[int]) -> Tensor:
-    """Labels of the flat clusters after the first k merges, numbered by first appearance.
+def flat_clusters(linkage: Tensor, threshold: Optional[float] = None, n_clusters: Optional[int] = None,
+                  n: Optional[int] = None) -> Tensor:
+    """Labels (CPU int64) of the flat clusters of a Ward tree cut at a height or into a number of
+    clusters (as `ward`'s threshold and n_clusters), numbered by first appearance.
 
     Heights grow down the rows and a row's children are earlier rows, so "merges with height <= t"
     (fcluster's "distance") and "all but the last m - 1 merges" ("maxclust") are both a prefix.
     """
+    n = linkage.shape[0] + 1 if n is None else n  # points (the tree of none and of one point are both empty)
     if n_clusters is not None:
         k = max(n - n_clusters, 0)
     else:
@@ -85,6 +88,20 @@ def _cut(linkage: Tensor, n: int, threshold: Optional[float], n_clusters: Option
     points = torch.arange(n)
     first = torch.full((max(2 * n - 1, 0),), n, dtype=torch.long).scatter_reduce_(0, root, points, "amin")[root]
     return torch.cumsum(first == points, 0)[first] - 1
+
+
+def _linkages(lst: list[Tensor]) -> list[Tensor]:
+    points = [x.double() for x in lst]
+    dists = [_exact_small(x, d) for x, d in zip(points, ops.pairwise_distance(points, "euclidean"))]
+    return ops.ward_linkage(dists)
+
+
+def linkage(xs: Sequence[Tensor]) -> list[Tensor]:
+    """The Ward tree of each (N, D) tensor of a list, as (N - 1, 4) float64 CPU tensors in the format
+    of scipy.cluster.hierarchy.linkage(x, "ward"); cut them with `flat_clusters`."""
+    lst = list(xs)
+    check_points("ward", lst)
+    return _linkages(lst) if lst else []
 
 
 def ward(
@@ -124,11 +141,8 @@ def ward(
     check_points("ward", lst)
     if not lst:
         return []
-    points = [x.double() for x in lst]
-    dists = [_exact_small(x, d) for x, d in zip(points, ops.pairwise_distance(points, "euclidean"))]
-    linkages = ops.ward_linkage(dists)
     out: list[Labels] = []
-    for x, z, t, m in zip(lst, linkages, thresholds, counts):
-        labels = _cut(z, x.shape[0], t, m).to(x.device)
+    for x, z, t, m in zip(lst, _linkages(lst), thresholds, counts):
+        labels = flat_clusters(z, t, m, x.shape[0]).to(x.device)
         out.append((labels, z) if return_linkage else labels)
     return out[0] if single else out

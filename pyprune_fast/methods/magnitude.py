@@ -8,6 +8,7 @@ from collections import defaultdict
 import torch
 
 from ..graph import DependencyGraph, Group, named_tensors
+from .base import Scored
 
 
 def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
@@ -56,3 +57,22 @@ def l1(graph: DependencyGraph, groups: list[Group]) -> list[torch.Tensor]:
 def l2(graph: DependencyGraph, groups: list[Group]) -> list[torch.Tensor]:
     """Euclidean norm of each channel's slices of every parameter in the group."""
     return _norms(graph, groups, 2)
+
+
+class L1(Scored):
+    """Filter norm (Li et al., "Pruning filters for efficient convnets"): sum of |w| over every
+    parameter slice of the channel, producers and consumers of the group alike."""
+
+    name = "l1"
+
+    def score(self) -> list[torch.Tensor]:
+        return l1(self.graph, self.groups)
+
+
+class L2(Scored):
+    """Euclidean norm over every parameter slice of the channel."""
+
+    name = "l2"
+
+    def score(self) -> list[torch.Tensor]:
+        return l2(self.graph, self.groups)
