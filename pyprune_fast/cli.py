@@ -92,13 +92,13 @@ def _device(text: str) -> torch.device:
 
 
 class _Progress:
-    """A tqdm bar over named stages, on stderr, that shows up once the command has run for
-    PROGRESS_DELAY_S seconds (quick commands print nothing)."""
+    """A tqdm bar over named stages on stderr, shown when stderr is a terminal and once the command has
+    run for PROGRESS_DELAY_S seconds (quick commands, logs and pipes get nothing)."""
 
     def __init__(self, stages: int):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=stages, file=sys.stderr, delay=PROGRESS_DELAY_S, unit="stage", leave=False,
+        self.bar = tqdm(total=stages, file=sys.stderr, delay=PROGRESS_DELAY_S, disable=None, leave=False,
                         bar_format="{desc}: {n}/{total} stages [{elapsed}]")
         self.start = time.monotonic()
 
@@ -204,8 +204,8 @@ def _parser() -> _Parser:
     pr = sub.add_parser("prune", parents=[model], help="prune a model and print the report",
                         description="Prune a model by a channel criterion, print the report (MACs, params, widths, "
                                     "timings) and optionally save it with ppf.save_pruned.")
-    pr.add_argument("--method", default="l1", choices=sorted(METHODS),
-                    help="channel criterion (default l1): " + ", ".join(sorted(METHODS)))
+    pr.add_argument("--method", default="l1", choices=list(METHODS),
+                    help="channel criterion (default l1): " + ", ".join(METHODS))
     amount = pr.add_mutually_exclusive_group(required=True)
     amount.add_argument("--ratio", type=float, help="remove this fraction of the channels of every prunable group")
     amount.add_argument("--global-ratio", type=float,

@@ -38,16 +38,29 @@ def test_every_option_is_explained(capsys):
     assert set(commands["prune"]._option_string_actions) >= {"--method", "--target-flops", "--out", "--plot", "--ignore"}
 
 
-@pytest.mark.parametrize("method, amount", [("l1", ["--ratio", "0.5"]), ("l2", ["--global-ratio", "0.4"])])
+@pytest.mark.parametrize("method, amount", [
+    ("l1", ["--ratio", "0.5"]),
+    ("fpgm", ["--global-ratio", "0.4", "--min-channels", "16"]),
+    ("cup", ["--target-flops", "0.5", "--round-to", "8"]),
+])
 def test_prune_save_and_load(capsys, tmp_path, method, amount):
-    path = tmp_path / "pruned.pt"
-    rc, out, err = run(capsys, "prune", "--model", "torchvision:resnet18", *SMALL, "--method", method, *amount, "--out", str(path))
+    path, png = tmp_path / "pruned.pt", tmp_path / "widths.png"
+    rc, out, err = run(capsys, "prune", "--model", "torchvision:resnet18", *SMALL, "--method", method, *amount,
+                       "--out", str(path), "--plot", str(png))
     assert rc == 0, err
     assert f"method={method!r}" in out and "MACs" in out and str(path) in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = ppf.load_pruned(torchvision.models.resnet18, path)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert model.layer1[0].conv1.out_channels < 64 and model.fc.out_features == 1000
     assert model.fc.in_features == model.layer4[1].conv2.out_channels
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    if method == "fpgm":
+        assert min(convs) >= 16
+    if method == "cup":
+        assert all(c % 8 == 0 for c in convs)
+        kept = ppf.profile(model, torch.randn(1, 3, 64, 64)).macs / ppf.profile(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)).macs
+        assert 0.4 < kept <= 0.5
 
 
 def test_inspect_lists_groups_and_macs(capsys):
@@ -74,6 +87,9 @@ def test_module_function_form(capsys, tmp_path):
     ["prune", "--model", "torchvision.models:no_such_fn", "--ratio", "0.5"],
     ["prune", "--model", "torch:pi", "--ratio", "0.5"],
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "1.5"],
+    ["prune", "--model", "resnet18", *SMALL, "--target-flops", "0"],
+    ["prune", "--model", "resnet18", *SMALL, "--method", "l1", "--threshold", "0.5"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--round-to", "0"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--bogus"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--global-ratio", "0.5"],
     ["prune", "--model", "resnet18"],
@@ -103,7 +119,10 @@ def test_bench_passes_arguments_through(capfd):
     assert "usage: bench_ops.py" in capfd.readouterr().out
 
 
-def test_progress_shows_stages_once_slow(capsys, monkeypatch):
+def test_progress_shows_stages_once_slow_on_a_terminal(capsys, monkeypatch):
+    rc, _, err = run(capsys, "inspect", "--model", "resnet18", *SMALL)
+    assert rc == 0 and err == ""  # not a terminal
     monkeypatch.setattr(cli, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, _, err = run(capsys, "inspect", "--model", "resnet18", *SMALL)
     assert rc == 0 and "trace" in err and "stages" in err
