@@ -61,7 +61,8 @@ def ranking_ladder(scores: list[Tensor], channels: Tensor, limits: Limits) -> La
 
 
 def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) -> Tensor:
-    """Widths of the first rung whose measure is at most `target` (the last rung if none is)."""
+    """Widths of the rung whose measure is nearest `target`: the first rung at most `target` (found by
+    bisection, the last rung if none is), or the rung before it when that one is nearer."""
     lo, hi = 0, ladder.steps - 1
     while lo < hi:
         mid = (lo + hi) // 2
@@ -69,7 +70,12 @@ def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) ->
             hi = mid
         else:
             lo = mid + 1
-    return ladder.widths(lo)
+    under = ladder.widths(lo)
+    if lo > 0:
+        over = ladder.widths(lo - 1)
+        if measure(over) - target < target - measure(under):
+            return over
+    return under
 
 
 def fraction_ladder(channels: Tensor, limits: Limits) -> Ladder:

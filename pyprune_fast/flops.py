@@ -107,5 +107,6 @@ class MacsModel:
     def __call__(self, widths: torch.Tensor) -> float:
         """MACs when group i keeps widths[i] channels."""
         kept = self.row_size - self.blocks @ (self.channels - widths.double())
-        scale = torch.ones(len(self.macs), dtype=torch.float64).index_reduce_(0, self.row_weight, kept / self.row_size, "prod")
+        log_scale = torch.zeros(len(self.macs), dtype=torch.float64).index_add_(0, self.row_weight, (kept / self.row_size).log())
+        scale = log_scale.exp()  # the product of a weight's per-dim fractions (every dim keeps at least one)
         return float(self.fixed + (self.macs * scale).sum())

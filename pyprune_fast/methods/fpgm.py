@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .base import Scored, producer_rows
+from .base import Scored, check_finite, producer_rows
 
 __all__ = ["FPGM"]
 
@@ -20,4 +20,6 @@ class FPGM(Scored):
 
     def score(self) -> list[torch.Tensor]:
         rows = [producer_rows(self.tensors, g) for g in self.groups]
+        for g, r in zip(self.groups, rows):  # the distance op clamps, so NaN would not reach the scores
+            check_finite(self.tensors, g, r)
         return [d.sum(1).float().cpu() for d in ops.pairwise_distance(rows, "euclidean")]
