@@ -1,5 +1,5 @@
 # make test : venv + dependencies + extension (CUDA compiled) + CMake library + all tests
-# make demo : the main job on a built-in default: prune ResNet-50 (L1, 50%), then the ops and clustering benchmarks
+# make demo : every method on real data (digits), prune ResNet-50 (L1, 50%), then the ops and clustering benchmarks
 # Second runs are incremental: only what changed is rebuilt.
 
 PYTHON ?= python3
@@ -74,6 +74,7 @@ test-py: $(STAMP_EXT)
 test: test-cpp test-py
 
 demo: $(STAMP_EXT)
+	$(VPY) examples/digits_demo.py
 	$(VPY) examples/prune_resnet50.py
 	$(VPY) benchmarks/bench_ops.py --min-time 0.2
 	$(VPY) benchmarks/bench_clustering.py --models resnet50
