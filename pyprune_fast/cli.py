@@ -26,7 +26,7 @@ from torch import nn
 __all__ = ["build_model", "classifier_name", "main"]
 
 PROG = "pyprune-fast"
-BENCHMARKS = ("ops", "clustering", "prune")
+BENCHMARKS = ("ops", "clustering", "prune", "methods")
 PROGRESS_DELAY_S = 2.0  # the progress bar appears once a command has run this long
 USER_ERRORS = (ValueError, TypeError, ImportError, OSError)  # reported in one line, exit status 2
 
