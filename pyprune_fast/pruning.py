@@ -6,7 +6,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -18,10 +18,10 @@ from .methods import METHODS, Criterion
 from .plan import Plan
 from .surgery import apply
 
-__all__ = ["PruneReport", "prune"]
+__all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
-COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "optimizer": None, "seed": 0}
+COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0}
 
 
 @dataclass
@@ -146,6 +146,60 @@ def _apply_with(model: nn.Module, written: dict[str, torch.Tensor], plan: Plan, 
         raise
 
 
+@dataclass
+class Decision:
+    """What `decide` chose, before anything is changed: the plan, the tensors to write first (ASCP's
+    reconstruction), every group's width, and numbers for the report."""
+
+    method: str
+    graph: DependencyGraph
+    groups: list
+    plan: Plan
+    written: dict[str, torch.Tensor]
+    widths: torch.Tensor
+    allocation: str
+    macs_before: int
+    params_before: int
+    macs_predicted: float  # MACs after the plan, by the MACs model
+    timings: dict[str, float]
+
+
+def decide(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> Decision:
+    """Everything `prune` does short of changing the model: options as for `prune`, but no optimizer."""
+    if "optimizer" in options:
+        raise ValueError("decide: optimizer goes to commit(), not decide()")
+    cls, alloc, value, common, method_options = _check_options(method, options)
+    t0 = time.perf_counter()
+    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
+    before = profile_trace(graph.trace, model)
+    groups = graph.prunable_groups
+    t1 = time.perf_counter()
+    crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
+               **method_options)
+    macs = MacsModel(graph, groups)
+    widths, allocation = _widths(crit, alloc, value, macs)
+    plan = Plan(graph)
+    written = crit.decide(plan, widths)
+    t2 = time.perf_counter()
+    scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
+    timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
+    return Decision(method, graph, groups, plan, written, widths, allocation, before.macs, before.params,
+                    macs(widths) * before.macs / max(macs.total, 1), timings)
+
+
+def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None) -> PruneReport:
+    """Apply a Decision to its model (all or nothing) and report what happened."""
+    model = decision.graph.model
+    t0 = time.perf_counter()
+    _apply_with(model, decision.written, decision.plan, optimizer)
+    t1 = time.perf_counter()
+    after = profile(model, example_inputs)
+    widths = [(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
+    return PruneReport(decision.method, decision.macs_before, after.macs, decision.params_before, after.params, widths,
+                       len(decision.graph.groups), len(decision.groups), {**decision.timings, "surgery": t1 - t0},
+                       decision.allocation)
+
+
 def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
     """Prune `model` in place by `method` and return a PruneReport; on any error nothing is modified.
 
@@ -165,25 +219,5 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     pruned; the model's output dimension never is), optimizer (its per-parameter state is sliced
     along), seed (for random, k-means++), and for "ascp" niter (k-means iterations, default 25).
     """
-    cls, alloc, value, common, method_options = _check_options(method, options)
-    t0 = time.perf_counter()
-    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
-    before = profile_trace(graph.trace, model)
-    groups = graph.prunable_groups
-    t1 = time.perf_counter()
-    crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
-               **method_options)
-    macs = MacsModel(graph, groups) if alloc == "target_flops" else None
-    widths, allocation = _widths(crit, alloc, value, macs)
-    plan = Plan(graph)
-    written = crit.decide(plan, widths)
-    t2 = time.perf_counter()
-    _apply_with(model, written, plan, common["optimizer"])
-    t3 = time.perf_counter()
-    after = profile(model, example_inputs)
-    scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
-    timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering,
-               "allocation": t2 - t1 - scores - clustering, "surgery": t3 - t2}
-    widths_rows = [(g.origin, g.channels, int(w)) for g, w in zip(groups, widths.tolist())]
-    return PruneReport(method, before.macs, after.macs, before.params, after.params, widths_rows, len(graph.groups),
-                       len(groups), timings, allocation)
+    optimizer = options.pop("optimizer", None)
+    return commit(decide(model, example_inputs, method, **options), example_inputs, optimizer)
