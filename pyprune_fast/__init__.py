@@ -12,13 +12,15 @@ from . import ops  # noqa: E402  (registers the fake kernels of the ops just loa
 from .flops import Profile, profile  # noqa: E402
 from .graph import DependencyGraph, Group, Member  # noqa: E402
 from .plan import Plan  # noqa: E402
-from .pruning import PruneReport, prune  # noqa: E402
+from .pruning import Decision, PruneReport, commit, decide, prune  # noqa: E402
+from .schedules import ASCP, CUPSS, FRS, PlayAndPrune  # noqa: E402
 from .serialization import load_pruned, save_pruned  # noqa: E402
 from .surgery import apply  # noqa: E402
 
 __all__ = [
     "build_info", "ops", "DependencyGraph", "Group", "Member", "Plan", "apply", "profile", "Profile", "prune",
-    "PruneReport", "save_pruned", "load_pruned",
+    "PruneReport", "save_pruned", "load_pruned", "decide", "commit", "Decision", "CUPSS", "ASCP", "FRS",
+    "PlayAndPrune",
 ]
 __version__ = "0.1.0"
 

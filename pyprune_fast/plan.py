@@ -91,6 +91,28 @@ class Plan:
         self.entries[group.index] = Entry(group, k.sort().values, a, k)
         return self
 
+    def to_dict(self) -> dict[int, dict]:
+        """The plan as plain lists by group index (to send to other ranks or store); see from_dict."""
+        return {i: {"keep": e.keep.tolist(),
+                    "assignment": None if e.assignment is None else e.assignment.tolist(),
+                    "merge_keep": None if e.merge_keep is None else e.merge_keep.tolist()}
+                for i, e in self.entries.items()}
+
+    @classmethod
+    def from_dict(cls, graph: DependencyGraph, data: dict[int, dict]) -> "Plan":
+        """The plan `to_dict` gave, for `graph` (of the same model, or of a model built the same way)."""
+        plan = cls(graph)
+        for i, e in data.items():
+            if not 0 <= int(i) < len(graph.groups):
+                raise ValueError(f"Plan.from_dict: group {i} is not one of this graph's {len(graph.groups)} groups")
+            group = graph.groups[int(i)]
+            if e["assignment"] is not None:
+                plan.merge(group, e["assignment"], e["merge_keep"])
+            else:
+                removed = sorted(set(range(group.channels)) - set(e["keep"]))
+                plan.remove(group, removed)
+        return plan
+
     def __len__(self) -> int:
         return len(self.entries)
 

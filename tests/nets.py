@@ -39,3 +39,35 @@ class BranchNet(nn.Module):
             y = y + self.mix(y).relu()
         s = torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
         return self.head((y * s).mean((2, 3)))
+
+
+class TinyResNet(nn.Module):
+    """A residual CNN for 8x8 single-channel digits: stem, two residual blocks (one strided), pool, Linear."""
+
+    def __init__(self, width: int = 16, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.a1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.b1 = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+                                nn.ReLU(), nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width))
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 1, stride=2, bias=False), nn.BatchNorm2d(2 * width))
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.a1(x))
+        x = torch.relu(self.down(x) + self.b1(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def digits(n_train: int = 1200):
+    """sklearn's real 8x8 handwritten digits as (x_train, y_train, x_test, y_test) tensors, fixed split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]

@@ -1,0 +1,168 @@
+"""What every training-time schedule shares: the model it watches, epoch bookkeeping, pruning through
+the all-or-nothing `commit` (decided on rank 0 and broadcast under torch.distributed), checkpoints.
+
+The user's loop calls, per batch, `penalty()` (added to the loss) and `before_step()` (after
+backward, before optimizer.step()), and per epoch `step(epoch, optimizer)`; `step` returns True when
+the model's shapes changed, the cue to rebuild a DistributedDataParallel wrapper around it.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..flops import profile
+from ..graph import DependencyGraph, named_tensors
+from ..plan import Plan
+from ..pruning import Decision, _apply_with, decide
+
+__all__ = ["Schedule", "ScheduleReport", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@dataclass
+class ScheduleReport:
+    """What a schedule did: one row per pruning event (epoch, MACs kept, params, what was decided)."""
+
+    name: str
+    macs_before: int
+    macs_after: int
+    params_after: int
+    events: list[dict] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: MACs {self.macs_before / 1e6:.2f} M -> {self.macs_after / 1e6:.2f} M "
+                 f"({self.macs_after / max(self.macs_before, 1):.1%} kept), params {self.params_after / 1e6:.3f} M"]
+        lines += ["  epoch {epoch:>3}: MACs kept {macs_kept:.1%}  {what}".format(**e) for e in self.events]
+        return "\n".join(lines)
+
+
+class Schedule:
+    """Base of the training-time pruners. Subclasses implement `_step(epoch, optimizer) -> bool`."""
+
+    name = "schedule"
+
+    def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers=()):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{self.name}: model must be an nn.Module, got {type(model).__name__}")
+        self.model = unwrap(model)
+        self.example_inputs = example_inputs
+        self.ignored_layers = list(ignored_layers)
+        self.macs_before = profile(self.model, example_inputs).macs
+        self.last_epoch: Optional[int] = None
+        self.events: list[dict] = []
+        self.done = False
+        self._shapes = self._snapshot()
+
+    # ---- hooks for the training loop ----
+
+    def penalty(self) -> torch.Tensor:
+        """A term to add to the loss (zero unless the method has one)."""
+        p = next(self.model.parameters(), None)
+        return torch.zeros((), device=p.device if p is not None else "cpu")
+
+    def before_step(self) -> None:
+        """Called after backward(), before optimizer.step()."""
+
+    def step(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> bool:
+        """End of `epoch`: prune, reconstruct or score as the schedule says. True when shapes changed."""
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool):
+            raise TypeError(f"{self.name}.step: epoch must be an int, got {epoch!r}")
+        if self.last_epoch is not None and epoch <= self.last_epoch:
+            raise ValueError(f"{self.name}.step: epoch {epoch} comes after epoch {self.last_epoch}; epochs must increase")
+        now = self._snapshot()
+        if now != self._shapes:
+            changed = sorted(set(now.items()) ^ set(self._shapes.items()))[0][0]
+            raise ValueError(f"{self.name}.step: the model changed outside the pruner ({changed}); build a new pruner "
+                             "for the changed model")
+        changed = bool(self._step(int(epoch), optimizer))
+        self.last_epoch = int(epoch)
+        self._shapes = self._snapshot()
+        return changed
+
+    def _step(self, epoch: int, optimizer) -> bool:
+        raise NotImplementedError
+
+    def finalize(self) -> ScheduleReport:
+        """End of training: whatever the method does last; returns the report."""
+        return self.report()
+
+    # ---- shared machinery ----
+
+    def _snapshot(self) -> dict[str, tuple]:
+        return {n: tuple(t.shape) for n, t in named_tensors(self.model).items()}
+
+    def macs_kept(self) -> float:
+        return profile(self.model, self.example_inputs).macs / max(self.macs_before, 1)
+
+    def _decide(self, method: str, **options) -> Decision:
+        return decide(self.model, self.example_inputs, method, ignored_layers=self.ignored_layers, **options)
+
+    def _prune(self, epoch: int, optimizer, choose: Callable[[], Decision]) -> bool:
+        """`choose()` a Decision on rank 0 and apply it on every rank. True when something was pruned."""
+        def make():
+            d = choose()
+            return d.plan.to_dict(), d.written, f"{d.method}, {d.allocation}"
+        return self._apply_plan(epoch, optimizer, make)
+
+    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[dict, dict, str]]) -> bool:
+        """`make()` (plan as Plan.to_dict(), tensors to write first, description) on rank 0 (everywhere
+        when not distributed), broadcast, applied all or nothing on every rank. True when it changed the model."""
+        payload = [make() if not distributed() or dist.get_rank() == 0 else None]
+        if distributed():
+            payload = [(payload[0][0], {k: v.cpu() for k, v in payload[0][1].items()}, payload[0][2])] \
+                if payload[0] is not None else payload
+            dist.broadcast_object_list(payload, src=0)
+        plan_dict, written, what = payload[0]
+        if not plan_dict:
+            return False
+        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        device = next(self.model.parameters()).device
+        _apply_with(self.model, {k: v.to(device) for k, v in written.items()}, Plan.from_dict(graph, plan_dict), optimizer)
+        self._record(epoch, what)
+        return True
+
+    def _record(self, epoch: int, what: str, **extra) -> None:
+        self.events.append({"epoch": epoch, "macs_kept": self.macs_kept(), "what": what, **extra})
+
+    def _write(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Overwrite model tensors in place (same shapes), from rank 0's values when distributed."""
+        if distributed():
+            payload = [{k: v.cpu() for k, v in tensors.items()} if dist.get_rank() == 0 else None]
+            dist.broadcast_object_list(payload, src=0)
+            tensors = payload[0]
+        named = named_tensors(self.model)
+        with torch.no_grad():
+            for k, v in tensors.items():
+                named[k].copy_(v)
+
+    def report(self) -> ScheduleReport:
+        p = profile(self.model, self.example_inputs)
+        return ScheduleReport(self.name, self.macs_before, p.macs, p.params, list(self.events))
+
+    def state_dict(self) -> dict:
+        """The schedule's progress (not the model's weights: save those with ppf.save_pruned)."""
+        return {"last_epoch": self.last_epoch, "events": list(self.events), "done": self.done,
+                "macs_before": self.macs_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state_dict()`, on the model as saved with it (ppf.load_pruned rebuilds it)."""
+        missing = {"last_epoch", "events", "done", "macs_before"} - set(state)
+        if missing:
+            raise ValueError(f"{self.name}.load_state_dict: missing {', '.join(sorted(missing))}")
+        self.last_epoch, self.events, self.done = state["last_epoch"], list(state["events"]), state["done"]
+        self.macs_before = state["macs_before"]
+        self._shapes = self._snapshot()

@@ -1,0 +1,177 @@
+"""Pruning while training: CUP-SS, soft ASCP, Play-and-Prune; checkpoint and resume; bad input.
+(FRS's relevance is tested in test_relevance.py; DDP in test_distributed.py.)"""
+
+import pytest
+import torch
+
+import pyprune_fast as ppf
+from nets import TinyResNet, digits
+
+X_TRAIN, Y_TRAIN, X_TEST, Y_TEST = digits()
+EXAMPLE = X_TRAIN[:1]
+
+
+def batches(x, y, size=100):
+    for i in range(0, len(y), size):
+        yield x[i:i + size], y[i:i + size]
+
+
+def train_epoch(model, optimizer, pruner, x=X_TRAIN, y=Y_TRAIN):
+    model.train()
+    for xb, yb in batches(x, y):
+        loss = torch.nn.functional.cross_entropy(model(xb), yb) + pruner.penalty()
+        loss.backward()
+        pruner.before_step()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def accuracy(model, x=X_TEST, y=Y_TEST):
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    model.train(was)
+    return acc
+
+
+def fresh(seed=0):
+    torch.manual_seed(seed)
+    model = TinyResNet()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_cupss_prunes_every_epoch_until_the_target():
+    model, opt = fresh()
+    pruner = ppf.CUPSS(model, EXAMPLE, slope=0.06, offset=0.18, target_flops=0.5, ignored_layers=[model.fc])
+    assert pruner.threshold(1) == 0.18 and pruner.threshold(3) == pytest.approx(0.30)
+    kept = []
+    for epoch in range(1, 11):
+        train_epoch(model, opt, pruner)
+        pruner.step(epoch, opt)
+        kept.append(pruner.macs_kept())
+    assert all(a >= b for a, b in zip(kept, kept[1:])) and kept[-1] < 1.0, kept
+    assert pruner.done and abs(kept[-1] - 0.5) <= 0.02 * 0.5
+    assert len(pruner.events) >= 4, pruner.events
+    train_epoch(model, opt, pruner)  # training goes on with the sliced optimizer
+    assert accuracy(model) > 0.5
+    assert "CUPSS" in str(pruner.finalize())
+
+
+@pytest.mark.parametrize("decay", ["exp", "linear", "cos"])
+def test_ascp_rate_rises_to_the_target(decay):
+    model, _ = fresh()
+    pruner = ppf.ASCP(model, EXAMPLE, target_ratio=0.5, epochs=6, decay=decay, ignored_layers=[model.fc])
+    rates = [pruner.rate(e) for e in range(8)]
+    assert all(a < b for a, b in zip(rates[:5], rates[1:6])) and rates[5] == rates[7] == pytest.approx(0.5)
+    if decay != "linear":  # decaying increments
+        steps = [b - a for a, b in zip(rates, rates[1:6])]
+        assert all(a >= b for a, b in zip(steps, steps[1:]))
+
+
+def test_ascp_soft_reconstruction_then_exact_channel_addition():
+    model, opt = fresh()
+    pruner = ppf.ASCP(model, EXAMPLE, target_ratio=0.5, epochs=3, decay="linear", ignored_layers=[model.fc])
+    for epoch in range(3):
+        train_epoch(model, opt, pruner)
+        assert pruner.step(epoch, opt) is False  # soft: shapes unchanged
+    model.eval()
+    with torch.no_grad():
+        before = model(X_TEST)
+    report = pruner.finalize()
+    with torch.no_grad():
+        after = model(X_TEST)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert model.stem[0].out_channels == 8 and model.b1[0].out_channels == 16
+    assert report.macs_after < report.macs_before
+
+
+def test_play_and_prune_never_keeps_a_state_over_tolerance_and_stops():
+    model, _ = fresh()
+    model.eval()
+    with torch.no_grad():
+        reference = model(X_TEST).argmax(1)
+
+    def fidelity():  # agreement with the unpruned model's predictions: a deterministic "accuracy"
+        with torch.no_grad():
+            return (model(X_TEST).argmax(1) == reference).float().mean().item()
+
+    pruner = ppf.PlayAndPrune(model, EXAMPLE, evaluate=fidelity, tolerance=0.1, fraction=0.25, ignored_layers=[model.fc])
+    for epoch in range(60):
+        pruner.step(epoch)
+        assert 1.0 - fidelity() <= 0.1
+        if pruner.done:
+            break
+    assert pruner.done
+    pruned = [e for e in pruner.events if e.get("pruned")]
+    assert pruned and all(1.0 - e["accuracy"] <= 0.1 for e in pruned)
+    assert pruner.macs_kept() < 1.0
+    assert pruner.step(epoch + 1) is False  # nothing more
+
+
+def test_play_and_prune_penalty_pulls_on_the_unimportant_set():
+    model, _ = fresh()
+    pruner = ppf.PlayAndPrune(model, EXAMPLE, evaluate=lambda: 1.0, lam=1e-2, ignored_layers=[model.fc])
+    p = pruner.penalty()
+    assert p.item() > 0 and p.requires_grad
+    p.backward()
+    g = model.stem[0].weight.grad
+    touched = (g.flatten(1).abs().sum(1) > 0).nonzero().squeeze(1)
+    assert 0 < touched.numel() < model.stem[0].out_channels
+
+
+def run_cupss(epochs, model, opt, pruner, start=1):
+    torch.manual_seed(100 + start)
+    for epoch in range(start, start + epochs):
+        train_epoch(model, opt, pruner)
+        pruner.step(epoch, opt)
+
+
+def test_checkpoint_and_resume_continue_exactly(tmp_path):
+    args = dict(slope=0.06, offset=0.18, target_flops=0.4)
+    model, opt = fresh()
+    pruner = ppf.CUPSS(model, EXAMPLE, ignored_layers=[model.fc], **args)
+    run_cupss(2, model, opt, pruner)
+    run_cupss(3, model, opt, pruner, start=3)
+
+    model2, opt2 = fresh()
+    pruner2 = ppf.CUPSS(model2, EXAMPLE, ignored_layers=[model2.fc], **args)
+    run_cupss(2, model2, opt2, pruner2)
+    ppf.save_pruned(model2, tmp_path / "model.pt")
+    torch.save({"optimizer": opt2.state_dict(), "pruner": pruner2.state_dict()}, tmp_path / "state.pt")
+    del model2, opt2, pruner2
+
+    resumed = ppf.load_pruned(TinyResNet, tmp_path / "model.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    opt3 = torch.optim.SGD(resumed.parameters(), lr=0.1, momentum=0.9)
+    opt3.load_state_dict(state["optimizer"])
+    pruner3 = ppf.CUPSS(resumed, EXAMPLE, ignored_layers=[resumed.fc], **args)
+    pruner3.load_state_dict(state["pruner"])
+    run_cupss(3, resumed, opt3, pruner3, start=3)
+
+    a, b = model.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert pruner.events == pruner3.events
+
+
+def test_bad_input_is_refused_and_changes_nothing():
+    model, opt = fresh()
+    pruner = ppf.CUPSS(model, EXAMPLE, slope=0.3, offset=0.5, target_flops=0.5, ignored_layers=[model.fc])
+    pruner.step(3, opt)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="epoch 2 comes after epoch 3"):
+        pruner.step(2, opt)
+    with pytest.raises(TypeError, match="epoch must be an int"):
+        pruner.step(4.5, opt)
+    ppf.prune(model, EXAMPLE, "l1", ratio=0.2, ignored_layers=[model.fc])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="the model changed outside the pruner"):
+        pruner.step(4, opt)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    for bad in (0.0, 1.0, -0.5, 2):
+        with pytest.raises(ValueError, match="tolerance"):
+            ppf.PlayAndPrune(model, EXAMPLE, evaluate=lambda: 1.0, tolerance=bad)
+    with pytest.raises(ValueError, match="decay must be one of exp, linear, cos"):
+        ppf.ASCP(model, EXAMPLE, decay="step")
+    with pytest.raises(ValueError, match="target_flops"):
+        ppf.CUPSS(model, EXAMPLE, target_flops=0.0)
