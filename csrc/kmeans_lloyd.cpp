@@ -81,20 +81,17 @@ void update(Bucket& b, bool spherical) {
   b.c = at::where(b.active.view({batch, 1, 1}), c, b.c);
 }
 
-// Hands over the results of rows `rows` of the bucket (copies, unless they are all of it).
+// Hands over the results of rows `rows` of the bucket (copies: no two outputs share memory).
 void emit(const Bucket& b, const std::vector<int64_t>& rows, Outputs& out) {
-  const auto device = b.x.device();
-  const bool all = rows.size() == b.ids.size();
-  const auto idx = to_device(rows, device);
-  const auto pick = [&](const at::Tensor& t) { return all ? t : t.index_select(0, idx); };
-  const auto labels = pick(b.labels), cents = pick(b.c);
   std::vector<int64_t> ids;
-  for (int64_t r : rows) ids.push_back(b.ids[r]);
-  out.inertia.index_copy_(0, to_device(ids, device), pick(b.mind).to(at::kDouble).sum(1));
-  for (size_t j = 0; j < ids.size(); ++j) {
-    out.labels[ids[j]] = labels[j];
-    out.centroids[ids[j]] = cents[j];
+  for (int64_t r : rows) {
+    ids.push_back(b.ids[r]);
+    out.labels[ids.back()] = b.labels[r].clone();
+    out.centroids[ids.back()] = b.c[r].clone();
   }
+  const auto device = b.x.device();
+  const auto totals = b.mind.index_select(0, to_device(rows, device)).to(at::kDouble).sum(1);
+  out.inertia.index_copy_(0, to_device(ids, device), totals);
 }
 
 // One host read of the flags of every bucket: the converged problems hand over their results and leave.
