@@ -68,8 +68,9 @@ void update(Bucket& b, bool spherical) {
   const auto first = at::arange(batch, b.labels.options()).unsqueeze(1);
   const auto points = b.x.view({batch * n, dim});
   auto [keys, order] = (b.labels + first * k).view(-1).sort(/*stable=*/true, 0, /*descending=*/false);
-  const auto counts = at::searchsorted(keys, at::arange(batch * k + 1, keys.options())).diff();  // no host read
-  const auto sums = at::segment_reduce(points.index_select(0, order), "sum", counts, {}, {}, 0, /*unsafe=*/true);
+  const auto offsets = at::searchsorted(keys, at::arange(batch * k + 1, keys.options()));  // no host read
+  const auto sums = at::segment_reduce(points.index_select(0, order), "sum", {}, {}, offsets, 0, /*unsafe=*/true);
+  const auto counts = offsets.diff();
   const auto size = counts.view({batch, k, 1});
   const auto empty = (counts == 0).view({batch, k});
   const auto rank = empty.cumsum(1) - 1;
