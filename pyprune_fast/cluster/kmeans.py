@@ -167,8 +167,8 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         inits.append(c.to(x.dtype))
     if backend in ("auto", "native") and todo:
         labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
-        for j, i in enumerate(todo):
-            results[i] = KMeans(labels[j], cents[j], float(inertia[j]))
+        for j, (i, total) in enumerate(zip(todo, inertia.tolist())):  # one host read
+            results[i] = KMeans(labels[j], cents[j], total)
     else:
         run = _lloyd_torch if backend == "torch" else _lloyd_faiss
         for i, c in zip(todo, inits):
