@@ -1,6 +1,11 @@
 """Clustering speed on the filters of every conv layer of real networks: our backends against faiss,
 scikit-learn and the plain PyTorch loop, side by side in one run.
 
+k-means backends timed: native and the torch loop on --device (with --device cuda: the batched CUDA
+kernel), faiss on the GPU when --device cuda and the installed faiss has GPU support (the PyPI
+faiss-gpu-cu12 wheel has no Hopper kernels), faiss-cpu and scikit-learn on CPU copies of the points.
+Times are best-of-reps wall times, with torch.cuda.synchronize() before and after each on CUDA.
+
 Problems: every conv layer of the model (rows = filters, flattened; random init, shapes are what
 matter), k = N/2, 25 Lloyd iterations, the same random initial centroids for every backend. Ward:
 ours (`cluster.ward`, distances included) against scipy's `linkage(w, "ward")` per layer, with the
@@ -66,17 +71,29 @@ class Row:
     quality: float  # k-means: total inertia; Ward: 1.0 when the partitions equal scipy's
 
 
+def faiss_gpu_available() -> bool:
+    try:
+        import faiss
+    except ImportError:
+        return False
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def bench_kmeans(model: str, xs, device: str, niter: int, reps: int) -> list[Row]:
+    """Ours and the torch loop on `device`; faiss on the GPU too when it can; faiss-cpu and sklearn on CPU copies."""
     ks = [max(1, x.shape[0] // 2) for x in xs]
     inits = [cluster.init_centroids(x, k, "random", seed=0) for x, k in zip(xs, ks)]
+    cpu_xs, cpu_inits = [x.cpu() for x in xs], [c.cpu() for c in inits]
+    runs = [(f"native ({device})", xs, inits, "native"), (f"torch ({device})", xs, inits, "torch")]
+    if device.startswith("cuda") and faiss_gpu_available():
+        runs.append(("faiss (gpu)", xs, inits, "faiss"))
+    runs.append(("faiss (cpu)", cpu_xs, cpu_inits, "faiss"))
     rows = []
-    backends = ["native", "torch"] + (["faiss"] if device == "cpu" else [])
-    for backend in backends:
-        secs, res = timed(lambda: cluster.kmeans(xs, ks, niter=niter, init=inits, backend=backend), device, reps)
-        rows.append(Row(model, "kmeans", f"{backend} ({device})", secs, sum(r.inertia for r in res)))
-    if device == "cpu":
-        secs, inertia = timed(lambda: sklearn_kmeans(xs, ks, inits, niter), device, 1)
-        rows.append(Row(model, "kmeans", "sklearn (cpu)", secs, inertia))
+    for name, points, init, backend in runs:
+        secs, res = timed(lambda: cluster.kmeans(points, ks, niter=niter, init=init, backend=backend), device, reps)
+        rows.append(Row(model, "kmeans", name, secs, sum(r.inertia for r in res)))
+    secs, inertia = timed(lambda: sklearn_kmeans(cpu_xs, ks, cpu_inits, niter), device, 1)
+    rows.append(Row(model, "kmeans", "sklearn (cpu)", secs, inertia))
     return rows
 
 
@@ -100,19 +117,20 @@ def _same_partition(a, b) -> bool:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'model':<10} {'task':<7} {'backend':<16} {'seconds':>9} {'vs faiss':>9} {'vs sklearn':>10} {'vs scipy':>9} {'quality':>14}"
+    header = (f"{'model':<10} {'task':<7} {'backend':<16} {'seconds':>9} {'vs faiss-cpu':>12} {'vs sklearn':>10} "
+              f"{'vs scipy':>9} {'quality':>18}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        same = [o for o in rows if o.model == r.model and o.task == r.task]
-        ref = {o.backend.split()[0]: o for o in same}
-        ratio = lambda name: f"{ref[name].seconds / r.seconds:8.2f}x" if name in ref else f"{'-':>9}"  # noqa: E731
+        ref = {o.backend: o for o in rows if o.model == r.model and o.task == r.task}
+        ratio = lambda name: f"{ref[name].seconds / r.seconds:.2f}x" if name in ref else "-"  # noqa: E731
         if r.task == "kmeans":
-            q = f"{r.quality / ref['faiss'].quality:.4f} of faiss" if "faiss" in ref else f"{r.quality:.3f}"
+            faiss = ref.get("faiss (cpu)")
+            q = f"{r.quality / faiss.quality:.4f} of faiss-cpu" if faiss else f"{r.quality:.3f}"
         else:
             q = "same as scipy" if r.quality == 1.0 else "DIFFERENT"
-        print(f"{r.model:<10} {r.task:<7} {r.backend:<16} {r.seconds:9.3f} {ratio('faiss')} {ratio('sklearn'):>10} "
-              f"{ratio('scipy')} {q:>14}")
+        print(f"{r.model:<10} {r.task:<7} {r.backend:<16} {r.seconds:9.3f} {ratio('faiss (cpu)'):>12} "
+              f"{ratio('sklearn (cpu)'):>10} {ratio('scipy (cpu)'):>9} {q:>18}")
 
 
 def plot(rows: list[Row], path: str) -> None:

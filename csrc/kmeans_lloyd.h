@@ -1,7 +1,12 @@
-// The backend-independent half of kmeans_lloyd: argument checks.
+// The backend-independent half of kmeans_lloyd: argument checks, and the batched Lloyd loop (ATen ops on
+// any device) that the CUDA kernel runs with its fused assignment epilogue, and that the private op
+// _kmeans_lloyd_batched runs on any device with ATen ops alone (so that the loop is tested on the CPU).
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
 
 #include "checks.h"
 
@@ -26,5 +31,25 @@ inline void check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64
                       ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
   }
 }
+
+// (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64), all on the inputs' device.
+using KmeansResult = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>;
+
+// The end of an assignment step, for a bucket of B problems with N points and k centroids each: from
+// dots = X C^T (B x N x k), |c|^2 (B x k) and |x|^2 (B x N), the points of the problems with active[b] get
+// label = argmin_j |c_j|^2 - 2 x.c_j (ties to the lower j) and mind = max(0, |x|^2 + that minimum), written
+// in place into labels (B x N int64) and mind (B x N); other problems are left alone. Returns (B,) bool:
+// active and some label changed. All tensors contiguous.
+using AssignEpilogue = at::Tensor (*)(const at::Tensor& dots, const at::Tensor& cnorm, const at::Tensor& xnorm,
+                                      const at::Tensor& active, at::Tensor& labels, at::Tensor& mind);
+
+// kmeans_lloyd for every problem, batched: problems of one (N, D, k, dtype) are stacked and run as one
+// batch (one batched product per assignment, one segmented sum per update). Whether each problem's labels
+// changed is kept on the device; every `sync_every` iterations one host read of these flags, for all
+// batches together, retires the converged problems (a converged problem's centroids and labels are frozen
+// until then, so the result never depends on sync_every). `epilogue` replaces the ATen ops that end an
+// assignment (null: ATen only).
+KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
+                                  int64_t sync_every, AssignEpilogue epilogue = nullptr);
 
 }  // namespace pyprune_fast

@@ -20,4 +20,9 @@ TORCH_LIBRARY(pyprune_fast, m) {
   m.def(
       "kmeans_lloyd(Tensor[] xs, Tensor[] centroids, int niter, bool spherical) -> "
       "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
+  // Private, for tests: kmeans_lloyd's batched loop (what the CUDA kernel runs) in ATen ops alone, on any
+  // device; the host reads the convergence flags every `sync_every` iterations (results do not depend on it).
+  m.def(
+      "_kmeans_lloyd_batched(Tensor[] xs, Tensor[] centroids, int niter, bool spherical, int sync_every=1) -> "
+      "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
 }

@@ -217,9 +217,13 @@ def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
 
 
 @torch.library.register_fake("pyprune_fast::kmeans_lloyd")
-def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool):
+def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool, sync_every: int = 1):
     labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
     return labels, [c.new_empty(c.shape) for c in centroids], xs[0].new_empty((len(xs),), dtype=torch.float64)
+
+
+# The private test op: kmeans_lloyd's batched loop in ATen ops alone, on any device.
+torch.library.register_fake("pyprune_fast::_kmeans_lloyd_batched")(_kmeans_lloyd_fake)
 
 
 @torch.library.register_fake("pyprune_fast::merge_channels_")

@@ -1,4 +1,7 @@
+import importlib
 import sys
+import types
+import warnings
 
 import pytest
 import torch
@@ -122,3 +125,210 @@ def test_property_native_equals_reference(n, d, k, seed):
     b = cluster.kmeans(x, k, seed=seed, backend="torch")
     assert a.inertia == pytest.approx(b.inertia, rel=1e-4, abs=1e-6)
     assert a.labels.shape == (n,) and int(a.labels.max()) < min(k, n)
+
+
+# ---- the batched loop (CUDA's kmeans_lloyd) as ATen ops on any device: _kmeans_lloyd_batched ----
+
+batched = torch.ops.pyprune_fast._kmeans_lloyd_batched.default
+kmeans_module = importlib.import_module("pyprune_fast.cluster.kmeans")  # `cluster.kmeans` is the function
+
+# (N, D, k): duplicates make buckets of several problems; k = 1, k = N, k > N, N = 0 and D = 0 included
+SHAPES = [(64, 27, 32), (40, 9, 1), (12, 5, 12), (6, 4, 10), (0, 7, 3), (128, 50, 64), (33, 3, 7), (20, 2, 19), (9, 0, 2)]
+
+
+def problem_list(seed, count=10, spherical=False, device="cpu"):
+    """Problems drawn from SHAPES, some float64, with initial centroids: distinct points, or random ones for k > N."""
+    g = torch.Generator().manual_seed(seed)
+    xs, cs = [], []
+    for j in torch.randint(len(SHAPES), (count,), generator=g).tolist():
+        n, d, k = SHAPES[j]
+        dtype = torch.float64 if torch.rand(1, generator=g) < 0.3 else torch.float32
+        x = torch.randn(n, d, generator=g, dtype=dtype)
+        if spherical:
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        c = x[torch.randperm(n, generator=g)[:k]].clone() if k <= n else torch.randn(k, d, generator=g, dtype=dtype)
+        xs.append(x.to(device))
+        cs.append(c.to(device))
+    return xs, cs
+
+
+def check_against_reference(xs, cs, niter, spherical, result):
+    """Inertia as the torch reference's (rel 1e-4; abs 1e-5 for the near-zero k >= N case); labels as the
+    CPU kernel's when k < N (k >= N: points tie between copies of themselves, rounding picks one)."""
+    labels, cents, inertia = result
+    assert len(labels) == len(cents) == inertia.shape[0] == len(xs)
+    cpu_labels, _, _ = ops.kmeans_lloyd([x.cpu() for x in xs], [c.cpu() for c in cs], niter, spherical)
+    for i, (x, c) in enumerate(zip(xs, cs)):
+        assert labels[i].dtype == torch.int64 and labels[i].device == x.device and cents[i].dtype == x.dtype
+        assert cents[i].shape == c.shape
+        if x.shape[0] == 0:
+            assert labels[i].shape == (0,) and torch.equal(cents[i], c) and float(inertia[i]) == 0.0
+            continue
+        _, _, ref = kmeans_module._lloyd_torch(x.cpu(), c.cpu(), niter, spherical)
+        assert float(inertia[i]) == pytest.approx(ref, rel=1e-4, abs=1e-5), i
+        if c.shape[0] < x.shape[0]:
+            assert torch.equal(labels[i].cpu(), cpu_labels[i]), i
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_matches_reference_on_mixed_problem_lists(seed, spherical):
+    xs, cs = problem_list(seed, spherical=spherical)
+    check_against_reference(xs, cs, 25, spherical, batched(xs, cs, 25, spherical, 1 + seed))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(1, 8), niter=st.integers(0, 12), sync_every=st.integers(1, 5),
+       spherical=st.booleans())
+def test_property_batched_equals_reference(seed, count, niter, sync_every, spherical):
+    xs, cs = problem_list(seed, count, spherical)
+    check_against_reference(xs, cs, niter, spherical, batched(xs, cs, niter, spherical, sync_every))
+
+
+def test_batched_converged_problems_stay_frozen():
+    """One bucket: planted blobs from their centres converge at once, random problems go on; every problem
+    ends as it does alone, whenever the host reads the flags."""
+    blob, _ = blobs(20, 10, 2)
+    slow = [torch.randn(200, 2) for _ in range(2)]  # 2-D points: Lloyd takes many small steps
+    xs = [slow[0], blob, slow[1]]
+    cs = [slow[0][:10].clone(), blob[::20].clone(), slow[1][:10].clone()]
+    labels_after = lambda x, c, niter: kmeans_module._lloyd_torch(x, c, niter, False)[0]  # noqa: E731
+    assert torch.equal(labels_after(blob, cs[1], 1), labels_after(blob, cs[1], 30))
+    for x, c in zip(slow, cs[::2]):
+        assert not torch.equal(labels_after(x, c, 3), labels_after(x, c, 30))
+    alone = [batched([x], [c], 30, False) for x, c in zip(xs, cs)]
+    for sync_every in (1, 2, 7, 100):
+        labels, cents, inertia = batched(xs, cs, 30, False, sync_every)
+        for i, (lab, cent, tot) in enumerate(alone):
+            assert torch.equal(labels[i], lab[0]) and torch.equal(cents[i], cent[0]), (sync_every, i)
+            assert float(inertia[i]) == float(tot[0])
+    torch.testing.assert_close(cents[1], blob.view(10, 20, 2).mean(1))
+    check_against_reference(xs, cs, 30, False, (labels, cents, inertia))
+
+
+def test_batched_finds_planted_clusters_like_the_reference():
+    problems = [blobs(20, 5, 8, seed=s) for s in range(4)]  # one shape: one bucket
+    xs = [x for x, _ in problems]
+    cs = [cluster.init_centroids(x, 5, "k-means++", seed=i) for i, x in enumerate(xs)]
+    labels, _, _ = batched(xs, cs, 25, False)
+    for (x, truth), c, lab in zip(problems, cs, labels):
+        assert torch.equal(lab, kmeans_module._lloyd_torch(x, c, 25, False)[0])
+        assert adjusted_rand_score(truth, lab) == 1.0
+
+
+def test_batched_is_deterministic_and_leaves_inputs_alone():
+    xs, cs = problem_list(7, count=12)
+    before = [c.clone() for c in cs]
+    a, b = batched(xs, cs, 25, False), batched(xs, cs, 25, False)
+    assert all(torch.equal(u, v) for u, v in zip(a[0] + a[1] + [a[2]], b[0] + b[1] + [b[2]]))
+    assert all(torch.equal(c, c0) for c, c0 in zip(cs, before))
+
+
+def test_batched_bad_inputs():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="sync_every must be >= 1, got 0"):
+        batched([x], [x[:2]], 3, False, 0)
+    with pytest.raises(ValueError, match=r"centroids\[0\] must be k x 3"):
+        batched([x], [torch.randn(2, 4)], 3, False)
+    with pytest.raises(ValueError, match="niter must be >= 0"):
+        batched([x], [x[:2]], -1, False)
+
+
+def test_batched_opcheck():
+    xs = [torch.randn(20, 4), torch.randn(20, 4), torch.randn(9, 3, dtype=torch.float64)]
+    cs = [xs[0][:5].clone(), xs[1][:5].clone(), xs[2][:2].clone()]
+    torch.library.opcheck(batched, (xs, cs, 4, False, 2))
+
+
+# ---- CUDA: the batched kernel against the CPU kernel, the reference and its own ATen loop ----
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("spherical", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_cuda_matches_reference_on_mixed_problem_lists(seed, spherical):
+    xs, cs = problem_list(seed, spherical=spherical, device="cuda")
+    check_against_reference(xs, cs, 25, spherical, ops.kmeans_lloyd(xs, cs, 25, spherical))
+
+
+@pytest.mark.needs_cuda
+def test_cuda_fused_epilogue_matches_the_aten_loop():
+    xs, cs = problem_list(11, count=16, device="cuda")
+    fused, aten = ops.kmeans_lloyd(xs, cs, 25), batched(xs, cs, 25, False)
+    for x, c, a, b, ia, ib in zip(xs, cs, fused[0], aten[0], fused[2], aten[2]):
+        if c.shape[0] < x.shape[0]:
+            assert torch.equal(a, b)
+        assert float(ia) == pytest.approx(float(ib), rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_planted_clusters_and_determinism():
+    problems = [blobs(30, 6, 16, seed=s) for s in range(5)]
+    xs = [x.cuda() for x, _ in problems]
+    cs = [cluster.init_centroids(x, 6, "k-means++", seed=i) for i, x in enumerate(xs)]
+    runs = [ops.kmeans_lloyd(xs, cs, 25) for _ in range(2)]
+    for (x, truth), c, lab in zip(problems, cs, runs[0][0]):
+        assert torch.equal(lab.cpu(), kmeans_module._lloyd_torch(x, c.cpu(), 25, False)[0])
+        assert adjusted_rand_score(truth, lab.cpu()) == 1.0
+    assert all(torch.equal(u, v) for u, v in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]))
+    assert torch.equal(runs[0][2], runs[1][2])
+
+
+@pytest.mark.needs_cuda
+def test_cuda_host_syncs_do_not_grow_with_the_problems():
+    """At most one host read per iteration for all problems together (the convergence flags)."""
+    niter = 10
+    for count in (4, 40):
+        xs = [torch.randn(256, 64, device="cuda") for _ in range(count)]
+        cs = [x[:128].clone() for x in xs]
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                ops.kmeans_lloyd(xs, cs, niter)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) <= niter, (count, [str(w.message) for w in syncs])
+
+
+@pytest.mark.needs_cuda
+def test_faiss_gpu_backend():
+    faiss = pytest.importorskip("faiss")
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        pytest.skip("the installed faiss has no GPU support")
+    xs = [torch.randn(n, d, device="cuda") for n, d in [(128, 27), (64, 300)]]
+    ks = [64, 20]
+    inits = [cluster.init_centroids(x, k, "random", seed=1) for x, k in zip(xs, ks)]
+    res = cluster.kmeans(xs, ks, init=inits, backend="faiss")
+    ref = cluster.kmeans(xs, ks, init=inits, backend="torch")
+    for a, b in zip(res, ref):
+        assert a.labels.device.type == "cuda" and a.inertia == pytest.approx(b.inertia, rel=1e-2)
+    shared = kmeans_module._faiss_gpu_resources
+    cluster.kmeans(xs, ks, init=inits, backend="faiss")
+    assert shared is not None and kmeans_module._faiss_gpu_resources is shared
+
+
+def test_faiss_index_choice(monkeypatch):
+    """GPU index with one shared StandardGpuResources for CUDA points when faiss has GPU support; else CPU."""
+    made = []
+
+    class Config:
+        device = -1
+
+    fake = types.SimpleNamespace(
+        StandardGpuResources=lambda: made.append(object()) or made[-1], get_num_gpus=lambda: 1,
+        GpuIndexFlatConfig=Config, GpuIndexFlatL2=lambda res, d, cfg: ("gpu-L2", res, d, cfg.device),
+        GpuIndexFlatIP=lambda res, d, cfg: ("gpu-IP", res, d, cfg.device), IndexFlatL2=lambda d: ("L2", d),
+        IndexFlatIP=lambda d: ("IP", d))
+    monkeypatch.setattr(kmeans_module, "_faiss_gpu_resources", None)
+    index = kmeans_module._faiss_index
+    assert index(fake, 8, False, torch.device("cuda", 1)) == ("gpu-L2", made[0], 8, 1)
+    assert index(fake, 4, True, torch.device("cuda", 0)) == ("gpu-IP", made[0], 4, 0)
+    assert len(made) == 1
+    assert index(fake, 8, True, torch.device("cpu")) == ("IP", 8)
+    fake.get_num_gpus = lambda: 0  # a faiss build with GPU code but no GPU
+    assert index(fake, 8, False, torch.device("cuda", 0)) == ("L2", 8)
+    del fake.StandardGpuResources  # faiss-cpu
+    assert index(fake, 8, False, torch.device("cuda", 0)) == ("L2", 8)

@@ -1,65 +1,94 @@
-// kmeans_lloyd on CUDA, for now with ATen ops per problem (same algorithm, order and re-seeding rule as
-// the CPU kernel; deterministic: segment sums, no atomics). Batched kernels across problems come next.
+// kmeans_lloyd on CUDA: the batched loop of kmeans_lloyd.cpp, with the end of every assignment fused into
+// one kernel below. Problems of one (N, D, k) are stacked and run as one batch: per iteration and shape,
+// one batched product X C^T (cuBLAS), this kernel (row minimum over the centroids, norms added, labels,
+// distances and per-problem "a label changed" flags written), one stable sort and one segmented sum for
+// the new centroids, and a few elementwise ATen ops. The host reads the convergence flags of all problems
+// once per iteration, with one copy; converged problems then leave their batch. Same algorithm, order and
+// re-seeding rule as the CPU kernel; deterministic (no floating-point atomics: cluster sums run in point
+// order). The private op _kmeans_lloyd_batched runs the same loop with ATen ops alone, on any device.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/library.h>
 
+#include <climits>
+
+#include "cuda/launch.cuh"
 #include "kmeans_lloyd.h"
 
 namespace pyprune_fast {
 namespace {
 
-// labels, squared distance to the nearest centroid
-std::pair<at::Tensor, at::Tensor> assign(const at::Tensor& x, const at::Tensor& xnorm, const at::Tensor& c) {
-  auto d = (c * c).sum(1).unsqueeze(0) - 2 * at::mm(x, c.t());
-  auto [best, labels] = d.min(1);
-  return {labels, (best + xnorm).clamp_min(0)};
+// Host reads of the convergence flags: every iteration, one for all problems together. A read costs one
+// drain of the launch queue (microseconds); reading less often would carry converged problems, frozen,
+// through more batched products.
+constexpr int64_t kSyncEvery = 1;
+constexpr int kWarp = 32;
+constexpr int kThreads = 256;
+
+// One warp per point: lanes scan centroids j = lane, lane + 32, ... keeping their first minimum of
+// |c_j|^2 - 2 x.c_j, then the warp reduces with ties to the lower j (as at::min and the CPU kernel do).
+template <class scalar_t>
+__global__ void assign_epilogue_kernel(const scalar_t* __restrict__ dots, const scalar_t* __restrict__ cnorm,
+                                       const scalar_t* __restrict__ xnorm, const bool* __restrict__ active,
+                                       int64_t* __restrict__ labels, scalar_t* __restrict__ mind,
+                                       bool* __restrict__ changed, int64_t rows, int64_t n, int k) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp; row < rows;
+       row += warps) {
+    const int64_t b = row / n;
+    if (!active[b]) continue;  // uniform across the warp
+    const scalar_t* d = dots + row * k;
+    const scalar_t* cn = cnorm + b * k;
+    scalar_t best = 0;
+    int arg = k;  // k: none yet
+    for (int j = lane; j < k; j += kWarp) {
+      const scalar_t v = cn[j] - 2 * d[j];
+      if (arg == k || v < best) best = v, arg = j;
+    }
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const scalar_t other = __shfl_down_sync(0xffffffffu, best, offset);
+      const int other_arg = __shfl_down_sync(0xffffffffu, arg, offset);
+      if (other_arg < k && (arg == k || other < best || (other == best && other_arg < arg))) {
+        best = other, arg = other_arg;
+      }
+    }
+    if (lane == 0) {
+      const scalar_t dist = xnorm[row] + best;
+      mind[row] = scalar_t(0) < dist ? dist : scalar_t(0);
+      if (labels[row] != arg) {
+        labels[row] = arg;
+        changed[b] = true;  // every writer stores the same value
+      }
+    }
+  }
 }
 
-void update(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& mind, at::Tensor& c, bool spherical) {
-  const int64_t k = c.size(0);
-  auto order = std::get<1>(labels.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
-  auto counts = at::bincount(labels, {}, k);
-  auto sums = at::segment_reduce(x.index_select(0, order), "sum", /*lengths=*/counts);
-  auto filled = counts > 0;
-  c = at::where(filled.unsqueeze(1), sums / counts.clamp_min(1).unsqueeze(1).to(x.scalar_type()), c);
-  auto empty = (~filled).nonzero().squeeze(1);  // one host read; rare
-  if (empty.numel() > 0) {
-    auto far = std::get<1>(mind.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    const int64_t m = std::min(empty.numel(), far.numel());
-    c.index_copy_(0, empty.narrow(0, 0, m), x.index_select(0, far.narrow(0, 0, m)));
-  }
-  if (spherical) c = c / c.norm(2, 1, true).clamp_min(1e-12);
+// The AssignEpilogue of kmeans_lloyd.h.
+at::Tensor assign_epilogue_cuda(const at::Tensor& dots, const at::Tensor& cnorm, const at::Tensor& xnorm,
+                                const at::Tensor& active, at::Tensor& labels, at::Tensor& mind) {
+  const int64_t batch = dots.size(0), n = dots.size(1), k = dots.size(2);
+  TORCH_CHECK(k <= INT_MAX - kWarp, "kmeans_lloyd: ", k, " centroids exceed the CUDA kernel's 32-bit index");
+  TORCH_INTERNAL_ASSERT(dots.is_contiguous() && cnorm.is_contiguous() && xnorm.is_contiguous() &&
+                        active.is_contiguous() && labels.is_contiguous() && mind.is_contiguous());
+  auto changed = at::zeros({batch}, active.options());
+  const int64_t rows = batch * n;
+  if (rows == 0) return changed;
+  AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "kmeans_lloyd_cuda", [&] {
+    assign_epilogue_kernel<scalar_t>
+        <<<grid_stride_blocks(rows, kThreads / kWarp), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            dots.const_data_ptr<scalar_t>(), cnorm.const_data_ptr<scalar_t>(), xnorm.const_data_ptr<scalar_t>(),
+            active.const_data_ptr<bool>(), labels.mutable_data_ptr<int64_t>(), mind.mutable_data_ptr<scalar_t>(),
+            changed.mutable_data_ptr<bool>(), rows, n, static_cast<int>(k));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return changed;
 }
 
-std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> kmeans_lloyd_cuda(
-    at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
-  check_kmeans_args(xs, centroids, niter);
-  std::vector<at::Tensor> labels, cents, totals;
-  if (xs.empty()) return {labels, cents, at::zeros({0}, at::kDouble)};
-  c10::cuda::OptionalCUDAGuard guard(xs[0].device());
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const auto x = xs[i].contiguous();
-    auto c = centroids[i].clone(at::MemoryFormat::Contiguous);
-    if (x.size(0) == 0) {
-      labels.push_back(at::empty({0}, x.options().dtype(at::kLong)));
-      cents.push_back(c);
-      totals.push_back(at::zeros({}, x.options().dtype(at::kDouble)));
-      continue;
-    }
-    const auto xnorm = (x * x).sum(1);
-    auto [lab, mind] = assign(x, xnorm, c);
-    for (int64_t it = 0; it < niter; ++it) {
-      update(x, lab, mind, c, spherical);
-      auto prev = lab;
-      std::tie(lab, mind) = assign(x, xnorm, c);
-      if (at::equal(lab, prev)) break;
-    }
-    labels.push_back(lab);
-    cents.push_back(c);
-    totals.push_back(mind.to(at::kDouble).sum());
-  }
-  return {labels, cents, at::stack(totals)};
+// Checks, the device guard and the early return for empty problems are in kmeans_lloyd_batched.
+KmeansResult kmeans_lloyd_cuda(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
+  return kmeans_lloyd_batched(xs, centroids, niter, spherical, kSyncEvery, &assign_epilogue_cuda);
 }
 
 }  // namespace

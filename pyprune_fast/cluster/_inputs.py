@@ -9,7 +9,8 @@ from torch import Tensor
 
 
 def check_points(op: str, xs: Sequence[Tensor]) -> None:
-    """2-D floating-point tensors (points x features), all on one device, every value finite."""
+    """2-D floating-point tensors (points x features), all on one device, every value finite (one host
+    read for all of them)."""
     for i, x in enumerate(xs):
         if x.dim() != 2:
             raise ValueError(f"{op}: xs[{i}] must be 2-D (points x features), got shape {tuple(x.shape)}")
@@ -18,6 +19,8 @@ def check_points(op: str, xs: Sequence[Tensor]) -> None:
         if x.device != xs[0].device:
             raise ValueError(f"{op}: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
                              f"xs[{i}] is on {x.device}")
-        if x.numel() and not torch.isfinite(x).all():
-            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise ValueError(f"{op}: xs[{i}] holds {x[bad[0], bad[1]].item()} at {bad}; points must be finite")
+    finite = [torch.isfinite(x).all() for x in xs if x.numel()]
+    if finite and not bool(torch.stack(finite).all()):
+        i = next(i for i, x in enumerate(xs) if x.numel() and not torch.isfinite(x).all())
+        bad = (~torch.isfinite(xs[i])).nonzero()[0].tolist()
+        raise ValueError(f"{op}: xs[{i}] holds {xs[i][bad[0], bad[1]].item()} at {bad}; points must be finite")

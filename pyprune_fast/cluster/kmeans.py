@@ -1,10 +1,18 @@
 """k-means for many small problems at once (one per layer), on the device where the data is.
 
-Backends: "native" (the extension's kmeans_lloyd: C++ with BLAS and OpenMP on the CPU; on CUDA for
-now ATen ops per problem), "torch" (a plain PyTorch Lloyd loop: the reference), "faiss" (faiss-cpu,
-looped over the problems), "auto" (native). All run the same Lloyd iterations from the same initial
-centroids: an assignment, then `niter` times an update and an assignment, stopping early once no
-label changes; an empty cluster is re-seeded with the point farthest from its centroid.
+Backends:
+  "native"  the extension's kmeans_lloyd. CPU: C++ with BLAS and OpenMP, problem by problem. CUDA:
+            batched: problems of one (N, D, k) stacked, each iteration one batched product and a fused
+            argmin kernel for the assignment and one segmented sum for the update per shape, convergence
+            flags kept on the GPU and read once per iteration for all problems; deterministic.
+  "torch"   a plain PyTorch Lloyd loop, problem by problem: the reference.
+  "faiss"   faiss, looped over the problems: on the GPU when the points are on CUDA and the installed
+            faiss has GPU support (one StandardGpuResources shared by all calls), faiss-cpu otherwise.
+            The PyPI faiss-gpu-cu12 wheel has no kernels for Hopper GPUs (H100/H200); "native" runs there.
+  "auto"    native.
+All run the same Lloyd iterations from the same initial centroids: an assignment, then `niter` times an
+update and an assignment, stopping early once no label changes; an empty cluster is re-seeded with the
+point farthest from its centroid.
 """
 
 from __future__ import annotations
@@ -83,17 +91,37 @@ def _lloyd_torch(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
     return labels, c, float(mind.double().sum())
 
 
+_faiss_gpu_resources = None  # one faiss.StandardGpuResources (memory, streams, cuBLAS) for every call
+
+
+def _faiss_index(faiss, dim: int, spherical: bool, device: torch.device):
+    """The flat index faiss's Lloyd loop searches: a GPU index on `device` when it is a CUDA device and
+    faiss has GPU support, else a CPU index."""
+    global _faiss_gpu_resources
+    if device.type == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        if _faiss_gpu_resources is None:
+            _faiss_gpu_resources = faiss.StandardGpuResources()
+        config = faiss.GpuIndexFlatConfig()
+        config.device = torch.cuda.current_device() if device.index is None else device.index
+        flat = faiss.GpuIndexFlatIP if spherical else faiss.GpuIndexFlatL2
+        return flat(_faiss_gpu_resources, dim, config)
+    return faiss.IndexFlatIP(dim) if spherical else faiss.IndexFlatL2(dim)
+
+
 def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
     try:
         import faiss
     except ImportError as e:
         raise ImportError("kmeans: backend='faiss' needs faiss: pip install faiss-cpu (or pyprune-fast[faiss])") from e
-    xn = x.detach().cpu().float().contiguous().numpy()
-    k = c.shape[0]
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=spherical, min_points_per_centroid=1,
-                      max_points_per_centroid=max(1, x.shape[0]), verbose=False, seed=0)
-    km.train(xn, init_centroids=c.detach().cpu().float().contiguous().numpy())
-    cent = torch.from_numpy(km.centroids).to(x.device, x.dtype)
+    (n, dim), k = x.shape, c.shape[0]
+    params = faiss.ClusteringParameters()
+    params.niter, params.spherical, params.seed, params.verbose = niter, spherical, 0, False
+    params.min_points_per_centroid = 1  # small problems are what pruning has: no warning
+    params.max_points_per_centroid = max(1, n)  # every point, never a subsample
+    clus = faiss.Clustering(dim, k, params)
+    faiss.copy_array_to_vector(c.detach().cpu().float().contiguous().numpy().ravel(), clus.centroids)
+    clus.train(x.detach().cpu().float().contiguous().numpy(), _faiss_index(faiss, dim, spherical, x.device))
+    cent = torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, dim)).to(x.device, x.dtype)
     labels, mind = _nearest(x, (x * x).sum(1), cent)
     return labels, cent, float(mind.double().sum())
 
@@ -110,7 +138,8 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         init: "k-means++", "random", or the initial centroids themselves (a tensor per problem).
         seed: for the initialisation; results are deterministic for a seed and backend.
         spherical: cosine k-means on L2-normalised points, centroids renormalised after each update.
-        backend: "auto" (native), "native", "torch" (reference), "faiss".
+        backend: "auto" (native), "native", "torch" (reference), "faiss" (GPU when the points are on CUDA
+            and faiss has GPU support).
 
     Returns:
         A KMeans (labels, centroids, inertia), or a list of them for a list.
@@ -145,8 +174,8 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         inits.append(c.to(x.dtype))
     if backend in ("auto", "native") and todo:
         labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
-        for j, i in enumerate(todo):
-            results[i] = KMeans(labels[j], cents[j], float(inertia[j]))
+        for j, (i, total) in enumerate(zip(todo, inertia.tolist())):  # one host read
+            results[i] = KMeans(labels[j], cents[j], total)
     else:
         run = _lloyd_torch if backend == "torch" else _lloyd_faiss
         for i, c in zip(todo, inits):
