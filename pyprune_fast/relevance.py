@@ -260,9 +260,10 @@ def _relevance(model: nn.Module, x: Tensor, y: Tensor, fold: set[str], stack: li
 
 
 def layer_relevance(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """LRP alpha=2 beta=1 relevance of the true class `y` ((batch,) int64) for inputs `x`, at the output of
-    every conv / Linear (after its BatchNorm when one is folded in) and unfolded BatchNorm, by module
-    name: tensors shaped like the layer's output (batch, C, ...), summed over repeated calls of a module."""
+    """LRP alpha=2 beta=1 relevance of the true class `y` ((batch,) int64) for inputs `x` (both on the
+    model's device), at the output of every conv / Linear (after its BatchNorm when one is folded in) and
+    unfolded BatchNorm, by module name: tensors shaped like the layer's output (batch, C, ...), summed
+    over repeated calls of a module. The model runs in eval mode (restored after)."""
     with _Session(model) as s:
         fold = folded_layers(record(model, x[:1]))
         _, rel = _relevance(model, x, y, fold, s.stack)

@@ -8,17 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import cpu_and_cuda
 from pyprune_fast.graph import DependencyGraph
 from pyprune_fast.methods import METHODS
 from pyprune_fast.methods.frs import FRS
 from pyprune_fast.relevance import ALPHA, BETA, EPS, class_weighted, layer_relevance, layer_scores, relevance_scores
 
 
-def small_net(bn: bool, bias: bool = True) -> nn.Sequential:
-    """conv -> [BN] -> ReLU -> conv (stride 2) -> [BN] -> ReLU -> global avg pool -> flatten -> Linear."""
-    layers = [("conv1", nn.Conv2d(3, 6, 3, padding=1, bias=bias)), ("bn1", nn.BatchNorm2d(6)), ("relu1", nn.ReLU()),
+def small_net(bn: bool, bias: bool = True, act: type = nn.ReLU) -> nn.Sequential:
+    """conv -> [BN] -> act -> conv (stride 2) -> [BN] -> act -> global avg pool -> flatten -> Linear."""
+    layers = [("conv1", nn.Conv2d(3, 6, 3, padding=1, bias=bias)), ("bn1", nn.BatchNorm2d(6)), ("relu1", act()),
               ("conv2", nn.Conv2d(6, 16, 3, stride=2, padding=1, bias=bias)), ("bn2", nn.BatchNorm2d(16)),
-              ("relu2", nn.ReLU(inplace=True)), ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()),
+              ("relu2", act(inplace=True)), ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()),
               ("fc", nn.Linear(16, 4, bias=bias))]
     net = nn.Sequential(OrderedDict((n, m) for n, m in layers if bn or not n.startswith("bn")))
     for m in net.modules():
@@ -46,7 +47,7 @@ def ref_alpha_beta(a, w, b, R, stride=1, padding=0):
 def folded(net, conv, bn):
     """The conv's weight and bias with the BatchNorm after it folded in (or as they are)."""
     w = getattr(net, conv).weight.detach()
-    b = getattr(net, conv).bias.detach() if getattr(net, conv).bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+    b = getattr(net, conv).bias.detach() if getattr(net, conv).bias is not None else w.new_zeros(w.shape[0])
     if bn not in net._modules:
         return w, b
     m = getattr(net, bn)
@@ -54,28 +55,33 @@ def folded(net, conv, bn):
     return w * scale[:, None, None, None], (b - m.running_mean) * scale + m.bias.detach()
 
 
-def reference_relevance(net, x, y):
-    """LRP alpha=2 beta=1 of `small_net`, layer by layer: relevance at conv1's and conv2's outputs (after BN)."""
+def reference_relevance(net, x, y, act=F.relu):
+    """LRP alpha=2 beta=1 of `small_net`, layer by layer: relevance at conv1's and conv2's outputs (after BN);
+    the activation passes relevance on unchanged."""
     w1, b1 = folded(net, "conv1", "bn1")
     w2, b2 = folded(net, "conv2", "bn2")
-    fw, fb = net.fc.weight.detach(), net.fc.bias.detach() if net.fc.bias is not None else torch.zeros(4, dtype=x.dtype)
-    a1 = F.conv2d(x, w1, b1, padding=1).relu()
-    a2 = F.conv2d(a1, w2, b2, stride=2, padding=1).relu()
+    fw, fb = net.fc.weight.detach(), net.fc.bias.detach() if net.fc.bias is not None else x.new_zeros(4)
+    a1 = act(F.conv2d(x, w1, b1, padding=1))
+    a2 = act(F.conv2d(a1, w2, b2, stride=2, padding=1))
     p = a2.mean((2, 3))
     logits = F.linear(p, fw, fb)
     R = F.one_hot(y, 4) * logits
     Rp = ref_alpha_beta(p[:, :, None, None], fw[:, :, None, None], fb, R).flatten(1)
     total = a2.sum((2, 3), keepdim=True)
-    R2 = torch.where(total > 0, a2 / total, 0) * Rp[:, :, None, None]  # avg pool, z-rule; ReLU passes it on
+    R2 = torch.where(total > 0, a2 / total, 0) * Rp[:, :, None, None]  # avg pool, z-rule; act passes it on
     R1 = ref_alpha_beta(a1, w2, b2, R2, stride=2, padding=1)
     return {"conv1": R1, "conv2": R2, "fc": R}
 
 
+@pytest.mark.parametrize("device", cpu_and_cuda())
+@pytest.mark.parametrize("act", ["relu", "relu6"])
 @pytest.mark.parametrize("bn", [False, True], ids=["no_bn", "bn"])
-def test_matches_reference(bn):
-    net = small_net(bn)
-    x, y = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (5,))
-    got, want = layer_relevance(net, x, y), reference_relevance(net, x, y)
+def test_matches_reference(bn, act, device):
+    net = small_net(bn, act=nn.ReLU if act == "relu" else nn.ReLU6).to(device)
+    x = 4 * torch.randn(5, 3, 8, 8, dtype=torch.float64, device=device)  # some values above 6
+    y = torch.randint(0, 4, (5,), device=device)
+    got = layer_relevance(net, x, y)
+    want = reference_relevance(net, x, y, F.relu if act == "relu" else F.relu6)
     assert set(got) == {"conv1", "conv2", "fc"}
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12)
