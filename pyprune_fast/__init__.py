@@ -13,14 +13,14 @@ from .flops import Profile, profile  # noqa: E402
 from .graph import DependencyGraph, Group, Member  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .pruning import Decision, PruneReport, commit, decide, prune  # noqa: E402
-from .schedules import ASCP, CUPSS, FRS, PlayAndPrune  # noqa: E402
+from .schedules import ASCP, CUPSS, FRS, PlayAndPrune, rewrap  # noqa: E402
 from .serialization import load_pruned, save_pruned  # noqa: E402
 from .surgery import apply  # noqa: E402
 
 __all__ = [
     "build_info", "ops", "DependencyGraph", "Group", "Member", "Plan", "apply", "profile", "Profile", "prune",
     "PruneReport", "save_pruned", "load_pruned", "decide", "commit", "Decision", "CUPSS", "ASCP", "FRS",
-    "PlayAndPrune",
+    "PlayAndPrune", "rewrap",
 ]
 __version__ = "0.1.0"
 

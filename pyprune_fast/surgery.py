@@ -143,6 +143,11 @@ class _Swap:
 
         def put(d, g):
             p.grad = None
+            if d.shape != p.shape:
+                # autograd caches the parameter's gradient accumulator, with its old shape, for as long as
+                # any graph (a `loss` still in scope, a DDP reducer) holds it; setting data of another
+                # dtype is the one way to drop that cache, so the next backward makes a fresh one.
+                p.data = torch.empty(0, dtype=torch.float64 if d.dtype != torch.float64 else torch.float32, device=d.device)
             p.data = d
             p.grad = g
 

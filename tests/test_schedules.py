@@ -175,3 +175,27 @@ def test_bad_input_is_refused_and_changes_nothing():
         ppf.ASCP(model, EXAMPLE, decay="step")
     with pytest.raises(ValueError, match="target_flops"):
         ppf.CUPSS(model, EXAMPLE, target_flops=0.0)
+
+
+def test_frs_prunes_the_least_relevant_channels_at_intervals():
+    model, opt = fresh()
+    data = list(batches(X_TRAIN[:400], Y_TRAIN[:400]))
+    pruner = ppf.FRS(model, EXAMPLE, data=data, every=2, channels=6, until=5, batches=2, ignored_layers=[model.fc])
+    widths = []
+    for epoch in range(7):
+        train_epoch(model, opt, pruner)
+        changed = pruner.step(epoch, opt)
+        assert changed == (epoch in (1, 3))
+        widths.append(sum(p.shape[0] for n, p in model.named_parameters() if n.endswith("0.weight") and p.dim() == 4))
+    assert [e["epoch"] for e in pruner.events] == [1, 3]
+    assert widths[0] - widths[1] >= 6 and widths[-1] == widths[3]
+    assert accuracy(model) > 0.3
+
+
+def test_frs_with_empty_data_is_refused():
+    model, opt = fresh()
+    pruner = ppf.FRS(model, EXAMPLE, data=[], every=1, channels=4, ignored_layers=[model.fc])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="no batches"):
+        pruner.step(0, opt)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

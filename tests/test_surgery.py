@@ -273,3 +273,18 @@ def test_dtype_device_and_requires_grad_kept():
     assert model.conv1.weight.dtype == torch.float64 and not model.conv1.weight.requires_grad
     assert model.bn1.num_features == 6 and model.bn1.running_mean.shape == (6,)
     assert run(model, torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 3)
+
+
+def test_training_goes_on_while_an_old_graph_is_alive():
+    """A `loss` still in scope holds the parameters' gradient accumulators at their old shapes."""
+    model = torchvision.models.resnet18()
+    x = torch.randn(2, 3, 32, 32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss = model(x).sum()
+    loss.backward()
+    optimizer.step()
+    ppf.prune(model, x[:1], "l1", ratio=0.5, optimizer=optimizer)
+    loss = model(x).sum()
+    loss.backward()
+    optimizer.step()
+    assert model.fc.weight.grad.shape == model.fc.weight.shape == (1000, 256)

@@ -8,6 +8,7 @@ the model's shapes changed, the cue to rebuild a DistributedDataParallel wrapper
 
 from __future__ import annotations
 
+import gc
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -21,12 +22,30 @@ from ..graph import DependencyGraph, named_tensors
 from ..plan import Plan
 from ..pruning import Decision, _apply_with, decide
 
-__all__ = ["Schedule", "ScheduleReport", "unwrap"]
+__all__ = ["Schedule", "ScheduleReport", "rewrap", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def rewrap(ddp: nn.parallel.DistributedDataParallel, **kwargs) -> nn.parallel.DistributedDataParallel:
+    """A new DistributedDataParallel around `ddp.module` after pruning changed its shapes (same device
+    and bucket settings unless given in kwargs). The old wrapper's reducer, which holds the gradient
+    accumulators of the parameters at their old shapes, is released first; do not use `ddp` after."""
+    if not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        raise TypeError(f"rewrap: expected a DistributedDataParallel, got {type(ddp).__name__}")
+    settings = {"device_ids": ddp.device_ids, "output_device": ddp.output_device, "dim": ddp.dim,
+                "broadcast_buffers": ddp.broadcast_buffers, "find_unused_parameters": ddp.find_unused_parameters,
+                "gradient_as_bucket_view": ddp.gradient_as_bucket_view, "static_graph": ddp.static_graph,
+                "process_group": ddp.process_group, **kwargs}
+    module = ddp.module
+    for attr in ("reducer", "logger"):  # both hold the reducer
+        if hasattr(ddp, attr):
+            delattr(ddp, attr)
+    gc.collect()
+    return nn.parallel.DistributedDataParallel(module, **settings)
 
 
 def distributed() -> bool:
