@@ -75,6 +75,7 @@ test: test-cpp test-py
 
 demo: $(STAMP_EXT)
 	$(VPY) examples/digits_demo.py
+	$(VPY) examples/digits_training_demo.py
 	$(VPY) examples/prune_resnet50.py
 	$(VPY) benchmarks/bench_ops.py --min-time 0.2
 	$(VPY) benchmarks/bench_clustering.py --models resnet50
