@@ -1,5 +1,5 @@
 # make test : venv + dependencies + extension (CUDA compiled) + CMake library + all tests
-# make demo : every method on real data (digits), prune ResNet-50 (L1, 50%), then the ops and clustering benchmarks
+# make demo : every method on real data (digits), pruning while training (CUP-SS), prune ResNet-50 (L1, 50%), the ops and clustering benchmarks
 # Second runs are incremental: only what changed is rebuilt.
 
 PYTHON ?= python3
