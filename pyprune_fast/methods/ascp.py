@@ -125,8 +125,8 @@ class ASCP(Criterion):
         for i, res in zip(todo, results):
             g, f, k = self.groups[i], self.features[i], int(widths[i])
             labels = res.labels.cpu()
-            centres = torch.zeros(k, f.shape[1], dtype=torch.float64).index_add_(0, labels, f)
-            centres /= torch.bincount(labels, minlength=k).clamp_min(1)[:, None]
+            members = torch.zeros(k, g.channels, dtype=f.dtype).scatter_(0, labels[None], 1.0)  # one-hot, (k, N)
+            centres = (members @ f) / members.sum(1, keepdim=True).clamp_min(1)  # every cluster's mean
             order = torch.argsort((f - centres[labels]).norm(dim=1), stable=True)
             rep = torch.full((k,), g.channels, dtype=torch.long).scatter_reduce(0, labels[order], order, "amin")
             self._reconstruct(g, self.units[i], labels, rep, centres, written)
