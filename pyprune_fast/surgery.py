@@ -21,6 +21,7 @@ from . import ops
 from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph
 from .plan import Plan
+from .window_attention import heads_held, pruned_class
 
 __all__ = ["apply", "owner", "positions", "sync_module_attributes"]
 
@@ -174,6 +175,9 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
         if heads * module.head_dim != module.embed_dim:
             attrs["__class__"] = PrunedMultiheadAttention  # nn.MultiheadAttention cannot run fewer heads
         return attrs
+    swin = pruned_class(module)
+    if swin is not None:  # torchvision's Swin window attention: fewer heads need our subclass to run
+        return {"num_heads": heads_held(module), "__class__": swin}
     w = getattr(module, "weight", None)
     if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
         groups = w.shape[0] if name in graph_depthwise else module.groups

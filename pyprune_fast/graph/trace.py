@@ -3,12 +3,15 @@
 The recorder is a `TorchFunctionMode`: it sees every torch function, `torch.nn.functional` call and
 Tensor method the forward runs, in the order it runs them, so Python control flow is simply followed.
 `F.conv2d`, `F.batch_norm`, `F.multi_head_attention_forward` and the like are recorded as single ops
-(the mode is suspended while they run), with the parameters and buffers they read.
+(the mode is suspended while they run), with the parameters and buffers they read. torchvision's Swin
+window attention modules run as their `pyprune_fast.swin` subclasses while recording (same arithmetic),
+so that each is one op too (`window_attention.shifted_window_attention`).
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -16,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from ..window_attention import pruned_class
 
 __all__ = ["Value", "Node", "Trace", "record"]
 
@@ -239,6 +244,19 @@ class _OnMeta:
             slots[k] = t
 
 
+@contextmanager
+def _attention_as_one_op(model: nn.Module):
+    """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
+    swapped = [(m, type(m)) for m in model.modules() if pruned_class(m) not in (None, type(m))]
+    try:
+        for m, _ in swapped:
+            m.__class__ = pruned_class(m)
+        yield
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+
+
 def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
     """Record one forward pass of `model` (in eval mode, without grad; its mode is restored after).
 
@@ -252,12 +270,13 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
     was_training = model.training
     model.eval()
     try:
-        if meta:
-            try:
-                with _OnMeta(model):
-                    return _run(model, example_inputs, meta=True)
-            except Exception:
-                pass
-        return _run(model, example_inputs, meta=False)
+        with _attention_as_one_op(model):
+            if meta:
+                try:
+                    with _OnMeta(model):
+                        return _run(model, example_inputs, meta=True)
+                except Exception:
+                    pass
+            return _run(model, example_inputs, meta=False)
     finally:
         model.train(was_training)
