@@ -143,9 +143,11 @@ class _Swap:
         old_data, old_grad = p.data, p.grad
 
         def put(d, g):
-            p.grad = None
+            if p.grad is not None:
+                p.grad = None
             p.data = d
-            p.grad = g
+            if g is not None:
+                p.grad = g
 
         put(data, grad)
         self.undo.append(lambda: put(old_data, old_grad))
@@ -210,6 +212,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
 
     model = graph.model
+    modules = dict(model.named_modules())  # one walk, rather than a get_submodule per name
     swap = _Swap()
     try:
         for n in names:
@@ -219,10 +222,10 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
                 if n in new_state:
                     swap.setitem(optimizer.state, p, new_state[n])
             else:
-                module, attr = owner(model, n)
-                swap.setitem(module._buffers, attr, new_data[n])
+                module_name, _, attr = n.rpartition(".")
+                swap.setitem(modules[module_name]._buffers, attr, new_data[n])
         for module_name in sorted({n.rpartition(".")[0] for n in names}):
-            module = model.get_submodule(module_name)
+            module = modules[module_name]
             attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)

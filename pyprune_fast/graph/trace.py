@@ -67,14 +67,20 @@ class Trace:
     meta: bool = True  # recorded on meta tensors
 
 
-def tree_map(fn: Callable, obj: Any) -> Any:
-    """fn applied to every leaf of nested tuples, lists and dicts (the containers torch ops take)."""
+# Leaves that are neither containers nor tensors: kept as they are, without a call per leaf.
+_ATOMS = frozenset({int, float, bool, str, type(None), slice, torch.Size, torch.dtype, torch.device})
+
+
+def map_tensors(fn: Callable, obj: Any) -> Any:
+    """fn applied to every tensor in nested tuples, lists and dicts (the containers torch ops take)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        mapped = [tree_map(fn, o) for o in obj]
+        mapped = [fn(o) if isinstance(o, torch.Tensor) else o if type(o) in _ATOMS else map_tensors(fn, o) for o in obj]
         return type(obj)(*mapped) if hasattr(obj, "_fields") else type(obj)(mapped)  # namedtuples take fields
     if isinstance(obj, dict):
-        return {k: tree_map(fn, v) for k, v in obj.items()}
-    return fn(obj)
+        return {k: v if type(v) in _ATOMS else map_tensors(fn, v) for k, v in obj.items()}
+    return obj
 
 
 def leaves(obj: Any) -> list:
@@ -105,8 +111,8 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
     if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
         return None
     x = args[0]
-    if func in _SAME_SHAPE:
-        return torch.empty_like(x)
+    if func in _SAME_SHAPE:  # torch.empty_like takes a slow Python path on meta tensors
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) if x.is_contiguous() else torch.empty_like(x)
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
         return x.new_empty((*x.shape[:-1], w.shape[0]))
@@ -169,6 +175,7 @@ class _Recorder(TorchFunctionMode):
         v = Value(tuple(t.shape), producer=node, id=next(self._ids))
         self.values[id(t)] = v  # an in-place op makes the same tensor object a new value
         self.keep_alive.append(t)
+        node.outputs.append(v)
         return v
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -176,41 +183,44 @@ class _Recorder(TorchFunctionMode):
         out = _meta_output(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        out_leaves = leaves(out)
-        if not any(isinstance(o, torch.Tensor) for o in out_leaves) and op_name(func) not in SIZE_READS:
+        if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
+                and op_name(func) not in SIZE_READS):
             return out
-        to_value = lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
-        node = Node(func, tree_map(to_value, tuple(args)), tree_map(to_value, kwargs), [], None, id=len(self.nodes))
-        node.output_tree = tree_map(lambda x: self.new_value(x, node) if isinstance(x, torch.Tensor) else x, out)
-        node.outputs = [v for v in leaves(node.output_tree) if isinstance(v, Value)]
+        node = Node(func, map_tensors(self.value_of, tuple(args)), map_tensors(self.value_of, kwargs), [], None,
+                    id=len(self.nodes))
+        node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
         self.nodes.append(node)
         return out
 
 
-def tensor_slots(model: nn.Module):
+Modules = list[tuple[str, nn.Module]]  # (qualified name, module), as named_modules() gives them
+
+
+def tensor_slots(modules: Modules):
     """(qualified name, the dict holding it, key, tensor) for every parameter and buffer slot."""
-    for prefix, m in model.named_modules():
+    for prefix, m in modules:
         for slots in (m._parameters, m._buffers):
             for k, t in slots.items():
                 if t is not None:
                     yield (f"{prefix}.{k}" if prefix else k), slots, k, t
 
 
-def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer under its first qualified name, as named_parameters() names it."""
+def named_tensors(model: nn.Module, modules: Optional[Modules] = None) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under its first qualified name, as named_parameters() names it.
+    `modules`: model.named_modules(), when the caller has them already."""
     out, seen = {}, set()
-    for name, _, _, t in tensor_slots(model):
+    for name, _, _, t in tensor_slots(model.named_modules() if modules is None else modules):
         if id(t) not in seen:
             seen.add(id(t))
             out[name] = t
     return out
 
 
-def _run(model: nn.Module, example_inputs: tuple, meta: bool) -> Trace:
+def _run(model: nn.Module, modules: Modules, example_inputs: tuple, meta: bool) -> Trace:
     inputs = example_inputs
     if meta:
-        inputs = tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, example_inputs))
-    recorder = _Recorder({id(t): n for n, t in named_tensors(model).items()})
+        inputs = map_tensors(lambda x: x.to("meta"), example_inputs)
+    recorder = _Recorder({id(t): n for n, t in named_tensors(model, modules).items()})
     in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     input_values = [recorder.value_of(x) for x in in_leaves]
     with torch.no_grad(), recorder:
@@ -223,8 +233,8 @@ class _OnMeta:
     """Puts meta stand-ins (same shapes, no data) in place of every parameter and buffer, and the
     originals back on exit. Ops on meta tensors compute shapes only."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, modules: Modules):
+        self.modules = modules
 
     def __enter__(self):
         stand_in: dict[int, torch.Tensor] = {}
@@ -235,7 +245,7 @@ class _OnMeta:
                 stand_in[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
             return stand_in[id(t)]
 
-        self.saved = [(slots, k, t) for _, slots, k, t in tensor_slots(self.model)]
+        self.saved = [(slots, k, t) for _, slots, k, t in tensor_slots(self.modules)]
         for slots, k, t in self.saved:
             slots[k] = meta_of(t)
 
@@ -245,9 +255,9 @@ class _OnMeta:
 
 
 @contextmanager
-def _attention_as_one_op(model: nn.Module):
+def _attention_as_one_op(modules: Modules):
     """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
-    swapped = [(m, type(m)) for m in model.modules() if pruned_class(m) not in (None, type(m))]
+    swapped = [(m, type(m)) for _, m in modules if pruned_class(m) not in (None, type(m))]
     try:
         for m, _ in swapped:
             m.__class__ = pruned_class(m)
@@ -267,16 +277,20 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    modules = list(model.named_modules())  # one walk, for every step below
     was_training = model.training
-    model.eval()
+    switch = any(m.training for _, m in modules)  # eval() and back cost a walk each: only when needed
+    if switch:
+        model.eval()
     try:
-        with _attention_as_one_op(model):
+        with _attention_as_one_op(modules):
             if meta:
                 try:
-                    with _OnMeta(model):
-                        return _run(model, example_inputs, meta=True)
+                    with _OnMeta(modules):
+                        return _run(model, modules, example_inputs, meta=True)
                 except Exception:
                     pass
-            return _run(model, example_inputs, meta=False)
+            return _run(model, modules, example_inputs, meta=False)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
