@@ -27,9 +27,10 @@ __all__ = ["apply", "owner", "positions", "sync_module_attributes"]
 
 
 def positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
-    """Positions along a member's dim that hold the given channels (see graph.Member)."""
+    """Positions along a member's dim that hold the given channels (see graph.Member); `channels` itself
+    when they are the positions (so that the tensors of one group share one index tensor)."""
     if block == 1:
-        return channels + offset
+        return channels + offset if offset else channels
     return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
 
 
