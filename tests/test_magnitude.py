@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models import VisionTransformer
 
 import pyprune_fast as ppf
@@ -21,7 +22,20 @@ def reference(graph, group, p):
     return total ** (1 / p)
 
 
+class LayerScaleNet(nn.Module):
+    """A (C, 1, 1) scale between two convs, as in ConvNeXt."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 1)
+        self.scale = nn.Parameter(torch.randn(6, 1, 1))
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x) * self.scale).mean((2, 3))
+
+
 MODELS = {
+    "layer_scale": (LayerScaleNet, (2, 3, 6, 6)),
     "flatten": (FlattenNet, (2, 3, 8, 8)),  # flatten into a Linear: blocks of columns
     "branches": (BranchNet, (2, 3, 6, 6)),  # concat: offsets
     "vit": (lambda: VisionTransformer(32, 8, 2, 4, 64, 128), (1, 3, 32, 32)),  # heads: q, k, v blocks

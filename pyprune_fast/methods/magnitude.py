@@ -54,8 +54,8 @@ def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p:
             a.abs_() if p == 1 else a.mul_(a)
         for d in dims:  # one long matrix-vector product per dim, over the (before, size * after) view
             before, size, after = math.prod(t.shape[:d]), t.shape[d], math.prod(t.shape[d + 1:])
-            if before == after == 1:  # a vector (BatchNorm scales, biases): its own sums
-                along[(name, d)] = a.clone()
+            if before == after == 1:  # a vector (BatchNorm scales, layer scales): its own sums
+                along[(name, d)] = a.view(size).clone()
             elif before == 1:
                 along[(name, d)] = a.view(size, after) @ ones[:after]
             else:
