@@ -36,8 +36,8 @@ def shifted_window_attention(input: Tensor, qkv_weight: Tensor, proj_weight: Ten
     relative_position_bias and logit_scale broadcast against the (windows, num_heads, N, N) scores.
     Returns (B, H, W, C).
     """
-    tensors = tuple(t for t in (input, qkv_weight, proj_weight, relative_position_bias, qkv_bias, proj_bias, logit_scale)
-                    if t is not None)
+    tensors = tuple(t for t in (input, qkv_weight, proj_weight, relative_position_bias, qkv_bias, proj_bias,
+                                logit_scale) if t is not None)
     if has_torch_function(tensors):
         return handle_torch_function(
             shifted_window_attention, tensors, input, qkv_weight, proj_weight, relative_position_bias, window_size,

@@ -144,7 +144,7 @@ def test_dead_swin_heads_are_removed_without_changing_outputs(name, tmp_path):
         before = model(x)
     ppf.apply(plan)
     attn = model.features[1][0].attn
-    assert type(attn).__name__ == "Pruned" + ("ShiftedWindowAttention" if name == "swin_t" else "ShiftedWindowAttentionV2")
+    assert type(attn).__name__ == "PrunedShiftedWindowAttention" + ("" if name == "swin_t" else "V2")
     assert attn.num_heads == 2 and model.features[7][1].attn.num_heads == 16
     assert attn.qkv.weight.shape == (3 * 2 * 32, 96) and attn.proj.weight.shape == (96, 2 * 32)
     assert (attn.qkv.out_features, attn.proj.in_features) == (192, 64)

@@ -530,7 +530,8 @@ def getitem(ctx: Context, node: Node) -> None:
     if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
         lock_label(lab.dims.get(0), "indexing the channel dim with a tensor")
         shift = index.ndim - 1
-        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d}, {d + shift: v for d, v in lab.params.items() if d})
+        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d},
+                {d + shift: v for d, v in lab.params.items() if d})
         return
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, (Value, list)) for i in index):

@@ -111,8 +111,10 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
     if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
         return None
     x = args[0]
-    if func in _SAME_SHAPE:  # torch.empty_like takes a slow Python path on meta tensors
-        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device) if x.is_contiguous() else torch.empty_like(x)
+    if func in _SAME_SHAPE:
+        if not x.is_contiguous():
+            return torch.empty_like(x)
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
         return x.new_empty((*x.shape[:-1], w.shape[0]))

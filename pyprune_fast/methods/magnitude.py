@@ -33,7 +33,7 @@ def _device(params: dict[str, torch.Tensor]) -> torch.device:
     return next(iter(params.values())).device if params else torch.device("cpu")
 
 
-def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p: int) -> dict[tuple[str, int], torch.Tensor]:
+def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p: int) -> dict[tuple, torch.Tensor]:
     """Sum of |t|^p over all dims but d, for every needed (parameter name, d), as float32 on the parameters' device.
 
     |t|^p goes into one reused float32 buffer (fresh large tensors cost page faults), and the sums along
