@@ -65,6 +65,7 @@ class Trace:
     outputs: list[Value]
     params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
     meta: bool = True  # recorded on meta tensors
+    shapes: dict[str, tuple] = field(default_factory=dict)  # every parameter/buffer (read or not) -> its shape
 
 
 # Leaves that are neither containers nor tensors: kept as they are, without a call per leaf.
@@ -218,38 +219,42 @@ def named_tensors(model: nn.Module, modules: Optional[Modules] = None) -> dict[s
     return out
 
 
-def _run(model: nn.Module, modules: Modules, example_inputs: tuple, meta: bool) -> Trace:
+def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:
+    """One recorded forward pass; `tensors`: the model's parameters and buffers (as named_tensors gives them)."""
     inputs = example_inputs
     if meta:
         inputs = map_tensors(lambda x: x.to("meta"), example_inputs)
-    recorder = _Recorder({id(t): n for n, t in named_tensors(model, modules).items()})
+    recorder = _Recorder({id(t): n for n, t in tensors.items()})
     in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     input_values = [recorder.value_of(x) for x in in_leaves]
     with torch.no_grad(), recorder:
         out = model(*inputs)
     outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
-    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta)
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta,
+                 {n: tuple(t.shape) for n, t in tensors.items()})
 
 
 class _OnMeta:
     """Puts meta stand-ins (same shapes, no data) in place of every parameter and buffer, and the
-    originals back on exit. Ops on meta tensors compute shapes only."""
+    originals back on exit. Ops on meta tensors compute shapes only. `tensors`: the stand-ins by the
+    first qualified name of what they stand for (as named_tensors names them)."""
 
     def __init__(self, modules: Modules):
         self.modules = modules
 
     def __enter__(self):
         stand_in: dict[int, torch.Tensor] = {}
-
-        def meta_of(t: torch.Tensor) -> torch.Tensor:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.saved = []
+        for name, slots, k, t in tensor_slots(self.modules):
             if id(t) not in stand_in:
                 m = torch.empty_like(t, device="meta")
-                stand_in[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
-            return stand_in[id(t)]
-
-        self.saved = [(slots, k, t) for _, slots, k, t in tensor_slots(self.modules)]
-        for slots, k, t in self.saved:
-            slots[k] = meta_of(t)
+                m = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
+                stand_in[id(t)] = self.tensors[name] = m
+            self.saved.append((slots, k, t))
+        for slots, k, t in self.saved:  # after the walk: its dicts are not changed under it
+            slots[k] = stand_in[id(t)]
+        return self
 
     def __exit__(self, *exc):
         for slots, k, t in self.saved:
@@ -288,11 +293,11 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
         with _attention_as_one_op(modules):
             if meta:
                 try:
-                    with _OnMeta(modules):
-                        return _run(model, modules, example_inputs, meta=True)
+                    with _OnMeta(modules) as on_meta:
+                        return _run(model, on_meta.tensors, example_inputs, meta=True)
                 except Exception:
                     pass
-            return _run(model, modules, example_inputs, meta=False)
+            return _run(model, named_tensors(model, modules), example_inputs, meta=False)
     finally:
         if switch:
             model.train(was_training)
