@@ -12,6 +12,7 @@ from torch import nn
 
 from .graph.rules import module_of
 from .graph.trace import Node, Trace, record
+from .window_attention import shifted_window_attention, window_attention_args
 
 __all__ = ["MacsModel", "Profile", "profile", "profile_trace"]
 
@@ -47,6 +48,13 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
         (L, N, E), S = q.shape, k.shape[0]
         w = args[5]  # in_proj_weight: every term scales with its rows (heads) and columns (embedding)
         return module_of(w.param) or name, N * (L * 3 * E * E + 2 * L * S * E + L * E * E), w.param
+    if node.func is shifted_window_attention:
+        a = window_attention_args(args, node.kwargs)
+        (B, H, W, C), (wh, ww) = a["input"].shape, a["window_size"]
+        tokens = B * -(-H // wh) * wh * -(-W // ww) * ww  # after padding to whole windows
+        inner = a["qkv_weight"].shape[0] // 3  # qkv, q @ k.T and attn @ v (N = wh * ww each), proj
+        return (module_of(module_of(a["proj_weight"].param)) or name, tokens * inner * (4 * C + 2 * wh * ww),
+                a["qkv_weight"].param)  # scales with the heads kept (qkv rows)
     if name in ("matmul", "bmm", "__matmul__", "einsum") and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
         return name, math.prod(out.shape) * args[0].shape[-1], None
     if name == "scaled_dot_product_attention":

@@ -10,6 +10,7 @@ from torch import nn
 
 from .attention import PrunedMultiheadAttention
 from .surgery import owner
+from .window_attention import pruned_class
 
 __all__ = ["save_pruned", "load_pruned"]
 
@@ -30,7 +31,10 @@ def _shape_attrs(model: nn.Module) -> dict[str, dict]:
         for cls, attrs in _ATTRS.items():
             if isinstance(m, cls):
                 out[name] = {a: getattr(m, a) for a in attrs}
-        if isinstance(m, PrunedMultiheadAttention):
+        swin = pruned_class(m)  # torchvision's Swin window attention
+        if swin is not None:
+            out[name] = {"num_heads": m.num_heads}
+        if isinstance(m, PrunedMultiheadAttention) or swin is type(m):
             out[name]["pruned_heads"] = True
     return out
 
@@ -68,7 +72,7 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
         module = model.get_submodule(module_name)
         for attr, value in attrs.items():
             if attr == "pruned_heads":
-                module.__class__ = PrunedMultiheadAttention
+                module.__class__ = pruned_class(module) or PrunedMultiheadAttention
             else:
                 setattr(module, attr, tuple(value) if isinstance(value, list) else value)
     model.load_state_dict(payload["state_dict"])

@@ -21,14 +21,16 @@ from . import ops
 from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph
 from .plan import Plan
+from .window_attention import heads_held, pruned_class
 
 __all__ = ["apply", "owner", "positions", "sync_module_attributes"]
 
 
 def positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
-    """Positions along a member's dim that hold the given channels (see graph.Member)."""
+    """Positions along a member's dim that hold the given channels (see graph.Member); `channels` itself
+    when they are the positions (so that the tensors of one group share one index tensor)."""
     if block == 1:
-        return channels + offset
+        return channels + offset if offset else channels
     return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
 
 
@@ -142,14 +144,16 @@ class _Swap:
         old_data, old_grad = p.data, p.grad
 
         def put(d, g):
-            p.grad = None
+            if p.grad is not None:
+                p.grad = None
             if d.shape != p.shape:
                 # autograd caches the parameter's gradient accumulator, with its old shape, for as long as
                 # any graph (a `loss` still in scope, a DDP reducer) holds it; setting data of another
                 # dtype is the one way to drop that cache, so the next backward makes a fresh one.
                 p.data = torch.empty(0, dtype=torch.float64 if d.dtype != torch.float64 else torch.float32, device=d.device)
             p.data = d
-            p.grad = g
+            if g is not None:
+                p.grad = g
 
         put(data, grad)
         self.undo.append(lambda: put(old_data, old_grad))
@@ -179,6 +183,9 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
         if heads * module.head_dim != module.embed_dim:
             attrs["__class__"] = PrunedMultiheadAttention  # nn.MultiheadAttention cannot run fewer heads
         return attrs
+    swin = pruned_class(module)
+    if swin is not None:  # torchvision's Swin window attention: fewer heads need our subclass to run
+        return {"num_heads": heads_held(module), "__class__": swin}
     w = getattr(module, "weight", None)
     if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
         groups = w.shape[0] if name in graph_depthwise else module.groups
@@ -211,6 +218,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
 
     model = graph.model
+    modules = dict(model.named_modules())  # one walk, rather than a get_submodule per name
     swap = _Swap()
     try:
         for n in names:
@@ -220,10 +228,10 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
                 if n in new_state:
                     swap.setitem(optimizer.state, p, new_state[n])
             else:
-                module, attr = owner(model, n)
-                swap.setitem(module._buffers, attr, new_data[n])
+                module_name, _, attr = n.rpartition(".")
+                swap.setitem(modules[module_name]._buffers, attr, new_data[n])
         for module_name in sorted({n.rpartition(".")[0] for n in names}):
-            module = model.get_submodule(module_name)
+            module = modules[module_name]
             attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)

@@ -80,7 +80,7 @@ class DependencyGraph:
         self.depthwise = frozenset(ctx.depthwise)
         self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
         self.attention = frozenset(ctx.attention)
-        self.shapes = {n: tuple(t.shape) for n, t in named_tensors(model).items()}
+        self.shapes = trace.shapes
         roots = []
         for s in ctx.spaces:
             r = s.root()

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .spaces import Label, Labels, Member, Segment, Space, add_members, lock_label, unify
+from ..window_attention import shifted_window_attention, window_attention_args
+from .spaces import Label, Labels, Member, Segment, Space, add_members, lock_label, unify, union
 from .trace import Node, Trace, Value, attention_args
 
 __all__ = ["Context", "propagate"]
@@ -28,7 +29,7 @@ class Context:
         self.spaces: list[Space] = []
         self.depthwise: set[str] = set()  # convs whose groups follow their channel count
         self.per_channel_groupnorm: set[str] = set()
-        self.attention: set[str] = set()  # nn.MultiheadAttention modules whose heads form a group
+        self.attention: set[str] = set()  # attention modules whose heads form a group
 
     def of(self, v: Value) -> Labels:
         got = self.labels.get(v.id)
@@ -211,6 +212,65 @@ def attention(ctx: Context, node: Node) -> None:
         space.lock(f"{module} is in ignored_layers")
 
 
+def window_attention(ctx: Context, node: Node) -> None:
+    """Swin's shifted window attention (window_attention.shifted_window_attention): its heads form a group.
+
+    Head h is the block of head_dim rows h*hd... in each of the q, k and v thirds of `qkv.weight` (and
+    `qkv.bias`), the same block of columns of `proj.weight`, and entry h along the heads dim of the
+    relative position bias (a column of V1's bias table, an output of V2's `cpb_mlp`) and of V2's
+    `logit_scale`. The input's width stays fixed: the op reads it.
+    """
+    a = window_attention_args(node.args, node.kwargs)
+    w_qkv, w_proj, bias, scale = a["qkv_weight"], a["proj_weight"], a["relative_position_bias"], a["logit_scale"]
+    ctx.lock_all([a["input"]], "Swin window attention reads the width of its input")
+    _fixed_outputs(ctx, node)
+    module = module_of(module_of(w_qkv.param))
+    if (w_qkv.param, w_proj.param) != (_child(module, "qkv.weight"), _child(module, "proj.weight")):
+        ctx.lock_all([v for v in (bias, scale) if v is not None], "Swin window attention with weights that are not "
+                     "its own qkv and proj")
+        return
+    heads, inner = a["num_heads"], w_qkv.shape[0] // 3
+    hd = inner // heads
+    space = ctx.new_space(heads, f"window attention heads {module}")
+    space.modules.add(module)
+    ctx.attention.add(module)
+    for name in _param_names(w_qkv, a["qkv_bias"]):
+        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
+    space.members.append(Member(w_proj.param, 1, 0, hd, "consumer"))
+    for v, what in ((bias, "relative position bias"), (scale, "logit_scale")):
+        if v is not None:
+            space = _join_heads(ctx, space, v, f"the {what} of {module}")
+    if {module, module_of(w_qkv.param)} & ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+
+
+def _child(module: str, name: str) -> str:
+    return f"{module}.{name}" if module else name
+
+
+def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
+    """Joins the heads dim of `v` (which broadcasts against the (windows, heads, N, N) scores) to the head
+    space: the space its label holds, or the parameter it is a view of. Returns the head space's root."""
+    d, lab = v.ndim - 3, ctx.of(v)
+    for other, label in lab.dims.items():
+        if other != d:
+            lock_label(label, f"{what} is read whole")
+    if d < 0 or v.shape[d] == 1:
+        return space  # the same for every head
+    label = lab.dims.get(d)
+    if label is not None and len(label) == 1 and label[0].block == 1:
+        root = union(label[0].space, space)
+        root.origin = space.origin  # the heads name the group, not the layer that made the bias
+        return root
+    if label is None and d in lab.params:
+        name, pd = lab.params[d]
+        space.add(Member(name, pd, 0, 1, "producer"))
+        return space
+    lock_label(label, f"{what} is laid out along its heads in a way the graph cannot follow")
+    space.lock(f"{what} is computed in a way the graph cannot follow")
+    return space
+
+
 # ---- ops without parameters ----
 
 
@@ -334,11 +394,13 @@ def reshape(ctx: Context, node: Node) -> None:
     dims, params = {}, {}
     for ia, jb in groups:
         labelled = [k for k in ia if k in lab.dims]
-        if len(ia) == 1 and len(jb) == 1:
-            if ia[0] in lab.dims:
-                dims[jb[0]] = lab.dims[ia[0]]
-            if ia[0] in lab.params:
-                params[jb[0]] = lab.params[ia[0]]
+        ka = [k for k in ia if x.shape[k] != 1] or ia[:1]
+        kb = [j for j in jb if out.shape[j] != 1] or jb[:1]
+        if len(ka) == 1 and len(kb) == 1:  # one dim to one, give or take dims of size 1 (squeeze, unsqueeze)
+            if ka[0] in lab.dims:
+                dims[kb[0]] = lab.dims[ka[0]]
+            if ka[0] in lab.params:
+                params[kb[0]] = lab.params[ka[0]]
             continue
         if not labelled:
             continue
@@ -465,6 +527,12 @@ def reduction(ctx: Context, node: Node) -> None:
 def getitem(ctx: Context, node: Node) -> None:
     x, index, out = node.args[0], node.args[1], node.outputs[0]
     lab = ctx.of(x)
+    if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
+        lock_label(lab.dims.get(0), "indexing the channel dim with a tensor")
+        shift = index.ndim - 1
+        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d},
+                {d + shift: v for d, v in lab.params.items() if d})
+        return
     index = index if isinstance(index, tuple) else (index,)
     if any(isinstance(i, (Value, list)) for i in index):
         ctx.lock_all([x], "indexing with a tensor or a list")
@@ -572,7 +640,7 @@ _BY_FUNC: dict[Callable, Callable] = {
     F.adaptive_max_pool1d: spatial, F.adaptive_max_pool2d: spatial, F.adaptive_max_pool3d: spatial,
     F.batch_norm: batch_norm, F.instance_norm: instance_norm, F.group_norm: group_norm, F.layer_norm: layer_norm,
     F.linear: linear, torch.conv1d: conv, torch.conv2d: conv, torch.conv3d: conv,
-    F.multi_head_attention_forward: attention,
+    F.multi_head_attention_forward: attention, shifted_window_attention: window_attention,
 }
 _BY_NAME: dict[str, Callable] = {
     **{n: identity for n in _IDENTITY}, **{n: elementwise for n in _ELEMENTWISE}, **{n: reshape for n in _RESHAPE},

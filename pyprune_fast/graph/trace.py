@@ -3,12 +3,15 @@
 The recorder is a `TorchFunctionMode`: it sees every torch function, `torch.nn.functional` call and
 Tensor method the forward runs, in the order it runs them, so Python control flow is simply followed.
 `F.conv2d`, `F.batch_norm`, `F.multi_head_attention_forward` and the like are recorded as single ops
-(the mode is suspended while they run), with the parameters and buffers they read.
+(the mode is suspended while they run), with the parameters and buffers they read. torchvision's Swin
+window attention modules run as their `pyprune_fast.swin` subclasses while recording (same arithmetic),
+so that each is one op too (`window_attention.shifted_window_attention`).
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -16,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from ..window_attention import pruned_class
 
 __all__ = ["Value", "Node", "Trace", "record"]
 
@@ -60,16 +65,23 @@ class Trace:
     outputs: list[Value]
     params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
     meta: bool = True  # recorded on meta tensors
+    shapes: dict[str, tuple] = field(default_factory=dict)  # every parameter/buffer (read or not) -> its shape
 
 
-def tree_map(fn: Callable, obj: Any) -> Any:
-    """fn applied to every leaf of nested tuples, lists and dicts (the containers torch ops take)."""
+# Leaves that are neither containers nor tensors: kept as they are, without a call per leaf.
+_ATOMS = frozenset({int, float, bool, str, type(None), slice, torch.Size, torch.dtype, torch.device})
+
+
+def map_tensors(fn: Callable, obj: Any) -> Any:
+    """fn applied to every tensor in nested tuples, lists and dicts (the containers torch ops take)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        mapped = [tree_map(fn, o) for o in obj]
+        mapped = [fn(o) if isinstance(o, torch.Tensor) else o if type(o) in _ATOMS else map_tensors(fn, o) for o in obj]
         return type(obj)(*mapped) if hasattr(obj, "_fields") else type(obj)(mapped)  # namedtuples take fields
     if isinstance(obj, dict):
-        return {k: tree_map(fn, v) for k, v in obj.items()}
-    return fn(obj)
+        return {k: v if type(v) in _ATOMS else map_tensors(fn, v) for k, v in obj.items()}
+    return obj
 
 
 def leaves(obj: Any) -> list:
@@ -101,7 +113,9 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
         return None
     x = args[0]
     if func in _SAME_SHAPE:
-        return torch.empty_like(x)
+        if not x.is_contiguous():
+            return torch.empty_like(x)
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
         return x.new_empty((*x.shape[:-1], w.shape[0]))
@@ -164,6 +178,7 @@ class _Recorder(TorchFunctionMode):
         v = Value(tuple(t.shape), producer=node, id=next(self._ids))
         self.values[id(t)] = v  # an in-place op makes the same tensor object a new value
         self.keep_alive.append(t)
+        node.outputs.append(v)
         return v
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -171,72 +186,92 @@ class _Recorder(TorchFunctionMode):
         out = _meta_output(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        out_leaves = leaves(out)
-        if not any(isinstance(o, torch.Tensor) for o in out_leaves) and op_name(func) not in SIZE_READS:
+        if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
+                and op_name(func) not in SIZE_READS):
             return out
-        to_value = lambda x: self.value_of(x) if isinstance(x, torch.Tensor) else x  # noqa: E731
-        node = Node(func, tree_map(to_value, tuple(args)), tree_map(to_value, kwargs), [], None, id=len(self.nodes))
-        node.output_tree = tree_map(lambda x: self.new_value(x, node) if isinstance(x, torch.Tensor) else x, out)
-        node.outputs = [v for v in leaves(node.output_tree) if isinstance(v, Value)]
+        node = Node(func, map_tensors(self.value_of, tuple(args)), map_tensors(self.value_of, kwargs), [], None,
+                    id=len(self.nodes))
+        node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
         self.nodes.append(node)
         return out
 
 
-def tensor_slots(model: nn.Module):
+Modules = list[tuple[str, nn.Module]]  # (qualified name, module), as named_modules() gives them
+
+
+def tensor_slots(modules: Modules):
     """(qualified name, the dict holding it, key, tensor) for every parameter and buffer slot."""
-    for prefix, m in model.named_modules():
+    for prefix, m in modules:
         for slots in (m._parameters, m._buffers):
             for k, t in slots.items():
                 if t is not None:
                     yield (f"{prefix}.{k}" if prefix else k), slots, k, t
 
 
-def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer under its first qualified name, as named_parameters() names it."""
+def named_tensors(model: nn.Module, modules: Optional[Modules] = None) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under its first qualified name, as named_parameters() names it.
+    `modules`: model.named_modules(), when the caller has them already."""
     out, seen = {}, set()
-    for name, _, _, t in tensor_slots(model):
+    for name, _, _, t in tensor_slots(model.named_modules() if modules is None else modules):
         if id(t) not in seen:
             seen.add(id(t))
             out[name] = t
     return out
 
 
-def _run(model: nn.Module, example_inputs: tuple, meta: bool) -> Trace:
+def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:
+    """One recorded forward pass; `tensors`: the model's parameters and buffers (as named_tensors gives them)."""
     inputs = example_inputs
     if meta:
-        inputs = tuple(tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x, example_inputs))
-    recorder = _Recorder({id(t): n for n, t in named_tensors(model).items()})
+        inputs = map_tensors(lambda x: x.to("meta"), example_inputs)
+    recorder = _Recorder({id(t): n for n, t in tensors.items()})
     in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     input_values = [recorder.value_of(x) for x in in_leaves]
     with torch.no_grad(), recorder:
         out = model(*inputs)
     outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
-    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta)
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta,
+                 {n: tuple(t.shape) for n, t in tensors.items()})
 
 
 class _OnMeta:
     """Puts meta stand-ins (same shapes, no data) in place of every parameter and buffer, and the
-    originals back on exit. Ops on meta tensors compute shapes only."""
+    originals back on exit. Ops on meta tensors compute shapes only. `tensors`: the stand-ins by the
+    first qualified name of what they stand for (as named_tensors names them)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, modules: Modules):
+        self.modules = modules
 
     def __enter__(self):
         stand_in: dict[int, torch.Tensor] = {}
-
-        def meta_of(t: torch.Tensor) -> torch.Tensor:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.saved = []
+        for name, slots, k, t in tensor_slots(self.modules):
             if id(t) not in stand_in:
                 m = torch.empty_like(t, device="meta")
-                stand_in[id(t)] = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
-            return stand_in[id(t)]
-
-        self.saved = [(slots, k, t) for _, slots, k, t in tensor_slots(self.model)]
-        for slots, k, t in self.saved:
-            slots[k] = meta_of(t)
+                m = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
+                stand_in[id(t)] = self.tensors[name] = m
+            self.saved.append((slots, k, t))
+        for slots, k, t in self.saved:  # after the walk: its dicts are not changed under it
+            slots[k] = stand_in[id(t)]
+        return self
 
     def __exit__(self, *exc):
         for slots, k, t in self.saved:
             slots[k] = t
+
+
+@contextmanager
+def _attention_as_one_op(modules: Modules):
+    """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
+    swapped = [(m, type(m)) for _, m in modules if pruned_class(m) not in (None, type(m))]
+    try:
+        for m, _ in swapped:
+            m.__class__ = pruned_class(m)
+        yield
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
 
 
 def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
@@ -249,15 +284,20 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    modules = list(model.named_modules())  # one walk, for every step below
     was_training = model.training
-    model.eval()
+    switch = any(m.training for _, m in modules)  # eval() and back cost a walk each: only when needed
+    if switch:
+        model.eval()
     try:
-        if meta:
-            try:
-                with _OnMeta(model):
-                    return _run(model, example_inputs, meta=True)
-            except Exception:
-                pass
-        return _run(model, example_inputs, meta=False)
+        with _attention_as_one_op(modules):
+            if meta:
+                try:
+                    with _OnMeta(modules) as on_meta:
+                        return _run(model, on_meta.tensors, example_inputs, meta=True)
+                except Exception:
+                    pass
+            return _run(model, named_tensors(model, modules), example_inputs, meta=False)
     finally:
-        model.train(was_training)
+        if switch:
+            model.train(was_training)

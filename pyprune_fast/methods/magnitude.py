@@ -7,46 +7,74 @@ from collections import defaultdict
 
 import torch
 
-from ..graph import DependencyGraph, Group, named_tensors
+from ..graph import DependencyGraph, Group, Member, named_tensors
 from .base import Scored
 
 
 def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
+    if not groups:
+        return []
     params = {n: t for n, t in named_tensors(graph.model).items() if isinstance(t, torch.nn.Parameter) and t.is_floating_point()}
     needed: dict[str, set[int]] = defaultdict(set)
     for g in groups:
         for m in g.members:
             if m.name in params:  # buffers (running statistics) carry no importance
                 needed[m.name].add(m.dim)
-    along: dict[tuple[str, int], torch.Tensor] = {}
     with torch.no_grad():
-        # |t|^p goes into one reused float32 buffer (fresh large tensors cost page faults), and the
-        # sums along each needed dim are matrix-vector products.
-        device = next(iter(params.values())).device if params else torch.device("cpu")
-        buf = torch.empty(max((params[n].numel() for n in needed), default=0), device=device)
-        for name, dims in needed.items():
-            t = params[name].detach()
-            a = buf[: t.numel()].view(t.shape)
-            if t.dtype == torch.float32 and p == 1:
-                torch.abs(t, out=a)
+        along = _sums_along(params, needed, p)
+        totals = []
+        for g in groups:
+            parts = [_per_channel(along[(m.name, m.dim)], m, g.channels) for m in g.members if m.name in params]
+            totals.append(torch.stack(parts).sum(0) if parts else torch.zeros(g.channels, device=_device(params)))
+        flat = torch.cat(totals).to("cpu", torch.float32)  # one transfer for all groups
+    return list((flat if p == 1 else flat.sqrt()).split([g.channels for g in groups]))
+
+
+def _device(params: dict[str, torch.Tensor]) -> torch.device:
+    return next(iter(params.values())).device if params else torch.device("cpu")
+
+
+def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p: int) -> dict[tuple, torch.Tensor]:
+    """Sum of |t|^p over all dims but d, for every needed (parameter name, d), as float32 on the parameters' device.
+
+    Vectors (BatchNorm scales, biases, layer scales: one dim holds every element) are their own sums:
+    all of them in one op. Any other tensor: |t|^p goes into one reused float32 buffer (fresh large
+    tensors cost page faults), then is summed over its (before, size * after) view, rows for dim 0 and
+    columns otherwise (contiguous reductions; on 2 CPU threads about 1.3x faster than the
+    matrix-vector products used before).
+    """
+    along = {}
+    is_vector = {n: all(params[n].numel() == params[n].shape[d] for d in dims) for n, dims in needed.items()}
+    vectors = [n for n in needed if is_vector[n]]
+    if vectors:
+        flat = torch.cat([params[n].detach().reshape(-1).float() for n in vectors])
+        flat = flat.abs() if p == 1 else flat * flat
+        for name, v in zip(vectors, flat.split([params[n].numel() for n in vectors])):
+            along.update({(name, d): v for d in needed[name]})
+    others = [n for n in needed if not is_vector[n]]
+    buf = torch.empty(max((params[n].numel() for n in others), default=0), device=_device(params))
+    for name in others:
+        t = params[name].detach()
+        a = buf[: t.numel()].view(t.shape)
+        if t.dtype == torch.float32 and p == 1:
+            torch.abs(t, out=a)
+        else:
+            a.copy_(t)
+            a.abs_() if p == 1 else a.mul_(a)
+        for d in needed[name]:
+            before, size, after = math.prod(t.shape[:d]), t.shape[d], math.prod(t.shape[d + 1:])
+            if before == 1:
+                along[(name, d)] = a.view(size, after).sum(1)
             else:
-                a.copy_(t)
-                a.abs_() if p == 1 else a.mul_(a)
-            for d in dims:  # one long matrix-vector product per dim, over the (before, size * after) view
-                before, size, after = math.prod(t.shape[:d]), t.shape[d], math.prod(t.shape[d + 1:])
-                if before == 1:
-                    v = a.view(size, after) @ torch.ones(after, device=device)
-                else:
-                    v = (torch.ones(before, device=device) @ a.view(before, size * after)).view(size, after).sum(1)
-                along[(name, d)] = v.to("cpu", copy=True)
-    out = []
-    for g in groups:
-        total = torch.zeros(g.channels, dtype=torch.float32)
-        for m in g.members:
-            if m.name in params:
-                total += along[(m.name, m.dim)].narrow(0, m.offset, g.channels * m.block).view(g.channels, m.block).sum(1)
-        out.append(total if p == 1 else total.sqrt())
-    return out
+                along[(name, d)] = a.view(before, size * after).sum(0).view(size, after).sum(1)
+    return along
+
+
+def _per_channel(v: torch.Tensor, m: Member, channels: int) -> torch.Tensor:
+    """The (channels,) part of a member's sums `v` (positions offset + c * block ... + block per channel c)."""
+    if m.offset == 0 and m.block == 1 and v.numel() == channels:
+        return v
+    return v.narrow(0, m.offset, channels * m.block).view(channels, m.block).sum(1)
 
 
 def l1(graph: DependencyGraph, groups: list[Group]) -> list[torch.Tensor]:
