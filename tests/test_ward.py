@@ -8,6 +8,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from helpers import cpu_and_cuda
 from pyprune_fast import _reference, ops
+from pyprune_fast.cluster.ward import linkage as ward_linkage_of
 from pyprune_fast.cluster.ward import ward
 
 
@@ -275,3 +276,16 @@ def test_labels_on_the_input_device(device):
     labels, z = ward(x, n_clusters=7, return_linkage=True)
     assert labels.device == x.device and z.device.type == "cpu"
     assert labels.tolist() == canonical(fcluster(linkage(x.double().cpu().numpy(), "ward"), 7, "maxclust"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linkage_in_either_precision_matches_scipy_and_merges_duplicates_at_zero(dtype):
+    x = torch.randn(60, 200, dtype=torch.float64)
+    x[10] = x[3]
+    x[20] = x[3]
+    z = ward_linkage_of([x], dtype=dtype)[0]
+    assert z[:2, 2].tolist() == [0.0, 0.0]
+    ref = linkage(x.numpy(), "ward")
+    np.testing.assert_allclose(z[:, 2].numpy(), ref[:, 2], rtol=1e-3 if dtype == torch.float32 else 1e-9)
+    with pytest.raises(TypeError, match="dtype"):
+        ward_linkage_of([x], dtype=torch.float16)

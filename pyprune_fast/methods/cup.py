@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..allocation import Ladder, Limits
-from ..cluster import flat_clusters, linkage
+from ..cluster import flat_clusters
+from ..cluster.ward import _linkages
 from ..plan import Plan
 from .base import Criterion, check_finite, member_tensors
 
@@ -50,7 +51,8 @@ class CUP(Criterion):
         self.features = self._timed("scores", lambda: [cup_features(self.tensors, g) for g in groups])
         for g, f in zip(groups, self.features):
             check_finite(self.tensors, g, f)
-        self.trees = self._timed("clustering", linkage, self.features, torch.float32)
+        # the features were just checked: the trees without cluster.linkage's second pass over them
+        self.trees = self._timed("clustering", _linkages, self.features, torch.float32)
         self.heights = [z[:, 2].contiguous() for z in self.trees]
 
     def at_threshold(self, threshold: float) -> Tensor:
