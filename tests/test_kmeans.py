@@ -332,3 +332,23 @@ def test_faiss_index_choice(monkeypatch):
     assert index(fake, 8, False, torch.device("cuda", 0)) == ("L2", 8)
     del fake.StandardGpuResources  # faiss-cpu
     assert index(fake, 8, False, torch.device("cuda", 0)) == ("L2", 8)
+
+
+def test_kmeanspp_batched_equals_each_problem_alone():
+    xs = [torch.randn(40, 6) for _ in range(5)] + [torch.randn(25, 6), torch.randn(40, 3)]
+    ks = [7, 7, 7, 7, 3, 7, 7]
+    batched = cluster.init_all(xs, ks, "k-means++", seed=3)
+    for x, k, c in zip(xs, ks, batched):
+        alone = cluster.init_centroids(x, k, "k-means++", seed=3)
+        assert torch.equal(c, alone)
+        rows = [(x == r).all(1).nonzero().squeeze(1).tolist() for r in c]  # every centroid is a point
+        assert all(len(r) == 1 for r in rows) and len({r[0] for r in rows}) == k  # distinct points
+
+
+def test_kmeanspp_seeds_one_centroid_per_separated_blob_and_handles_identical_points():
+    centres = torch.randn(6, 4) * 100
+    x = centres.repeat_interleave(10, 0) + 0.01 * torch.randn(60, 4)
+    c = cluster.init_centroids(x, 6, "k-means++", seed=0)
+    assert len(set(torch.cdist(c, centres).argmin(1).tolist())) == 6
+    same = torch.ones(8, 3)
+    assert torch.equal(cluster.init_centroids(same, 3, "k-means++", seed=0), torch.ones(3, 3))

@@ -26,7 +26,7 @@ from torch import Tensor
 from .. import ops
 from ._inputs import check_points
 
-__all__ = ["KMeans", "kmeans", "init_centroids", "BACKENDS"]
+__all__ = ["KMeans", "kmeans", "init_centroids", "init_all", "BACKENDS"]
 
 BACKENDS = ("auto", "native", "torch", "faiss")
 
@@ -38,30 +38,63 @@ class KMeans:
     inertia: float  # sum of squared distances of the points to their centroids
 
 
+_GRAM_ENTRIES = 1 << 25  # float64 Gram matrices of at most 256 MB per batch of k-means++ problems
+
+
+def _kmeanspp(xs: list[Tensor], k: int, seed: int) -> Tensor:
+    """k-means++ centroids for problems of one shape, together: (P, k, D). Every problem draws from
+    the same uniforms (a CPU generator seeded with `seed`), by inverse CDF on the device, so a
+    problem's centroids do not depend on the others in its batch, and nothing is read back per step."""
+    n, device = xs[0].shape[0], xs[0].device
+    u = torch.rand(k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+    points = torch.stack([x.detach() for x in xs]).double()  # (P, N, D)
+    norms = (points * points).sum(2)
+    gram = points @ points.transpose(1, 2) if len(xs) * n * n <= _GRAM_ENTRIES else None
+    rows = torch.arange(len(xs), device=device)
+
+    def dist2(idx: Tensor) -> Tensor:  # (P, N): squared distances to point idx[p] of every problem
+        dots = gram[rows, idx] if gram is not None else torch.bmm(points, points[rows, idx].unsqueeze(2)).squeeze(2)
+        return (norms - 2 * dots + norms[rows, idx].unsqueeze(1)).clamp_min_(0)
+
+    chosen = torch.empty(len(xs), k, dtype=torch.long, device=device)
+    chosen[:, 0] = (u[0] * n).long().clamp_max(n - 1)
+    d2 = dist2(chosen[:, 0])
+    for t in range(1, k):
+        cdf = d2.cumsum(1)
+        total = cdf[:, -1:]
+        drawn = torch.searchsorted(cdf, u[t] * total, right=True).squeeze(1).clamp_max(n - 1)
+        uniform = (u[t] * n).long().clamp_max(n - 1)  # every point already chosen or a copy of one
+        chosen[:, t] = torch.where(total.squeeze(1) > 0, drawn, uniform)
+        torch.minimum(d2, dist2(chosen[:, t]), out=d2)
+    return torch.stack([x[c] for x, c in zip(xs, chosen)])
+
+
+def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int = 0) -> list[Tensor]:
+    """init_centroids for every problem; k-means++ runs problems of one shape (and k) as one batch."""
+    if init not in ("k-means++", "random"):
+        raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
+    out: list[Optional[Tensor]] = [None] * len(xs)
+    if init == "random":
+        for i, (x, k) in enumerate(zip(xs, ks)):
+            g = torch.Generator().manual_seed(seed)
+            out[i] = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].clone()
+        return out
+    buckets: dict[tuple, list[int]] = {}
+    for i, (x, k) in enumerate(zip(xs, ks)):
+        buckets.setdefault((tuple(x.shape), k, x.device, x.dtype), []).append(i)
+    for (shape, k, _, _), idx in buckets.items():
+        per_batch = max(1, _GRAM_ENTRIES // max(shape[0] * shape[0], 1))
+        for b in range(0, len(idx), per_batch):
+            part = idx[b:b + per_batch]
+            for i, c in zip(part, _kmeanspp([xs[i] for i in part], k, seed)):
+                out[i] = c
+    return out
+
+
 def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) -> Tensor:
     """k initial centroids, rows of x: "random" (k distinct points) or "k-means++" (each next point
     drawn with probability proportional to its squared distance to the nearest chosen one)."""
-    g = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    if init == "random":
-        return x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
-    if init != "k-means++":
-        raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
-    xc = x.detach().double().cpu()
-    xnorm = (xc * xc).sum(1)
-    gram = xc @ xc.T if n <= 4096 else None  # one product up front beats k matrix-vector products
-
-    def dist2(i: int) -> Tensor:  # squared distances to point i
-        return (xnorm - 2 * (gram[i] if gram is not None else xc @ xc[i]) + xnorm[i]).clamp_min_(0)
-
-    chosen = [int(torch.randint(n, (1,), generator=g))]
-    d2 = dist2(chosen[0])
-    for _ in range(1, k):
-        total = float(d2.sum())
-        nxt = int(torch.multinomial(d2 / total, 1, generator=g)) if total > 0 else int(torch.randint(n, (1,), generator=g))
-        chosen.append(nxt)
-        torch.minimum(d2, dist2(nxt), out=d2)
-    return x[torch.tensor(chosen, device=x.device)].clone()
+    return init_all([x], [k], init, seed)[0]
 
 
 def _nearest(x: Tensor, xnorm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,11 +199,15 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
     for i, (x, kk) in enumerate(zip(lst, ks)):
         if kk >= x.shape[0]:  # every point its own cluster
             results[i] = KMeans(torch.arange(x.shape[0], device=x.device), x.clone(), 0.0)
-            continue
-        c = init[i] if isinstance(init, (list, tuple)) else init_centroids(x, kk, init, seed)
+        else:
+            todo.append(i)
+    given = isinstance(init, (list, tuple))
+    drawn = [] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
+    for j, i in enumerate(list(todo)):
+        x, kk = lst[i], ks[i]
+        c = init[i] if given else drawn[j]
         if tuple(c.shape) != (kk, x.shape[1]):
             raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
-        todo.append(i)
         inits.append(c.to(x.dtype))
     if backend in ("auto", "native") and todo:
         labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
