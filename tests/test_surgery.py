@@ -288,3 +288,22 @@ def test_training_goes_on_while_an_old_graph_is_alive():
     loss.backward()
     optimizer.step()
     assert model.fc.weight.grad.shape == model.fc.weight.shape == (1000, 256)
+
+
+def test_plan_round_trips_through_plain_lists_onto_a_twin_model():
+    """What DDP ranks exchange: a plan as lists, rebuilt on another copy of the model."""
+    torch.manual_seed(0)
+    a, b = torchvision.models.resnet18(), torchvision.models.resnet18()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    ga = ppf.DependencyGraph(a, x)
+    g1, g2 = ga.prunable_groups[:2]
+    plan = ppf.Plan(ga).remove(g1, [0, 3, 5]).merge(g2, torch.arange(g2.channels) // 2)
+    data = plan.to_dict()
+    assert data[g1.index]["assignment"] is None and len(data[g1.index]["keep"]) == g1.channels - 3
+    twin = ppf.Plan.from_dict(ppf.DependencyGraph(b, x), data)
+    ppf.apply(plan)
+    ppf.apply(twin)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="is not one of this graph's"):
+        ppf.Plan.from_dict(ppf.DependencyGraph(b, x), {10_000: data[g1.index]})
