@@ -2,8 +2,8 @@
 
 Every criterion offers a *ladder*: widths(i) for i = 0 .. steps - 1, keeping fewer channels as i
 grows (a global ranking removes its i lowest channels; CUP raises its threshold to the i-th merge
-height). A target, on the MACs or on the channel count, is met by bisection on the ladder: the first
-rung at or under it. `Limits` (min_channels, round_to) apply to every rung, so the bisection sees
+height). A target, on the MACs or on the channel count, is met by bisection on the ladder: the rung
+nearest to it. `Limits` (min_channels, round_to) apply to every rung, so the bisection sees
 the widths that will really be kept.
 """
 

@@ -51,22 +51,32 @@ class Plan:
         if group.index in self.entries:
             raise ValueError(f"Plan.{op}: group {group.index} is already in the plan")
 
-    def remove(self, group: Group, indices: IndexLike) -> "Plan":
-        """Remove channels `indices` (unique, in range) of `group`; at least one channel must stay."""
-        self._check_group("remove", group)
-        idx = _indices("remove", indices)
+    def _chosen(self, op: str, group: Group, indices: IndexLike) -> torch.Tensor:
+        """Mask of channels `indices` of `group`, checked: unique and in range."""
+        self._check_group(op, group)
+        idx = _indices(op, indices)
         if idx.numel() and (idx.min() < 0 or idx.max() >= group.channels):
             bad = idx[(idx < 0) | (idx >= group.channels)][0].item()
-            raise ValueError(f"Plan.remove: channel {bad} is out of range for group {group.index} with {group.channels} channels")
-        mask = torch.ones(group.channels, dtype=torch.bool)
-        mask[idx] = False
-        kept = mask.nonzero().squeeze(1)
-        if kept.numel() + idx.numel() != group.channels:
-            raise ValueError(f"Plan.remove: channel indices for group {group.index} repeat")
+            raise ValueError(f"Plan.{op}: channel {bad} is out of range for group {group.index} with {group.channels} channels")
+        mask = torch.zeros(group.channels, dtype=torch.bool)
+        mask[idx] = True
+        if int(mask.sum()) != idx.numel():
+            raise ValueError(f"Plan.{op}: channel indices for group {group.index} repeat")
+        return mask
+
+    def _keep(self, op: str, group: Group, kept: torch.Tensor) -> "Plan":
         if kept.numel() == 0:
-            raise ValueError(f"Plan.remove: removing all {group.channels} channels of group {group.index}; at least one must stay")
+            raise ValueError(f"Plan.{op}: removing all {group.channels} channels of group {group.index}; at least one must stay")
         self.entries[group.index] = Entry(group, kept)
         return self
+
+    def remove(self, group: Group, indices: IndexLike) -> "Plan":
+        """Remove channels `indices` (unique, in range) of `group`; at least one channel must stay."""
+        return self._keep("remove", group, (~self._chosen("remove", group, indices)).nonzero().squeeze(1))
+
+    def keep(self, group: Group, indices: IndexLike) -> "Plan":
+        """Keep only channels `indices` (unique, in range, at least one) of `group`; remove the others."""
+        return self._keep("keep", group, self._chosen("keep", group, indices).nonzero().squeeze(1))
 
     def merge(self, group: Group, assignment: IndexLike, keep: Optional[IndexLike] = None) -> "Plan":
         """Merge the channels of each cluster into one by channel addition (see ops.merge_channels_).
@@ -109,8 +119,7 @@ class Plan:
             if e["assignment"] is not None:
                 plan.merge(group, e["assignment"], e["merge_keep"])
             else:
-                removed = sorted(set(range(group.channels)) - set(e["keep"]))
-                plan.remove(group, removed)
+                plan.keep(group, e["keep"])
         return plan
 
     def __len__(self) -> int:

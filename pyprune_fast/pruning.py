@@ -184,7 +184,7 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", **options:
     scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
     timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
     return Decision(method, graph, groups, plan, written, widths, allocation, before.macs, before.params,
-                    macs(widths) * before.macs / max(macs.total, 1), timings)
+                    macs(widths), timings)
 
 
 def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None) -> PruneReport:

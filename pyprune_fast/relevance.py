@@ -41,7 +41,7 @@ from torch.overrides import TorchFunctionMode
 
 from .graph import DependencyGraph, Group
 from .graph.rules import module_of
-from .graph.trace import SIZE_READS, Trace, leaves, named_tensors, op_name, record
+from .graph.trace import SIZE_READS, Trace, batchnorm_after, leaves, named_tensors, op_name, record
 
 __all__ = ["layer_relevance", "layer_scores", "class_weighted", "relevance_scores"]
 
@@ -104,26 +104,6 @@ def _pass_unchanged(x: Tensor, a: Tensor) -> Tensor:
         ratio = torch.where(x != 0, a / x, torch.zeros_like(a))
     scaled = x * ratio
     return a + (scaled - scaled.detach())
-
-
-def folded_layers(trace: Trace) -> set[str]:
-    """Weight names of the convs/Linears whose every output is read by a BatchNorm only (channels aligned)."""
-    readers: dict[int, list] = {}
-    for node in trace.nodes:
-        if node.name not in SIZE_READS:
-            for v in node.tensor_inputs():
-                readers.setdefault(v.id, []).append(node)
-    outputs = {v.id for v in trace.outputs}
-    fold, keep = set(), set()
-    for node in trace.nodes:
-        if node.func not in _LAYERS or len(node.args) < 2 or getattr(node.args[1], "param", None) is None:
-            continue
-        out = node.outputs[0]
-        r = readers.get(out.id, [])
-        ok = (len(r) == 1 and r[0].func is F.batch_norm and r[0].args[0] is out and out.id not in outputs
-              and (node.func is not F.linear or out.ndim == 2))
-        (fold if ok else keep).add(node.args[1].param)
-    return fold - keep
 
 
 class _LRP(TorchFunctionMode):
@@ -265,7 +245,7 @@ def layer_relevance(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]
     unfolded BatchNorm, by module name: tensors shaped like the layer's output (batch, C, ...), summed
     over repeated calls of a module. The model runs in eval mode (restored after)."""
     with _Session(model) as s:
-        fold = folded_layers(record(model, x[:1]))
+        fold = set(batchnorm_after(record(model, x[:1])))
         _, rel = _relevance(model, x, y, fold, s.stack)
     out = {}
     for n, parts in rel.items():
@@ -316,7 +296,7 @@ def layer_scores(model: nn.Module, batches: Iterable, num_classes: Optional[int]
         for batch in tqdm(batches, desc="FRS relevance", delay=PROGRESS_DELAY_S, disable=None, leave=False):
             x, y = batch[0].to(device), torch.as_tensor(batch[1]).to(device).long()
             if fold is None:
-                fold = folded_layers(trace if trace is not None else record(model, x[:1]))
+                fold = set(batchnorm_after(trace if trace is not None else record(model, x[:1])))
             logits, rel = _relevance(model, x, y, fold, s.stack)
             k = num_classes or logits.shape[1]
             if counts is None:

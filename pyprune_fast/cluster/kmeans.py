@@ -202,10 +202,9 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         else:
             todo.append(i)
     given = isinstance(init, (list, tuple))
-    drawn = [] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
-    for j, i in enumerate(list(todo)):
+    drawn = [init[i] for i in todo] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
+    for i, c in zip(todo, drawn):
         x, kk = lst[i], ks[i]
-        c = init[i] if given else drawn[j]
         if tuple(c.shape) != (kk, x.shape[1]):
             raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
         inits.append(c.to(x.dtype))

@@ -28,6 +28,7 @@ from ..allocation import Ladder, Limits, fraction_ladder
 from ..cluster import kmeans
 from ..graph import Group, Member
 from ..graph.rules import module_of
+from ..graph.trace import batchnorm_after
 from ..plan import Plan
 from ..testing import dead_channels_are_exact
 from .base import Criterion, channel_view, check_finite, member_tensors
@@ -49,21 +50,13 @@ class _Unit:
 
 
 def _batchnorm_after(graph) -> dict[str, tuple[dict[str, str], float]]:
-    """weight name of a conv/Linear -> the BatchNorm applied straight to its output: its tensor names, eps."""
+    """weight name of a conv/Linear -> the BatchNorm that alone reads its output: its tensor names, eps."""
     out = {}
-    for node in graph.trace.nodes:
-        if node.name != "batch_norm" or not node.args or node.args[0].producer is None:
-            continue
-        prev = node.args[0].producer
-        if prev.name not in ("conv1d", "conv2d", "conv3d", "linear") or len(prev.args) < 2 or prev.args[1].param is None:
-            continue
-        names = {}
-        for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
-            v = node.args[i] if len(node.args) > i else node.kwargs.get(key)
-            names[key] = getattr(v, "param", None)
-        eps = node.args[7] if len(node.args) > 7 else node.kwargs.get("eps", 1e-5)
+    for weight, node in batchnorm_after(graph.trace).items():
+        names = {key: getattr(node.args[i] if len(node.args) > i else node.kwargs.get(key), "param", None)
+                 for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))}
         if all(names.values()):
-            out[prev.args[1].param] = (names, float(eps))
+            out[weight] = (names, float(node.args[7] if len(node.args) > 7 else node.kwargs.get("eps", 1e-5)))
     return out
 
 
@@ -133,9 +126,7 @@ class ASCP(Criterion):
             if dead_channels_are_exact(self.graph, g):
                 plan.merge(g, labels, rep)
             else:
-                removed = torch.ones(g.channels, dtype=torch.bool)
-                removed[rep] = False
-                plan.remove(g, removed.nonzero().squeeze(1))
+                plan.keep(g, rep)
         return written
 
     def _reconstruct(self, group: Group, units: list[_Unit], labels: Tensor, rep: Tensor, centres: Tensor,

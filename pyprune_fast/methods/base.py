@@ -14,7 +14,8 @@ from ..graph import DependencyGraph, Group, Member, named_tensors
 from ..graph.rules import module_of
 from ..plan import Plan
 
-__all__ = ["Criterion", "Scored", "channel_view", "member_tensors", "producer_rows", "check_finite"]
+__all__ = ["Criterion", "Scored", "channel_view", "member_tensors", "producer_rows", "check_finite",
+           "check_producers_finite"]
 
 
 def channel_view(t: Tensor, m: Member, channels: int) -> Tensor:
@@ -39,12 +40,9 @@ def member_tensors(tensors: dict[str, Tensor], group: Group, role: str, min_ndim
 def producer_rows(tensors: dict[str, Tensor], group: Group) -> Tensor:
     """(channels, features): every producing weight's slice of each channel (conv filters), flattened
     and laid side by side over the group's producers (float32)."""
-    parts = [channel_view(t, m, group.channels).reshape(group.channels, -1).float()
-             for m, t in member_tensors(tensors, group, "producer", min_ndim=2)]
-    if not parts:  # no weight: the per-channel parameters (norm scales) are all there is
-        parts = [channel_view(t, m, group.channels).reshape(group.channels, -1).float()
-                 for m, t in member_tensors(tensors, group, "producer")]
-    return torch.cat(parts, 1)
+    # without a weight, the per-channel parameters (norm scales) are all there is
+    members = member_tensors(tensors, group, "producer", min_ndim=2) or member_tensors(tensors, group, "producer")
+    return torch.cat([channel_view(t, m, group.channels).reshape(group.channels, -1).float() for m, t in members], 1)
 
 
 def check_finite(tensors: dict[str, Tensor], group: Group, values: Tensor) -> None:
@@ -55,6 +53,12 @@ def check_finite(tensors: dict[str, Tensor], group: Group, values: Tensor) -> No
         if not bool(torch.isfinite(channel_view(t, m, group.channels)).all()):
             raise ValueError(f"prune: {module_of(m.name) or m.name} has NaN or Inf values in {m.name}")
     raise ValueError(f"prune: scores of group {group.index} ({group.origin}) are not finite")
+
+
+def check_producers_finite(tensors: dict[str, Tensor], group: Group) -> None:
+    """check_finite for a criterion whose scores do not read (all of) the group's producing tensors."""
+    members = member_tensors(tensors, group, "producer", params_only=False)
+    check_finite(tensors, group, torch.stack([t.sum() for _, t in members]) if members else torch.zeros(()))
 
 
 class Criterion:

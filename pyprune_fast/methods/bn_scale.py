@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..graph.rules import module_of
-from .base import Scored, channel_view, check_finite, member_tensors, producer_rows
+from .base import Scored, channel_view, check_producers_finite, member_tensors, producer_rows
 
 __all__ = ["BNScale"]
 
@@ -20,8 +20,7 @@ class BNScale(Scored):
     def score(self) -> list[torch.Tensor]:
         out = []
         for g in self.groups:
-            for _, t in member_tensors(self.tensors, g, "producer", params_only=False):
-                check_finite(self.tensors, g, t.sum())
+            check_producers_finite(self.tensors, g)
             gammas = [channel_view(t, m, g.channels).reshape(g.channels, -1).abs().sum(1).float()
                       for m, t in member_tensors(self.tensors, g, "producer")
                       if m.name.endswith(".weight") and isinstance(self.graph.model.get_submodule(module_of(m.name)), nn.modules.batchnorm._BatchNorm)]

@@ -72,7 +72,5 @@ class CUP(Criterion):
             by_norm = torch.argsort(f.norm(dim=1), descending=True, stable=True)
             first = torch.full((w,), g.channels, dtype=torch.long).scatter_reduce(
                 0, labels[by_norm], torch.arange(g.channels), "amin")  # each cluster's largest-norm channel
-            keep = torch.zeros(g.channels, dtype=torch.bool)
-            keep[by_norm[first]] = True
-            plan.remove(g, (~keep).nonzero().squeeze(1))
+            plan.keep(g, by_norm[first])
         return {}

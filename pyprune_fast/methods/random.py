@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Scored, check_finite, member_tensors
+from .base import Scored, check_producers_finite
 
 __all__ = ["Random"]
 
@@ -18,7 +18,6 @@ class Random(Scored):
         gen = torch.Generator().manual_seed(self.seed)
         out = []
         for g in self.groups:
-            for _, t in member_tensors(self.tensors, g, "producer"):
-                check_finite(self.tensors, g, t.sum())
+            check_producers_finite(self.tensors, g)
             out.append(torch.rand(g.channels, generator=gen))
         return out

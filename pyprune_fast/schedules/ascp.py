@@ -6,13 +6,12 @@ import math
 import numbers
 
 import torch
-import torch.distributed as dist
 
 from ..graph import DependencyGraph, named_tensors
 from ..methods import METHODS
 from ..plan import Plan
 from ..pruning import _apply_with
-from .base import Schedule, distributed
+from .base import Schedule
 
 __all__ = ["ASCP", "DECAYS"]
 
@@ -44,26 +43,25 @@ class ASCP(Schedule):
         super().__init__(model, example_inputs, ignored_layers)
         self.target_ratio, self.epochs, self.decay, self.niter, self.seed = float(target_ratio), int(epochs), decay, niter, seed
         self.last_plan: dict = {}  # the latest reconstruction's clusters, as Plan.to_dict()
-        self.last_written: list[str] = []
+        self.reference: dict[str, torch.Tensor] = {}  # the tensors it wrote, as written
 
     def rate(self, epoch: int) -> float:
         """Pruning rate after `epoch` (0-based): target_ratio from epoch epochs - 1 on."""
         return self.target_ratio * DECAYS[self.decay](min((epoch + 1) / self.epochs, 1.0))
 
     def _reconstruct(self, ratio: float) -> None:
-        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
-        crit = METHODS["ascp"](graph, graph.prunable_groups, seed=self.seed, niter=self.niter)
-        plan = Plan(graph)
-        written = crit.decide(plan, crit.uniform(ratio))
-        if distributed():  # rank 0's clusters and values everywhere
-            payload = [plan.to_dict()]
-            dist.broadcast_object_list(payload, src=0)
-            self.last_plan = payload[0]
-        else:
-            self.last_plan = plan.to_dict()
+        """Cluster (on rank 0) and write every channel's cluster centre; remember the clusters."""
+        def make():
+            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            crit = METHODS["ascp"](graph, graph.prunable_groups, seed=self.seed, niter=self.niter)
+            plan = Plan(graph)
+            written = crit.decide(plan, crit.uniform(ratio))
+            return plan.to_dict(), written
+
+        self.last_plan, written = self._on_rank0(make)
         self._write(written)
-        self.last_written = sorted(written)
-        self._reference = {k: v.detach().clone() for k, v in named_tensors(self.model).items() if k in written}
+        now = named_tensors(self.model)
+        self.reference = {k: now[k].detach().clone() for k in written}
 
     def _step(self, epoch: int, optimizer) -> bool:
         ratio = self.rate(epoch)
@@ -73,8 +71,7 @@ class ASCP(Schedule):
 
     def _reconstruction_is_current(self) -> bool:
         now = named_tensors(self.model)
-        ref = getattr(self, "_reference", {})
-        return bool(self.last_plan) and all(k in ref and torch.equal(now[k], ref[k]) for k in self.last_written)
+        return bool(self.last_plan) and all(torch.equal(now[k], v) for k, v in self.reference.items())
 
     def finalize(self, optimizer=None):
         """Merge every cluster into one channel by channel addition. Exact (outputs unchanged) when the
@@ -91,10 +88,8 @@ class ASCP(Schedule):
         return self.report()
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "last_plan": self.last_plan, "last_written": self.last_written,
-                "reference": getattr(self, "_reference", {})}
+        return {**super().state_dict(), "last_plan": self.last_plan, "reference": self.reference}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.last_plan, self.last_written = state.get("last_plan", {}), state.get("last_written", [])
-        self._reference = state.get("reference", {})
+        self.last_plan, self.reference = state.get("last_plan", {}), state.get("reference", {})

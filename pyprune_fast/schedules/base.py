@@ -8,7 +8,6 @@ the model's shapes changed, the cue to rebuild a DistributedDataParallel wrapper
 
 from __future__ import annotations
 
-import gc
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -19,6 +18,7 @@ from torch import nn
 
 from ..flops import profile
 from ..graph import DependencyGraph, named_tensors
+from ..graph.trace import map_tensors
 from ..plan import Plan
 from ..pruning import Decision, _apply_with, decide
 
@@ -32,20 +32,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def rewrap(ddp: nn.parallel.DistributedDataParallel, **kwargs) -> nn.parallel.DistributedDataParallel:
     """A new DistributedDataParallel around `ddp.module` after pruning changed its shapes (same device
-    and bucket settings unless given in kwargs). The old wrapper's reducer, which holds the gradient
-    accumulators of the parameters at their old shapes, is released first; do not use `ddp` after."""
+    and bucket settings unless given in kwargs); do not use `ddp` after."""
     if not isinstance(ddp, nn.parallel.DistributedDataParallel):
         raise TypeError(f"rewrap: expected a DistributedDataParallel, got {type(ddp).__name__}")
     settings = {"device_ids": ddp.device_ids, "output_device": ddp.output_device, "dim": ddp.dim,
                 "broadcast_buffers": ddp.broadcast_buffers, "find_unused_parameters": ddp.find_unused_parameters,
                 "gradient_as_bucket_view": ddp.gradient_as_bucket_view, "static_graph": ddp.static_graph,
                 "process_group": ddp.process_group, **kwargs}
-    module = ddp.module
-    for attr in ("reducer", "logger"):  # both hold the reducer
-        if hasattr(ddp, attr):
-            delattr(ddp, attr)
-    gc.collect()
-    return nn.parallel.DistributedDataParallel(module, **settings)
+    return nn.parallel.DistributedDataParallel(ddp.module, **settings)
 
 
 def distributed() -> bool:
@@ -137,15 +131,18 @@ class Schedule:
             return d.plan.to_dict(), d.written, f"{d.method}, {d.allocation}"
         return self._apply_plan(epoch, optimizer, make)
 
+    def _on_rank0(self, make: Callable[[], Any]) -> Any:
+        """make() on rank 0 (here when not distributed), its result sent to every rank (tensors via the CPU)."""
+        if not distributed():
+            return make()
+        payload = [map_tensors(lambda v: v.cpu(), make()) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(payload, src=0)
+        return payload[0]
+
     def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[dict, dict, str]]) -> bool:
-        """`make()` (plan as Plan.to_dict(), tensors to write first, description) on rank 0 (everywhere
-        when not distributed), broadcast, applied all or nothing on every rank. True when it changed the model."""
-        payload = [make() if not distributed() or dist.get_rank() == 0 else None]
-        if distributed():
-            payload = [(payload[0][0], {k: v.cpu() for k, v in payload[0][1].items()}, payload[0][2])] \
-                if payload[0] is not None else payload
-            dist.broadcast_object_list(payload, src=0)
-        plan_dict, written, what = payload[0]
+        """`make()` (plan as Plan.to_dict(), tensors to write first, description) on rank 0, applied all
+        or nothing on every rank. True when it changed the model."""
+        plan_dict, written, what = self._on_rank0(make)
         if not plan_dict:
             return False
         graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
@@ -158,11 +155,7 @@ class Schedule:
         self.events.append({"epoch": epoch, "macs_kept": self.macs_kept(), "what": what, **extra})
 
     def _write(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Overwrite model tensors in place (same shapes), from rank 0's values when distributed."""
-        if distributed():
-            payload = [{k: v.cpu() for k, v in tensors.items()} if dist.get_rank() == 0 else None]
-            dist.broadcast_object_list(payload, src=0)
-            tensors = payload[0]
+        """Overwrite model tensors in place (same shapes)."""
         named = named_tensors(self.model)
         with torch.no_grad():
             for k, v in tensors.items():

@@ -44,5 +44,7 @@ class CUPSS(Schedule):
             return d
 
         changed = kept > self.target_flops and self._prune(epoch, optimizer, choose)
-        self.done = self.macs_kept() <= self.target_flops * 1.02
+        if changed:
+            kept = self.events[-1]["macs_kept"]  # measured when the event was recorded
+        self.done = kept <= self.target_flops * 1.02
         return changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 from ..graph import DependencyGraph
+from ..methods.frs import FRS as RelevanceScores
 from ..plan import Plan
 from .base import Schedule
 
@@ -30,8 +31,6 @@ class FRS(Schedule):
     def _step(self, epoch: int, optimizer) -> bool:
         if epoch >= self.until or (epoch + 1) % self.every:
             return False
-        from ..methods.frs import FRS as RelevanceScores
-
         def make():
             graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
             crit = RelevanceScores(graph, graph.prunable_groups, data=self.data, batches=self.batches)

@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 
 from ..graph import DependencyGraph, named_tensors
+from ..methods.base import channel_view, member_tensors
+from ..plan import Plan
 from ..surgery import positions
 from ..testing import dead_channels_are_exact, kill_channels
 from .base import Schedule
@@ -54,14 +56,12 @@ class PlayAndPrune(Schedule):
         self.graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
         tensors = named_tensors(self.model)
         self.groups = [g for g in self.graph.prunable_groups if dead_channels_are_exact(self.graph, g)]
+        self.weights = [[m for m, _ in member_tensors(tensors, g, "producer", min_ndim=2)] for g in self.groups]
         self.norms, self.unimportant = [], []
-        for g in self.groups:
+        for g, weights in zip(self.groups, self.weights):
             n = torch.zeros(g.channels, dtype=torch.float64)
-            for m in g.members:
-                t = tensors[m.name]
-                if m.role == "producer" and isinstance(t, torch.nn.Parameter) and t.dim() >= 2:
-                    v = t.detach().narrow(m.dim, m.offset, g.channels * m.block).movedim(m.dim, 0)
-                    n += v.reshape(g.channels, -1).abs().sum(1).double().cpu()
+            for m in weights:
+                n += channel_view(tensors[m.name].detach(), m, g.channels).reshape(g.channels, -1).abs().sum(1).double().cpu()
             n /= n.mean().clamp_min(1e-12)
             self.norms.append(n)
             size = min(max(int(self.fraction * g.channels), 1), g.channels - 1)
@@ -73,11 +73,10 @@ class PlayAndPrune(Schedule):
         if self.done or self.lam == 0:
             return total
         tensors = named_tensors(self.model)
-        for g, u in zip(self.groups, self.unimportant):
-            for m in g.members:
+        for weights, u in zip(self.weights, self.unimportant):
+            for m in weights:
                 t = tensors[m.name]
-                if m.role == "producer" and isinstance(t, torch.nn.Parameter) and t.dim() >= 2:
-                    total = total + t.index_select(m.dim, positions(u, m.offset, m.block).to(t.device)).abs().sum()
+                total = total + t.index_select(m.dim, positions(u, m.offset, m.block).to(t.device)).abs().sum()
         return self.lam * total
 
     # ---- PRC ----
@@ -116,8 +115,7 @@ class PlayAndPrune(Schedule):
             return False
         cands = self._candidates()
         if not cands:
-            if all(g.channels == 1 for g in self.groups) or not self.groups:
-                self.done = True
+            self.done = not self.groups  # every group down to one channel
             self.tau *= 1 + slack / self.tolerance
             return False
         while cands:
@@ -125,12 +123,10 @@ class PlayAndPrune(Schedule):
             if self.baseline - accuracy <= self.tolerance:
                 grow = 1 + (self.tolerance - (self.baseline - accuracy)) / self.tolerance
                 self.tau, self.lam = self.tau * grow, self.lam * grow
-                plan = {}
+                plan = Plan(self.graph)
                 for i in sorted({i for i, _, _ in cands}):
-                    g = self.groups[i]
-                    removed = {c for j, c, _ in cands if j == i}
-                    plan[g.index] = {"keep": [c for c in range(g.channels) if c not in removed], "assignment": None, "merge_keep": None}
-                self._apply_plan(epoch, optimizer, lambda: (plan, {}, f"removed {len(cands)} channels, accuracy {accuracy:.4f}"))
+                    plan.remove(self.groups[i], [c for j, c, _ in cands if j == i])
+                self._apply_plan(epoch, optimizer, lambda: (plan.to_dict(), {}, f"removed {len(cands)} channels, accuracy {accuracy:.4f}"))
                 self.events[-1].update(accuracy=accuracy, pruned=len(cands))
                 self._refresh()
                 return True
