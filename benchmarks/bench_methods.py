@@ -154,7 +154,7 @@ def bench_methods(name: str, pristine: nn.Module, x: torch.Tensor, reps: int, de
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="resnet50,vit_b_16")
+    p.add_argument("--models", default="resnet50,vit_b_16", help="comma-separated; empty for the CUP comparison alone")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", default=None)
@@ -177,9 +177,11 @@ def main(argv=None) -> int:
         for key in ("same", "all"):
             print(f"  ours ({key}): " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["timings_" + key].items()))
     rows = []
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         model = getattr(torchvision.models, name)().to(args.device)
         rows += bench_methods(name, model, x, args.reps, args.device)
+    if not rows:
+        return 0
     print(f"\n{'model':<10} {'method':<9} {'total ms':>9} {'MACs kept':>9}   trace / scores / clustering / allocation / surgery (ms)")
     for r in rows:
         parts = " / ".join(f"{r[k] * 1e3:.0f}" for k in ("trace_s", "scores_s", "clustering_s", "allocation_s", "surgery_s"))

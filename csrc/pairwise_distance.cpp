@@ -26,6 +26,34 @@ c10::Device check_pairwise_inputs(at::TensorList xs) {
   return device;
 }
 
+std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::OptionalIntArrayRef blocks) {
+  const char* op = "pairwise_distance";
+  std::vector<std::vector<at::Tensor>> problems;
+  if (!blocks.has_value()) {
+    for (const auto& x : xs) problems.push_back({x});
+    return problems;
+  }
+  int64_t total = 0;
+  for (size_t p = 0; p < blocks->size(); ++p) {
+    TORCH_CHECK_VALUE((*blocks)[p] >= 1, op, ": blocks[", p, "] must be >= 1, got ", (*blocks)[p]);
+    total += (*blocks)[p];
+  }
+  TORCH_CHECK_VALUE(total == static_cast<int64_t>(xs.size()), op, ": blocks add up to ", total, " tensors but ",
+                    xs.size(), " were given");
+  size_t next = 0;
+  for (size_t p = 0; p < blocks->size(); ++p) {
+    std::vector<at::Tensor> parts(xs.begin() + next, xs.begin() + next + (*blocks)[p]);
+    for (size_t b = 1; b < parts.size(); ++b) {
+      TORCH_CHECK_VALUE(parts[b].size(0) == parts[0].size(0), op, ": the blocks of problem ", p,
+                        " must have one row count, but xs[", next, "] has ", parts[0].size(0), " rows and xs[",
+                        next + b, "] has ", parts[b].size(0));
+    }
+    next += parts.size();
+    problems.push_back(std::move(parts));
+  }
+  return problems;
+}
+
 at::Tensor gram_rows(const at::Tensor& x, Metric metric) {
   auto rows = x.to(accumulate_type(x.scalar_type()));
   if (metric == Metric::kCosine || x.size(-2) == 0 || x.size(-1) == 0) return rows;

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include <string_view>
+#include <vector>
 
 namespace pyprune_fast {
 
@@ -17,6 +18,10 @@ Metric parse_metric(std::string_view metric);
 
 // 2-D floating tensors of one dtype on one device; returns that device.
 c10::Device check_pairwise_inputs(at::TensorList xs);
+
+// The problems of a call: each the list of its column blocks (one tensor each without `blocks`; with it,
+// blocks[p] consecutive tensors of one row count). Checks that the blocks add up to xs.
+std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::OptionalIntArrayRef blocks);
 
 // Rows ready for the Gram product: in the accumulate dtype (float for float/half/bfloat16, double
 // for double) and, for the Euclidean metrics, centred along dim -2 (distances do not change;

@@ -2,8 +2,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyprune_fast, m) {
-  // Pairwise distances between the rows of each 2-D tensor (one N x N matrix per input).
-  m.def("pairwise_distance(Tensor[] xs, str metric) -> Tensor[]");
+  // Pairwise distances between the rows of each problem (one N x N matrix per problem). A problem is one
+  // 2-D tensor, or with `blocks`, blocks[p] consecutive tensors of one row count: its columns side by side.
+  m.def("pairwise_distance(Tensor[] xs, str metric, int[]? blocks=None) -> Tensor[]");
   // Compact copies holding channels `indices[i]` of xs[i] along dims[i].
   // `indices` and `dims` hold one entry per tensor, or one entry for all of them.
   m.def("gather_channels(Tensor[] xs, Tensor[] indices, int[] dims) -> Tensor[]");

@@ -82,18 +82,22 @@ class MacsModel:
 
     A conv's or Linear's MACs are proportional to its weight's element count, which shrinks along
     each weight dim by the channels removed there (times the member's block). Ops without a weight
-    (activation products in attention) are counted as they are.
+    (activation products in attention) are counted as they are. `exact`: every op with MACs is a conv
+    or a Linear, so the model gives the MACs a recount of the pruned model would (CNNs); attention
+    terms scale with one weight dim only, so there it is an estimate.
     """
 
     def __init__(self, graph, groups: list):
         weighted: dict[str, int] = {}
         self.fixed = 0
+        self.exact = True
         for node in graph.trace.nodes:
             _, macs, weight = _macs(node)
             if weight is not None:
                 weighted[weight] = weighted.get(weight, 0) + macs
             else:
                 self.fixed += macs
+            self.exact &= not macs or node.name in ("conv1d", "conv2d", "conv3d", "linear")
         names = list(weighted)
         index = {n: i for i, n in enumerate(names)}
         rows: dict[tuple[str, int], int] = {}

@@ -8,6 +8,7 @@ differentiable; they are meant for pruning decisions and weight surgery.
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence, Union, overload
 
 import torch
@@ -57,31 +58,53 @@ def _device_of(xs: list[Tensor]) -> torch.device:
     return xs[0].device if xs else torch.device("cpu")
 
 
+def _problems(xs) -> tuple[list[Tensor], Optional[list[int]], bool]:
+    """pairwise_distance's problems as the op takes them: the flat list of tensors, how many consecutive
+    ones form each problem (None when every problem is one tensor), and whether a single one was given."""
+    if isinstance(xs, Tensor):
+        return [xs], None, True
+    if isinstance(xs, (list, tuple)):
+        flat, blocks = [], []
+        for x in xs:
+            parts = [x] if isinstance(x, Tensor) else list(x) if isinstance(x, (list, tuple)) else None
+            if not parts or not all(isinstance(p, Tensor) for p in parts):
+                break
+            flat += parts
+            blocks.append(len(parts))
+        else:
+            return flat, (blocks if any(b > 1 for b in blocks) else None), False
+    raise TypeError("pairwise_distance: xs must be a tensor or a list of tensors (or of non-empty tuples of "
+                    f"tensors: a problem's column blocks), got {type(xs).__name__}")
+
+
 @overload
 def pairwise_distance(xs: Tensor, metric: str = ...) -> Tensor: ...
 @overload
-def pairwise_distance(xs: Sequence[Tensor], metric: str = ...) -> list[Tensor]: ...
-def pairwise_distance(xs: Tensors, metric: str = "euclidean") -> Union[Tensor, list[Tensor]]:
+def pairwise_distance(xs: Sequence[Tensors], metric: str = ...) -> list[Tensor]: ...
+def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "euclidean") -> Union[Tensor, list[Tensor]]:
     """Distances between the rows of each 2-D tensor.
 
     Args:
-        xs: an (N, D) tensor, or a list of them with different N and D (e.g. the flattened filters of
-            every layer). float32/float64 (and float16/bfloat16), all of one dtype and on one device.
+        xs: an (N, D) tensor, or a list of problems with different N and D (e.g. the flattened filters
+            of every layer). A problem is an (N, D) tensor or a tuple of (N, D_k) tensors: column
+            blocks, measured as if concatenated along dim 1 but without the copy (a block may be a
+            transposed view). float32/float64 (and float16/bfloat16), all of one dtype and on one device.
         metric: ``"euclidean"`` (exactly symmetric, exactly 0 on the diagonal, never NaN),
             ``"sqeuclidean"``, or ``"cosine"`` (1 - cosine similarity in [0, 2]; an all-zero row is at
             distance 1 from every other row).
 
     Returns:
-        An (N, N) tensor of the input's dtype and device, or a list of them. Computed from one Gram
-        matrix per input (one batched product per distinct shape) in float32 (float64 for float64
+        An (N, N) tensor of the input's dtype and device per problem (a list for a list). Computed
+        from one Gram matrix per problem (on the CPU its upper block triangle, summed over the column
+        blocks; on CUDA one batched product per distinct shape) in float32 (float64 for float64
         input), with a fused epilogue.
     """
-    lst, single = _tensor_list("pairwise_distance", "xs", xs)
+    lst, blocks, single = _problems(xs)
     if metric not in METRICS:
         raise ValueError(f"pairwise_distance: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if not lst:  # no tensor, so no device to dispatch on
         return []
-    out = _ops.pairwise_distance(lst, metric)
+    out = _ops.pairwise_distance(lst, metric, blocks)
     return out[0] if single else out
 
 
@@ -197,8 +220,9 @@ def _entry(values: Sequence, i: int):
 
 
 @torch.library.register_fake("pyprune_fast::pairwise_distance")
-def _pairwise_distance_fake(xs: list[Tensor], metric: str) -> list[Tensor]:
-    return [x.new_empty((x.shape[0], x.shape[0])) for x in xs]
+def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list[int]] = None) -> list[Tensor]:
+    firsts = [xs[i] for i in itertools.accumulate([0, *blocks[:-1]])] if blocks else xs  # a problem's first block
+    return [x.new_empty((x.shape[0], x.shape[0])) for x in firsts]
 
 
 @torch.library.register_fake("pyprune_fast::gather_channels")

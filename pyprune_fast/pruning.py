@@ -161,6 +161,7 @@ class Decision:
     macs_before: int
     params_before: int
     macs_predicted: float  # MACs after the plan, by the MACs model
+    macs_exact: bool  # the MACs model is exact for this model (only convs and Linears have MACs)
     timings: dict[str, float]
 
 
@@ -184,7 +185,7 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", **options:
     scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
     timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
     return Decision(method, graph, groups, plan, written, widths, allocation, before.macs, before.params,
-                    macs(widths), timings)
+                    macs(widths), macs.exact, timings)
 
 
 def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None) -> PruneReport:
@@ -193,9 +194,13 @@ def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.op
     t0 = time.perf_counter()
     _apply_with(model, decision.written, decision.plan, optimizer)
     t1 = time.perf_counter()
-    after = profile(model, example_inputs)
+    if decision.macs_exact:  # no second forward pass to count them
+        macs_after, params_after = round(decision.macs_predicted), sum(p.numel() for p in model.parameters())
+    else:
+        after = profile(model, example_inputs)
+        macs_after, params_after = after.macs, after.params
     widths = [(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
-    return PruneReport(decision.method, decision.macs_before, after.macs, decision.params_before, after.params, widths,
+    return PruneReport(decision.method, decision.macs_before, macs_after, decision.params_before, params_after, widths,
                        len(decision.graph.groups), len(decision.groups), {**decision.timings, "surgery": t1 - t0},
                        decision.allocation)
 

@@ -12,6 +12,7 @@ from torch import nn
 import pyprune_fast as ppf
 from pyprune_fast.graph import named_tensors
 from pyprune_fast.methods import METHODS
+from nets import FlattenNet, TinyResNet
 
 
 def run(model, x):
@@ -77,6 +78,30 @@ def test_vit_meets_a_macs_target():
         report = ppf.prune(m, x, method, target_flops=0.6, ignored_layers=[m.heads.head])
         assert abs(report.macs_after / report.macs_before - 0.6) <= 0.02 * 0.6
         assert run(m, x).shape == (1, 10)
+
+
+@pytest.mark.parametrize("make", [Chain, FlattenNet, TinyResNet, torchvision.models.resnet18, torchvision.models.mobilenet_v3_small])
+def test_macs_after_without_a_recount_equal_a_recount(make):
+    """Conv and Linear MACs scale with their weights, so the report takes the MACs model's number for
+    CNNs (no second forward pass); it must be what profiling the pruned model gives."""
+    torch.manual_seed(0)
+    x = {Chain: torch.randn(2, 3, 4, 4), FlattenNet: torch.randn(2, 3, 8, 8), TinyResNet: torch.randn(2, 1, 8, 8)}.get(
+        make, torch.randn(1, 3, 64, 64))
+    for method, option in (("l1", {"ratio": 0.4}), ("cup", {"ratio": 0.3})):
+        model = make()
+        decision = ppf.decide(model, x, method, **option)
+        assert decision.macs_exact
+        report = ppf.commit(decision, x)
+        assert report.macs_after == ppf.profile(model, x).macs < report.macs_before
+        assert report.params_after == sum(p.numel() for p in model.parameters())
+
+
+def test_attention_macs_are_recounted():
+    model = torchvision.models.VisionTransformer(32, 4, 4, 8, 128, 512, num_classes=10)
+    x = torch.randn(1, 3, 32, 32)
+    decision = ppf.decide(model, x, "l1", ratio=0.5, ignored_layers=[model.heads.head])
+    assert not decision.macs_exact
+    assert ppf.commit(decision, x).macs_after == ppf.profile(model, x).macs
 
 
 def cup_features_published(model):

@@ -92,6 +92,37 @@ def test_bad_inputs():
         ops.pairwise_distance([good, "x"])
 
 
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("device,dtype", [p for p in device_dtypes() if p.values[1] in (torch.float32, torch.float64)])
+def test_column_blocks_measure_their_concatenation(device, dtype, metric):
+    """A problem given as column blocks (transposed views, an empty block, N past the CPU's block
+    triangle) gives the distances of the blocks concatenated along dim 1."""
+    def t(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype) * 2 + 0.5
+    problems = [(t(200, 30), t(70, 200).T, t(200, 0)), t(9, 4), (t(600, 40), t(600, 3)), (t(1, 5),), (t(0, 3), t(0, 2))]
+    ds = ops.pairwise_distance(problems, metric)
+    whole = [p if isinstance(p, torch.Tensor) else torch.cat(p, 1) for p in problems]
+    assert len(ds) == len(problems)
+    check_against_reference(whole, metric, ds)
+
+
+def test_column_blocks_bad_inputs():
+    a = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"the blocks of problem 1 must have one row count, but xs\[1\] has 4 rows "
+                                         r"and xs\[2\] has 5"):
+        ops.pairwise_distance([a, (a, torch.randn(5, 3))])
+    with pytest.raises(TypeError, match="xs must be a tensor or a list of tensors"):
+        ops.pairwise_distance([a, ()])
+    with pytest.raises(TypeError, match="xs must be a tensor or a list of tensors"):
+        ops.pairwise_distance([(a, "x")])
+    with pytest.raises(ValueError, match="blocks add up to 3 tensors but 2 were given"):
+        torch.ops.pyprune_fast.pairwise_distance([a, a], "euclidean", [1, 2])
+    with pytest.raises(ValueError, match="blocks add up to 1 tensors but 2 were given"):
+        torch.ops.pyprune_fast.pairwise_distance([a, a], "euclidean", [1])
+    with pytest.raises(ValueError, match=r"blocks\[0\] must be >= 1, got 0"):
+        torch.ops.pyprune_fast.pairwise_distance([a], "euclidean", [0, 1])
+
+
 @pytest.mark.needs_cuda
 def test_mixed_devices():
     with pytest.raises(ValueError, match=r"one device, but xs\[0\] is on cpu and xs\[1\] is on cuda:0"):
@@ -103,6 +134,7 @@ def test_opcheck(device):
     xs = [torch.randn(9, 4, device=device), torch.randn(9, 4, device=device), torch.randn(5, 7, device=device)]
     for metric in ops.METRICS:
         torch.library.opcheck(torch.ops.pyprune_fast.pairwise_distance.default, (xs, metric))
+        torch.library.opcheck(torch.ops.pyprune_fast.pairwise_distance.default, (xs, metric, [2, 1]))
 
 
 @pytest.mark.parametrize("device", cpu_and_cuda())

@@ -99,11 +99,14 @@ GramBatch batched_gram(at::TensorList xs, Metric metric) {
   return out;
 }
 
-std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList xs, c10::string_view metric_name) {
+std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList inputs, c10::string_view metric_name,
+                                               at::OptionalIntArrayRef blocks) {
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
-  const auto device = check_pairwise_inputs(xs);
-  if (xs.empty()) return {};
+  const auto device = check_pairwise_inputs(inputs);
+  if (inputs.empty()) return {};
   c10::cuda::OptionalCUDAGuard guard(device);
+  std::vector<at::Tensor> xs;  // one matrix per problem: its column blocks side by side
+  for (const auto& parts : split_problems(inputs, blocks)) xs.push_back(parts.size() == 1 ? parts[0] : at::cat(parts, 1));
   GramBatch batch = batched_gram(xs, metric);
 
   std::vector<at::Tensor> outs;

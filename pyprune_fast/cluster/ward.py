@@ -19,19 +19,26 @@ from ._inputs import check_points
 __all__ = ["ward", "linkage", "flat_clusters"]
 
 Labels = Union[Tensor, tuple[Tensor, Tensor]]
+Points = Union[Tensor, tuple[Tensor, ...]]  # (N, D) points, or their column blocks
 
 
-def _exact_small(x: Tensor, d: Tensor) -> Tensor:
+def _row_distances(x: Points, i: Tensor, j: Tensor) -> Tensor:
+    """|x[i] - x[j]| for index pairs, x a tensor or a problem's column blocks."""
+    blocks = (x,) if isinstance(x, Tensor) else x
+    return torch.stack([(b[i] - b[j]).square().sum(1) for b in blocks]).sum(0).sqrt()
+
+
+def _exact_small(x: Points, d: Tensor) -> Tensor:
     """Distances from a Gram matrix are off by about sqrt(eps) * |x| near zero (float64 duplicates come
     out ~1e-8 apart, float32 ones ~1e-4, not 0): the pairs that close are recomputed from their
     differences."""
-    if x.shape[0] < 2:
+    if d.shape[0] < 2:
         return d
     tol = 1e-6 if d.dtype == torch.float64 else 3e-3  # tens of sqrt(eps) of the dtype
     close = (d <= tol * d.max()).triu_(1).nonzero()
     if close.numel():
         i, j = close[:, 0], close[:, 1]
-        exact = (x[i] - x[j]).norm(dim=1).to(d.dtype)
+        exact = _row_distances(x, i, j).to(d.dtype)
         d = d.index_put((i, j), exact).index_put((j, i), exact)
     return d
 
@@ -90,8 +97,9 @@ def flat_clusters(linkage: Tensor, threshold: Optional[float] = None, n_clusters
     return torch.cumsum(first == points, 0)[first] - 1
 
 
-def _linkages(lst: list[Tensor], dtype: torch.dtype = torch.float64) -> list[Tensor]:
-    points = [x.to(dtype) for x in lst]
+def _linkages(lst: list[Points], dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    """The trees of points given as tensors or as column blocks (see ops.pairwise_distance), unchecked."""
+    points = [x.to(dtype) if isinstance(x, Tensor) else tuple(b.to(dtype) for b in x) for x in lst]
     dists = [_exact_small(x, d) for x, d in zip(points, ops.pairwise_distance(points, "euclidean"))]
     return ops.ward_linkage(dists)
 

@@ -7,13 +7,17 @@ channel's block of columns). Residual groups lay the features of all their produ
 side by side. No bias, no normalisation: the threshold is in absolute units.
 
 Ward clustering of the feature rows, all groups in one batched call (distances in float32: merge
-heights match scipy's float64 ones to float32 rounding, so only near-ties could cut differently); the tree is cut at one global
+heights match scipy's float64 ones to float32 rounding, so only near-ties could cut differently). The
+features are never laid side by side in memory: each weight's norms are one column block, and the
+distances sum the blocks' Gram matrices (see ops.pairwise_distance). The tree is cut at one global
 height `threshold` (scipy's fcluster "distance"), or into the number of clusters a ratio or MACs
 target asks for ("maxclust"). In every cluster the channel whose feature row has the largest norm
 stays; the others go (no merging).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,22 +28,47 @@ from ..cluster.ward import _linkages
 from ..plan import Plan
 from .base import Criterion, check_finite, member_tensors
 
-__all__ = ["CUP", "cup_features"]
+__all__ = ["CUP", "cup_features", "feature_blocks"]
 
 
-def _slice_norms(t: Tensor, m, channels: int) -> Tensor:
+def _pair_norms(t: Tensor, a: int, b: int) -> Tensor:
+    """(t.shape[a], t.shape[b]), a < b: the float32 norm over every other dim (a conv's kernels for 0, 1)."""
+    rest = [d for d in range(t.dim()) if d not in (a, b)]
+    if all(t.shape[d] == 1 for d in rest):  # a Linear's or a 1x1 conv's weight: |w| (a norm over one is slow)
+        return t.reshape(t.shape[a], t.shape[b]).abs().float()
+    if rest == list(range(2, t.dim())):  # the common case, as one fast row reduction
+        return torch.linalg.vector_norm(t.flatten(2), dim=2, dtype=torch.float32)
+    return torch.linalg.vector_norm(t, dim=rest, dtype=torch.float32)
+
+
+def _slice_norms(t: Tensor, m, channels: int, cache: dict) -> Tensor:
     """(channels, other): the norm of each channel's slice per index of the tensor's other channel dim
-    (dim 1 for a producer's rows, dim 0 for a consumer's columns), reduced in place, without copies."""
-    s = t.narrow(m.dim, m.offset, channels * m.block).unflatten(m.dim, (channels, m.block))
-    other = 2 if m.dim == 0 else 0
-    n = torch.linalg.vector_norm(s, dim=[d for d in range(s.dim()) if d not in (m.dim, other)], dtype=torch.float32)
-    return n if m.dim < other else n.T
+    (dim 1 for a producer's rows, dim 0 for a consumer's columns), a transposed view for consumers.
+    `cache` keeps each tensor's norms for its other members (a conv is one group's producer and
+    another's consumer)."""
+    other = 1 if m.dim == 0 else 0
+    a, b = min(m.dim, other), max(m.dim, other)
+    norms = cache.get((m.name, a, b))
+    if norms is None:
+        norms = cache[(m.name, a, b)] = _pair_norms(t, a, b)
+    at = 0 if m.dim == a else 1
+    s = norms.narrow(at, m.offset, channels * m.block)
+    if m.block > 1:  # a channel spans `block` indices (a flatten into a Linear, a head)
+        s = torch.linalg.vector_norm(s.unflatten(at, (channels, m.block)), dim=at + 1)
+    return s if at == 0 else s.T
+
+
+def feature_blocks(tensors: dict[str, Tensor], group, cache: Optional[dict] = None) -> tuple[Tensor, ...]:
+    """The group's CUP features as column blocks, one per weight (see ops.pairwise_distance): incoming
+    kernel-slice norms of its producers, outgoing norms of its consumers."""
+    members = member_tensors(tensors, group, "producer", min_ndim=2) + member_tensors(tensors, group, "consumer", min_ndim=2)
+    cache = {} if cache is None else cache
+    return tuple(_slice_norms(t, m, group.channels, cache) for m, t in members)
 
 
 def cup_features(tensors: dict[str, Tensor], group) -> Tensor:
     """(channels, features): incoming kernel-slice norms and outgoing norms, over the group's weights."""
-    members = member_tensors(tensors, group, "producer", min_ndim=2) + member_tensors(tensors, group, "consumer", min_ndim=2)
-    return torch.cat([_slice_norms(t, m, group.channels) for m, t in members], 1)
+    return torch.cat(feature_blocks(tensors, group), 1)
 
 
 class CUP(Criterion):
@@ -48,12 +77,18 @@ class CUP(Criterion):
 
     def __init__(self, graph, groups, limits=Limits(), seed=0):
         super().__init__(graph, groups, limits, seed)
-        self.features = self._timed("scores", lambda: [cup_features(self.tensors, g) for g in groups])
-        for g, f in zip(groups, self.features):
-            check_finite(self.tensors, g, f)
-        # the features were just checked: the trees without cluster.linkage's second pass over them
+        self.features = self._timed("scores", self._features)
+        # the features are checked (through their norms): the trees without cluster.linkage's second pass
         self.trees = self._timed("clustering", _linkages, self.features, torch.float32)
         self.heights = [z[:, 2].contiguous() for z in self.trees]
+
+    def _features(self) -> list[tuple[Tensor, ...]]:
+        cache: dict = {}
+        features = [feature_blocks(self.tensors, g, cache) for g in self.groups]
+        self.norms = [torch.stack([b.square().sum(1) for b in f]).sum(0).sqrt() for f in features]
+        for g, n in zip(self.groups, self.norms):
+            check_finite(self.tensors, g, n)
+        return features
 
     def at_threshold(self, threshold: float) -> Tensor:
         """Widths when every tree is cut at `threshold`: one channel per cluster."""
@@ -65,11 +100,11 @@ class CUP(Criterion):
         return Ladder(cuts.numel(), lambda i: self.at_threshold(float(cuts[i])), lambda i: max(float(cuts[i]), 0.0), "threshold")
 
     def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
-        for g, z, f, w in zip(self.groups, self.trees, self.features, widths.tolist()):
+        for g, z, norms, w in zip(self.groups, self.trees, self.norms, widths.tolist()):
             if w >= g.channels:
                 continue
             labels = flat_clusters(z, n_clusters=w, n=g.channels)
-            by_norm = torch.argsort(f.norm(dim=1), descending=True, stable=True)
+            by_norm = torch.argsort(norms, descending=True, stable=True)
             first = torch.full((w,), g.channels, dtype=torch.long).scatter_reduce(
                 0, labels[by_norm], torch.arange(g.channels), "amin")  # each cluster's largest-norm channel
             plan.keep(g, by_norm[first])
