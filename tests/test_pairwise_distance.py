@@ -106,6 +106,17 @@ def test_column_blocks_measure_their_concatenation(device, dtype, metric):
     check_against_reference(whole, metric, ds)
 
 
+def test_a_problem_does_not_depend_on_its_batch_mates():
+    """On the CPU a big problem runs alone on every thread and the others side by side, one thread
+    each: each one's distances are the same bits as when it is computed alone."""
+    torch.manual_seed(0)
+    problems = [torch.randn(600, 300), torch.randn(200, 50), (torch.randn(200, 30), torch.randn(70, 200).T),
+                *[torch.randn(150, 90) for _ in range(5)]]
+    together = ops.pairwise_distance(problems)
+    for p, d in zip(problems, together):
+        assert torch.equal(d, ops.pairwise_distance([p])[0])
+
+
 def test_column_blocks_bad_inputs():
     a = torch.randn(4, 3)
     with pytest.raises(ValueError, match=r"the blocks of problem 1 must have one row count, but xs\[1\] has 4 rows "

@@ -5,8 +5,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "checks.h"
+#include "cpu/parallel_rows.h"
 #include "pairwise_distance.h"
 
 namespace pyprune_fast {
@@ -58,25 +60,52 @@ void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) 
   });
 }
 
-// A problem's column blocks add up their Gram matrices: no concatenated copy is made.
+// One problem: its column blocks add up their Gram matrices (no concatenated copy), then the epilogue.
+void distances(const std::vector<at::Tensor>& parts, Metric metric, at::Tensor& out) {
+  const int64_t n = out.size(0);
+  if (n == 0) return;
+  auto gram = at::empty({n, n}, out.options().dtype(accumulate_type(out.scalar_type())));
+  for (size_t b = 0; b < parts.size(); ++b) add_upper_gram(gram, gram_rows(parts[b], metric), b == 0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pairwise_distance_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    distance_epilogue<scalar_t, acc_t>(gram.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, metric);
+  });
+}
+
+// Problems side by side, one thread each (MKL's products of these sizes run faster that way than one
+// product split over threads), except those too big to share: more than a thread's fair share of all
+// the work left. Those run first, alone, on every thread. A product gives the same bits on one thread
+// as on several, so a problem's distances do not depend on its batch-mates.
 std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_view metric_name,
                                               at::OptionalIntArrayRef blocks) {
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
   check_pairwise_inputs(xs);
+  const auto problems = split_problems(xs, blocks);
   std::vector<at::Tensor> outs;
-  for (const auto& parts : split_problems(xs, blocks)) {
-    const auto& x = parts[0];
-    const int64_t n = x.size(0);
-    outs.push_back(at::empty({n, n}, x.options()));
-    if (n == 0) continue;
-    auto gram = at::empty({n, n}, x.options().dtype(accumulate_type(x.scalar_type())));
-    for (size_t b = 0; b < parts.size(); ++b) add_upper_gram(gram, gram_rows(parts[b], metric), b == 0);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pairwise_distance_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      distance_epilogue<scalar_t, acc_t>(gram.const_data_ptr<acc_t>(), outs.back().mutable_data_ptr<scalar_t>(), n,
-                                         metric);
-    });
+  std::vector<double> work;
+  double left = 0;
+  for (const auto& parts : problems) {
+    const int64_t n = parts[0].size(0);
+    int64_t cols = 0;
+    for (const auto& b : parts) cols += b.size(1);
+    outs.push_back(at::empty({n, n}, parts[0].options()));
+    work.push_back(static_cast<double>(n) * n * (cols + 8));  // the epilogue's share: a few columns' worth
+    left += work.back();
   }
+  std::vector<size_t> order(problems.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t p, size_t q) { return work[p] > work[q]; });
+  const int64_t threads = at::get_num_threads();
+  size_t shared = 0;
+  for (; shared < order.size() && work[order[shared]] * threads > left; ++shared) {
+    distances(problems[order[shared]], metric, outs[order[shared]]);
+    left -= work[order[shared]];
+  }
+  const std::vector<size_t> rest(order.begin() + shared, order.end());
+  struct None {};
+  const int64_t workers = left < (1 << 20) ? 1 : std::min<int64_t>(threads, rest.size());  // small: this thread
+  parallel_queue<None>(rest, workers,
+                       [&](size_t p, None&) { distances(problems[p], metric, outs[p]); });
   return outs;
 }
 

@@ -1,9 +1,10 @@
-// One parallel region over the rows of many tensors, split by work rather than by row count.
+// Parallel regions over many problems of different sizes: split by work rather than by count.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -26,6 +27,20 @@ void parallel_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>&
       if (rows[t] == 0) continue;
       const int64_t lo = first_row(t, begin), hi = first_row(t, end);
       if (hi > lo) fn(t, lo, hi);
+    }
+  });
+}
+
+// Calls fn(p, state) for every p of `order` (put the largest problems first) on `workers` threads, each
+// taking the next one free; `state` is one default-constructed State per worker (scratch memory, say).
+// Inside, at::parallel_for and MKL run on the calling thread only.
+template <class State, class F>
+void parallel_queue(const std::vector<size_t>& order, int64_t workers, F fn) {
+  std::atomic<size_t> next{0};
+  at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t begin, int64_t end) {
+    State state;
+    for (int64_t w = begin; w < end; ++w) {
+      for (size_t j; (j = next.fetch_add(1)) < order.size();) fn(order[j], state);
     }
   });
 }

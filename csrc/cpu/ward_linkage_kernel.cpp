@@ -11,13 +11,14 @@
 #endif
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <memory>
 #include <numeric>
 #include <utility>
 #include <vector>
+
+#include "cpu/parallel_rows.h"
 
 namespace pyprune_fast {
 namespace {
@@ -253,27 +254,23 @@ std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
                    [&](size_t p, size_t q) { return dists[p].size(0) > dists[q].size(0); });
   // One worker per thread (a small call stays on this one); each takes the next problem until none is left.
   const int64_t workers = work < 65536 ? 1 : std::min<int64_t>(at::get_num_threads(), order.size());
-  std::atomic<size_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<double[]> scratch;  // the first problem is this thread's largest
+  struct Scratch {
+    std::unique_ptr<double[]> data;  // sized by the worker's first problem, its largest
     int64_t capacity = 0;
-    for (int64_t w = begin; w < end; ++w) {
-      for (size_t j; (j = next.fetch_add(1)) < order.size();) {
-        const size_t p = order[j];
-        const auto src = dists[p].contiguous();
-        const int64_t n = src.size(0);
-        if (n * n > capacity) {
-          scratch.reset(new double[n * n]);
-          capacity = n * n;
-        }
-        bool ok = true;
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "ward_linkage_cpu", [&] {
-          ok = load(src.const_data_ptr<scalar_t>(), n, scratch.get());
-        });
-        if (!ok) bad_entry(src, p);
-        label(nn_chain(scratch.get(), n), n, outs[p].mutable_data_ptr<double>());
-      }
+  };
+  parallel_queue<Scratch>(order, workers, [&](size_t p, Scratch& scratch) {
+    const auto src = dists[p].contiguous();
+    const int64_t n = src.size(0);
+    if (n * n > scratch.capacity) {
+      scratch.data.reset(new double[n * n]);
+      scratch.capacity = n * n;
     }
+    bool ok = true;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "ward_linkage_cpu", [&] {
+      ok = load(src.const_data_ptr<scalar_t>(), n, scratch.data.get());
+    });
+    if (!ok) bad_entry(src, p);
+    label(nn_chain(scratch.data.get(), n), n, outs[p].mutable_data_ptr<double>());
   });
   return outs;
 }
