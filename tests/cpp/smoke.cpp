@@ -9,11 +9,18 @@ int main() {
   auto x = at::randn({40, 27}, at::kDouble);
   auto pd = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("pyprune_fast::pairwise_distance", "")
-                .typed<std::vector<at::Tensor>(at::TensorList, c10::string_view)>();
-  auto d = pd.call({x}, "euclidean")[0];
+                .typed<std::vector<at::Tensor>(at::TensorList, c10::string_view, at::OptionalIntArrayRef)>();
+  auto d = pd.call({x}, "euclidean", std::nullopt)[0];
   auto expected = at::cdist(x, x, 2.0, /*compute_mode=donot_use_mm*/ 2);
   if (!at::allclose(d, expected, 1e-9, 1e-9) || !at::equal(d, d.t())) {
     std::cerr << "pairwise_distance disagrees with cdist\n";
+    return 1;
+  }
+  // the same points as two column blocks, one a transposed view
+  auto right = x.narrow(1, 10, 17).t().contiguous().t();
+  auto halves = pd.call({x.narrow(1, 0, 10), right}, "euclidean", std::vector<int64_t>{2})[0];
+  if (!at::allclose(halves, expected, 1e-9, 1e-9)) {
+    std::cerr << "pairwise_distance of column blocks disagrees with cdist\n";
     return 1;
   }
 
