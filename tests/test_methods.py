@@ -12,6 +12,8 @@ from torch import nn
 import pyprune_fast as ppf
 from pyprune_fast.graph import named_tensors
 from pyprune_fast.methods import METHODS
+from pyprune_fast.methods.base import channel_view, member_tensors
+from pyprune_fast.methods.cup import cup_features, feature_blocks
 from nets import FlattenNet, TinyResNet
 
 
@@ -134,6 +136,36 @@ def test_cup_cluster_counts_match_the_published_recipe(threshold):
     report = ppf.prune(model, x, "cup", threshold=threshold, ignored_layers=[model.fc])
     assert [c.out_channels for c in convs(model)] == expected
     assert report.allocation == f"threshold={threshold:g}"
+
+
+def slice_norms_reference(t, m, channels):
+    """(channels, other): each channel's slice of a member's tensor (its block of indices along m.dim),
+    one norm per index of the tensor's other channel dim (1 for dim 0, else 0), everything else summed."""
+    other = 1 if m.dim == 0 else 0
+    s = channel_view(t, m, channels)  # (channels, block, *the other dims in order)
+    o = other if other < m.dim else other - 1  # the other dim's place among the rest
+    rest = [d for d in range(1, s.dim()) if d != o + 2]
+    return torch.linalg.vector_norm(s.double(), dim=rest)
+
+
+@pytest.mark.parametrize("make", [torchvision.models.resnet18, torchvision.models.mobilenet_v3_small, FlattenNet,
+                                  lambda: torchvision.models.VisionTransformer(32, 4, 2, 4, 64, 128, num_classes=10)])
+def test_cup_feature_blocks_equal_each_members_norms(make):
+    """CUP's features as column blocks (each weight's kernel norms computed once, consumers as transposed
+    views) equal the norms taken member by member, residual groups, flattens and a ViT included."""
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randn(2, 3, 8, 8) if make is FlattenNet else torch.randn(1, 3, 32, 32)
+    g = ppf.DependencyGraph(model, x)
+    tensors = named_tensors(model)
+    cache = {}
+    for grp in g.prunable_groups:
+        blocks = feature_blocks(tensors, grp, cache)
+        members = member_tensors(tensors, grp, "producer", min_ndim=2) + member_tensors(tensors, grp, "consumer", min_ndim=2)
+        assert len(blocks) == len(members) > 0
+        for b, (m, t) in zip(blocks, members):
+            torch.testing.assert_close(b.double(), slice_norms_reference(t.detach(), m, grp.channels), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cup_features(tensors, grp), torch.cat(blocks, 1))
 
 
 def test_cup_keeps_the_largest_feature_norm_of_each_cluster():
