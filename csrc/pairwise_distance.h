@@ -25,8 +25,10 @@ std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::Optio
 
 // Rows ready for the Gram product: in the accumulate dtype (float for float/half/bfloat16, double
 // for double) and, for the Euclidean metrics, centred along dim -2 (distances do not change;
-// cancellation in |a|^2 + |b|^2 - 2ab shrinks). x is (N, D) or a batch (B, N, D).
-at::Tensor gram_rows(const at::Tensor& x, Metric metric);
+// cancellation in |a|^2 + |b|^2 - 2ab shrinks). x is (N, D) or a batch (B, N, D). With `scratch`, a 2-D
+// x's centred rows are written into it (grown as needed; laid out like x when x is row- or
+// column-major), so that a loop over many inputs reuses one buffer instead of fresh pages.
+at::Tensor gram_rows(const at::Tensor& x, Metric metric, at::Tensor* scratch = nullptr);
 
 // The distance of rows i and j from Gram entries. Written so that (i, j) and (j, i) give the same bits,
 // the diagonal is exactly zero, and rounding never makes a NaN or a negative distance.
