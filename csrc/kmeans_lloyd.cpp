@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <map>
+#include <numeric>
 
 namespace pyprune_fast {
 namespace {
@@ -130,9 +131,8 @@ KmeansResult kmeans_lloyd_batched_op(at::TensorList xs, at::TensorList centroids
 
 KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
                                   int64_t sync_every, AssignEpilogue epilogue) {
-  check_kmeans_args(xs, centroids, niter);
+  const auto device = check_kmeans_args(xs, centroids, niter);
   TORCH_CHECK_VALUE(sync_every >= 1, "kmeans_lloyd: sync_every must be >= 1, got ", sync_every);
-  const auto device = common_device("kmeans_lloyd", xs);
   c10::OptionalDeviceGuard guard(device);
   const auto count = static_cast<int64_t>(xs.size());
   Outputs out{std::vector<at::Tensor>(count), std::vector<at::Tensor>(count),
@@ -159,7 +159,7 @@ KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, i
   }
   for (const auto& b : buckets) {
     std::vector<int64_t> rows(b.ids.size());
-    for (size_t r = 0; r < rows.size(); ++r) rows[r] = static_cast<int64_t>(r);
+    std::iota(rows.begin(), rows.end(), 0);
     emit(b, rows, out);
   }
   return {out.labels, out.centroids, out.inertia};

@@ -12,8 +12,8 @@
 
 namespace pyprune_fast {
 
-// xs[i] (N x D) and centroids[i] (k x D): one floating dtype, one device, k >= 1 when N > 0.
-inline void check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter) {
+// xs[i] (N x D) and centroids[i] (k x D): one floating dtype, one device (returned), k >= 1 when N > 0.
+inline c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter) {
   const char* op = "kmeans_lloyd";
   TORCH_CHECK_VALUE(xs.size() == centroids.size(), op, ": got ", xs.size(), " problems but ", centroids.size(),
                     " centroid tensors");
@@ -30,6 +30,7 @@ inline void check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64
     TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
                       ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
   }
+  return device;
 }
 
 // (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64), all on the inputs' device.

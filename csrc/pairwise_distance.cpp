@@ -60,8 +60,7 @@ at::Tensor gram_rows(const at::Tensor& x, Metric metric, at::Tensor* scratch) {
   const auto mean = rows.mean(-2, /*keepdim=*/true);
   if (scratch == nullptr || rows.dim() != 2) return rows - mean;
   const int64_t n = rows.size(0), d = rows.size(1);
-  if (!scratch->defined() || scratch->numel() < n * d) *scratch = at::empty({n * d}, rows.options());
-  const auto flat = scratch->narrow(0, 0, n * d);
+  const auto flat = reuse(*scratch, n * d, rows.options());
   const bool column_major = rows.stride(0) == 1 && rows.stride(1) == n && d > 1;  // a transposed matrix
   auto out = column_major ? flat.view({d, n}).t() : flat.view({n, d});
   return at::sub_out(out, rows, mean);

@@ -23,11 +23,17 @@ c10::Device check_pairwise_inputs(at::TensorList xs);
 // blocks[p] consecutive tensors of one row count). Checks that the blocks add up to xs.
 std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::OptionalIntArrayRef blocks);
 
+// The first `numel` elements of `buffer`, which is (re)allocated with `options` when it is smaller: a loop
+// over many inputs reuses one buffer instead of touching fresh pages for each.
+inline at::Tensor reuse(at::Tensor& buffer, int64_t numel, const at::TensorOptions& options) {
+  if (!buffer.defined() || buffer.numel() < numel) buffer = at::empty({numel}, options);
+  return buffer.narrow(0, 0, numel);
+}
+
 // Rows ready for the Gram product: in the accumulate dtype (float for float/half/bfloat16, double
 // for double) and, for the Euclidean metrics, centred along dim -2 (distances do not change;
 // cancellation in |a|^2 + |b|^2 - 2ab shrinks). x is (N, D) or a batch (B, N, D). With `scratch`, a 2-D
-// x's centred rows are written into it (grown as needed; laid out like x when x is row- or
-// column-major), so that a loop over many inputs reuses one buffer instead of fresh pages.
+// x's centred rows are written into it (see reuse; laid out like x when x is row- or column-major).
 at::Tensor gram_rows(const at::Tensor& x, Metric metric, at::Tensor* scratch = nullptr);
 
 // The distance of rows i and j from Gram entries. Written so that (i, j) and (j, i) give the same bits,

@@ -99,8 +99,9 @@ class Row:
     prune_ms: float
 
 
-def prune_and_finetune(method: str, trained: nn.Module, data, args) -> Row:
-    """Prune a copy of `trained` by `method` to args.target_flops of its MACs, fine-tune it, and measure."""
+def prune_and_finetune(method: str, trained: nn.Module, acc_before: float, data, args) -> Row:
+    """Prune a copy of `trained` (test accuracy `acc_before`) by `method` to args.target_flops of its MACs,
+    fine-tune it, and measure."""
     x_train, y_train, x_test, y_test = data
     model = copy.deepcopy(trained)
     t0 = time.perf_counter()
@@ -109,7 +110,7 @@ def prune_and_finetune(method: str, trained: nn.Module, data, args) -> Row:
     acc_pruned = accuracy(model, x_test, y_test)
     train(model, x_train, y_train, args.finetune_epochs, args.lr / 10, args.seed)
     return Row(method, report.macs_after / report.macs_before, report.params_after / report.params_before,
-               accuracy(trained, x_test, y_test), acc_pruned, accuracy(model, x_test, y_test), prune_ms)
+               acc_before, acc_pruned, accuracy(model, x_test, y_test), prune_ms)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -163,9 +164,10 @@ def main(argv=None) -> int:
     model = DigitsNet()
     t0 = time.perf_counter()
     train(model, data[0], data[1], args.epochs, args.lr, args.seed)
+    acc = accuracy(model, data[2], data[3])
     print(f"digits: {len(data[0])} train / {len(data[2])} test images; trained {args.epochs} epochs in "
-          f"{time.perf_counter() - t0:.1f} s: test accuracy {accuracy(model, data[2], data[3]):.1%}\n")
-    rows = [prune_and_finetune(m, model, data, args) for m in args.methods.split(",")]
+          f"{time.perf_counter() - t0:.1f} s: test accuracy {acc:.1%}\n")
+    rows = [prune_and_finetune(m, model, acc, data, args) for m in args.methods.split(",")]
     print_table(rows)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, "digits_demo.png")

@@ -14,7 +14,9 @@ from .graph.rules import module_of
 from .graph.trace import Node, Trace, record
 from .window_attention import shifted_window_attention, window_attention_args
 
-__all__ = ["MacsModel", "Profile", "profile", "profile_trace"]
+__all__ = ["MacsModel", "Profile", "profile", "profile_trace", "param_count"]
+
+_CONVS = ("conv1d", "conv2d", "conv3d")
 
 
 @dataclass
@@ -37,7 +39,7 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     """(module or op, multiply-accumulates, the weight they scale with: a parameter name or None)."""
     args, name = node.args, node.name
     out = node.outputs[0] if node.outputs else None
-    if name in ("conv1d", "conv2d", "conv3d"):
+    if name in _CONVS:
         w = args[1]
         return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:]), w.param
     if node.func is F.linear:
@@ -63,13 +65,22 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     return name, 0, None
 
 
+def _proportional(node: Node) -> bool:
+    """Whether the op's MACs are its weight's element count times a size pruning does not change."""
+    return node.name in _CONVS or node.func is F.linear
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def profile_trace(trace: Trace, model: nn.Module) -> Profile:
     rows = []
     for node in trace.nodes:
         where, macs, _ = _macs(node)
         if macs:
             rows.append((where, node.name, int(macs)))
-    return Profile(sum(r[2] for r in rows), sum(p.numel() for p in model.parameters()), rows)
+    return Profile(sum(r[2] for r in rows), param_count(model), rows)
 
 
 def profile(model: nn.Module, example_inputs: Any) -> Profile:
@@ -97,7 +108,7 @@ class MacsModel:
                 weighted[weight] = weighted.get(weight, 0) + macs
             else:
                 self.fixed += macs
-            self.exact &= not macs or node.name in ("conv1d", "conv2d", "conv3d", "linear")
+            self.exact &= not macs or _proportional(node)
         names = list(weighted)
         index = {n: i for i, n in enumerate(names)}
         rows: dict[tuple[str, int], int] = {}

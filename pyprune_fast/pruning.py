@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .allocation import Limits, bisect
-from .flops import MacsModel, profile, profile_trace
+from .flops import MacsModel, param_count, profile, profile_trace
 from .graph import DependencyGraph, named_tensors
 from .methods import METHODS, Criterion
 from .plan import Plan
@@ -195,7 +195,7 @@ def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.op
     _apply_with(model, decision.written, decision.plan, optimizer)
     t1 = time.perf_counter()
     if decision.macs_exact:  # no second forward pass to count them
-        macs_after, params_after = round(decision.macs_predicted), sum(p.numel() for p in model.parameters())
+        macs_after, params_after = round(decision.macs_predicted), param_count(model)
     else:
         after = profile(model, example_inputs)
         macs_after, params_after = after.macs, after.params

@@ -324,7 +324,7 @@ def relevance_scores(model: nn.Module, graph: DependencyGraph, groups: list[Grou
     scores = layer_scores(model, batches, num_classes, graph.trace)
     out = []
     for g in groups:
-        parts = [scores[m.name].narrow(0, m.offset, g.channels * m.block).reshape(g.channels, m.block).sum(1)
+        parts = [m.channel_sums(scores[m.name], g.channels)
                  for m in g.members if m.role == "producer" and m.dim == 0 and m.name in scores]
         if not parts:
             raise ValueError(f"relevance: no conv, Linear or BatchNorm produces the channels of group {g.index} ({g.origin})")

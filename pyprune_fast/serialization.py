@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .attention import PrunedMultiheadAttention
+from .graph.trace import shapes_of
 from .surgery import owner
 from .window_attention import pruned_class
 
@@ -41,8 +42,8 @@ def _shape_attrs(model: nn.Module) -> dict[str, dict]:
 
 def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Save `model`'s tensor shapes, layer widths and state dict (no pickled modules) to `path`."""
-    shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
-    torch.save({"format": _FORMAT, "shapes": shapes, "attrs": _shape_attrs(model), "state_dict": model.state_dict()}, path)
+    state = model.state_dict()
+    torch.save({"format": _FORMAT, "shapes": shapes_of(state), "attrs": _shape_attrs(model), "state_dict": state}, path)
 
 
 def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike], map_location=None) -> nn.Module:

@@ -66,18 +66,18 @@ void update(const at::Tensor& x, const int64_t* labels, const scalar_t* mind, at
       for (int64_t e = 0; e < dim; ++e) row[e] /= static_cast<scalar_t>(size);
     }
   });
-  std::vector<int64_t> far;
+  std::vector<int64_t> far;  // points by distance to their centroid, farthest first; taken in this order
+  size_t taken = 0;
   for (int64_t j = 0; j < k; ++j) {
     if (count[j + 1] > count[j]) continue;
-    if (far.empty()) {  // points by distance to their centroid, farthest first
+    if (far.empty()) {
       far.resize(n);
       std::iota(far.begin(), far.end(), 0);
       std::stable_sort(far.begin(), far.end(), [&](int64_t a, int64_t b) { return mind[a] > mind[b]; });
-      std::reverse(far.begin(), far.end());  // pop_back takes the farthest
     }
-    if (far.empty()) break;
-    std::copy(xp + far.back() * dim, xp + (far.back() + 1) * dim, cp + j * dim);
-    far.pop_back();
+    if (taken == far.size()) break;
+    std::copy(xp + far[taken] * dim, xp + (far[taken] + 1) * dim, cp + j * dim);
+    ++taken;
   }
   if (spherical) c.div_(c.norm(2, 1, true).clamp_min(1e-12));
 }

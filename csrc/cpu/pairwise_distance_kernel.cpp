@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <numeric>
 
 #include "checks.h"
 #include "cpu/parallel_rows.h"
@@ -69,10 +68,7 @@ struct Scratch {
 void distances(const std::vector<at::Tensor>& parts, Metric metric, at::Tensor& out, Scratch& scratch) {
   const int64_t n = out.size(0);
   if (n == 0) return;
-  if (!scratch.gram.defined() || scratch.gram.numel() < n * n) {
-    scratch.gram = at::empty({n * n}, out.options().dtype(accumulate_type(out.scalar_type())));
-  }
-  auto gram = scratch.gram.narrow(0, 0, n * n).view({n, n});
+  auto gram = reuse(scratch.gram, n * n, out.options().dtype(accumulate_type(out.scalar_type()))).view({n, n});
   for (size_t b = 0; b < parts.size(); ++b) {
     add_upper_gram(gram, gram_rows(parts[b], metric, &scratch.rows), b == 0);
   }
@@ -102,9 +98,7 @@ std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_vie
     work.push_back(static_cast<double>(n) * n * (cols + 8));  // the epilogue's share: a few columns' worth
     left += work.back();
   }
-  std::vector<size_t> order(problems.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t p, size_t q) { return work[p] > work[q]; });
+  const auto order = largest_first(work);
   const int64_t threads = at::get_num_threads();
   size_t shared = 0;
   Scratch scratch;
@@ -113,8 +107,7 @@ std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_vie
     left -= work[order[shared]];
   }
   const std::vector<size_t> rest(order.begin() + shared, order.end());
-  const int64_t workers = left < (1 << 20) ? 1 : std::min<int64_t>(threads, rest.size());  // small: this thread
-  parallel_queue<Scratch>(rest, workers,
+  parallel_queue<Scratch>(rest, left, 1 << 20,
                           [&](size_t p, Scratch& mine) { distances(problems[p], metric, outs[p], mine); });
   return outs;
 }

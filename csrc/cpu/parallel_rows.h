@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 namespace pyprune_fast {
@@ -31,17 +32,25 @@ void parallel_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>&
   });
 }
 
-// Calls fn(p, state) for every p of `order` (put the largest problems first) on `workers` threads, each
-// taking the next one free; `state` is one default-constructed State per worker (scratch memory, say).
-// Inside, at::parallel_for and MKL run on the calling thread only.
+// The problems' indices, largest work first (ties in index order).
+inline std::vector<size_t> largest_first(const std::vector<double>& work) {
+  std::vector<size_t> order(work.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t p, size_t q) { return work[p] > work[q]; });
+  return order;
+}
+
+// Calls fn(p, state) for every p of `order` (largest first) on one worker per thread, each taking the
+// next one free, or on this thread alone when the work in all is below `serial_below`; `state` is one
+// default-constructed State per worker (scratch memory, say). Inside, at::parallel_for and MKL run on
+// the calling thread only.
 template <class State, class F>
-void parallel_queue(const std::vector<size_t>& order, int64_t workers, F fn) {
+void parallel_queue(const std::vector<size_t>& order, double work, double serial_below, F fn) {
+  const int64_t workers = work < serial_below ? 1 : std::min<int64_t>(at::get_num_threads(), order.size());
   std::atomic<size_t> next{0};
-  at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t, int64_t) {
     State state;
-    for (int64_t w = begin; w < end; ++w) {
-      for (size_t j; (j = next.fetch_add(1)) < order.size();) fn(order[j], state);
-    }
+    for (size_t j; (j = next.fetch_add(1)) < order.size();) fn(order[j], state);
   });
 }
 

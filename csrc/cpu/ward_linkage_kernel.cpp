@@ -108,8 +108,6 @@ void check_dists(at::TensorList dists) {
     TORCH_CHECK_VALUE(d.dim() == 2, kOp, ": dists[", i, "] must be a 2-D distance matrix, got ", d.dim(), "-D");
     TORCH_CHECK_VALUE(d.size(0) == d.size(1), kOp, ": dists[", i, "] must be square, got ", d.size(0), " x ",
                       d.size(1));
-    TORCH_CHECK_VALUE(d.is_cpu(), kOp, ": dists[", i, "] is on ", d.device(),
-                      "; the op runs on the CPU, move the matrices there first");
   }
 }
 
@@ -242,23 +240,22 @@ void label(const std::vector<Merge>& merges, int64_t n, double* out) {
 std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
   check_dists(dists);
   std::vector<at::Tensor> outs;
-  std::vector<size_t> order;  // problems with merges to do, largest first; threads take the next one free
-  double work = 0;
-  for (size_t i = 0; i < dists.size(); ++i) {
-    const int64_t n = dists[i].size(0);
-    outs.push_back(at::empty({std::max<int64_t>(n - 1, 0), 4}, dists[i].options().dtype(at::kDouble)));
-    if (n > 1) order.push_back(i);
-    work += static_cast<double>(n) * n;
+  std::vector<double> work;
+  for (const auto& d : dists) {
+    const int64_t n = d.size(0);
+    outs.push_back(at::empty({std::max<int64_t>(n - 1, 0), 4}, d.options().dtype(at::kDouble)));
+    work.push_back(static_cast<double>(n) * n);
   }
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t p, size_t q) { return dists[p].size(0) > dists[q].size(0); });
-  // One worker per thread (a small call stays on this one); each takes the next problem until none is left.
-  const int64_t workers = work < 65536 ? 1 : std::min<int64_t>(at::get_num_threads(), order.size());
+  std::vector<size_t> order;  // the problems with merges to do, largest first
+  for (size_t p : largest_first(work)) {
+    if (dists[p].size(0) > 1) order.push_back(p);
+  }
   struct Scratch {
     std::unique_ptr<double[]> data;  // sized by the worker's first problem, its largest
     int64_t capacity = 0;
   };
-  parallel_queue<Scratch>(order, workers, [&](size_t p, Scratch& scratch) {
+  const double total = std::accumulate(work.begin(), work.end(), 0.0);
+  parallel_queue<Scratch>(order, total, 65536, [&](size_t p, Scratch& scratch) {
     const auto src = dists[p].contiguous();
     const int64_t n = src.size(0);
     if (n * n > scratch.capacity) {

@@ -22,10 +22,9 @@ Labels = Union[Tensor, tuple[Tensor, Tensor]]
 Points = Union[Tensor, tuple[Tensor, ...]]  # (N, D) points, or their column blocks
 
 
-def _row_distances(x: Points, i: Tensor, j: Tensor) -> Tensor:
-    """|x[i] - x[j]| for index pairs, x a tensor or a problem's column blocks."""
-    blocks = (x,) if isinstance(x, Tensor) else x
-    return torch.stack([(b[i] - b[j]).square().sum(1) for b in blocks]).sum(0).sqrt()
+def _row_norms(blocks: Sequence[Tensor]) -> Tensor:
+    """The norm of every row of points given as column blocks."""
+    return torch.stack([b.square().sum(1) for b in blocks]).sum(0).sqrt()
 
 
 def _exact_small(x: Points, d: Tensor) -> Tensor:
@@ -38,7 +37,7 @@ def _exact_small(x: Points, d: Tensor) -> Tensor:
     close = (d <= tol * d.max()).triu_(1).nonzero()
     if close.numel():
         i, j = close[:, 0], close[:, 1]
-        exact = _row_distances(x, i, j).to(d.dtype)
+        exact = _row_norms([b[i] - b[j] for b in ((x,) if isinstance(x, Tensor) else x)]).to(d.dtype)
         d = d.index_put((i, j), exact).index_put((j, i), exact)
     return d
 
@@ -144,12 +143,7 @@ def ward(
     Distances are computed in float64 whatever the input dtype (pairwise_distance on the input's
     device), so the tree matches scipy's on the same points to rounding.
     """
-    if isinstance(xs, Tensor):
-        lst, single = [xs], True
-    elif isinstance(xs, (list, tuple)) and all(isinstance(x, Tensor) for x in xs):
-        lst, single = list(xs), False
-    else:
-        raise TypeError(f"ward: xs must be a tensor or a list of tensors, got {type(xs).__name__}")
+    lst, single = ops._tensor_list("ward", "xs", xs)
     thresholds, counts = _per_problem("threshold", threshold, len(lst)), _per_problem("n_clusters", n_clusters, len(lst))
     for t, m in zip(thresholds, counts):
         _check_cut(t, m)

@@ -19,9 +19,9 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from .rules import Context, propagate
+from .rules import Context, child, propagate
 from .spaces import Member
-from .trace import named_tensors, record
+from .trace import first_change, named_tensors, record, shapes_of
 
 __all__ = ["DependencyGraph", "Group", "Member", "named_tensors"]
 
@@ -106,7 +106,7 @@ class DependencyGraph:
         name = next((n for n, m in self.model.named_modules() if m is module), None)
         if name is None:
             raise ValueError(f"group_of: the {type(module).__name__} is not part of the model")
-        weight = f"{name}.weight" if name else "weight"
+        weight = child(name, "weight")
         for g in self.groups:
             if any(m.name == weight and m.dim == 0 and m.role == "producer" for m in g.members):
                 return g
@@ -117,9 +117,8 @@ class DependencyGraph:
         if self.stale:
             raise ValueError("this DependencyGraph was used by apply() already; build a new one for the pruned model")
         tensors = named_tensors(self.model)
-        now = {n: tuple(t.shape) for n, t in tensors.items()}
-        if now != self.shapes:
-            changed = sorted(set(now.items()) ^ set(self.shapes.items()))[0][0]
+        changed = first_change(shapes_of(tensors), self.shapes)
+        if changed is not None:
             raise ValueError(f"the model changed since the DependencyGraph was built ({changed}); build a new one")
         return tensors
 

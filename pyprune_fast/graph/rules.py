@@ -20,6 +20,8 @@ from .trace import Node, Trace, Value, attention_args
 
 __all__ = ["Context", "propagate"]
 
+NORM_PARAMS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))  # positions in F.batch_norm
+
 
 class Context:
     def __init__(self, trace: Trace, ignored_modules: set[str]):
@@ -56,10 +58,9 @@ def module_of(param: Optional[str]) -> str:
     return param.rsplit(".", 1)[0] if param and "." in param else ""
 
 
-def _arg(node: Node, i: int, name: str, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
+def child(module: str, name: str) -> str:
+    """The qualified name of `name` in `module` ("" for the model itself)."""
+    return f"{module}.{name}" if module else name
 
 
 def _wrap(dim: int, ndim: int) -> int:
@@ -70,8 +71,8 @@ def _wrap(dim: int, ndim: int) -> int:
 
 
 def conv(ctx: Context, node: Node) -> None:
-    x, w, b = _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")
-    groups = _arg(node, 6, "groups", 1)
+    x, w, b = node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias")
+    groups = node.arg(6, "groups", 1)
     out = node.outputs[0]
     lx = ctx.of(x).dims.get(1)
     module = module_of(w.param)
@@ -125,7 +126,7 @@ def _record_module(label: Label, module: str) -> None:
 
 
 def linear(ctx: Context, node: Node) -> None:
-    x, w, b = _arg(node, 0, "input"), _arg(node, 1, "weight"), _arg(node, 2, "bias")
+    x, w, b = node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias")
     out = node.outputs[0]
     if w.param is None:
         ctx.lock_all([x], "linear with a weight computed in forward")
@@ -150,20 +151,20 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
 
 
 def batch_norm(ctx: Context, node: Node) -> None:
-    x = _arg(node, 0, "input")
-    params = [_arg(node, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    x = node.arg(0, "input")
+    params = [node.arg(i, n) for i, n in NORM_PARAMS]
     _norm(ctx, node, x, 1, params, "batch_norm")
 
 
 def instance_norm(ctx: Context, node: Node) -> None:
-    x = _arg(node, 0, "input")
-    params = [_arg(node, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    x = node.arg(0, "input")
+    params = [node.arg(i, n) for i, n in NORM_PARAMS]
     _norm(ctx, node, x, 1, params, "instance_norm")
 
 
 def group_norm(ctx: Context, node: Node) -> None:
-    x, groups = _arg(node, 0, "input"), _arg(node, 1, "num_groups")
-    w, b = _arg(node, 2, "weight"), _arg(node, 3, "bias")
+    x, groups = node.arg(0, "input"), node.arg(1, "num_groups")
+    w, b = node.arg(2, "weight"), node.arg(3, "bias")
     label = ctx.of(x).dims.get(1)
     module = module_of(w.param if isinstance(w, Value) else None)
     if groups == x.shape[1]:
@@ -174,8 +175,8 @@ def group_norm(ctx: Context, node: Node) -> None:
 
 
 def layer_norm(ctx: Context, node: Node) -> None:
-    x, shape = _arg(node, 0, "input"), _arg(node, 1, "normalized_shape")
-    w, b = _arg(node, 2, "weight"), _arg(node, 3, "bias")
+    x, shape = node.arg(0, "input"), node.arg(1, "normalized_shape")
+    w, b = node.arg(2, "weight"), node.arg(3, "bias")
     if len(shape) != 1:
         ctx.lock_all([x], "layer_norm over several dims")
         ctx.set(node.outputs[0], {})
@@ -199,15 +200,8 @@ def attention(ctx: Context, node: Node) -> None:
               and not a.get("use_separate_proj_weight"))
     if not simple:
         return
-    heads, inner = a["num_heads"], w_in.shape[0] // 3
-    hd = inner // heads
     module = module_of(w_in.param)
-    space = ctx.new_space(heads, f"attention heads {module}")
-    space.modules.add(module)
-    ctx.attention.add(module)
-    for name in _param_names(w_in, a.get("in_proj_bias")):
-        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
-    space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))
+    space = _head_space(ctx, module, f"attention heads {module}", a["num_heads"], w_in, a.get("in_proj_bias"), w_out)
     if module in ctx.ignored:
         space.lock(f"{module} is in ignored_layers")
 
@@ -225,18 +219,11 @@ def window_attention(ctx: Context, node: Node) -> None:
     ctx.lock_all([a["input"]], "Swin window attention reads the width of its input")
     _fixed_outputs(ctx, node)
     module = module_of(module_of(w_qkv.param))
-    if (w_qkv.param, w_proj.param) != (_child(module, "qkv.weight"), _child(module, "proj.weight")):
+    if (w_qkv.param, w_proj.param) != (child(module, "qkv.weight"), child(module, "proj.weight")):
         ctx.lock_all([v for v in (bias, scale) if v is not None], "Swin window attention with weights that are not "
                      "its own qkv and proj")
         return
-    heads, inner = a["num_heads"], w_qkv.shape[0] // 3
-    hd = inner // heads
-    space = ctx.new_space(heads, f"window attention heads {module}")
-    space.modules.add(module)
-    ctx.attention.add(module)
-    for name in _param_names(w_qkv, a["qkv_bias"]):
-        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
-    space.members.append(Member(w_proj.param, 1, 0, hd, "consumer"))
+    space = _head_space(ctx, module, f"window attention heads {module}", a["num_heads"], w_qkv, a["qkv_bias"], w_proj)
     for v, what in ((bias, "relative position bias"), (scale, "logit_scale")):
         if v is not None:
             space = _join_heads(ctx, space, v, f"the {what} of {module}")
@@ -244,8 +231,18 @@ def window_attention(ctx: Context, node: Node) -> None:
         space.lock(f"{module} is in ignored_layers")
 
 
-def _child(module: str, name: str) -> str:
-    return f"{module}.{name}" if module else name
+def _head_space(ctx: Context, module: str, origin: str, heads: int, w_in: Value, b_in, w_out: Value) -> Space:
+    """A new space of `heads` channels: head h is a block of head_dim rows in each of the q, k and v thirds
+    of w_in (and b_in), and the same block of columns of w_out."""
+    inner = w_in.shape[0] // 3
+    hd = inner // heads
+    space = ctx.new_space(heads, origin)
+    space.modules.add(module)
+    ctx.attention.add(module)
+    for name in _param_names(w_in, b_in):
+        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
+    space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))
+    return space
 
 
 def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
@@ -264,7 +261,7 @@ def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
         return root
     if label is None and d in lab.params:
         name, pd = lab.params[d]
-        space.add(Member(name, pd, 0, 1, "producer"))
+        space.add(_producer(name, pd))
         return space
     lock_label(label, f"{what} is laid out along its heads in a way the graph cannot follow")
     space.lock(f"{what} is computed in a way the graph cannot follow")
@@ -315,9 +312,9 @@ def elementwise(ctx: Context, node: Node) -> None:
 
 
 def cat(ctx: Context, node: Node) -> None:
-    tensors = list(_arg(node, 0, "tensors"))
+    tensors = list(node.arg(0, "tensors"))
     out = node.outputs[0]
-    dim = _wrap(_arg(node, 1, "dim", 0), out.ndim)
+    dim = _wrap(node.arg(1, "dim", 0), out.ndim)
     dims = {}
     for d in range(out.ndim):
         if d == dim:
@@ -356,7 +353,7 @@ def permute(ctx: Context, node: Node) -> None:
         order = list(order) if order else list(node.kwargs.get("dims"))
         order = [_wrap(d, x.ndim) for d in order]
     elif name in ("transpose", "swapaxes", "swapdims"):
-        a, b = _wrap(_arg(node, 1, "dim0"), x.ndim), _wrap(_arg(node, 2, "dim1"), x.ndim)
+        a, b = _wrap(node.arg(1, "dim0"), x.ndim), _wrap(node.arg(2, "dim1"), x.ndim)
         order = list(range(x.ndim))
         order[a], order[b] = order[b], order[a]
     elif name in ("t", "T", "numpy_T"):
@@ -365,7 +362,7 @@ def permute(ctx: Context, node: Node) -> None:
         order = list(range(x.ndim))
         order[-1], order[-2] = order[-2], order[-1]
     elif name == "movedim":
-        src, dst = _arg(node, 1, "source"), _arg(node, 2, "destination")
+        src, dst = node.arg(1, "source"), node.arg(2, "destination")
         src = [src] if isinstance(src, int) else list(src)
         dst = [dst] if isinstance(dst, int) else list(dst)
         src, dst = [_wrap(s, x.ndim) for s in src], [_wrap(d, x.ndim) for d in dst]
@@ -495,7 +492,7 @@ def pad(ctx: Context, node: Node) -> None:
 
 def roll(ctx: Context, node: Node) -> None:
     x = node.tensor_inputs()[0]
-    dims = _arg(node, 2, "dims")
+    dims = node.arg(2, "dims")
     dims = [] if dims is None else ([dims] if isinstance(dims, int) else list(dims))
     same_size_dims(ctx, node, {_wrap(d, x.ndim) for d in dims} if dims else set(range(x.ndim)))
 
@@ -503,8 +500,8 @@ def roll(ctx: Context, node: Node) -> None:
 def reduction(ctx: Context, node: Node) -> None:
     """mean, sum, amax...: reduced dims lose their labels (fewer channels change values, not shapes)."""
     x = node.tensor_inputs()[0]
-    dim = _arg(node, 1, "dim")
-    keepdim = bool(_arg(node, 2, "keepdim", False))
+    dim = node.arg(1, "dim")
+    keepdim = bool(node.arg(2, "keepdim", False))
     lab = ctx.of(x)
     if dim is None or not isinstance(dim, (int, tuple, list)):
         reduced = set(range(x.ndim))
@@ -570,7 +567,7 @@ def split(ctx: Context, node: Node) -> None:
     """split, chunk, unbind, narrow, select, tensor_split: fine along other dims, locks along channels."""
     x = node.tensor_inputs()[0]
     lab = ctx.of(x)
-    dim = _arg(node, 2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else _arg(node, 1, "dim", 0)
+    dim = node.arg(2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else node.arg(1, "dim", 0)
     dim = _wrap(dim, x.ndim)
     if dim in lab.dims:
         lock_label(lab.dims[dim], f"{node.name} cuts the channel dim at sizes fixed in the model's code")
@@ -591,7 +588,7 @@ def generic(ctx: Context, node: Node) -> None:
 def size_read(ctx: Context, node: Node) -> None:
     """x.shape, x.size(), x.numel(): the code may compute other shapes from a channel count it read."""
     x = node.args[0]
-    dim = _arg(node, 1, "dim") if node.name == "size" else None
+    dim = node.arg(1, "dim") if node.name == "size" else None
     lab = ctx.of(x)
     for d, label in lab.dims.items():
         if dim is None or _wrap(dim, x.ndim) == d:

@@ -30,6 +30,12 @@ class Member:
     block: int = 1
     role: str = "producer"
 
+    def channel_sums(self, v, channels: int):
+        """(channels,): a vector indexed along this member's dim, summed over each channel's positions."""
+        if self.offset == 0 and self.block == 1 and v.numel() == channels:
+            return v
+        return v.narrow(0, self.offset, channels * self.block).view(channels, self.block).sum(1)
+
 
 class Space:
     """A union-find node: the root holds the size, the members and, if any, why it cannot be pruned."""

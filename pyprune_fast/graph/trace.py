@@ -57,6 +57,10 @@ class Node:
     def tensor_inputs(self) -> list[Value]:
         return [v for v in leaves((self.args, self.kwargs)) if isinstance(v, Value)]
 
+    def arg(self, i: int, name: str, default=None):
+        """The argument at position i, or passed by `name`."""
+        return self.args[i] if len(self.args) > i else self.kwargs.get(name, default)
+
 
 @dataclass
 class Trace:
@@ -244,6 +248,15 @@ def named_tensors(model: nn.Module, modules: Optional[Modules] = None) -> dict[s
     return out
 
 
+def shapes_of(tensors: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    return {n: tuple(t.shape) for n, t in tensors.items()}
+
+
+def first_change(now: dict[str, tuple], before: dict[str, tuple]) -> Optional[str]:
+    """The first tensor name (sorted) whose shape differs between two `shapes_of`, or None."""
+    return None if now == before else sorted(set(now.items()) ^ set(before.items()))[0][0]
+
+
 def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:
     """One recorded forward pass; `tensors`: the model's parameters and buffers (as named_tensors gives them)."""
     inputs = example_inputs
@@ -255,8 +268,7 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tup
     with torch.no_grad(), recorder:
         out = model(*inputs)
     outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
-    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta,
-                 {n: tuple(t.shape) for n, t in tensors.items()})
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors))
 
 
 class _OnMeta:
@@ -289,13 +301,13 @@ class _OnMeta:
 @contextmanager
 def _attention_as_one_op(modules: Modules):
     """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
-    swapped = [(m, type(m)) for _, m in modules if pruned_class(m) not in (None, type(m))]
+    swapped = [(m, type(m), new) for _, m in modules if (new := pruned_class(m)) not in (None, type(m))]
     try:
-        for m, _ in swapped:
-            m.__class__ = pruned_class(m)
+        for m, _, new in swapped:
+            m.__class__ = new
         yield
     finally:
-        for m, cls in swapped:
+        for m, cls, _ in swapped:
             m.__class__ = cls
 
 

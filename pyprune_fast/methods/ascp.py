@@ -27,10 +27,10 @@ from torch import Tensor
 from ..allocation import Ladder, Limits, fraction_ladder
 from ..cluster import kmeans
 from ..graph import Group, Member
-from ..graph.rules import module_of
+from ..graph.rules import NORM_PARAMS, child, module_of
 from ..graph.trace import batchnorm_after
 from ..plan import Plan
-from ..testing import dead_channels_are_exact
+from ..surgery import dead_channels_are_exact
 from .base import Criterion, channel_view, check_finite, member_tensors
 
 __all__ = ["ASCP"]
@@ -53,10 +53,9 @@ def _batchnorm_after(graph) -> dict[str, tuple[dict[str, str], float]]:
     """weight name of a conv/Linear -> the BatchNorm that alone reads its output: its tensor names, eps."""
     out = {}
     for weight, node in batchnorm_after(graph.trace).items():
-        names = {key: getattr(node.args[i] if len(node.args) > i else node.kwargs.get(key), "param", None)
-                 for i, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))}
+        names = {key: getattr(node.arg(i, key), "param", None) for i, key in NORM_PARAMS}
         if all(names.values()):
-            out[weight] = (names, float(node.args[7] if len(node.args) > 7 else node.kwargs.get("eps", 1e-5)))
+            out[weight] = (names, float(node.arg(7, "eps", 1e-5)))
     return out
 
 
@@ -84,7 +83,7 @@ class ASCP(Criterion):
         for m in producers:
             if m.name not in by_name or self.tensors[m.name].dim() < 2:
                 continue
-            bias = by_name.get(f"{module_of(m.name)}.bias" if module_of(m.name) else "bias")
+            bias = by_name.get(child(module_of(m.name), "bias"))
             bn, eps = bn_after.get(m.name, (None, 0.0))
             bn = {k: by_name[n] for k, n in bn.items()} if bn and all(n in by_name for n in bn.values()) else None
             units.append(_Unit(m, bias, bn, eps))
@@ -111,12 +110,13 @@ class ASCP(Criterion):
         return fraction_ladder(self.channels, self.limits)
 
     def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
-        todo = [i for i, (g, w) in enumerate(zip(self.groups, widths.tolist())) if w < g.channels]
+        ks = widths.tolist()
+        todo = [i for i, (g, k) in enumerate(zip(self.groups, ks)) if k < g.channels]
         results = self._timed("clustering", kmeans, [self.features[i].float() for i in todo],
-                              [int(widths[i]) for i in todo], self.niter, "k-means++", self.seed) if todo else []
+                              [ks[i] for i in todo], self.niter, "k-means++", self.seed) if todo else []
         written: dict[str, Tensor] = {}
         for i, res in zip(todo, results):
-            g, f, k = self.groups[i], self.features[i], int(widths[i])
+            g, f, k = self.groups[i], self.features[i], ks[i]
             labels = res.labels.cpu()
             members = torch.zeros(k, g.channels, dtype=f.dtype).scatter_(0, labels[None], 1.0)  # one-hot, (k, N)
             centres = (members @ f) / members.sum(1, keepdim=True).clamp_min(1)  # every cluster's mean
@@ -138,7 +138,7 @@ class ASCP(Criterion):
             t = written.get(m.name)
             if t is None:
                 t = written[m.name] = self.tensors[m.name].detach().clone()
-            s = t.narrow(m.dim, m.offset, c * m.block).movedim(m.dim, 0)
+            s = channel_view(t, m, c)
             s.copy_(per_cluster[labels].reshape(s.shape).to(t.dtype))
 
         col = 0

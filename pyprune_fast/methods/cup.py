@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..allocation import Ladder, Limits
 from ..cluster import flat_clusters
-from ..cluster.ward import _linkages
+from ..cluster.ward import _linkages, _row_norms
 from ..plan import Plan
 from .base import Criterion, check_finite, member_tensors
 
@@ -77,18 +77,19 @@ class CUP(Criterion):
 
     def __init__(self, graph, groups, limits=Limits(), seed=0):
         super().__init__(graph, groups, limits, seed)
-        self.features = self._timed("scores", self._features)
+        self.features, self.norms = self._timed("scores", self._features)
         # the features are checked (through their norms): the trees without cluster.linkage's second pass
         self.trees = self._timed("clustering", _linkages, self.features, torch.float32)
         self.heights = [z[:, 2].contiguous() for z in self.trees]
 
-    def _features(self) -> list[tuple[Tensor, ...]]:
+    def _features(self) -> tuple[list[tuple[Tensor, ...]], list[Tensor]]:
+        """Every group's feature blocks (each weight's kernel norms computed once) and row norms."""
         cache: dict = {}
         features = [feature_blocks(self.tensors, g, cache) for g in self.groups]
-        self.norms = [torch.stack([b.square().sum(1) for b in f]).sum(0).sqrt() for f in features]
-        for g, n in zip(self.groups, self.norms):
+        norms = [_row_norms(f) for f in features]
+        for g, n in zip(self.groups, norms):
             check_finite(self.tensors, g, n)
-        return features
+        return features, norms
 
     def at_threshold(self, threshold: float) -> Tensor:
         """Widths when every tree is cut at `threshold`: one channel per cluster."""

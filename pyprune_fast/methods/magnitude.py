@@ -7,14 +7,16 @@ from collections import defaultdict
 
 import torch
 
-from ..graph import DependencyGraph, Group, Member, named_tensors
+from ..graph import DependencyGraph, Group, named_tensors
 from .base import Scored
 
 
-def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Tensor]:
+def _norms(tensors: dict[str, torch.Tensor], groups: list[Group], p: int) -> list[torch.Tensor]:
+    """Per group, every channel's sum of |w|^p over its slices of the group's parameters (p = 1), or the
+    square root of that (p = 2); `tensors`: the model's, by name."""
     if not groups:
         return []
-    params = {n: t for n, t in named_tensors(graph.model).items() if isinstance(t, torch.nn.Parameter) and t.is_floating_point()}
+    params = {n: t for n, t in tensors.items() if isinstance(t, torch.nn.Parameter) and t.is_floating_point()}
     needed: dict[str, set[int]] = defaultdict(set)
     for g in groups:
         for m in g.members:
@@ -22,10 +24,10 @@ def _norms(graph: DependencyGraph, groups: list[Group], p: int) -> list[torch.Te
                 needed[m.name].add(m.dim)
     with torch.no_grad():
         along = _sums_along(params, needed, p)
-        totals = []
+        totals, device = [], _device(params)
         for g in groups:
-            parts = [_per_channel(along[(m.name, m.dim)], m, g.channels) for m in g.members if m.name in params]
-            totals.append(torch.stack(parts).sum(0) if parts else torch.zeros(g.channels, device=_device(params)))
+            parts = [m.channel_sums(along[(m.name, m.dim)], g.channels) for m in g.members if m.name in params]
+            totals.append(torch.stack(parts).sum(0) if parts else torch.zeros(g.channels, device=device))
         flat = torch.cat(totals).to("cpu", torch.float32)  # one transfer for all groups
     return list((flat if p == 1 else flat.sqrt()).split([g.channels for g in groups]))
 
@@ -70,21 +72,14 @@ def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p:
     return along
 
 
-def _per_channel(v: torch.Tensor, m: Member, channels: int) -> torch.Tensor:
-    """The (channels,) part of a member's sums `v` (positions offset + c * block ... + block per channel c)."""
-    if m.offset == 0 and m.block == 1 and v.numel() == channels:
-        return v
-    return v.narrow(0, m.offset, channels * m.block).view(channels, m.block).sum(1)
-
-
 def l1(graph: DependencyGraph, groups: list[Group]) -> list[torch.Tensor]:
     """Sum of |w| over each channel's slice of every parameter in the group."""
-    return _norms(graph, groups, 1)
+    return _norms(named_tensors(graph.model), groups, 1)
 
 
 def l2(graph: DependencyGraph, groups: list[Group]) -> list[torch.Tensor]:
     """Euclidean norm of each channel's slices of every parameter in the group."""
-    return _norms(graph, groups, 2)
+    return _norms(named_tensors(graph.model), groups, 2)
 
 
 class L1(Scored):
@@ -94,7 +89,7 @@ class L1(Scored):
     name = "l1"
 
     def score(self) -> list[torch.Tensor]:
-        return l1(self.graph, self.groups)
+        return _norms(self.tensors, self.groups, 1)
 
 
 class L2(Scored):
@@ -103,4 +98,4 @@ class L2(Scored):
     name = "l2"
 
     def score(self) -> list[torch.Tensor]:
-        return l2(self.graph, self.groups)
+        return _norms(self.tensors, self.groups, 2)

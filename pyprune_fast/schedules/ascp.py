@@ -8,7 +8,6 @@ import numbers
 import torch
 
 from ..graph import DependencyGraph, named_tensors
-from ..methods import METHODS
 from ..plan import Plan
 from ..pruning import _apply_with
 from .base import Schedule
@@ -52,11 +51,8 @@ class ASCP(Schedule):
     def _reconstruct(self, ratio: float) -> None:
         """Cluster (on rank 0) and write every channel's cluster centre; remember the clusters."""
         def make():
-            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
-            crit = METHODS["ascp"](graph, graph.prunable_groups, seed=self.seed, niter=self.niter)
-            plan = Plan(graph)
-            written = crit.decide(plan, crit.uniform(ratio))
-            return plan.to_dict(), written
+            d = self._decide("ascp", ratio=ratio, seed=self.seed, niter=self.niter)
+            return d.plan.to_dict(), d.written
 
         self.last_plan, written = self._on_rank0(make)
         self._write(written)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..flops import profile
 from ..graph import DependencyGraph, named_tensors
-from ..graph.trace import map_tensors
+from ..graph.trace import first_change, map_tensors, shapes_of
 from ..plan import Plan
 from ..pruning import Decision, _apply_with, decide
 
@@ -96,9 +96,8 @@ class Schedule:
             raise TypeError(f"{self.name}.step: epoch must be an int, got {epoch!r}")
         if self.last_epoch is not None and epoch <= self.last_epoch:
             raise ValueError(f"{self.name}.step: epoch {epoch} comes after epoch {self.last_epoch}; epochs must increase")
-        now = self._snapshot()
-        if now != self._shapes:
-            changed = sorted(set(now.items()) ^ set(self._shapes.items()))[0][0]
+        changed = first_change(self._snapshot(), self._shapes)
+        if changed is not None:
             raise ValueError(f"{self.name}.step: the model changed outside the pruner ({changed}); build a new pruner "
                              "for the changed model")
         changed = bool(self._step(int(epoch), optimizer))
@@ -116,7 +115,7 @@ class Schedule:
     # ---- shared machinery ----
 
     def _snapshot(self) -> dict[str, tuple]:
-        return {n: tuple(t.shape) for n, t in named_tensors(self.model).items()}
+        return shapes_of(named_tensors(self.model))
 
     def macs_kept(self) -> float:
         return profile(self.model, self.example_inputs).macs / max(self.macs_before, 1)
@@ -128,7 +127,7 @@ class Schedule:
         """`choose()` a Decision on rank 0 and apply it on every rank. True when something was pruned."""
         def make():
             d = choose()
-            return d.plan.to_dict(), d.written, f"{d.method}, {d.allocation}"
+            return d.plan, d.written, f"{d.method}, {d.allocation}"
         return self._apply_plan(epoch, optimizer, make)
 
     def _on_rank0(self, make: Callable[[], Any]) -> Any:
@@ -139,15 +138,23 @@ class Schedule:
         dist.broadcast_object_list(payload, src=0)
         return payload[0]
 
-    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[dict, dict, str]]) -> bool:
-        """`make()` (plan as Plan.to_dict(), tensors to write first, description) on rank 0, applied all
-        or nothing on every rank. True when it changed the model."""
-        plan_dict, written, what = self._on_rank0(make)
-        if not plan_dict:
+    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[Plan, dict, str]]) -> bool:
+        """`make()` (a Plan of the current model, tensors to write first, description) on rank 0, applied
+        all or nothing on every rank: under torch.distributed the plan travels as Plan.to_dict() and is
+        rebuilt on each rank's own graph. True when it changed the model."""
+        if distributed():
+            def portable():
+                plan, written, what = make()
+                return plan.to_dict(), written, what
+            plan_dict, written, what = self._on_rank0(portable)
+            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            plan = Plan.from_dict(graph, plan_dict)
+        else:
+            plan, written, what = make()
+        if not plan:
             return False
-        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
         device = next(self.model.parameters()).device
-        _apply_with(self.model, {k: v.to(device) for k, v in written.items()}, Plan.from_dict(graph, plan_dict), optimizer)
+        _apply_with(self.model, {k: v.to(device) for k, v in written.items()}, plan, optimizer)
         self._record(epoch, what)
         return True
 

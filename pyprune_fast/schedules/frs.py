@@ -37,6 +37,6 @@ class FRS(Schedule):
             ladder = crit.ladder()
             plan = Plan(graph)
             crit.decide(plan, ladder.widths(min(self.channels, ladder.steps - 1)))
-            return plan.to_dict(), {}, f"FRS, {self.channels} lowest-relevance channels"
+            return plan, {}, f"FRS, {self.channels} lowest-relevance channels"
 
         return self._apply_plan(epoch, optimizer, make)

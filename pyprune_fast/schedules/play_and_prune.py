@@ -26,8 +26,7 @@ import torch
 from ..graph import DependencyGraph, named_tensors
 from ..methods.base import channel_view, member_tensors
 from ..plan import Plan
-from ..surgery import positions
-from ..testing import dead_channels_are_exact, kill_channels
+from ..surgery import dead_channels_are_exact, kill_channels, positions
 from .base import Schedule
 
 __all__ = ["PlayAndPrune"]
@@ -52,11 +51,17 @@ class PlayAndPrune(Schedule):
     # ---- AFP ----
 
     def _refresh(self) -> None:
-        """The graph of the current model, each group's channel norms (relative to its mean) and U."""
+        """The graph of the current model (after a change of shapes), its groups and their weights; then
+        `_rescore`."""
         self.graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
         tensors = named_tensors(self.model)
         self.groups = [g for g in self.graph.prunable_groups if dead_channels_are_exact(self.graph, g)]
         self.weights = [[m for m, _ in member_tensors(tensors, g, "producer", min_ndim=2)] for g in self.groups]
+        self._rescore()
+
+    def _rescore(self) -> None:
+        """Each group's channel norms (relative to its mean) and U, from the current weights."""
+        tensors = named_tensors(self.model)
         self.norms, self.unimportant = [], []
         for g, weights in zip(self.groups, self.weights):
             n = torch.zeros(g.channels, dtype=torch.float64)
@@ -107,7 +112,7 @@ class PlayAndPrune(Schedule):
     def _step(self, epoch: int, optimizer) -> bool:
         if self.done:
             return False
-        self._refresh()
+        self._rescore()  # step() checked that the shapes, so the graph, are as _refresh left them
         slack = self.tolerance - (self.baseline - float(self.evaluate()))
         if slack < 0:
             self.lam *= 0.5
@@ -126,7 +131,7 @@ class PlayAndPrune(Schedule):
                 plan = Plan(self.graph)
                 for i in sorted({i for i, _, _ in cands}):
                     plan.remove(self.groups[i], [c for j, c, _ in cands if j == i])
-                self._apply_plan(epoch, optimizer, lambda: (plan.to_dict(), {}, f"removed {len(cands)} channels, accuracy {accuracy:.4f}"))
+                self._apply_plan(epoch, optimizer, lambda: (plan, {}, f"removed {len(cands)} channels, accuracy {accuracy:.4f}"))
                 self.events[-1].update(accuracy=accuracy, pruned=len(cands))
                 self._refresh()
                 return True
