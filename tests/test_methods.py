@@ -203,6 +203,27 @@ def test_ascp_merge_equals_the_reconstructed_model(arch):
     assert any(e.assignment is not None for e in plan.entries.values())
 
 
+def test_ascp_representative_is_the_channel_nearest_its_centre():
+    model = randomise_bn(torchvision.models.resnet18())
+    x = torch.randn(1, 3, 32, 32)
+    g = ppf.DependencyGraph(model, x)
+    crit = METHODS["ascp"](g, g.prunable_groups)
+    plan = ppf.Plan(g)
+    crit.decide(plan, crit.uniform(0.5))
+    merged = 0
+    for i, grp in enumerate(crit.groups):
+        e = plan.entries.get(grp.index)
+        if e is None or e.assignment is None:
+            continue
+        f, labels = crit.features[i], e.assignment
+        for c in range(int(labels.max()) + 1):
+            members = (labels == c).nonzero().squeeze(1)
+            dist = (f[members] - f[members].mean(0)).norm(dim=1)
+            assert e.merge_keep[c] == members[torch.argmin(dist)], (grp.origin, c)
+        merged += 1
+    assert merged > 5
+
+
 def test_ascp_reconstruction_stays_close_when_filters_already_cluster():
     """Filters built as noisy copies of a few centres: reconstruction and merging barely change outputs."""
     torch.manual_seed(0)

@@ -120,8 +120,10 @@ class ASCP(Criterion):
             labels = res.labels.cpu()
             members = torch.zeros(k, g.channels, dtype=f.dtype).scatter_(0, labels[None], 1.0)  # one-hot, (k, N)
             centres = (members @ f) / members.sum(1, keepdim=True).clamp_min(1)  # every cluster's mean
-            order = torch.argsort((f - centres[labels]).norm(dim=1), stable=True)
-            rep = torch.full((k,), g.channels, dtype=torch.long).scatter_reduce(0, labels[order], order, "amin")
+            order = torch.argsort((f - centres[labels]).norm(dim=1), stable=True)  # nearest its centre first
+            first = torch.full((k,), g.channels, dtype=torch.long).scatter_reduce(
+                0, labels[order], torch.arange(g.channels), "amin")  # each cluster's first place in that order
+            rep = order[first]
             self._reconstruct(g, self.units[i], labels, rep, centres, written)
             if dead_channels_are_exact(self.graph, g):
                 plan.merge(g, labels, rep)
