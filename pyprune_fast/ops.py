@@ -2,19 +2,28 @@
 
 Every op takes one tensor or a list of them and handles a whole list in one call (on CUDA: a few
 batched launches, not one per tensor). Bad arguments raise ValueError or TypeError naming the op,
-the argument, the tensor's position in its list and the offending value. The ops are not
-differentiable; they are meant for pruning decisions and weight surgery.
+the argument, the tensor's position in its list and the offending value.
+
+The ops are not differentiable: they serve pruning decisions and weight surgery. The wrappers detach
+their inputs, so a model's own parameters (``requires_grad=True``) can be given as they are, in or out
+of ``torch.no_grad()``; results never require grad. ``merge_channels_`` writes in place, so like any
+in-place edit of a parameter it must run under ``torch.no_grad()`` when a tensor requires grad.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence, Union, overload
+from typing import Any, Mapping, Optional, Sequence, Union, overload
 
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS"]
+from ._build_info import BUILD_INFO
+
+__all__ = [
+    "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS",
+    "missing_kernels",
+]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -23,6 +32,28 @@ Indices = Union[Tensor, Sequence[int], Sequence[Tensor]]
 Dims = Union[int, Sequence[int]]
 
 _ops = torch.ops.pyprune_fast
+
+
+def missing_kernels(device_type: str, info: Mapping[str, Any]) -> Optional[str]:
+    """Why a build described by `info` (``ppf.build_info()``) has no kernels for tensors on `device_type`,
+    or None when it has them."""
+    if device_type == "cuda" and not info.get("with_cuda"):
+        return ("this build of pyprune_fast has no CUDA kernels (ppf.build_info()['with_cuda'] is False); "
+                "rebuild it with them, with a CUDA toolkit installed: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\"9.0\" "
+                "(your GPU's compute capability) pip install -v --no-build-isolation . ; or move the tensors to the CPU")
+    return None
+
+
+def _inputs(op: str, **lists: Sequence[Optional[Tensor]]) -> list[list[Optional[Tensor]]]:
+    """Each list of tensors detached (the ops are not differentiable), after checking that this build has
+    kernels for their devices (so a CUDA tensor given to a CPU-only build is told so, not the
+    dispatcher's "Could not run ... with arguments from the 'CUDA' backend")."""
+    for name, xs in lists.items():
+        for i, x in enumerate(xs):
+            why = x is not None and missing_kernels(x.device.type, BUILD_INFO)
+            if why:
+                raise ValueError(f"{op}: {name}[{i}] is on {x.device}, but {why}")
+    return [[None if x is None else x.detach() for x in xs] for xs in lists.values()]
 
 
 def _tensor_list(op: str, name: str, xs: Tensors) -> tuple[list[Tensor], bool]:
@@ -104,6 +135,7 @@ def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "eucli
         raise ValueError(f"pairwise_distance: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if not lst:  # no tensor, so no device to dispatch on
         return []
+    (lst,) = _inputs("pairwise_distance", xs=lst)
     out = _ops.pairwise_distance(lst, metric, blocks)
     return out[0] if single else out
 
@@ -124,12 +156,12 @@ def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, 
     Returns:
         Contiguous tensors shaped like x with ``len(indices)`` channels along dim (a list for a list).
     """
-    lst, single = _tensor_list("gather_channels", "xs", xs)
+    op = "gather_channels"
+    lst, single = _tensor_list(op, "xs", xs)
     if not lst:
         return []
-    out = _ops.gather_channels(
-        lst, _index_list("gather_channels", "indices", indices, _device_of(lst)), _dim_list("gather_channels", dims)
-    )
+    lst, idx = _inputs(op, xs=lst, indices=_index_list(op, "indices", indices, _device_of(lst)))
+    out = _ops.gather_channels(lst, idx, _dim_list(op, dims))
     return out[0] if single else out
 
 
@@ -156,11 +188,19 @@ def merge_channels_(
 
     Returns:
         ``xs``, modified in place.
+
+    Raises ValueError, before writing anything, for a tensor that requires grad while grad mode is on:
+    edit parameters under ``torch.no_grad()``, as any in-place change of a leaf that requires grad.
     """
     op = "merge_channels_"
     lst, _ = _tensor_list(op, "xs", xs)
     if not lst:
         return xs
+    if torch.is_grad_enabled():
+        for i, x in enumerate(lst):
+            if x.requires_grad:
+                raise ValueError(f"{op}: xs[{i}] requires grad and grad mode is on; merge_channels_ writes in "
+                                 "place and is not differentiable: call it under torch.no_grad()")
     device = _device_of(lst)
     if weights is None:
         w: list[Optional[Tensor]] = []
@@ -170,10 +210,11 @@ def merge_channels_(
         w = list(weights)
     else:
         raise TypeError(f"{op}: weights must be None, a tensor or a list of optional tensors, got {weights!r}")
-    _ops.merge_channels_(
-        lst, _index_list(op, "assignments", assignments, device), _index_list(op, "keep", keep, device),
-        _dim_list(op, dims), w,
-    )
+    lst, a, k, w = _inputs(op, xs=lst, assignments=_index_list(op, "assignments", assignments, device),
+                           keep=_index_list(op, "keep", keep, device), weights=w)
+    _ops.merge_channels_(lst, a, k, _dim_list(op, dims), w)
+    for x in lst:  # the op itself does not: autograd must see the edit of a tensor it saved for backward
+        torch.autograd.graph.increment_version(x)
     return xs
 
 
@@ -186,7 +227,7 @@ def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
     merges. Problems run in parallel; each is O(N^2) time and memory (nearest-neighbour chain).
     """
     lst, _ = _tensor_list("ward_linkage", "dists", dists)
-    return list(_ops.ward_linkage([d.cpu() for d in lst])) if lst else []
+    return list(_ops.ward_linkage([d.detach().cpu() for d in lst])) if lst else []
 
 
 def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
@@ -208,6 +249,7 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
     cents, _ = _tensor_list("kmeans_lloyd", "centroids", centroids)
     if not lst:
         return [], [], torch.zeros(0, dtype=torch.float64)
+    lst, cents = _inputs("kmeans_lloyd", xs=lst, centroids=cents)
     labels, out, inertia = _ops.kmeans_lloyd(lst, cents, int(niter), bool(spherical))
     return list(labels), list(out), inertia
 

@@ -47,7 +47,7 @@ def _kmeanspp(xs: list[Tensor], k: int, seed: int) -> Tensor:
     problem's centroids do not depend on the others in its batch, and nothing is read back per step."""
     n, device = xs[0].shape[0], xs[0].device
     u = torch.rand(k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
-    points = torch.stack([x.detach() for x in xs]).double()  # (P, N, D)
+    points = torch.stack(xs).double()  # (P, N, D)
     norms = (points * points).sum(2)
     gram = points @ points.transpose(1, 2) if len(xs) * n * n <= _GRAM_ENTRIES else None
     rows = torch.arange(len(xs), device=device)
@@ -73,6 +73,7 @@ def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int
     """init_centroids for every problem; k-means++ runs problems of one shape (and k) as one batch."""
     if init not in ("k-means++", "random"):
         raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
+    xs = [x.detach() for x in xs]
     out: list[Optional[Tensor]] = [None] * len(xs)
     if init == "random":
         for i, (x, k) in enumerate(zip(xs, ks)):
@@ -190,7 +191,7 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         raise ValueError(f"kmeans: niter must be a non-negative int, got {niter!r}")
     if backend not in BACKENDS:
         raise ValueError(f"kmeans: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    check_points("kmeans", lst)
+    lst = check_points("kmeans", lst)
     if spherical:
         lst = [x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) for x in lst]
 
@@ -207,7 +208,7 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         x, kk = lst[i], ks[i]
         if tuple(c.shape) != (kk, x.shape[1]):
             raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
-        inits.append(c.to(x.dtype))
+        inits.append(c.detach().to(x.dtype))
     if backend in ("auto", "native") and todo:
         labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
         for j, (i, total) in enumerate(zip(todo, inertia.tolist())):  # one host read

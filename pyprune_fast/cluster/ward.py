@@ -113,8 +113,7 @@ def linkage(xs: Sequence[Tensor], dtype: torch.dtype = torch.float64) -> list[Te
     """
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"ward: dtype must be torch.float32 or torch.float64, got {dtype}")
-    lst = list(xs)
-    check_points("ward", lst)
+    lst = check_points("ward", list(xs))
     return _linkages(lst, dtype) if lst else []
 
 
@@ -147,7 +146,7 @@ def ward(
     thresholds, counts = _per_problem("threshold", threshold, len(lst)), _per_problem("n_clusters", n_clusters, len(lst))
     for t, m in zip(thresholds, counts):
         _check_cut(t, m)
-    check_points("ward", lst)
+    lst = check_points("ward", lst)
     if not lst:
         return []
     out: list[Labels] = []
