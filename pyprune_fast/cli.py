@@ -1,11 +1,12 @@
 """Command line: `pyprune-fast prune | inspect | bench` (also `python -m pyprune_fast`).
 
-    pyprune-fast prune --model torchvision:resnet50 --method cup --target-flops 0.45 --out pruned.pt
+    pyprune-fast prune --model torchvision:resnet50 --weights trained.pt --method cup --target-flops 0.45 --out pruned.pt
     pyprune-fast inspect --model torchvision.models:mobilenet_v2 --input-shape 1,3,160,160
     pyprune-fast bench ops --min-time 0.2
 
-Bad options and values (an unknown model, a ratio of 1.5) end with a one-line message on stderr and
-exit status 2; `main` returns the exit status instead of raising.
+Bad input (an unknown model, a ratio of 1.5, an --out folder that does not exist, a checkpoint that does
+not fit the model, an input shape the model fails on) ends with a one-line message on stderr and exit
+status 2, before anything is pruned or written; `main` returns the exit status instead of raising.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn, Optional, Sequence
+from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,36 +33,111 @@ PROG = "pyprune-fast"
 BENCHMARKS = ("ops", "clustering", "prune", "methods")
 PROGRESS_DELAY_S = 2.0  # the progress bar appears once a command has run this long
 USER_ERRORS = (ValueError, TypeError, ImportError, OSError)  # reported in one line, exit status 2
+CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")  # where a training checkpoint keeps the weights
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
 
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _failure(e: BaseException) -> str:
+    """An exception from user code in words: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def build_model(spec: str) -> nn.Module:
     """The model named by `spec`: a torchvision model name (`torchvision:resnet50` or just `resnet50`,
     built with random weights) or `package.module:function`, any importable callable that returns an
-    nn.Module when called without arguments."""
+    nn.Module when called without arguments. ImportError, ValueError or TypeError when it cannot."""
     module_name, _, attr = spec.rpartition(":")
     if module_name in ("", "torchvision"):
-        import torchvision
-
+        try:
+            import torchvision
+        except ImportError as e:
+            raise ImportError(f"the torchvision model {attr!r} needs torchvision, which cannot be imported "
+                              f"({_failure(e)}): pip install torchvision") from None
         if attr not in torchvision.models.list_models():
             raise ValueError(f"unknown torchvision model {attr!r} (see torchvision.models.list_models())")
         return torchvision.models.get_model(attr, weights=None)
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except AttributeError:
-        raise ValueError(f"module {module_name} has no attribute {attr!r}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(f"cannot import {module_name} ({_failure(e)})") from None
+    except Exception as e:
+        raise ImportError(f"importing {module_name} raised {_failure(e)}") from None
+    if not attr.isidentifier() or not hasattr(module, attr):
+        raise ValueError(f"module {module_name} has no attribute {attr!r}")
+    fn = getattr(module, attr)
     if not callable(fn):
         raise TypeError(f"{spec} is a {type(fn).__name__}, not a callable that builds a model")
-    model = fn()
+    try:
+        model = fn()
+    except Exception as e:
+        raise ValueError(f"{spec}() raised {_failure(e)}") from None
     if not isinstance(model, nn.Module):
         raise TypeError(f"{spec}() returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in the file `path`: a state dict, or a checkpoint dict holding one under one of
+    CHECKPOINT_KEYS. Read with torch.load(weights_only=True): no pickled code is run."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise ValueError(f"--weights {path} holds a pickled {found.group(1)}, which torch.load(weights_only=True) "
+                             f"does not run (it could run any code): save model.state_dict() instead") from None
+        raise ValueError(f"--weights {path} is not a checkpoint written by torch.save ({_failure(e)})") from None
+    if isinstance(payload, Mapping) and payload.get("format") == "pyprune_fast.pruned/1":
+        raise ValueError(f"--weights {path} is a pruned model written by save_pruned: load it with ppf.load_pruned")
+    if isinstance(payload, Mapping) and not _is_state_dict(payload):
+        payload = next((payload[k] for k in CHECKPOINT_KEYS if _is_state_dict(payload.get(k))), payload)
+    if not _is_state_dict(payload):
+        what = f"a dict with keys {_first(list(payload))}" if isinstance(payload, Mapping) else f"a {type(payload).__name__}"
+        raise ValueError(f"--weights {path} holds {what}, not a state dict nor a checkpoint with a "
+                         f"{', '.join(repr(k) for k in CHECKPOINT_KEYS)} entry holding one")
+    state = dict(payload)
+    for prefix in WRAPPER_PREFIXES:  # saved from a wrapped model: strip the wrapper's prefix
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (isinstance(obj, Mapping) and len(obj) > 0
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+
+
+def _first(names: Sequence[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load the weights saved in `path` (a state dict or a training checkpoint holding one, see
+    `_read_weights`; a `module.` prefix from DataParallel/DDP is dropped) into `model`. ValueError naming
+    the first keys that differ when they do not fit; the model is then unchanged."""
+    state = _read_weights(path)
+    current = model.state_dict()
+    missing = [k for k in current if k not in state]
+    unexpected = [k for k in state if k not in current]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in current.items()
+              if k in state and state[k].shape != v.shape]
+    problems = [f"{what} {_first(keys)}" for what, keys in (("missing:", missing), ("unexpected:", unexpected),
+                                                              ("shapes (checkpoint vs model):", shapes)) if keys]
+    if problems:
+        raise ValueError(f"--weights {path} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state)
 
 
 def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> Optional[str]:
@@ -66,7 +145,11 @@ def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> Optional[
     last dim of an output (one shape-only pass finds the outputs); None when there is none."""
     from .graph.trace import record
 
-    sizes = {v.shape[-1] for v in record(model, example_inputs).outputs if v.ndim}
+    return _classifier(model, record(model, example_inputs).outputs)
+
+
+def _classifier(model: nn.Module, outputs: Sequence[torch.Tensor]) -> Optional[str]:
+    sizes = {v.shape[-1] for v in outputs if v.ndim}
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features in sizes]
     return linears[-1] if linears else None
 
@@ -85,10 +168,73 @@ def _device(text: str) -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} (cpu, cuda, cuda:1, ...)") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"not a device pyprune_fast runs on: {text!r} (cpu, cuda, cuda:1, ...)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return device
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}")
+    return seed
+
+
+def _writable(path: str) -> Path:
+    """`path` as a file that can be written: its folder exists and takes a new file, and it is not a folder."""
+    p = Path(path)
+    if p.is_dir() or path.endswith(os.sep):
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: the folder {p.parent} does not exist")
+    try:
+        if p.exists():
+            open(p, "ab").close()  # opening to append changes nothing
+        else:
+            tempfile.TemporaryFile(dir=p.parent).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{path} cannot be written ({e.strerror or _failure(e)})") from None
+    return p
+
+
+def _plot_path(path: str) -> Path:
+    """`path` as a picture matplotlib can write: matplotlib installed, a suffix it knows, writable."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as e:
+        raise argparse.ArgumentTypeError(f"needs matplotlib, which cannot be imported ({_failure(e)}): "
+                                         "pip install matplotlib") from None
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if Path(path).suffix.lower().lstrip(".") not in kinds:
+        raise argparse.ArgumentTypeError(f"{path}: end the name in a picture type matplotlib writes "
+                                         f"(.png, .pdf, .svg, ...: {', '.join(sorted(kinds))})")
+    return _writable(path)
+
+
+def _readable(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{path} {'is a folder' if p.is_dir() else 'does not exist'}")
+    try:
+        open(p, "rb").close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{path} cannot be read ({e.strerror or _failure(e)})") from None
+    return path
+
+
+def _version() -> str:
+    import pyprune_fast as ppf
+
+    kernels = "yes" if ppf.build_info().get("with_cuda") else "no"
+    return f"{PROG} {ppf.__version__} (torch {torch.__version__}, CUDA kernels: {kernels})"
 
 
 class _Progress:
@@ -113,36 +259,58 @@ class _Progress:
 
 
 def _model_and_inputs(args: argparse.Namespace, progress: _Progress) -> tuple[nn.Module, torch.Tensor, list[nn.Module]]:
-    """Build the model (seeded) and its example input on args.device, and find the layers to ignore."""
+    """Build the model (seeded; then --weights), check that it runs on its example input, and find the
+    layers to ignore; every failure is a ValueError/TypeError/ImportError naming the problem."""
+    from .graph.trace import record
+
     with progress.stage(f"build {args.model}"):
         torch.manual_seed(args.seed)
-        model = build_model(args.model).to(args.device).eval()
-        x = torch.randn(args.input_shape, device=args.device)
-        names = args.ignore if args.ignore is not None else [n for n in [classifier_name(model, x)] if n]
+        model = build_model(args.model)
+        if args.weights is not None:
+            _load_weights(model, args.weights)
+        model = model.to(args.device).eval()
+        shape = ",".join(map(str, args.input_shape))
         try:
-            ignored = [model.get_submodule(n) for n in names]
-        except AttributeError as e:
-            raise ValueError(f"--ignore: {e}") from None
-    return model, x, ignored
+            x = torch.randn(args.input_shape, device=args.device)
+            outputs = record(model, x).outputs
+        except Exception as e:
+            raise ValueError(f"--model {args.model} fails on a random input of --input-shape {shape}: {_failure(e)}") from None
+        names = args.ignore if args.ignore is not None else [n for n in [_classifier(model, outputs)] if n]
+        modules = dict(model.named_modules(remove_duplicate=False))
+        unknown = [n for n in names if not n or n not in modules]
+        if unknown:
+            raise ValueError(f"--ignore {unknown[0]!r}: {args.model} has no module of that name")
+    return model, x, [modules[n] for n in names]
 
 
 def _prune(args: argparse.Namespace) -> int:
     import pyprune_fast as ppf
+    from .pruning import ALLOCATIONS, _check_options
 
-    amount = {k: getattr(args, k) for k in ("ratio", "global_ratio", "target_flops", "threshold")}
-    progress = _Progress(2 + (args.out is not None) + (args.plot is not None))
+    options = {k: getattr(args, k) for k in ALLOCATIONS if getattr(args, k) is not None}
+    options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed)
+    try:
+        _check_options(args.method, options)  # every number, before any work
+    except ValueError as e:  # the library's words, with the command line's option names
+        flags = {k: "--" + k.replace("_", "-") for k in (*ALLOCATIONS, *options)} | {"ignored_layers": "--ignore"}
+        raise ValueError(re.sub(r"\b(" + "|".join(flags) + r")\b", lambda m: flags[m[1]],
+                                str(e).removeprefix("prune: "))) from None
+    outputs = [p for p in (args.out, args.plot) if p is not None]
+    if args.out is not None and args.plot is not None and args.out.resolve() == args.plot.resolve():
+        raise ValueError(f"--out and --plot are the same file {args.out}")
+    if args.weights is not None and any(p.exists() and p.samefile(args.weights) for p in outputs):
+        raise ValueError(f"--out/--plot would overwrite --weights {args.weights}")
+    progress = _Progress(2 + len(outputs))
     try:
         model, x, ignored = _model_and_inputs(args, progress)
         with progress.stage(f"trace + prune ({args.method})"):
-            report = ppf.prune(model, x, args.method, **{k: v for k, v in amount.items() if v is not None},
-                               min_channels=args.min_channels, round_to=args.round_to, ignored_layers=ignored,
-                               seed=args.seed)
+            report = ppf.prune(model, x, args.method, ignored_layers=ignored, **options)
+        if args.plot is not None:  # before the model: a plot that fails leaves no model behind
+            with progress.stage(f"plot {args.plot}"):
+                report.plot(args.plot)
         if args.out is not None:
             with progress.stage(f"save {args.out}"):
                 ppf.save_pruned(model, args.out)
-        if args.plot is not None:
-            with progress.stage(f"plot {args.plot}"):
-                report.plot(args.plot)
     finally:
         progress.close()
     print(report)
@@ -185,20 +353,27 @@ def _parser() -> _Parser:
     from .methods import METHODS
 
     p = _Parser(prog=PROG, description="Structured channel pruning of PyTorch models (pyprune_fast).",
-                epilog=f"'{PROG} COMMAND --help' explains each command's options.")
+                epilog=f"'{PROG} COMMAND --help' explains each command's options. Bad input ends with a one-line "
+                       "message and exit status 2, before anything is pruned or written.")
+    p.add_argument("--version", action="version", version=_version(),
+                   help="print the version, the torch version and whether the CUDA kernels are built, and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     model = _Parser(add_help=False)
     model.add_argument("--model", required=True, metavar="SPEC",
                        help="torchvision model name (torchvision:resnet50, or just resnet50; random weights) or "
                             "package.module:function, an importable callable returning an nn.Module")
+    model.add_argument("--weights", type=_readable, metavar="PATH",
+                       help="load these weights into the model first: a state dict saved with torch.save, or a "
+                            "checkpoint dict holding one under 'state_dict', 'model' or 'model_state_dict' "
+                            "(a 'module.' prefix from DataParallel/DDP is dropped; read with weights_only=True)")
     model.add_argument("--input-shape", type=_input_shape, default=(1, 3, 224, 224), metavar="N,C,H,W",
                        help="shape of the random example input the model is traced with (default 1,3,224,224)")
     model.add_argument("--ignore", action="append", metavar="MODULE",
                        help="name of a module whose output channels are kept (repeatable; default: the final "
                             "classifier, the last Linear whose out_features is the output size)")
-    model.add_argument("--seed", type=int, default=0, help="seed for the model's random weights, the example input "
-                                                           "and randomised methods (default 0)")
+    model.add_argument("--seed", type=_seed, default=0, help="seed for the model's random weights, the example "
+                                                             "input and randomised methods (default 0)")
     model.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu or cuda[:N] (default cpu)")
 
     pr = sub.add_parser("prune", parents=[model], help="prune a model and print the report",
@@ -215,8 +390,11 @@ def _parser() -> _Parser:
     amount.add_argument("--threshold", type=float, help="cluster distance threshold (method cup only)")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
     pr.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (default 1)")
-    pr.add_argument("--out", metavar="PATH", help="save the pruned model here (ppf.save_pruned: widths + state dict)")
-    pr.add_argument("--plot", metavar="PNG", help="also write the report's plot (widths before/after) to this PNG")
+    pr.add_argument("--out", type=_writable, metavar="PATH",
+                    help="save the pruned model here (ppf.save_pruned: widths + state dict); its folder must exist")
+    pr.add_argument("--plot", type=_plot_path, metavar="FILE",
+                    help="also write the report's plot (widths before/after) here: .png, .pdf, .svg, ... "
+                         "(needs matplotlib)")
     pr.set_defaults(run=_prune)
 
     ins = sub.add_parser("inspect", parents=[model], help="print a model's channel groups and MACs",
@@ -238,7 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad option (2, message already printed)
+    except SystemExit as e:  # --help, --version (0) or a bad option (2, message already printed)
         return int(e.code or 0)
     try:
         return args.run(args)
@@ -246,5 +424,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except USER_ERRORS as e:
-        print(f"{PROG} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

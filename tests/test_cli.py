@@ -2,6 +2,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,31 +82,229 @@ def test_module_function_form(capsys, tmp_path):
     assert cli.classifier_name(model, torch.randn(1, 3, 32, 32)) == "classifier.1"
 
 
+def assert_refused(rc, out, err, tmp_path=None):
+    """Exit status 2, one line on stderr naming the command, no traceback, nothing on stdout or in tmp_path."""
+    assert rc == 2, err
+    assert err.startswith("pyprune-fast") and "error: " in err and err.count("\n") == 1, err
+    assert "Traceback" not in err and out == ""
+    if tmp_path is not None:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["given"], "something was written"
+
+
+@pytest.fixture
+def outdir(tmp_path):
+    """A folder holding only `given/` (input files of a test); anything else in it was written by the CLI."""
+    (tmp_path / "given").mkdir()
+    return tmp_path
+
+
 @pytest.mark.parametrize("argv", [
     ["prune", "--model", "no_such_model", "--ratio", "0.5"],
     ["prune", "--model", "no_such_package.mod:fn", "--ratio", "0.5"],
     ["prune", "--model", "torchvision.models:no_such_fn", "--ratio", "0.5"],
     ["prune", "--model", "torch:pi", "--ratio", "0.5"],
+    ["prune", "--model", "os:getcwd", "--ratio", "0.5"],  # returns no nn.Module
+    ["prune", "--model", "json:loads", "--ratio", "0.5"],  # raises when called
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "1.5"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "nan"],
+    ["prune", "--model", "resnet18", *SMALL, "--global-ratio", "-0.1"],
     ["prune", "--model", "resnet18", *SMALL, "--target-flops", "0"],
+    ["prune", "--model", "resnet18", *SMALL, "--method", "cup", "--threshold", "-1"],
     ["prune", "--model", "resnet18", *SMALL, "--method", "l1", "--threshold", "0.5"],
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--round-to", "0"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--min-channels", "0"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--min-channels", "two"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--bogus"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--global-ratio", "0.5"],
     ["prune", "--model", "resnet18"],
+    ["prune", "--ratio", "0.5"],
     ["prune", "--model", "resnet18", "--ratio", "half"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--method", "no_such_method"],
     ["inspect", "--model", "resnet18", "--input-shape", "1,3,x"],
+    ["inspect", "--model", "resnet18", "--input-shape", "1,3,0,64"],
+    ["inspect", "--model", "resnet18", "--input-shape", "1,3,-64,64"],
+    ["inspect", "--model", "resnet18", "--input-shape", ""],
     ["inspect", "--model", "resnet18", *SMALL, "--ignore", "layer9"],
+    ["inspect", "--model", "resnet18", *SMALL, "--ignore", "fc.weight"],  # a parameter, not a module
+    ["inspect", "--model", "resnet18", *SMALL, "--ignore", ""],  # would be the whole model
     ["inspect", "--model", "resnet18", "--device", "tpu"],
+    ["inspect", "--model", "resnet18", "--device", "meta"],
+    ["inspect", "--model", "resnet18", "--device", "cuda:4096"],
+    ["inspect", "--model", "resnet18", "--seed", "-1"],
+    ["inspect", "--model", "resnet18", "--seed", str(2**64)],
     ["bench", "no_such_bench"],
     ["no_such_command"],
+    [],
 ])
-def test_bad_input_is_one_line_and_status_2(capsys, argv):
-    rc, out, err = run(capsys, *argv)
-    assert rc == 2
-    assert err.startswith("pyprune-fast") and "error: " in err and err.count("\n") == 1, err
-    assert "Traceback" not in err and out == ""
+def test_bad_input_is_one_line_and_status_2(capsys, outdir, argv):
+    out_args = ["--out", str(outdir / "pruned.pt")] if argv[:1] == ["prune"] else []
+    assert_refused(*run(capsys, *argv, *out_args), outdir)
+
+
+@pytest.mark.parametrize("name", ["pruned.pt", "plot.png"])
+def test_out_and_plot_paths_are_checked_before_any_work(capsys, outdir, name):
+    """Each bad path, given to --out or --plot while the other is fine: refused before the model is built."""
+    flag, other = ("--out", ["--plot", str(outdir / "plot.png")]) if name == "pruned.pt" else ("--plot", ["--out", str(outdir / "pruned.pt")])
+    for bad in [outdir / "no_such_folder" / name, outdir / "given", str(outdir / "new_folder") + os.sep,
+                Path("/sys") / name]:  # /sys takes no new file, not even from root
+        assert_refused(*run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", flag, str(bad), *other), outdir)
+    (outdir / "given" / "file").write_bytes(b"")
+    assert_refused(*run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", flag,
+                        str(outdir / "given" / "file" / name), *other), outdir)  # a file as a folder
+    assert (outdir / "given" / "file").read_bytes() == b""
+
+
+@pytest.mark.parametrize("plot", ["plot", "plot.txt", "plot.pt"])
+def test_plot_needs_a_picture_type(capsys, outdir, plot):
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", "--plot", str(outdir / plot),
+                       "--out", str(outdir / "pruned.pt"))
+    assert_refused(rc, out, err, outdir)
+    assert ".png" in err and "svg" in err
+
+
+def test_plot_without_matplotlib_is_refused_before_the_prune(capsys, monkeypatch, outdir):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what Python does for a package that is not installed
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", *SMALL, "--ratio", "0.5",
+                       "--out", str(outdir / "pruned.pt"), "--plot", str(outdir / "plot.png"))
+    assert_refused(rc, out, err, outdir)
+    assert "--plot" in err and "pip install matplotlib" in err
+
+
+def test_torchvision_model_without_torchvision(capsys, monkeypatch, outdir):
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", "--out", str(outdir / "pruned.pt"))
+    assert_refused(rc, out, err, outdir)
+    assert "pip install torchvision" in err
+
+
+def test_a_module_that_fails_to_import(capsys, monkeypatch, outdir):
+    (outdir / "given" / "broken_models.py").write_text("raise RuntimeError('needs a GPU cluster')\n")
+    monkeypatch.syspath_prepend(str(outdir / "given"))
+    rc, out, err = run(capsys, "inspect", "--model", "broken_models:net")
+    assert_refused(rc, out, err, outdir)
+    assert "broken_models" in err and "RuntimeError: needs a GPU cluster" in err
+
+
+@pytest.mark.parametrize("shape", ["1,3,64", "1,64,64,64", "1,3,64,64,1", "3"])
+def test_input_the_model_fails_on(capsys, outdir, shape):
+    for argv in (["inspect"], ["prune", "--ratio", "0.5", "--out", str(outdir / "pruned.pt")]):
+        rc, out, err = run(capsys, *argv, "--model", "resnet18", "--input-shape", shape)
+        assert_refused(rc, out, err, outdir)
+        assert f"--model resnet18 fails on a random input of --input-shape {shape}: RuntimeError" in err
+
+
+def test_out_may_not_be_the_plot_or_the_weights(capsys, outdir):
+    weights = outdir / "given" / "w.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    before = weights.read_bytes()
+    for argv in (["--out", str(outdir / "same.png"), "--plot", str(outdir / "same.png")],
+                 ["--weights", str(weights), "--out", str(weights)],
+                 ["--weights", str(weights), "--plot", str(outdir / "given" / ".." / "given" / "w.pt.png"),
+                  "--out", str(outdir / "given" / ".." / "given" / "w.pt")]):
+        assert_refused(*run(capsys, "prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", *argv), outdir)
+    assert weights.read_bytes() == before
+
+
+def trained_resnet18():
+    """A resnet18 state dict unlike the CLI's seeded random init: layer1.0.conv1's filters 32-63 are
+    100x the others, so L1 must keep exactly those in its group."""
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18().state_dict()
+    state["layer1.0.conv1.weight"][32:] *= 100
+    return state
+
+
+@pytest.mark.parametrize("form", ["state_dict", "checkpoint", "ddp", "model_key", "compiled"])
+def test_weights_are_loaded_before_pruning(capsys, tmp_path, form):
+    state = trained_resnet18()
+    payload = {
+        "state_dict": state,
+        "checkpoint": {"epoch": 90, "state_dict": state, "best_acc1": 69.8},
+        "ddp": {"model": {"module." + k: v for k, v in state.items()}, "optimizer": {"state": {}}},
+        "model_key": {"model_state_dict": state, "epoch": 3},
+        "compiled": {"_orig_mod." + k: v for k, v in state.items()},
+    }[form]
+    torch.save(payload, tmp_path / "trained.pt")
+    pruned = {}
+    for name, weights in (("trained", ["--weights", str(tmp_path / "trained.pt")]), ("random", [])):
+        rc, out, err = run(capsys, "prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", *weights,
+                           "--out", str(tmp_path / f"{name}_pruned.pt"))
+        assert rc == 0, err
+        pruned[name] = ppf.load_pruned(torchvision.models.resnet18, tmp_path / f"{name}_pruned.pt")
+    stem = pruned["trained"].conv1.weight  # its rows are rows of the checkpoint's: which ones were kept?
+    kept = [next(i for i, r in enumerate(state["conv1.weight"]) if torch.equal(r, row)) for row in stem]
+    conv = pruned["trained"].layer1[0].conv1.weight
+    assert torch.equal(conv, state["layer1.0.conv1.weight"][32:, kept])  # the 32 filters the weights make largest
+    assert torch.equal(pruned["trained"].layer1[0].bn1.weight, state["layer1.0.bn1.weight"][32:])
+    assert conv.shape == pruned["random"].layer1[0].conv1.weight.shape
+    assert not torch.equal(conv, pruned["random"].layer1[0].conv1.weight)
+
+
+def test_weights_and_inspect(capsys, tmp_path):
+    torch.save({"state_dict": trained_resnet18()}, tmp_path / "trained.pt")
+    rc, out, err = run(capsys, "inspect", "--model", "resnet18", *SMALL, "--weights", str(tmp_path / "trained.pt"))
+    assert rc == 0 and "13 groups, 12 prunable" in out, err
+
+
+def save(path, payload):
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "text", "pickled_module", "no_state_dict", "empty",
+                                  "other_model", "other_classes", "pruned", "tensor"])
+def test_bad_weights_are_refused_before_pruning(capsys, outdir, case):
+    given = outdir / "given"
+    resnet = torchvision.models.resnet18()
+    if case == "missing":
+        path, words = given / "no_such.pt", "does not exist"
+    elif case == "folder":
+        path, words = given, "is a folder"
+    elif case == "text":
+        (given / "w.txt").write_text("weights: trained\n")
+        path, words = given / "w.txt", "not a checkpoint written by torch.save"
+    elif case == "pickled_module":
+        path, words = save(given / "w.pt", resnet), "pickled torchvision.models.resnet.ResNet"
+    elif case == "no_state_dict":
+        path, words = save(given / "w.pt", {"epoch": 3, "lr": 0.1}), "keys epoch, lr, not a state dict"
+    elif case == "empty":
+        path, words = save(given / "w.pt", {}), "not a state dict"
+    elif case == "other_model":
+        path = save(given / "w.pt", torchvision.models.resnet34().state_dict())
+        words = "does not fit the model: unexpected: layer1.2.conv1.weight, layer1.2.bn1.weight, layer1.2.bn1.bias and"
+    elif case == "other_classes":
+        path = save(given / "w.pt", torchvision.models.resnet18(num_classes=10).state_dict())
+        words = "shapes (checkpoint vs model): fc.weight (10, 512) vs (1000, 512), fc.bias (10,) vs (1000,)"
+    elif case == "pruned":
+        ppf.prune(resnet, torch.randn(1, 3, 32, 32), "l1", ratio=0.5)
+        ppf.save_pruned(resnet, given / "w.pt")
+        path, words = given / "w.pt", "ppf.load_pruned"
+    else:
+        path, words = save(given / "w.pt", torch.ones(3)), "holds a Tensor"
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--weights", str(path),
+                       "--out", str(outdir / "pruned.pt"))
+    assert_refused(rc, out, err, outdir)
+    assert words in err
+
+
+def test_missing_keys_are_named(capsys, tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    for k in ("layer2.0.downsample.0.weight", "fc.bias"):
+        del state[k]
+    rc, out, err = run(capsys, "inspect", "--model", "resnet18", "--weights", str(save(tmp_path / "w.pt", state)))
+    assert_refused(rc, out, err)
+    assert "missing: layer2.0.downsample.0.weight, fc.bias" in err and "unexpected" not in err
+
+
+def test_version(capsys):
+    rc, out, err = run(capsys, "--version")
+    kernels = "yes" if ppf.build_info()["with_cuda"] else "no"
+    assert rc == 0 and out == f"pyprune-fast {ppf.__version__} (torch {torch.__version__}, CUDA kernels: {kernels})\n"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "pyprune_fast", "--version"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout == out
 
 
 def test_bench_outside_a_source_checkout(capsys, monkeypatch, tmp_path):
