@@ -16,6 +16,8 @@ from .flops import MacsModel, param_count, profile, profile_trace
 from .graph import DependencyGraph, named_tensors
 from .methods import METHODS, Criterion
 from .plan import Plan
+from .plotting import plot_widths
+from .progress import Stages, choice
 from .surgery import apply
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
@@ -52,23 +54,10 @@ class PruneReport:
         return "\n".join(lines)
 
     def plot(self, path) -> None:
-        """Write a PNG of the channels every group had and kept."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(self.widths)), 4))
-        x = range(len(self.widths))
-        ax.bar(x, [b for _, b, _ in self.widths], color="#cccccc", label="before")
-        ax.bar(x, [a for _, _, a in self.widths], color="#1f77b4", label="kept")
-        ax.set_xlabel("group (in the order the forward pass meets them)")
-        ax.set_ylabel("channels")
-        ax.set_title(f"{self.method}, {self.allocation}: MACs kept {self.macs_after / max(self.macs_before, 1):.1%}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        """Write an image (PNG unless `path` ends otherwise) of the fraction of channels every group kept,
+        one row per group, named by its first layer; MACs and params in the title. A missing matplotlib
+        or a path that cannot be written raises ImportError/ValueError before anything is drawn."""
+        plot_widths(self, path)
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -165,18 +154,32 @@ class Decision:
     timings: dict[str, float]
 
 
-def decide(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> Decision:
+DECIDE_STAGES = ("trace", "scores / clustering", "allocation")
+COMMIT_STAGES = ("surgery", "recount")
+
+
+def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progress: Optional[bool] = None,
+           **options: Any) -> Decision:
     """Everything `prune` does short of changing the model: options as for `prune`, but no optimizer."""
     if "optimizer" in options:
         raise ValueError("decide: optimizer goes to commit(), not decide()")
-    cls, alloc, value, common, method_options = _check_options(method, options)
+    show, checked = choice(progress), _check_options(method, options)
+    with Stages(DECIDE_STAGES, show, f"decide {method}") as stages:
+        return _decide(model, example_inputs, method, checked, stages)
+
+
+def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, stages: Stages) -> Decision:
+    cls, alloc, value, common, method_options = checked
     t0 = time.perf_counter()
+    stages.start("trace")
     graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
     before = profile_trace(graph.trace, model)
     groups = graph.prunable_groups
     t1 = time.perf_counter()
+    stages.start("scores / clustering")
     crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
                **method_options)
+    stages.start("allocation")
     macs = MacsModel(graph, groups)
     widths, allocation = _widths(crit, alloc, value, macs)
     plan = Plan(graph)
@@ -188,12 +191,21 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", **options:
                     macs(widths), macs.exact, timings)
 
 
-def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None) -> PruneReport:
+def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None,
+           progress: Optional[bool] = None) -> PruneReport:
     """Apply a Decision to its model (all or nothing) and report what happened."""
+    with Stages(COMMIT_STAGES, choice(progress), f"commit {decision.method}") as stages:
+        return _commit(decision, example_inputs, optimizer, stages)
+
+
+def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer],
+            stages: Stages) -> PruneReport:
     model = decision.graph.model
     t0 = time.perf_counter()
+    stages.start("surgery")
     _apply_with(model, decision.written, decision.plan, optimizer)
     t1 = time.perf_counter()
+    stages.start("recount")
     if decision.macs_exact:  # no second forward pass to count them
         macs_after, params_after = round(decision.macs_predicted), param_count(model)
     else:
@@ -223,6 +235,11 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     rounded up to a multiple, e.g. 8 for fast kernels), ignored_layers (modules whose outputs are not
     pruned; the model's output dimension never is), optimizer (its per-parameter state is sliced
     along), seed (for random, k-means++), and for "ascp" niter (k-means iterations, default 25).
+    progress: a bar on stderr over the stages (trace, scores / clustering, allocation, surgery, recount);
+    None (default) shows it when stderr is a terminal and the call runs longer than 2 s, True always,
+    False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 silences it.
     """
     optimizer = options.pop("optimizer", None)
-    return commit(decide(model, example_inputs, method, **options), example_inputs, optimizer)
+    show, checked = choice(options.pop("progress", None)), _check_options(method, options)
+    with Stages(DECIDE_STAGES + COMMIT_STAGES, show, f"prune {method}") as stages:
+        return _commit(_decide(model, example_inputs, method, checked, stages), example_inputs, optimizer, stages)
