@@ -27,7 +27,7 @@ from typing import Any, Iterator, NoReturn, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["build_model", "classifier_name", "main"]
+__all__ = ["build_model", "classifier_name", "main", "plot_file", "writable_file"]
 
 PROG = "pyprune-fast"
 BENCHMARKS = ("ops", "clustering", "prune", "methods")
@@ -171,6 +171,11 @@ def _device(text: str) -> torch.device:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"not a device pyprune_fast runs on: {text!r} (cpu, cuda, cuda:1, ...)")
+    from . import build_info, ops
+
+    why = ops.missing_kernels(device.type, build_info())
+    if why:
+        raise argparse.ArgumentTypeError(f"{text}: {why}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -188,8 +193,9 @@ def _seed(text: str) -> int:
     return seed
 
 
-def _writable(path: str) -> Path:
-    """`path` as a file that can be written: its folder exists and takes a new file, and it is not a folder."""
+def writable_file(path: str) -> Path:
+    """argparse type for an output file: `path` as a Path when its folder exists and takes a new file and
+    it is not a folder, else ArgumentTypeError (checked before any work; nothing is left behind)."""
     p = Path(path)
     if p.is_dir() or path.endswith(os.sep):
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
@@ -205,8 +211,8 @@ def _writable(path: str) -> Path:
     return p
 
 
-def _plot_path(path: str) -> Path:
-    """`path` as a picture matplotlib can write: matplotlib installed, a suffix it knows, writable."""
+def plot_file(path: str) -> Path:
+    """argparse type for a plot: as `writable_file`, and matplotlib is installed and writes its suffix."""
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError as e:
@@ -216,7 +222,7 @@ def _plot_path(path: str) -> Path:
     if Path(path).suffix.lower().lstrip(".") not in kinds:
         raise argparse.ArgumentTypeError(f"{path}: end the name in a picture type matplotlib writes "
                                          f"(.png, .pdf, .svg, ...: {', '.join(sorted(kinds))})")
-    return _writable(path)
+    return writable_file(path)
 
 
 def _readable(path: str) -> str:
@@ -332,7 +338,7 @@ def _inspect(args: argparse.Namespace) -> int:
             graph = ppf.DependencyGraph(model, x, ignored)
     finally:
         progress.close()
-    width = max(len(g.origin) for g in graph.groups)
+    width = max([len("origin")] + [len(g.origin) for g in graph.groups])
     print(f"{len(graph.groups)} groups, {len(graph.prunable_groups)} prunable")
     print(f"{'group':>5} {'channels':>8}  {'origin':<{width}}  state")
     for g in graph.groups:
@@ -390,9 +396,9 @@ def _parser() -> _Parser:
     amount.add_argument("--threshold", type=float, help="cluster distance threshold (method cup only)")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
     pr.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (default 1)")
-    pr.add_argument("--out", type=_writable, metavar="PATH",
+    pr.add_argument("--out", type=writable_file, metavar="PATH",
                     help="save the pruned model here (ppf.save_pruned: widths + state dict); its folder must exist")
-    pr.add_argument("--plot", type=_plot_path, metavar="FILE",
+    pr.add_argument("--plot", type=plot_file, metavar="FILE",
                     help="also write the report's plot (widths before/after) here: .png, .pdf, .svg, ... "
                          "(needs matplotlib)")
     pr.set_defaults(run=_prune)

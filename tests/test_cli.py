@@ -72,6 +72,11 @@ def test_inspect_lists_groups_and_macs(capsys):
     assert "MMACs" in out and "total:" in out and err == ""
 
 
+def test_inspect_a_model_without_channels(capsys):
+    rc, out, err = run(capsys, "inspect", "--model", "torch.nn:Identity", "--input-shape", "2,3")
+    assert rc == 0 and out.startswith("0 groups, 0 prunable\ngroup channels  origin  state\n"), err
+
+
 def test_module_function_form(capsys, tmp_path):
     path = tmp_path / "m.pt"
     rc, out, err = run(capsys, "prune", "--model", "torchvision.models:mobilenet_v2", "--input-shape", "1,3,32,32",
@@ -296,6 +301,15 @@ def test_missing_keys_are_named(capsys, tmp_path):
     rc, out, err = run(capsys, "inspect", "--model", "resnet18", "--weights", str(save(tmp_path / "w.pt", state)))
     assert_refused(rc, out, err)
     assert "missing: layer2.0.downsample.0.weight, fc.bias" in err and "unexpected" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and ppf.build_info()["with_cuda"], reason="CUDA works here")
+def test_cuda_device_where_it_cannot_run(capsys, outdir):
+    """Without CUDA kernels in the build, or without a GPU, --device cuda is refused before the model is built."""
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", "--device", "cuda",
+                       "--out", str(outdir / "pruned.pt"))
+    assert_refused(rc, out, err, outdir)
+    assert ("no CUDA GPU is visible" if ppf.build_info()["with_cuda"] else "has no CUDA kernels") in err
 
 
 def test_version(capsys):
