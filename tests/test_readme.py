@@ -58,3 +58,22 @@ def test_python_block_runs(heading, line, code, tmp_path, monkeypatch):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def code_text(text: str) -> str:
+    """The README's code: fenced blocks and inline `code`, one snippet a line."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.S | re.M)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M))
+    return "\n".join(fenced + inline)
+
+
+def test_scripts_and_make_targets_the_readme_names_exist():
+    """Every .py path in the README's code (not globs) is a file of the checkout; every `make` target is
+    one of the Makefile's."""
+    code, root = code_text(README.read_text()), README.parent
+    scripts = set(re.findall(r"(?<![\w./{*-])((?:[\w-]+/)+[\w-]+\.py)\b", code))
+    assert {"examples/digits_demo.py", "benchmarks/bench_ops.py", "pyprune_fast/ops.py"} <= scripts
+    assert sorted(s for s in scripts if not (root / s).is_file()) == []
+    targets = set(re.findall(r"^make ([\w-]+)", code, re.M))
+    defined = set(re.findall(r"^([\w-]+):", (root / "Makefile").read_text(), re.M))
+    assert "test" in targets and sorted(targets - defined) == []
