@@ -53,6 +53,20 @@ def test_model_parameters_are_accepted_and_results_do_not_require_grad(resnet18_
         assert torch.equal(g, w)
 
 
+def test_compiled_with_a_parameter_the_ops_add_no_gradient():
+    """torch.compile (through AOTAutograd) keeps the detach: the other terms' gradient only."""
+    w = torch.nn.Parameter(torch.randn(8, 5))
+
+    def f(w):
+        d = ops.pairwise_distance([w, w * 2, w[:3]])
+        return (w * 3).sum() + d[0].sum() + d[2].sum()
+
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(w)
+    torch.testing.assert_close(out, f(w))
+    out.backward()
+    assert torch.equal(w.grad, torch.full_like(w, 3.0))
+
+
 def conv_pair():
     model = torchvision.models.resnet18()
     return model.layer1[0].conv1.weight, model.layer1[0].conv2.weight  # conv2 reads conv1's 64 channels
