@@ -12,7 +12,10 @@ ours (`cluster.ward`, distances included) against scipy's `linkage(w, "ward")` p
 partitions at one threshold compared.
 
   python benchmarks/bench_clustering.py [--models resnet50,vgg16,resnet152] [--device cpu|cuda]
-                                        [--csv out.csv] [--plot out.png] [--no-ward]
+                                        [--backends native,torch,faiss,sklearn] [--csv out.csv]
+                                        [--plot out.png] [--no-ward]
+
+--backends leaves out the k-means rows not named (e.g. faiss or sklearn where it is not installed).
 """
 
 from __future__ import annotations
@@ -79,8 +82,12 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def bench_kmeans(model: str, xs, device: str, niter: int, reps: int) -> list[Row]:
-    """Ours and the torch loop on `device`; faiss on the GPU too when it can; faiss-cpu and sklearn on CPU copies."""
+BACKENDS = ("native", "torch", "faiss", "sklearn")
+
+
+def bench_kmeans(model: str, xs, device: str, niter: int, reps: int, backends=BACKENDS) -> list[Row]:
+    """Ours and the torch loop on `device`; faiss on the GPU too when it can; faiss-cpu and sklearn on CPU copies.
+    Only the `backends` named are run."""
     ks = [max(1, x.shape[0] // 2) for x in xs]
     inits = [cluster.init_centroids(x, k, "random", seed=0) for x, k in zip(xs, ks)]
     cpu_xs, cpu_inits = [x.cpu() for x in xs], [c.cpu() for c in inits]
@@ -90,10 +97,13 @@ def bench_kmeans(model: str, xs, device: str, niter: int, reps: int) -> list[Row
     runs.append(("faiss (cpu)", cpu_xs, cpu_inits, "faiss"))
     rows = []
     for name, points, init, backend in runs:
+        if backend not in backends:
+            continue
         secs, res = timed(lambda: cluster.kmeans(points, ks, niter=niter, init=init, backend=backend), device, reps)
         rows.append(Row(model, "kmeans", name, secs, sum(r.inertia for r in res)))
-    secs, inertia = timed(lambda: sklearn_kmeans(cpu_xs, ks, cpu_inits, niter), device, 1)
-    rows.append(Row(model, "kmeans", "sklearn (cpu)", secs, inertia))
+    if "sklearn" in backends:
+        secs, inertia = timed(lambda: sklearn_kmeans(cpu_xs, ks, cpu_inits, niter), device, 1)
+        rows.append(Row(model, "kmeans", "sklearn (cpu)", secs, inertia))
     return rows
 
 
@@ -156,16 +166,21 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--niter", type=int, default=25)
     p.add_argument("--reps", type=int, default=2, help="best of this many runs (the first also warms up BLAS and threads)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="k-means rows to run, comma-separated "
+                   f"(default: {','.join(BACKENDS)})")
     p.add_argument("--no-ward", action="store_true")
     p.add_argument("--csv")
     p.add_argument("--plot")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA GPU is visible")
+    backends = [b for b in args.backends.split(",") if b]
+    if not backends or set(backends) - set(BACKENDS):
+        p.error(f"--backends {args.backends!r}: expected names from {', '.join(BACKENDS)}")
     rows: list[Row] = []
     for model in args.models.split(","):
         xs = conv_filters(model, args.device)
-        rows += bench_kmeans(model, xs, args.device, args.niter, args.reps)
+        rows += bench_kmeans(model, xs, args.device, args.niter, args.reps, backends)
         if not args.no_ward:
             rows += bench_ward(model, xs, args.device, args.reps)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"

@@ -1,6 +1,7 @@
 """Every pruning method end to end, and CUP against its published recipe.
 
-    python benchmarks/bench_methods.py [--models resnet50,vit_b_16] [--reps 3] [--device cpu] [--threads N] [--csv out.csv]
+    python benchmarks/bench_methods.py [--models resnet50,vit_b_16] [--reps 3] [--device cpu|cuda] [--threads N]
+                                       [--csv out.csv] [--skip-cup]
 
 1. CUP on ResNet-50 at the threshold that gives about 2.2x fewer MACs: `ppf.prune(model, x, "cup",
    threshold=t)` end to end (trace, features, Ward, surgery, MACs of the result) against the
@@ -30,8 +31,12 @@ import time
 import numpy as np
 import torch
 import torchvision
-from scipy.cluster.hierarchy import fcluster, linkage
 from torch import nn
+
+try:
+    from scipy.cluster.hierarchy import fcluster, linkage
+except ImportError:  # only the CUP comparison needs it; main() asks for --skip-cup then
+    fcluster = linkage = None
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pyprune_fast as ppf  # noqa: E402
@@ -41,7 +46,7 @@ CUP_FLOPS_REDUCTION = 2.2
 
 
 def _sync(device: str) -> None:
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
@@ -162,6 +167,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-cup", action="store_true", help="skip the CUP-against-published comparison")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible")
+    if not args.skip_cup and linkage is None:
+        p.error("the CUP comparison needs scipy, which is not installed: install it or pass --skip-cup")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -44,6 +44,9 @@ tensors" is the sum of numel * element_size of the parameters and buffers whose 
 (after) and old (before). The same sampler is run over Torch-Pruning's step for comparison.
 
   python benchmarks/bench_prune.py [--models resnet50,vit_b_16] [--reps 5] [--device cpu|cuda] [--csv out.csv]
+                                  [--no-tp-recipe] [--no-tp]
+
+--no-tp times ours alone (where Torch-Pruning is not installed).
 """
 
 from __future__ import annotations
@@ -174,15 +177,16 @@ class Tool:
     scope: str
 
 
-def tools_for(model_name: str, with_recipe: bool) -> list[Tool]:
-    if model_name.startswith("vit"):
-        out = [Tool("ours", run_ours, "MLP hidden dims"),
-               Tool("tp", run_tp, "MLP hidden dims (conv_proj ignored: same scope as ours)")]
-        if with_recipe:
-            out.append(Tool("tp-recipe", lambda *a, **k: run_tp(*a, recipe=True, **k),
-                            "MLP hidden + embedding dims (TP's torchvision-ViT recipe, round_to=num_heads)"))
-        return out
-    return [Tool("ours", run_ours, "all channel groups"), Tool("tp", run_tp, "all channel groups")]
+def tools_for(model_name: str, with_recipe: bool, with_tp: bool = True) -> list[Tool]:
+    if not model_name.startswith("vit"):
+        return [Tool("ours", run_ours, "all channel groups")] + [Tool("tp", run_tp, "all channel groups")] * with_tp
+    out = [Tool("ours", run_ours, "MLP hidden dims")]
+    if with_tp:
+        out.append(Tool("tp", run_tp, "MLP hidden dims (conv_proj ignored: same scope as ours)"))
+    if with_tp and with_recipe:
+        out.append(Tool("tp-recipe", lambda *a, **k: run_tp(*a, recipe=True, **k),
+                        "MLP hidden + embedding dims (TP's torchvision-ViT recipe, round_to=num_heads)"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def memory_in_subprocess(model_name: str, device: str, with_tp: bool) -> "MemRes
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
     cmd = [sys.executable, os.path.abspath(__file__), "--models", model_name, "--device", device, "--_memory-only"]
     if not with_tp:
-        cmd.append("--no-tp-recipe")  # reused as "no Torch-Pruning" in this internal mode
+        cmd.append("--no-tp")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -391,9 +395,9 @@ def compare_shapes(a: nn.Module, b: nn.Module) -> str:
 
 
 def bench_model(model_name: str, pristine: nn.Module, x: torch.Tensor, reps: int, device: str,
-                with_recipe: bool) -> tuple[list[Result], ppf.Profile]:
+                with_recipe: bool, with_tp: bool = True) -> tuple[list[Result], ppf.Profile]:
     before = ppf.profile(pristine, x)
-    tools = tools_for(model_name, with_recipe)
+    tools = tools_for(model_name, with_recipe, with_tp)
     results = {t.name: Result(model_name, t.name, t.scope) for t in tools}
     pruned = {}
     for t in tools:
@@ -414,6 +418,7 @@ def bench_model(model_name: str, pristine: nn.Module, x: torch.Tensor, reps: int
         for t in list(live):
             model = copy.deepcopy(pristine)
             gc.collect()
+            sync(device)  # the copy's kernels finish outside the timed region
             gc.disable()
             try:
                 t0 = time.perf_counter()
@@ -465,6 +470,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--csv", help="also write the results to this CSV file")
     p.add_argument("--no-tp-recipe", action="store_true", help="skip Torch-Pruning's own ViT recipe (tp-recipe)")
+    p.add_argument("--no-tp", action="store_true", help="time ours alone, without Torch-Pruning")
     p.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -479,14 +485,21 @@ def main(argv=None) -> int:
     if args.memory_only:  # internal: one model, one JSON line (see memory_in_subprocess)
         m = models[0]
         x = torch.randn(1, 3, 224, 224, device=args.device)
-        mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp_recipe)
+        mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp)
         print(json.dumps(mem.__dict__))
         return 0
 
-    import torch_pruning as tp
-    from importlib.metadata import version
+    if args.no_tp:
+        tp_version = "not used (--no-tp)"
+    else:
+        try:
+            import torch_pruning as tp
+        except ImportError as e:
+            p.error(f"{e}; install torch-pruning==1.6.1 or pass --no-tp")
+        from importlib.metadata import version
 
-    print(f"torch {torch.__version__}, torch-pruning {version('torch-pruning')} ({tp.__file__}), "
+        tp_version = f"{version('torch-pruning')} ({tp.__file__})"
+    print(f"torch {torch.__version__}, torch-pruning {tp_version}, "
           f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
@@ -497,7 +510,8 @@ def main(argv=None) -> int:
     befores: dict[str, ppf.Profile] = {}
     for m in models:
         x = torch.randn(1, 3, 224, 224, device=args.device)
-        res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe)
+        res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe,
+                                      not args.no_tp)
         all_results += res
 
     print_table(all_results, args.reps)
@@ -524,7 +538,7 @@ def main(argv=None) -> int:
     mems: dict[str, MemResult] = {}
     for m in models:
         ok = {r.tool: r.error is None for r in all_results if r.model == m}
-        mems[m] = memory_in_subprocess(m, args.device, with_tp=ok["tp"]) if ok["ours"] else MemResult()
+        mems[m] = memory_in_subprocess(m, args.device, with_tp=ok.get("tp", False)) if ok["ours"] else MemResult()
     for m in models:
         mem = mems[m]
         if not mem.how:
