@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,9 @@ from typing import Any, Iterator, NoReturn, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from .serialization import _FORMAT as PRUNED_FORMAT
 
 __all__ = ["build_model", "classifier_name", "main", "plot_file", "writable_file"]
 
@@ -99,7 +103,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
             raise ValueError(f"--weights {path} holds a pickled {found.group(1)}, which torch.load(weights_only=True) "
                              f"does not run (it could run any code): save model.state_dict() instead") from None
         raise ValueError(f"--weights {path} is not a checkpoint written by torch.save ({_failure(e)})") from None
-    if isinstance(payload, Mapping) and payload.get("format") == "pyprune_fast.pruned/1":
+    if isinstance(payload, Mapping) and payload.get("format") == PRUNED_FORMAT:
         raise ValueError(f"--weights {path} is a pruned model written by save_pruned: load it with ppf.load_pruned")
     if isinstance(payload, Mapping) and not _is_state_dict(payload):
         payload = next((payload[k] for k in CHECKPOINT_KEYS if _is_state_dict(payload.get(k))), payload)
@@ -107,10 +111,12 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
         what = f"a dict with keys {_first(list(payload))}" if isinstance(payload, Mapping) else f"a {type(payload).__name__}"
         raise ValueError(f"--weights {path} holds {what}, not a state dict nor a checkpoint with a "
                          f"{', '.join(repr(k) for k in CHECKPOINT_KEYS)} entry holding one")
-    state = dict(payload)
+    state = OrderedDict(payload)  # a copy, with the module versions load_state_dict reads
+    if hasattr(payload, "_metadata"):
+        state._metadata = OrderedDict(payload._metadata)
     for prefix in WRAPPER_PREFIXES:  # saved from a wrapped model: strip the wrapper's prefix
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            consume_prefix_in_state_dict_if_present(state, prefix)
     return state
 
 
@@ -126,18 +132,15 @@ def _first(names: Sequence[str], n: int = 3) -> str:
 def _load_weights(model: nn.Module, path: str) -> None:
     """Load the weights saved in `path` (a state dict or a training checkpoint holding one, see
     `_read_weights`; a `module.` prefix from DataParallel/DDP is dropped) into `model`. ValueError naming
-    the first keys that differ when they do not fit; the model is then unchanged."""
+    the first keys that differ when they do not fit (the model may then hold some of the weights)."""
     state = _read_weights(path)
-    current = model.state_dict()
-    missing = [k for k in current if k not in state]
-    unexpected = [k for k in state if k not in current]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in current.items()
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in model.state_dict().items()
               if k in state and state[k].shape != v.shape]
-    problems = [f"{what} {_first(keys)}" for what, keys in (("missing:", missing), ("unexpected:", unexpected),
-                                                              ("shapes (checkpoint vs model):", shapes)) if keys]
+    keys = ([], []) if shapes else model.load_state_dict(state, strict=False)  # torch's rules for which keys fit
+    problems = [f"{what} {_first(names)}" for what, names in (("missing:", keys[0]), ("unexpected:", keys[1]),
+                                                               ("shapes (checkpoint vs model):", shapes)) if names]
     if problems:
         raise ValueError(f"--weights {path} does not fit the model: {'; '.join(problems)}")
-    model.load_state_dict(state)
 
 
 def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> Optional[str]:

@@ -29,6 +29,16 @@ def test_python_dash_m_help():
     assert "pyprune-fast" in res.stdout and all(c in res.stdout for c in ("prune", "inspect", "bench"))
 
 
+def test_python_dash_m_refuses_in_one_line(tmp_path):
+    """The real process: status 2, one line on stderr, nothing written, for an --out into a missing folder."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "pyprune_fast", "prune", "--model", "resnet18", "--ratio", "0.5",
+                          "--out", str(tmp_path / "missing" / "pruned.pt")], capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and res.stdout == "" and list(tmp_path.iterdir()) == []
+    assert res.stderr == f"pyprune-fast prune: error: argument --out: {tmp_path / 'missing' / 'pruned.pt'}: " \
+                         f"the folder {tmp_path / 'missing'} does not exist\n"
+
+
 def test_every_option_is_explained(capsys):
     commands = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     for name, parser in commands.items():
@@ -292,6 +302,13 @@ def test_bad_weights_are_refused_before_pruning(capsys, outdir, case):
                        "--out", str(outdir / "pruned.pt"))
     assert_refused(rc, out, err, outdir)
     assert words in err
+
+
+def test_weights_from_before_num_batches_tracked(capsys, tmp_path):
+    """Keys torch itself lets a state dict leave out (batch norm's counter, added in torch 0.4.1) are fine."""
+    state = {k: v for k, v in trained_resnet18().items() if not k.endswith("num_batches_tracked")}
+    rc, out, err = run(capsys, "inspect", "--model", "resnet18", *SMALL, "--weights", str(save(tmp_path / "w.pt", state)))
+    assert rc == 0, err
 
 
 def test_missing_keys_are_named(capsys, tmp_path):
