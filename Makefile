@@ -83,5 +83,11 @@ demo: $(STAMP_EXT)
 bench: $(STAMP_EXT)
 	$(VPY) benchmarks/bench_ops.py --csv bench_out/ops.csv
 
+# On the GPU machine, with its own python (no venv): build for the visible GPU, pytest -m needs_cuda, the
+# benchmarks on CUDA; everything into $(OUT) when set. GPU_CHECK_ARGS=--dry-run lists and checks the steps.
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(if $(OUT),--out $(OUT)) $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf build pyprune_fast/_C*.so pyprune_fast/_build_info.py
