@@ -41,10 +41,12 @@ $(STAMP_TORCH):
 	PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null $(VPIP) install $(TORCH_SPEC)
 	touch $@
 
-# Every dependency and extra named in pyproject.toml, plus the build tools.
+# The build tools of pyproject's build-system.requires (setuptools>=77, wheel, ninja: builds without isolation use
+# these), the dependencies (its [tool.pyprune_fast] table, which setup.py reads) and every extra.
 $(STAMP_DEPS): $(STAMP_TORCH) pyproject.toml
-	$(VPIP) install ninja setuptools wheel $$($(VPY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-		print(" ".join(p["dependencies"] + sorted({d for ds in p["optional-dependencies"].values() for d in ds})))')
+	$(VPIP) install $$($(VPY) -c 'import tomllib; t = tomllib.load(open("pyproject.toml", "rb")); \
+		extras = sorted({d for ds in t["project"]["optional-dependencies"].values() for d in ds}); \
+		print(" ".join(t["build-system"]["requires"] + t["tool"]["pyprune_fast"]["dependencies"] + extras))')
 	touch $@
 
 build: $(STAMP_EXT)

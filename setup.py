@@ -6,15 +6,20 @@ Environment variables (see the README's table):
   TORCH_CUDA_ARCH_LIST      architectures to compile for; setting it also turns CUDA on
   CUDA_HOME                 toolkit root (the folder holding bin/nvcc, include/, lib64/)
   MAX_JOBS                  parallel compile jobs (ninja)
-  DEBUG=1                   -O0 -g, no NDEBUG
+  DEBUG=1                   -O0 -g, no NDEBUG (otherwise -O3 -g0: no debug info in the binary)
   NVCC_FLAGS                extra flags for nvcc, split on spaces
+
+The build writes pyprune_fast/_build_info.py beside the compiled _C (the build folder, or the source tree for
+`build_ext --inplace`), never into an sdist. A wheel's metadata pins the torch it was compiled against.
 """
 
 import glob
 import os
+import re
 import shutil
 import site
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -89,56 +94,84 @@ def _openmp_flags():
     return ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
-def _write_build_info(with_cuda, openmp, arch_list):
-    info = {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if with_cuda else None,
-        "with_cuda": with_cuda,
-        "openmp": openmp,
-        "cuda_arch_list": arch_list,
-        "debug": _env_flag("DEBUG"),
-    }
-    text = '"""Written by setup.py at build time; do not edit."""\n\nBUILD_INFO = ' + repr(info) + "\n"
-    path = ROOT / "pyprune_fast" / "_build_info.py"
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+DEBUG = _env_flag("DEBUG")
+WITH_CUDA, CUDA_REASON = _cuda_decision()
+OPENMP = _openmp_flags()
+ARCH_LIST = os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None
 
 
 def _extension():
-    with_cuda, reason = _cuda_decision()
-    debug = _env_flag("DEBUG")
-    opt = ["-O0", "-g"] if debug else ["-O3"]
-    omp = _openmp_flags()
-    cxx = [*opt, *omp]  # the C++ standard is torch's choice (17 or 20, by version); our code is C++17
+    # -g0 overrides the -g in Python's own CFLAGS. nvcc's -lineinfo only maps GPU code to source lines (for
+    # profilers and compute-sanitizer); it adds no host debug sections.
+    opt = ["-O0", "-g"] if DEBUG else ["-O3", "-g0"]
+    cxx = [*opt, *OPENMP]  # the C++ standard is torch's choice (17 or 20, by version); our code is C++17
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(
         name="pyprune_fast._C",
         include_dirs=[str(ROOT / "csrc")],
-        extra_link_args=omp,
-        define_macros=[] if debug else [("NDEBUG", None)],
+        extra_link_args=OPENMP,
+        define_macros=[] if DEBUG else [("NDEBUG", None)],
     )
-    arch_list = None
-    if with_cuda:
-        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = [*opt, "--expt-relaxed-constexpr", "-lineinfo", *os.environ.get("NVCC_FLAGS", "").split()]
+    if not WITH_CUDA:
+        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = [*opt, "--expt-relaxed-constexpr", "-lineinfo", *os.environ.get("NVCC_FLAGS", "").split()]
+    kwargs["include_dirs"] += _math_header_dirs()
+    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
+
+
+def _report():
+    """The decisions, printed where `pip install -v` shows them."""
+    print(f"pyprune_fast: building with CUDA: {'yes' if WITH_CUDA else 'no'} ({CUDA_REASON})")
+    if WITH_CUDA:
+        print(f"pyprune_fast: CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={ARCH_LIST or '(torch default)'}")
         headers = _math_header_dirs()
-        kwargs["include_dirs"] += headers
-        ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
-    else:
-        headers = []
-        ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
-    print(f"pyprune_fast: building with CUDA: {'yes' if with_cuda else 'no'} ({reason})")
-    if with_cuda:
-        print(f"pyprune_fast: CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={arch_list or '(torch default)'}")
         if headers:
             print(f"pyprune_fast: toolkit lacks the CUDA math headers; adding {', '.join(headers)}")
-    print(f"pyprune_fast: torch {torch.__version__}, OpenMP: {'yes' if omp else 'no'}, debug: {'yes' if debug else 'no'}")
-    _write_build_info(with_cuda, bool(omp), arch_list)
-    return ext
+    print(f"pyprune_fast: torch {torch.__version__}, OpenMP: {'yes' if OPENMP else 'no'}, debug: {'yes' if DEBUG else 'no'}")
+
+
+def _build_info_text():
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if WITH_CUDA else None,
+        "with_cuda": WITH_CUDA,
+        "cuda_reason": CUDA_REASON,
+        "openmp": bool(OPENMP),
+        "cuda_arch_list": ARCH_LIST,
+        "debug": DEBUG,
+    }
+    return '"""Written by setup.py at build time; do not edit."""\n\nBUILD_INFO = ' + repr(info) + "\n"
+
+
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's build_ext; it also prints the CUDA decision and writes _build_info.py beside the built _C."""
+
+    def run(self):
+        _report()
+        super().run()
+        text = _build_info_text()
+        # The build folder (what a wheel packs) and, for --inplace, the package in the source tree.
+        for folder in {Path(self.build_lib, "pyprune_fast"), Path(self.get_ext_fullpath("pyprune_fast._C")).parent}:
+            path = folder / "_build_info.py"
+            if not path.exists() or path.read_text() != text:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+
+
+def _install_requires():
+    """[tool.pyprune_fast] dependencies of pyproject.toml. The metadata of a wheel (bdist_wheel, and dist_info,
+    editable_wheel: what pip prepares for one) pins torch to the version compiled against, without its local
+    part (+cu130, +cpu); an sdist keeps the range."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pyprune_fast"]["dependencies"]
+    if not {"bdist_wheel", "dist_info", "editable_wheel"} & set(sys.argv[1:]):
+        return deps
+    pin = f"torch=={torch.__version__.split('+')[0]}"
+    return [pin if re.match(r"torch\b(?![-.])", d) else d for d in deps]
 
 
 setup(
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
+    install_requires=_install_requires(),
 )

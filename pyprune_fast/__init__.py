@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _extension
+from ._version import __version__
 
 _BUILD_INFO = _extension.load()
 
@@ -22,10 +23,10 @@ __all__ = [
     "PruneReport", "save_pruned", "load_pruned", "decide", "commit", "Decision", "CUPSS", "ASCP", "FRS",
     "PlayAndPrune", "rewrap",
 ]
-__version__ = "0.1.0"
 
 
 def build_info() -> dict[str, Any]:
     """How the extension was built: `torch` and `cuda` (None for a CPU-only build) versions it was built
-    against, `with_cuda`, `openmp`, `cuda_arch_list` and `debug`."""
+    against, `with_cuda` and `cuda_reason` (why the build did or did not compile CUDA code), `openmp`,
+    `cuda_arch_list` and `debug`."""
     return dict(_BUILD_INFO)

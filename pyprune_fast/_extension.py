@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,11 +12,27 @@ import torch
 _REBUILD = "rebuild it against the torch you have: `pip install --no-build-isolation .` (or `make build` in a checkout)"
 
 
+def _not_built_error(package_dir: Path) -> ImportError:
+    """The error for a package folder without its build (`_C` and `_build_info.py`): a source checkout
+    (setup.py and csrc/ beside it) that was never built in place, or an incomplete install."""
+    root = package_dir.parent
+    if (root / "setup.py").is_file() and (root / "csrc").is_dir():
+        return ImportError(
+            f"pyprune_fast is being imported from the source tree {root}, which has no built extension: run "
+            "`make build` or `pip install --no-build-isolation .` there; to use an installed copy instead, "
+            "run Python from outside that folder"
+        )
+    return ImportError(
+        f"pyprune_fast at {package_dir} has no compiled extension (_C and _build_info.py are missing): "
+        "reinstall it with `pip install --force-reinstall --no-build-isolation pyprune-fast`"
+    )
+
+
 def _recorded() -> dict[str, Any]:
-    try:
-        from ._build_info import BUILD_INFO
-    except ImportError as e:
-        raise ImportError(f"pyprune_fast: the compiled extension has not been built; {_REBUILD}") from e
+    if any(importlib.util.find_spec(f"{__package__}.{m}") is None for m in ("_build_info", "_C")):
+        raise _not_built_error(Path(__file__).resolve().parent)
+    from ._build_info import BUILD_INFO
+
     return dict(BUILD_INFO)
 
 

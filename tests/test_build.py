@@ -1,6 +1,10 @@
 import importlib
+import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,8 @@ from pyprune_fast import _extension
 
 def test_build_info_records_versions():
     info = pyprune_fast.build_info()
-    assert {"torch", "cuda", "with_cuda", "openmp"} <= info.keys()
+    assert {"torch", "cuda", "with_cuda", "cuda_reason", "openmp"} <= info.keys()
+    assert isinstance(info["cuda_reason"], str) and info["cuda_reason"]
     assert info["torch"] == torch.__version__
     assert info["with_cuda"] == (info["cuda"] is not None)
     if info["with_cuda"]:
@@ -52,3 +57,33 @@ def test_import_loads_the_extension_and_nothing_heavy():
     code = "import pyprune_fast, sys; print('pyprune_fast._C' in sys.modules, 'torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def test_version_is_the_changelog_top_entry():
+    changelog = (Path(__file__).resolve().parent.parent / "CHANGELOG.md").read_text()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == pyprune_fast.__version__
+
+
+@pytest.mark.parametrize("checkout", [True, False])
+@pytest.mark.parametrize("build_record", [False, True])  # a record without its _C (the .so deleted) is no build either
+def test_import_without_a_built_extension_says_so(tmp_path, checkout, build_record):
+    package = Path(pyprune_fast.__file__).resolve().parent
+    shutil.copytree(package, tmp_path / "pyprune_fast", ignore=shutil.ignore_patterns("_C*", "_build_info.py", "__pycache__"))
+    if build_record:
+        (tmp_path / "pyprune_fast" / "_build_info.py").write_text(f"BUILD_INFO = {pyprune_fast.build_info()!r}\n")
+    if checkout:
+        (tmp_path / "setup.py").write_text("")
+        (tmp_path / "csrc").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    out = subprocess.run([sys.executable, "-c", "import pyprune_fast"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    if checkout:
+        assert last == (
+            f"ImportError: pyprune_fast is being imported from the source tree {tmp_path.resolve()}, which has no built "
+            "extension: run `make build` or `pip install --no-build-isolation .` there; to use an installed copy "
+            "instead, run Python from outside that folder"
+        )
+    else:
+        assert last.startswith(f"ImportError: pyprune_fast at {tmp_path.resolve() / 'pyprune_fast'} has no compiled extension")
+    assert "built for torch" not in out.stderr
