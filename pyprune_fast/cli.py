@@ -18,24 +18,22 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from .progress import Stages, choice
 from .serialization import _FORMAT as PRUNED_FORMAT
 
 __all__ = ["build_model", "classifier_name", "main", "plot_file", "writable_file"]
 
 PROG = "pyprune-fast"
 BENCHMARKS = ("ops", "clustering", "prune", "methods")
-PROGRESS_DELAY_S = 2.0  # the progress bar appears once a command has run this long
 USER_ERRORS = (ValueError, TypeError, ImportError, OSError)  # reported in one line, exit status 2
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")  # where a training checkpoint keeps the weights
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
@@ -216,15 +214,15 @@ def writable_file(path: str) -> Path:
 
 def plot_file(path: str) -> Path:
     """argparse type for a plot: as `writable_file`, and matplotlib is installed and writes its suffix."""
+    from .plotting import check_plot_path
+
+    if not Path(path).suffix:  # matplotlib would add .png to the name
+        raise argparse.ArgumentTypeError(f"{path}: end the name in .png, .pdf, .svg or another picture type "
+                                         "matplotlib writes")
     try:
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError as e:
-        raise argparse.ArgumentTypeError(f"needs matplotlib, which cannot be imported ({_failure(e)}): "
-                                         "pip install matplotlib") from None
-    kinds = FigureCanvasBase.get_supported_filetypes()
-    if Path(path).suffix.lower().lstrip(".") not in kinds:
-        raise argparse.ArgumentTypeError(f"{path}: end the name in a picture type matplotlib writes "
-                                         f"(.png, .pdf, .svg, ...: {', '.join(sorted(kinds))})")
+        check_plot_path(path)
+    except (ImportError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("plot: ")) from None
     return writable_file(path)
 
 
@@ -246,49 +244,34 @@ def _version() -> str:
     return f"{PROG} {ppf.__version__} (torch {torch.__version__}, CUDA kernels: {kernels})"
 
 
-class _Progress:
-    """A tqdm bar over named stages on stderr, shown when stderr is a terminal and once the command has
-    run for PROGRESS_DELAY_S seconds (quick commands, logs and pipes get nothing)."""
-
-    def __init__(self, stages: int):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=stages, file=sys.stderr, delay=PROGRESS_DELAY_S, disable=None, leave=False,
-                        bar_format="{desc}: {n}/{total} stages [{elapsed}]")
-        self.start = time.monotonic()
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self.bar.set_description_str(name, refresh=time.monotonic() - self.start >= PROGRESS_DELAY_S)
-        yield
-        self.bar.update()
-
-    def close(self) -> None:
-        self.bar.close()
+def _stages(count: int) -> Stages:
+    """The command's progress bar over `count` stages: on stderr, shown on a terminal once the command
+    has run 2 s, or as PYPRUNE_FAST_PROGRESS says (a bad value of it is refused before any work)."""
+    return Stages([""] * count, choice(None), PROG)
 
 
-def _model_and_inputs(args: argparse.Namespace, progress: _Progress) -> tuple[nn.Module, torch.Tensor, list[nn.Module]]:
+def _model_and_inputs(args: argparse.Namespace, stages: Stages) -> tuple[nn.Module, torch.Tensor, list[nn.Module]]:
     """Build the model (seeded; then --weights), check that it runs on its example input, and find the
     layers to ignore; every failure is a ValueError/TypeError/ImportError naming the problem."""
     from .graph.trace import record
 
-    with progress.stage(f"build {args.model}"):
-        torch.manual_seed(args.seed)
-        model = build_model(args.model)
-        if args.weights is not None:
-            _load_weights(model, args.weights)
-        model = model.to(args.device).eval()
-        shape = ",".join(map(str, args.input_shape))
-        try:
-            x = torch.randn(args.input_shape, device=args.device)
-            outputs = record(model, x).outputs
-        except Exception as e:
-            raise ValueError(f"--model {args.model} fails on a random input of --input-shape {shape}: {_failure(e)}") from None
-        names = args.ignore if args.ignore is not None else [n for n in [_classifier(model, outputs)] if n]
-        modules = dict(model.named_modules(remove_duplicate=False))
-        unknown = [n for n in names if not n or n not in modules]
-        if unknown:
-            raise ValueError(f"--ignore {unknown[0]!r}: {args.model} has no module of that name")
+    stages.start(f"build {args.model}")
+    torch.manual_seed(args.seed)
+    model = build_model(args.model)
+    if args.weights is not None:
+        _load_weights(model, args.weights)
+    model = model.to(args.device).eval()
+    shape = ",".join(map(str, args.input_shape))
+    try:
+        x = torch.randn(args.input_shape, device=args.device)
+        outputs = record(model, x).outputs
+    except Exception as e:
+        raise ValueError(f"--model {args.model} fails on a random input of --input-shape {shape}: {_failure(e)}") from None
+    names = args.ignore if args.ignore is not None else [n for n in [_classifier(model, outputs)] if n]
+    modules = dict(model.named_modules(remove_duplicate=False))
+    unknown = [n for n in names if not n or n not in modules]
+    if unknown:
+        raise ValueError(f"--ignore {unknown[0]!r}: {args.model} has no module of that name")
     return model, x, [modules[n] for n in names]
 
 
@@ -309,19 +292,16 @@ def _prune(args: argparse.Namespace) -> int:
         raise ValueError(f"--out and --plot are the same file {args.out}")
     if args.weights is not None and any(p.exists() and p.samefile(args.weights) for p in outputs):
         raise ValueError(f"--out/--plot would overwrite --weights {args.weights}")
-    progress = _Progress(2 + len(outputs))
-    try:
-        model, x, ignored = _model_and_inputs(args, progress)
-        with progress.stage(f"trace + prune ({args.method})"):
-            report = ppf.prune(model, x, args.method, ignored_layers=ignored, **options)
+    with _stages(2 + len(outputs)) as stages:
+        model, x, ignored = _model_and_inputs(args, stages)
+        stages.start(f"prune {args.method}")
+        report = ppf.prune(model, x, args.method, ignored_layers=ignored, progress=False, **options)
         if args.plot is not None:  # before the model: a plot that fails leaves no model behind
-            with progress.stage(f"plot {args.plot}"):
-                report.plot(args.plot)
+            stages.start(f"plot {args.plot}")
+            report.plot(args.plot)
         if args.out is not None:
-            with progress.stage(f"save {args.out}"):
-                ppf.save_pruned(model, args.out)
-    finally:
-        progress.close()
+            stages.start(f"save {args.out}")
+            ppf.save_pruned(model, args.out)
     print(report)
     if args.out is not None:
         print(f"saved to {args.out}; load with ppf.load_pruned(lambda: pyprune_fast.cli.build_model({args.model!r}), {str(args.out)!r})")
@@ -334,13 +314,10 @@ def _inspect(args: argparse.Namespace) -> int:
     import pyprune_fast as ppf
     from .flops import profile_trace
 
-    progress = _Progress(2)
-    try:
-        model, x, ignored = _model_and_inputs(args, progress)
-        with progress.stage("trace"):
-            graph = ppf.DependencyGraph(model, x, ignored)
-    finally:
-        progress.close()
+    with _stages(2) as stages:
+        model, x, ignored = _model_and_inputs(args, stages)
+        stages.start("trace")
+        graph = ppf.DependencyGraph(model, x, ignored)
     width = max([len("origin")] + [len(g.origin) for g in graph.groups])
     print(f"{len(graph.groups)} groups, {len(graph.prunable_groups)} prunable")
     print(f"{'group':>5} {'channels':>8}  {'origin':<{width}}  state")

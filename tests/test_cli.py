@@ -349,10 +349,19 @@ def test_bench_passes_arguments_through(capfd):
     assert "usage: bench_ops.py" in capfd.readouterr().out
 
 
-def test_progress_shows_stages_once_slow_on_a_terminal(capsys, monkeypatch):
-    rc, _, err = run(capsys, "inspect", "--model", "resnet18", *SMALL)
+def test_progress_shows_stages_once_slow_on_a_terminal(capsys, monkeypatch, tmp_path):
+    from pyprune_fast import progress
+
+    monkeypatch.delenv(progress.ENV, raising=False)
+    argv = ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--out", str(tmp_path / "p.pt")]
+    rc, _, err = run(capsys, *argv)
     assert rc == 0 and err == ""  # not a terminal
-    monkeypatch.setattr(cli, "PROGRESS_DELAY_S", 0.0)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    rc, _, err = run(capsys, "inspect", "--model", "resnet18", *SMALL)
-    assert rc == 0 and "trace" in err and "stages" in err
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0 and all(f"pyprune-fast: {s}" in err for s in ("build resnet18", "prune l1", "save")), err
+    assert "trace" not in err  # one bar: the library's own (trace, scores, ...) is off under the command's
+    monkeypatch.setenv(progress.ENV, "0")
+    assert run(capsys, *argv)[2] == ""
+    monkeypatch.setenv(progress.ENV, "sometimes")
+    assert_refused(*run(capsys, *argv))
