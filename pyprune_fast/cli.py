@@ -201,7 +201,8 @@ def writable_file(path: str) -> Path:
     if p.is_dir() or path.endswith(os.sep):
         raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
     if not p.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{path}: the folder {p.parent} does not exist")
+        what = "is a file, not a folder" if p.parent.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{path}: the folder {p.parent} {what}")
     try:
         if p.exists():
             open(p, "ab").close()  # opening to append changes nothing
@@ -219,11 +220,12 @@ def plot_file(path: str) -> Path:
     if not Path(path).suffix:  # matplotlib would add .png to the name
         raise argparse.ArgumentTypeError(f"{path}: end the name in .png, .pdf, .svg or another picture type "
                                          "matplotlib writes")
+    p = writable_file(path)
     try:
-        check_plot_path(path)
+        check_plot_path(p)
     except (ImportError, ValueError) as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("plot: ")) from None
-    return writable_file(path)
+    return p
 
 
 def _readable(path: str) -> str:

@@ -164,8 +164,10 @@ def test_out_and_plot_paths_are_checked_before_any_work(capsys, outdir, name):
                 Path("/sys") / name]:  # /sys takes no new file, not even from root
         assert_refused(*run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", flag, str(bad), *other), outdir)
     (outdir / "given" / "file").write_bytes(b"")
-    assert_refused(*run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", flag,
-                        str(outdir / "given" / "file" / name), *other), outdir)  # a file as a folder
+    rc, out, err = run(capsys, "prune", "--model", "resnet18", "--ratio", "0.5", flag,
+                       str(outdir / "given" / "file" / name), *other)
+    assert_refused(rc, out, err, outdir)
+    assert "is a file, not a folder" in err
     assert (outdir / "given" / "file").read_bytes() == b""
 
 
