@@ -1,5 +1,5 @@
 # make test : venv + dependencies + extension (CUDA compiled) + CMake library + all tests
-# make demo : every method on real data (digits), pruning while training (CUP-SS), prune ResNet-50 (L1, 50%), the ops and clustering benchmarks
+# make demo : every method on real data (digits), pruning while training (CUP-SS), prune ResNet-50 (L1, 50%), the ops and clustering benchmarks, a summary
 # Second runs are incremental: only what changed is rebuilt.
 
 PYTHON ?= python3
@@ -75,12 +75,9 @@ test-py: $(STAMP_EXT)
 
 test: test-cpp test-py
 
+# examples/demo.py runs the three demos and two short benchmarks, then summarises them (PNGs, CSVs in bench_out/).
 demo: $(STAMP_EXT)
-	$(VPY) examples/digits_demo.py
-	$(VPY) examples/digits_training_demo.py
-	$(VPY) examples/prune_resnet50.py
-	$(VPY) benchmarks/bench_ops.py --min-time 0.2
-	$(VPY) benchmarks/bench_clustering.py --models resnet50
+	$(VPY) examples/demo.py --out-dir bench_out
 
 bench: $(STAMP_EXT)
 	$(VPY) benchmarks/bench_ops.py --csv bench_out/ops.csv
