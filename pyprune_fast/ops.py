@@ -40,7 +40,8 @@ def missing_kernels(device_type: str, info: Mapping[str, Any]) -> Optional[str]:
     if device_type == "cuda" and not info.get("with_cuda"):
         return ("this build of pyprune_fast has no CUDA kernels (ppf.build_info()['with_cuda'] is False); "
                 "rebuild it with them, with a CUDA toolkit installed: FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\"9.0\" "
-                "(your GPU's compute capability) pip install -v --no-build-isolation . ; or move the tensors to the CPU")
+                "(your GPU's compute capability) pip install -v --no-build-isolation . ; "
+                "or move the tensors to the CPU")
     return None
 
 

@@ -8,6 +8,10 @@ import torchvision
 import pyprune_fast as ppf
 from pyprune_fast import _reference, cluster, ops
 
+def kmeans(fs, **options):
+    return [(r.labels, r.centroids) for r in cluster.kmeans(fs, 3, niter=5, **options)]
+
+
 # Each call on a list of (N, D) filter matrices; one name per public entry point.
 CALLS = {
     "pairwise_distance": lambda fs: ops.pairwise_distance(fs),
@@ -15,9 +19,9 @@ CALLS = {
     "gather_channels": lambda fs: ops.gather_channels(fs, [torch.arange(0, f.shape[0], 2) for f in fs], 0),
     "kmeans_lloyd": lambda fs: ops.kmeans_lloyd(fs, [f[:3] for f in fs], 5),
     "ward_linkage": lambda fs: ops.ward_linkage([torch.cdist(f, f) for f in fs]),
-    "cluster.kmeans": lambda fs: [(r.labels, r.centroids) for r in cluster.kmeans(fs, 3, niter=5)],
-    "cluster.kmeans/torch": lambda fs: [(r.labels, r.centroids) for r in cluster.kmeans(fs, 3, niter=5, backend="torch")],
-    "cluster.kmeans/init": lambda fs: [(r.labels, r.centroids) for r in cluster.kmeans(fs, 3, niter=5, init=[f[:3] for f in fs])],
+    "cluster.kmeans": lambda fs: kmeans(fs),
+    "cluster.kmeans/torch": lambda fs: kmeans(fs, backend="torch"),
+    "cluster.kmeans/init": lambda fs: kmeans(fs, init=[f[:3] for f in fs]),
     "cluster.ward": lambda fs: cluster.ward(fs, n_clusters=4, return_linkage=True),
     "cluster.linkage": lambda fs: cluster.linkage(fs, torch.float32),
 }
@@ -35,8 +39,8 @@ def resnet18_filters():
     """The flattened filters of the convs of torchvision's resnet18 up to layer2 (10 problems, up to
     128 x 1152), as a user writes them: views of parameters that require grad."""
     model = torchvision.models.resnet18()
-    convs = [m for m in (model.conv1, model.layer1, model.layer2) for m in m.modules() if isinstance(m, torch.nn.Conv2d)]
-    return [m.weight.flatten(1) for m in convs]
+    parts = (model.conv1, model.layer1, model.layer2)
+    return [m.weight.flatten(1) for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
 @pytest.mark.parametrize("grad", ["enabled", "no_grad"])
