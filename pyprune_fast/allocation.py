@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["Limits", "Ladder", "uniform_widths", "ranking_ladder", "fraction_ladder", "bisect"]
+__all__ = ["Limits", "Ladder", "uniform_widths", "ranking_ladder", "fraction_ladder", "bisect", "land"]
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,60 @@ def ranking_ladder(scores: list[Tensor], channels: Tensor, limits: Limits) -> La
     return Ladder(order.numel() + 1, widths, float, "channels removed by the global ranking")
 
 
-def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) -> int:
-    """The rung whose measure is nearest `target`: the first rung at most `target` (found by bisection,
-    the last rung if none is), or the rung before it when that one is nearer."""
-    lo, hi = 0, ladder.steps - 1
+def _first_at_most(steps: int, measure: Callable[[int], float], target: float) -> int:
+    """The first i in [0, steps) with measure(i) <= target (measure non-increasing), or steps - 1."""
+    lo, hi = 0, steps - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if measure(ladder.widths(mid)) <= target:
+        if measure(mid) <= target:
             hi = mid
         else:
             lo = mid + 1
+    return lo
+
+
+def bisect(ladder: Ladder, measure: Callable[[Tensor], float], target: float) -> int:
+    """The rung whose measure is nearest `target`: the first rung at most `target` (found by bisection,
+    the last rung if none is), or the rung before it when that one is nearer."""
+    lo = _first_at_most(ladder.steps, lambda i: measure(ladder.widths(i)), target)
     if lo > 0 and measure(ladder.widths(lo - 1)) - target < target - measure(ladder.widths(lo)):
         return lo - 1
     return lo
+
+
+def land(priorities: list[Tensor], channels: Tensor, limits: Limits, measure: Callable[[Tensor], float],
+         target: float) -> Tensor:
+    """The widths whose measure is nearest `target`, to one channel. Group g gives up its k-th channel
+    at priority priorities[g][k] (non-decreasing in k; CUP: the k-th merge height of its tree).
+
+    Channels go in priority order (a ladder of global cuts, by bisection) down to the last cut whose
+    measure is >= target; then, in priority order, any next channel that keeps it >= target, skipping
+    the groups whose next channel would not. The nearest of that state, it less any one group's next
+    channel, and the first cut under the target is returned (the one >= target on a tie). So it is
+    never farther than the nearest cut, and off by at most half the measure of the cheapest channel
+    of the state it stopped at, where a cut can be off by half the dearest.
+    """
+    sizes = [len(p) for p in priorities]
+    owner = torch.cat([torch.full((n,), g, dtype=torch.long) for g, n in enumerate(sizes)])
+    order = owner[torch.argsort(torch.cat([p.double() for p in priorities]), stable=True)]
+
+    def at(taken: Tensor) -> float:
+        return measure(limits(channels - taken, channels))
+
+    def cut(i: int) -> Tensor:
+        return torch.bincount(order[:i], minlength=len(sizes))
+
+    i = _first_at_most(order.numel() + 1, lambda i: at(cut(i)), target)
+    taken = cut(i if i == 0 or at(cut(i)) >= target else i - 1)
+    while True:  # the first next channel in priority order that keeps the measure >= target, until none
+        nexts = sorted((float(priorities[g][t]), g) for g, t in enumerate(taken.tolist()) if t < sizes[g])
+        steps = [taken + torch.nn.functional.one_hot(torch.tensor(g), len(sizes)) for _, g in nexts]
+        better = next((t for t in steps if at(t) >= target), None)
+        if better is None:
+            break
+        taken = better
+    best = min([taken, cut(i)] + steps, key=lambda t: (abs(at(t) - target), at(t) < target))
+    return limits(channels - best, channels)
 
 
 def fraction_ladder(channels: Tensor, limits: Limits) -> Ladder:

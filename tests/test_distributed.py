@@ -35,7 +35,7 @@ def worker(rank: int, world: int, port: int, out: str, schedule: str) -> None:
             pruner = ppf.ASCP(ddp, example, target_ratio=0.5, epochs=3, decay="cos", ignored_layers=[model.fc])
         shard = slice(rank, None, world)  # every rank its own half of the data
         xs, ys = x_train[shard], y_train[shard]
-        for epoch in range(1, 5):
+        for epoch in range(4):  # counted from 0, as the schedules count them
             for i in range(0, len(ys), 50):
                 loss = torch.nn.functional.cross_entropy(ddp(xs[i:i + 50]), ys[i:i + 50]) + pruner.penalty()
                 loss.backward()
@@ -47,7 +47,7 @@ def worker(rank: int, world: int, port: int, out: str, schedule: str) -> None:
         pruner.finalize(opt) if schedule == "ascp" else pruner.finalize()
         # parameters (buffers differ legitimately: BatchNorm statistics of the last local batches)
         params = {n: p.detach() for n, p in model.named_parameters()}
-        torch.save({"state": params, "events": pruner.events}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"state": params, "events": pruner.events, "done": pruner.done}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -55,7 +55,7 @@ def worker(rank: int, world: int, port: int, out: str, schedule: str) -> None:
 def run(tmp_path, schedule):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path), schedule), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert r0["state"].keys() == r1["state"].keys()
+    assert r0["state"].keys() == r1["state"].keys() and (r0["events"], r0["done"]) == (r1["events"], r1["done"])
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     return r0
@@ -63,7 +63,7 @@ def run(tmp_path, schedule):
 
 def test_cupss_under_ddp_keeps_ranks_bitwise_identical(tmp_path):
     r0 = run(tmp_path, "cupss")
-    assert len(r0["events"]) >= 2
+    assert len(r0["events"]) >= 2 and r0["done"] == ("landed" in r0["events"][-1]["what"])
     widths = sum(t.shape[0] for n, t in r0["state"].items() if t.dim() == 4)
     assert widths < sum(m.out_channels for m in TinyResNet().modules() if isinstance(m, torch.nn.Conv2d))
 

@@ -26,7 +26,8 @@ class ASCP(Schedule):
     """At the end of every epoch, k-means the filters of every group into (1 - P) * N clusters
     (BatchNorm-aware, see methods/ascp.py) and reconstruct every channel to its cluster's centre; the
     filters then train freely until the next epoch (soft). The rate P rises to `target_ratio` over
-    `epochs` epochs along `decay`. `finalize()` removes the duplicates by exact channel addition.
+    `epochs` epochs along `decay` (epochs count from 0: the rate is target_ratio from epoch
+    epochs - 1 on). `finalize()` removes the duplicates by exact channel addition.
     """
 
     name = "ASCP"
@@ -41,12 +42,13 @@ class ASCP(Schedule):
             raise ValueError(f"ASCP: decay must be one of {', '.join(DECAYS)}, got {decay!r}")
         super().__init__(model, example_inputs, ignored_layers)
         self.target_ratio, self.epochs, self.decay, self.niter, self.seed = float(target_ratio), int(epochs), decay, niter, seed
+        self.target = f"target_ratio={self.target_ratio:g} of every group's channels from epoch {self.epochs - 1}"
         self.last_plan: dict = {}  # the latest reconstruction's clusters, as Plan.to_dict()
         self.reference: dict[str, torch.Tensor] = {}  # the tensors it wrote, as written
 
     def rate(self, epoch: int) -> float:
         """Pruning rate after `epoch` (0-based): target_ratio from epoch epochs - 1 on."""
-        return self.target_ratio * DECAYS[self.decay](min((epoch + 1) / self.epochs, 1.0))
+        return self.target_ratio * DECAYS[self.decay](min((self._epoch(epoch) + 1) / self.epochs, 1.0))
 
     def _reconstruct(self, ratio: float) -> None:
         """Cluster (on rank 0) and write every channel's cluster centre; remember the clusters."""

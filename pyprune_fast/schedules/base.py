@@ -2,8 +2,9 @@
 the all-or-nothing `commit` (decided on rank 0 and broadcast under torch.distributed), checkpoints.
 
 The user's loop calls, per batch, `penalty()` (added to the loss) and `before_step()` (after
-backward, before optimizer.step()), and per epoch `step(epoch, optimizer)`; `step` returns True when
-the model's shapes changed, the cue to rebuild a DistributedDataParallel wrapper around it.
+backward, before optimizer.step()), and at the end of every epoch `step(epoch, optimizer)`; `step`
+returns True when the model's shapes changed, the cue to rebuild a DistributedDataParallel wrapper
+around it. Epochs count from 0, as `for epoch in range(E)` gives them: `step(0)` ends the first epoch.
 """
 
 from __future__ import annotations
@@ -48,18 +49,25 @@ def distributed() -> bool:
 
 @dataclass
 class ScheduleReport:
-    """What a schedule did: one row per pruning event (epoch, MACs kept, params, what was decided)."""
+    """What a schedule did: the target the user asked for, MACs and params of the original model and
+    now, every prunable group's width (origin, before, after), one row per event (epoch, MACs kept of
+    the original, what was decided)."""
 
     name: str
+    target: str
     macs_before: int
     macs_after: int
     params_after: int
+    widths: list[tuple[str, int, int]] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"{self.name}: MACs {self.macs_before / 1e6:.2f} M -> {self.macs_after / 1e6:.2f} M "
-                 f"({self.macs_after / max(self.macs_before, 1):.1%} kept), params {self.params_after / 1e6:.3f} M"]
+        lines = [f"{self.name} ({self.target}): MACs {self.macs_before / 1e6:.2f} M -> {self.macs_after / 1e6:.2f} M "
+                 f"({self.macs_after / max(self.macs_before, 1):.1%} of the original kept), "
+                 f"params {self.params_after / 1e6:.3f} M"]
         lines += ["  epoch {epoch:>3}: MACs kept {macs_kept:.1%}  {what}".format(**e) for e in self.events]
+        lines += ["  widths (group: before -> after):"]
+        lines += [f"    {origin[:60]:<60} {b:>5} -> {a:<5}" for origin, b, a in self.widths]
         return "\n".join(lines)
 
 
@@ -67,6 +75,7 @@ class Schedule:
     """Base of the training-time pruners. Subclasses implement `_step(epoch, optimizer) -> bool`."""
 
     name = "schedule"
+    target = ""  # what the user asked for, in words (set by each schedule)
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers=()):
         if not isinstance(model, nn.Module):
@@ -75,6 +84,7 @@ class Schedule:
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers)
         self.macs_before = profile(self.model, example_inputs).macs
+        self.widths_before = self._group_widths()
         self.last_epoch: Optional[int] = None
         self.events: list[dict] = []
         self.done = False
@@ -91,17 +101,17 @@ class Schedule:
         """Called after backward(), before optimizer.step()."""
 
     def step(self, epoch: int, optimizer: Optional[torch.optim.Optimizer] = None) -> bool:
-        """End of `epoch`: prune, reconstruct or score as the schedule says. True when shapes changed."""
-        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool):
-            raise TypeError(f"{self.name}.step: epoch must be an int, got {epoch!r}")
+        """End of `epoch` (0-based, increasing from call to call): prune, reconstruct or score as the
+        schedule says. True when shapes changed."""
+        epoch = self._epoch(epoch)
         if self.last_epoch is not None and epoch <= self.last_epoch:
             raise ValueError(f"{self.name}.step: epoch {epoch} comes after epoch {self.last_epoch}; epochs must increase")
         changed = first_change(self._snapshot(), self._shapes)
         if changed is not None:
             raise ValueError(f"{self.name}.step: the model changed outside the pruner ({changed}); build a new pruner "
                              "for the changed model")
-        changed = bool(self._step(int(epoch), optimizer))
-        self.last_epoch = int(epoch)
+        changed = bool(self._step(epoch, optimizer))
+        self.last_epoch = epoch
         self._shapes = self._snapshot()
         return changed
 
@@ -114,6 +124,17 @@ class Schedule:
 
     # ---- shared machinery ----
 
+    def _epoch(self, epoch: Any) -> int:
+        """`epoch` as an int, or ValueError: epochs are ints counted from 0."""
+        if not isinstance(epoch, numbers.Integral) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"{self.name}: epoch must be an int >= 0 (epochs count from 0), got {epoch!r}")
+        return int(epoch)
+
+    def _group_widths(self, prunable: bool = True) -> list[tuple[str, int]]:
+        """(origin, channels) of every (prunable) group of the current model."""
+        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        return [(g.origin, g.channels) for g in (graph.prunable_groups if prunable else graph.groups)]
+
     def _snapshot(self) -> dict[str, tuple]:
         return shapes_of(named_tensors(self.model))
 
@@ -123,13 +144,6 @@ class Schedule:
     def _decide(self, method: str, **options) -> Decision:
         return decide(self.model, self.example_inputs, method, ignored_layers=self.ignored_layers, **options)
 
-    def _prune(self, epoch: int, optimizer, choose: Callable[[], Decision]) -> bool:
-        """`choose()` a Decision on rank 0 and apply it on every rank. True when something was pruned."""
-        def make():
-            d = choose()
-            return d.plan, d.written, f"{d.method}, {d.allocation}"
-        return self._apply_plan(epoch, optimizer, make)
-
     def _on_rank0(self, make: Callable[[], Any]) -> Any:
         """make() on rank 0 (here when not distributed), its result sent to every rank (tensors via the CPU)."""
         if not distributed():
@@ -138,19 +152,21 @@ class Schedule:
         dist.broadcast_object_list(payload, src=0)
         return payload[0]
 
-    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[Plan, dict, str]]) -> bool:
-        """`make()` (a Plan of the current model, tensors to write first, description) on rank 0, applied
-        all or nothing on every rank: under torch.distributed the plan travels as Plan.to_dict() and is
-        rebuilt on each rank's own graph. True when it changed the model."""
+    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[Plan, dict, str, bool]]) -> bool:
+        """`make()` (a Plan of the current model, tensors to write first, description, whether pruning
+        is over after it) on rank 0, applied all or nothing on every rank: under torch.distributed the
+        plan travels as Plan.to_dict() and is rebuilt on each rank's own graph. True when it changed
+        the model."""
         if distributed():
             def portable():
-                plan, written, what = make()
-                return plan.to_dict(), written, what
-            plan_dict, written, what = self._on_rank0(portable)
+                plan, written, what, last = make()
+                return plan.to_dict(), written, what, last
+            plan_dict, written, what, last = self._on_rank0(portable)
             graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
             plan = Plan.from_dict(graph, plan_dict)
         else:
-            plan, written, what = make()
+            plan, written, what, last = make()
+        self.done = self.done or last
         if not plan:
             return False
         device = next(self.model.parameters()).device
@@ -170,18 +186,20 @@ class Schedule:
 
     def report(self) -> ScheduleReport:
         p = profile(self.model, self.example_inputs)
-        return ScheduleReport(self.name, self.macs_before, p.macs, p.params, list(self.events))
+        now = dict(self._group_widths(prunable=False))  # a group down to one channel is no longer prunable
+        widths = [(origin, before, now[origin]) for origin, before in self.widths_before]
+        return ScheduleReport(self.name, self.target, self.macs_before, p.macs, p.params, widths, list(self.events))
 
     def state_dict(self) -> dict:
         """The schedule's progress (not the model's weights: save those with ppf.save_pruned)."""
         return {"last_epoch": self.last_epoch, "events": list(self.events), "done": self.done,
-                "macs_before": self.macs_before}
+                "macs_before": self.macs_before, "widths_before": list(self.widths_before)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()`, on the model as saved with it (ppf.load_pruned rebuilds it)."""
-        missing = {"last_epoch", "events", "done", "macs_before"} - set(state)
+        missing = {"last_epoch", "events", "done", "macs_before", "widths_before"} - set(state)
         if missing:
             raise ValueError(f"{self.name}.load_state_dict: missing {', '.join(sorted(missing))}")
         self.last_epoch, self.events, self.done = state["last_epoch"], list(state["events"]), state["done"]
-        self.macs_before = state["macs_before"]
+        self.macs_before, self.widths_before = state["macs_before"], list(state["widths_before"])
         self._shapes = self._snapshot()

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import numbers
 
+from ..allocation import land
+from ..flops import MacsModel
+from ..graph import DependencyGraph
+from ..methods.cup import CUP
+from ..plan import Plan
 from .base import Schedule
 
 __all__ = ["CUPSS"]
 
 
 class CUPSS(Schedule):
-    """At the end of every epoch, cluster the current model's channels (CUP) at the threshold
-    `slope * (epoch - 1) + offset` and prune, until the MACs reach `target_flops` of the original:
-    the step that would pass it prunes to the target exactly instead, and pruning stops.
+    """At the end of every epoch (epochs count from 0), cluster the current model's channels (CUP) at
+    the threshold `slope * epoch + offset` and prune, until the MACs reach `target_flops` of the
+    original: the step whose threshold would reach or pass the target lands on it instead, and pruning
+    stops (`done`).
+
+    Landing: every group's Ward tree gives up merges in order of height down to the last global cut
+    above the target, then the lowest next merge that stays above it (a group whose next channel
+    would pass the target is skipped), and one more channel where that is nearer; so the MACs kept are
+    off the target by at most half of the cheapest channel's MACs (by the MACs model, exact for CNNs).
 
     The paper's ResNet-50 setting is slope 0.03, offset 0.3, 3.81 GFLOPs (target_flops about 0.46).
     """
@@ -28,23 +39,36 @@ class CUPSS(Schedule):
             raise ValueError(f"CUPSS: target_flops must be in (0, 1], got {target_flops}")
         super().__init__(model, example_inputs, ignored_layers)
         self.slope, self.offset, self.target_flops = float(slope), float(offset), float(target_flops)
+        self.target = f"target_flops={self.target_flops:g} of the original MACs"
 
     def threshold(self, epoch: int) -> float:
-        return max(self.slope * (epoch - 1) + self.offset, 0.0)
+        """The Ward height at which the model is cut after `epoch` (0-based)."""
+        return max(self.slope * self._epoch(epoch) + self.offset, 0.0)
+
+    def _land(self, target: float):
+        """A plan of the current model nearest `target` MACs (see the class docstring)."""
+        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        crit = CUP(graph, graph.prunable_groups)
+        widths = land(crit.heights, crit.channels, crit.limits, MacsModel(graph, crit.groups), target)
+        plan = Plan(graph)
+        crit.decide(plan, widths)
+        return plan, {}, f"cup, landed on {self.target}", True
 
     def _step(self, epoch: int, optimizer) -> bool:
         if self.done:
             return False
-        kept = self.macs_kept()
+        target = self.target_flops * self.macs_before
+        if self.macs_kept() <= self.target_flops:
+            self.done = True
+            return False
 
-        def choose():
+        def make():
             d = self._decide("cup", threshold=self.threshold(epoch))
-            if d.macs_predicted < self.target_flops * self.macs_before:  # would pass the target: land on it
-                d = self._decide("cup", target_flops=min(self.target_flops / kept, 1.0))
-            return d
+            if d.macs_predicted <= target:  # would reach or pass the target: land on it
+                return self._land(target)
+            return d.plan, d.written, f"cup, {d.allocation}", False
 
-        changed = kept > self.target_flops and self._prune(epoch, optimizer, choose)
-        if changed:
-            kept = self.events[-1]["macs_kept"]  # measured when the event was recorded
-        self.done = kept <= self.target_flops * 1.02
+        changed = self._apply_plan(epoch, optimizer, make)
+        if self.done and not changed:
+            self._record(epoch, f"cup, landed on {self.target}: nothing to prune")
         return changed

@@ -13,7 +13,8 @@ __all__ = ["FRS"]
 
 
 class FRS(Schedule):
-    """Every `every` epochs while epoch < `until`, score every channel by its LRP relevance (see
+    """At the end of every `every`-th epoch before epoch `until` (epochs count from 0: after epochs
+    every - 1, 2 * every - 1, ...), score every channel by its LRP relevance (see
     `pyprune_fast.relevance`: alpha=2 beta=1 from the true label, class-weighted, L2-normalised per
     layer) over `batches` batches of `data`, and remove the `channels` lowest-scoring channels of the
     whole network (one global ranking; every group keeps at least one)."""
@@ -27,6 +28,7 @@ class FRS(Schedule):
                 raise ValueError(f"FRS: {key} must be an int >= 1, got {value!r}")
         super().__init__(model, example_inputs, ignored_layers)
         self.data, self.every, self.channels, self.until, self.batches = data, every, channels, until, batches
+        self.target = f"{channels} channels every {every} epochs before epoch {until}"
 
     def _step(self, epoch: int, optimizer) -> bool:
         if epoch >= self.until or (epoch + 1) % self.every:
@@ -37,6 +39,6 @@ class FRS(Schedule):
             ladder = crit.ladder()
             plan = Plan(graph)
             crit.decide(plan, ladder.widths(min(self.channels, ladder.steps - 1)))
-            return plan, {}, f"FRS, {self.channels} lowest-relevance channels"
+            return plan, {}, f"FRS, {self.channels} lowest-relevance channels", False
 
         return self._apply_plan(epoch, optimizer, make)

@@ -3,7 +3,7 @@
 Two players. AFP (adaptive filter pruning): in every group the `fraction` of channels with the
 lowest L1 norm form the unimportant set U, and `penalty()` = lam * sum of |w| over U's producing
 weights pushes them towards zero; channels of U whose norm (relative to the group's mean) falls
-under the threshold tau are the candidates. PRC (pruning-rate controller), once per epoch, with
+under the threshold tau are the candidates. PRC (pruning-rate controller), at the end of every epoch (epochs count from 0), with
 `evaluate()` the user's validation accuracy (higher is better, the model in eval mode) and `drop`
 its fall from the accuracy at construction:
 - drop > tolerance: no pruning; lam is halved and the epoch fine-tunes.
@@ -46,6 +46,7 @@ class PlayAndPrune(Schedule):
         super().__init__(model, example_inputs, ignored_layers)
         self.evaluate, self.tolerance, self.lam, self.fraction, self.tau = evaluate, float(tolerance), float(lam), float(fraction), float(tau)
         self.baseline = float(evaluate())
+        self.target = f"accuracy drop at most {self.tolerance:g} from {self.baseline:.4f}"
         self._refresh()
 
     # ---- AFP ----
@@ -131,7 +132,8 @@ class PlayAndPrune(Schedule):
                 plan = Plan(self.graph)
                 for i in sorted({i for i, _, _ in cands}):
                     plan.remove(self.groups[i], [c for j, c, _ in cands if j == i])
-                self._apply_plan(epoch, optimizer, lambda: (plan, {}, f"removed {len(cands)} channels, accuracy {accuracy:.4f}"))
+                what = f"removed {len(cands)} channels, accuracy {accuracy:.4f}"
+                self._apply_plan(epoch, optimizer, lambda: (plan, {}, what, False))
                 self.events[-1].update(accuracy=accuracy, pruned=len(cands))
                 self._refresh()
                 return True
