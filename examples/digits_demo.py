@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pyprune_fast as ppf  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import standalone  # noqa: E402
 
 
 def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,11 +207,5 @@ def demo(argv=None) -> list[str]:
             f"{args.finetune_epochs} epochs of fine-tuning; {path}"]
 
 
-def main(argv=None) -> int:
-    print(describe(), flush=True)
-    demo(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standalone(demo))

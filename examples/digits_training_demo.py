@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pyprune_fast as ppf  # noqa: E402
 from digits_demo import DigitsNet, accuracy, digits  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import standalone  # noqa: E402
 
 
 def run(data, epochs: int, lr: float, seed: int, pruner_args=None) -> Iterator[dict]:
@@ -116,11 +116,5 @@ def demo(argv=None) -> list[str]:
             f"took {prune_s / (train_s + prune_s):.1%} of the training time; {path}"]
 
 
-def main(argv=None) -> int:
-    print(describe(), flush=True)
-    demo(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standalone(demo))

@@ -1,9 +1,11 @@
-"""One line naming what the demos' numbers were measured on: CPU, SIMD level torch dispatches to, threads, torch."""
+"""What the demos' numbers were measured on (CPU, SIMD level torch dispatches to, threads, torch), and
+how a demo runs on its own."""
 
 from __future__ import annotations
 
 import os
 import platform
+from typing import Callable, Optional
 
 import torch
 
@@ -25,3 +27,10 @@ def describe() -> str:
     simd = torch.backends.cpu.get_cpu_capability() + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else "")
     return (f"{cpu_model()} ({os.cpu_count()} cores), torch CPU kernels: {simd}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")
+
+
+def standalone(demo: Callable[[Optional[list[str]]], list[str]], argv: Optional[list[str]] = None) -> int:
+    """Run one demo from the command line: the machine first, then the demo (its summary is for make demo)."""
+    print(describe(), flush=True)
+    demo(argv)
+    return 0

@@ -14,7 +14,7 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import pyprune_fast as ppf  # noqa: E402
-from machine import describe  # noqa: E402
+from machine import standalone  # noqa: E402
 
 
 def demo(argv=None) -> list[str]:
@@ -45,11 +45,5 @@ def demo(argv=None) -> list[str]:
             f"{report.params_before / 1e6:.1f} M -> {report.params_after / 1e6:.1f} M; {path}"]
 
 
-def main(argv=None) -> int:
-    print(describe(), flush=True)
-    demo(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standalone(demo))
