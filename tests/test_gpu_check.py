@@ -82,7 +82,7 @@ def test_the_plan_builds_for_the_gpu_and_leaves_out_what_is_missing(tmp_path):
     assert backends(full["bench_clustering"]) == "native,torch,faiss,sklearn"
     assert backends(bare["bench_clustering"]) == "native,torch"
     notes = " ".join(bare["bench_clustering"].notes + bare["bench_prune"].notes + bare["pytest"].notes)
-    for package in ("faiss", "sklearn", "scipy", "matplotlib", "torch-pruning", "hypothesis"):
+    for package in ("faiss-cpu", "scikit-learn", "scipy", "matplotlib", "torch-pruning", "hypothesis"):
         assert package in notes
 
 

@@ -133,56 +133,45 @@ def pip_install(py: str, wheels: Path, pkg: Package) -> Step:
 
 def plan(have: dict[str, bool], out: Path, py: str, arch: str, jobs: int) -> list[Step]:
     """The build, test and benchmark steps, given which optional modules import (`have`)."""
-    def bench(script: str) -> list[str]:
-        return [py, str(ROOT / "benchmarks" / script), "--device", "cuda"]
-
-    def help_of(argv: list[str]) -> list[str]:
-        return argv[:2] + ["--help"]
-
     build = Step("build", [py, "setup.py", "build_ext", "--inplace"], cap=240, reserve=0,
                  env={"TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(jobs), "FORCE_CUDA": "1"},
                  key=matching(r"^pyprune_fast: |error:"))
     tests = Step("pytest", [py, "-m", "pytest", "-m", "needs_cuda", "-q", "-p", "no:cacheprovider",
                             "--continue-on-collection-errors", "--durations=5", f"--junit-xml={out / 'pytest.xml'}"],
                  cap=150, reserve=60, help_argv=[py, "-m", "pytest", "--help"],
-                 key=matching(r"^(FAILED|ERROR|SKIPPED) |^=+ .*\d+ (passed|failed|skipped|error|deselected)"))
+                 key=matching(r"^(FAILED|ERROR|SKIPPED) |\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s"))
     gone = [p for p in PACKAGES[:3] if not have.get(p.module)]
     if gone:
         tests.notes.append(f"missing {', '.join(p.requirement for p in gone)}: the test modules importing it are "
                            "collection errors (listed below)")
 
-    ops = Step("bench_ops", bench("bench_ops.py") + ["--min-time", "0.2", "--csv", str(out / "ops.csv")],
-               cap=90, reserve=30, key=from_line(r"^pyprune_fast ops vs"))
-    backends = ["native", "torch"] + [b for b, m in (("faiss", "faiss"), ("sklearn", "sklearn")) if have.get(m)]
-    clustering = Step("bench_clustering", bench("bench_clustering.py") + [
-        "--models", "resnet50,vgg16", "--reps", "2", "--backends", ",".join(backends),
-        "--csv", str(out / "clustering.csv")], cap=120, reserve=40, key=from_line(r"^clustering every conv layer"))
-    for module, what in (("faiss", "faiss rows"), ("sklearn", "scikit-learn rows")):
-        if not have.get(module):
-            clustering.notes.append(f"no {what}: {module} is not installed")
-    if not have.get("scipy"):
-        clustering.argv.append("--no-ward")
-        clustering.notes.append("no Ward rows (--no-ward): scipy is not installed")
-    for step, png in ((ops, "ops.png"), (clustering, "clustering.png")):
-        if have.get("matplotlib"):
-            step.argv += ["--plot", str(out / png)]
-        else:
-            step.notes.append(f"no {png}: matplotlib is not installed")
+    def bench(name: str, options: list[str], cap: float, reserve: float, key: str) -> Step:
+        script = str(ROOT / "benchmarks" / f"{name}.py")
+        csv = str(out / f"{name.removeprefix('bench_')}.csv")
+        return Step(name, [py, script, "--device", "cuda", *options, "--csv", csv], cap=cap, reserve=reserve,
+                    key=from_line(key), help_argv=[py, script, "--help"])
 
-    prune = Step("bench_prune", bench("bench_prune.py") + ["--models", "resnet50,vit_b_16", "--reps", "3",
-                                                          "--csv", str(out / "prune.csv")],
-                 cap=150, reserve=40, key=from_line(r"^medians of"))
-    if not have.get("torch_pruning"):
-        prune.argv.append("--no-tp")
-        prune.notes.append("ours only (--no-tp): torch-pruning is not installed")
-    methods = Step("bench_methods", bench("bench_methods.py") + ["--models", "resnet50,vit_b_16", "--reps", "2",
-                                                                "--csv", str(out / "methods.csv")],
-                   cap=180, reserve=60, key=from_line(r"^torch "))
-    if not have.get("scipy"):
-        methods.argv.append("--skip-cup")
-        methods.notes.append("no CUP-against-published comparison (--skip-cup): scipy is not installed")
-    for step in (ops, clustering, prune, methods):
-        step.help_argv = help_of(step.argv)
+    backends = ",".join(["native", "torch"] + [m for m in ("faiss", "sklearn") if have.get(m)])
+    ops = bench("bench_ops", ["--min-time", "0.2"], 90, 30, r"^pyprune_fast ops vs")
+    clustering = bench("bench_clustering", ["--models", "resnet50,vgg16", "--reps", "2", "--backends", backends],
+                       120, 40, r"^clustering every conv layer")
+    prune = bench("bench_prune", ["--models", "resnet50,vit_b_16", "--reps", "3"], 150, 40, r"^medians of")
+    methods = bench("bench_methods", ["--models", "resnet50,vit_b_16", "--reps", "2"], 180, 60, r"^torch ")
+    # What each step leaves out without a module: (step, module, the flag that says so, what goes).
+    for step, module, flag, what in (
+            (clustering, "faiss", None, "no faiss rows"), (clustering, "sklearn", None, "no scikit-learn rows"),
+            (clustering, "scipy", "--no-ward", "no Ward rows"), (prune, "torch_pruning", "--no-tp", "ours only"),
+            (methods, "scipy", "--skip-cup", "no CUP-against-published comparison")):
+        if not have.get(module):
+            step.argv += [flag] if flag else []
+            requirement = next(p.requirement for p in PACKAGES if p.module == module)
+            step.notes.append(f"{what}{f' ({flag})' if flag else ''}: {requirement} is not installed")
+    for step in (ops, clustering):
+        png = str(out / f"{step.name.removeprefix('bench_')}.png")
+        if have.get("matplotlib"):
+            step.argv += ["--plot", png]
+        else:
+            step.notes.append(f"no {Path(png).name}: matplotlib is not installed")
     return [build, tests, ops, clustering, prune, methods]
 
 
@@ -295,8 +284,9 @@ def machine(py: str, info: dict) -> list[str]:
 
 def summary(out: Path, head: list[str], steps: list[Step], notes: list[str], started: str, total: float) -> None:
     lines = [f"# GPU check, {started}", "", *head, "", f"Total {total:.0f} s.", ""]
-    if notes:
-        lines += ["Left out:", *(f"- {n}" for n in notes), ""]
+    left_out = notes + [f"{s.name}: {n}" for s in steps for n in s.notes]
+    if left_out:
+        lines += ["Left out:", *(f"- {n}" for n in left_out), ""]
     lines += ["| step | status | exit code | seconds | limit s |", "|---|---|---:|---:|---:|"]
     lines += [f"| {s.name} | {s.status} | {'' if s.rc is None else s.rc} | {s.seconds:.1f} | {s.timeout:.0f} |"
               for s in steps]
@@ -308,9 +298,7 @@ def summary(out: Path, head: list[str], steps: list[Step], notes: list[str], sta
         key = s.key(text) if s.key else []
         if s.status != "ok":
             key = key[-40:] + ["...", *text.splitlines()[-15:]]
-        lines += ["", f"## {s.name}: {s.status}", "", f"`{shlex.join(s.argv)}`", ""]
-        lines += [f"- {n}" for n in s.notes] + ([""] if s.notes else [])
-        lines += ["```", *key[:80], "```"]
+        lines += ["", f"## {s.name}: {s.status}", "", f"`{shlex.join(s.argv)}`", "", "```", *key[:80], "```"]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
 
 
@@ -347,7 +335,7 @@ def run(args: argparse.Namespace, py: str) -> int:
             for t in later[1:]:
                 t.status = "skipped: the build failed"
             break
-    summary(out, head, steps, notes + [n for s in steps for n in s.notes], started, time.monotonic() - start)
+    summary(out, head, steps, notes, started, time.monotonic() - start)
     print((out / "SUMMARY.md").read_text())
     print(f"[gpu-check] everything is in {out}")
     return 0 if all(s.status == "ok" for s in steps) else 1
