@@ -154,7 +154,7 @@ class Decision:
     timings: dict[str, float]
 
 
-DECIDE_STAGES = ("trace", "scores / clustering", "allocation")
+DECIDE_STAGES = ("trace", "scores / clustering", "allocation", "choosing channels")
 COMMIT_STAGES = ("surgery", "recount")
 
 
@@ -182,6 +182,7 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     stages.start("allocation")
     macs = MacsModel(graph, groups)
     widths, allocation = _widths(crit, alloc, value, macs)
+    stages.start("choosing channels")  # ASCP's k-means runs here, once the widths are known
     plan = Plan(graph)
     written = crit.decide(plan, widths)
     t2 = time.perf_counter()
@@ -235,9 +236,10 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     rounded up to a multiple, e.g. 8 for fast kernels), ignored_layers (modules whose outputs are not
     pruned; the model's output dimension never is), optimizer (its per-parameter state is sliced
     along), seed (for random, k-means++), and for "ascp" niter (k-means iterations, default 25).
-    progress: a bar on stderr over the stages (trace, scores / clustering, allocation, surgery, recount);
-    None (default) shows it when stderr is a terminal and the call runs longer than 2 s, True always,
-    False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 silences it.
+    progress: a bar on stderr over the stages (trace, scores / clustering, allocation, choosing channels,
+    surgery, recount); None (default) shows it when stderr is a terminal and the call runs longer than
+    2 s, True always, False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 (or 1)
+    decides.
     """
     optimizer = options.pop("optimizer", None)
     show, checked = choice(options.pop("progress", None)), _check_options(method, options)

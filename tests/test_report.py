@@ -14,7 +14,7 @@ from pyprune_fast import progress
 from pyprune_fast.plotting import check_plot_path, short_names
 from nets import TinyResNet
 
-STAGES = ("trace", "scores / clustering", "allocation", "surgery", "recount")
+STAGES = ("trace", "scores / clustering", "allocation", "choosing channels", "surgery", "recount")
 
 
 def png_size(path):
@@ -139,7 +139,7 @@ def test_decide_and_commit_show_their_stages_and_close_on_error(capsys):
     decision = ppf.decide(model, x, "l1", ratio=0.5, ignored_layers=[model.fc], progress=True)
     ppf.commit(decision, x, progress=True)
     err = capsys.readouterr().err
-    assert all(f"decide l1: {s}" in err for s in STAGES[:3]) and all(f"commit l1: {s}" in err for s in STAGES[3:])
+    assert all(f"decide l1: {s}" in err for s in STAGES[:4]) and all(f"commit l1: {s}" in err for s in STAGES[4:])
     with pytest.raises(ValueError, match="cannot be reached"):
         ppf.prune(model, x, "l1", target_flops=0.001, progress=True)
     assert not [t for t in threading.enumerate() if t.name == "pyprune_fast-progress"]
