@@ -105,7 +105,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_step_past_its_limit_is_killed_with_its_children_and_recorded(tmp_path):
-    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+    child = ("import subprocess, sys, time; "
+             "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
              "print('grandchild', p.pid, flush=True); time.sleep(120)")
     step = gpu_check.Step("sleepy", [sys.executable, "-c", child], cap=3, key=gpu_check.matching("^grandchild"))
     t0 = time.monotonic()
@@ -149,7 +150,8 @@ def test_bench_clustering_runs_only_the_backends_named(tmp_path, capsys):
     assert bench("bench_clustering").main(["--models", "resnet18", "--backends", "native,torch", "--no-ward",
                                            "--reps", "1", "--niter", "2", "--csv", str(out)]) == 0
     with open(out) as f:
-        assert [(r["task"], r["backend"]) for r in csv.DictReader(f)] == [("kmeans", "native (cpu)"), ("kmeans", "torch (cpu)")]
+        rows = [(r["task"], r["backend"]) for r in csv.DictReader(f)]
+    assert rows == [("kmeans", "native (cpu)"), ("kmeans", "torch (cpu)")]
     with pytest.raises(SystemExit) as e:
         bench("bench_clustering").main(["--backends", "native,bogus"])
     assert e.value.code == 2 and "--backends 'native,bogus'" in capsys.readouterr().err

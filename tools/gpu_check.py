@@ -42,6 +42,7 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 450
+PYTEST_KEY = r"^(FAILED|ERROR|SKIPPED) |\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s"  # -q -ra output
 INSTALL_LEAVES = 350  # seconds the pip installs must leave for the build, the tests and the benchmarks
 
 
@@ -115,10 +116,10 @@ def install_steps(missing: list[Package], wheels: Optional[Path], py: str) -> tu
     for pkg in missing:
         whl = wheel_for(pkg.requirement, wheels) if wheels else None
         if whl is None:
-            notes.append(f"{pkg.requirement} is not installed and {'no wheel of it is in ' + str(wheels) if wheels else 'no --wheels folder was given'}: "
-                         f"{pkg.used_by} go without it")
-            continue
-        steps.append(pip_install(py, wheels, pkg))
+            why = f"no wheel of it is in {wheels}" if wheels else "no --wheels folder was given"
+            notes.append(f"{pkg.requirement} is not installed and {why}: {pkg.used_by} go without it")
+        else:
+            steps.append(pip_install(py, wheels, pkg))
     return steps, notes
 
 
@@ -139,7 +140,7 @@ def plan(have: dict[str, bool], out: Path, py: str, arch: str, jobs: int) -> lis
     tests = Step("pytest", [py, "-m", "pytest", "-m", "needs_cuda", "-q", "-p", "no:cacheprovider",
                             "--continue-on-collection-errors", "--durations=5", f"--junit-xml={out / 'pytest.xml'}"],
                  cap=150, reserve=60, help_argv=[py, "-m", "pytest", "--help"],
-                 key=matching(r"^(FAILED|ERROR|SKIPPED) |\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s"))
+                 key=matching(PYTEST_KEY))
     gone = [p for p in PACKAGES[:3] if not have.get(p.module)]
     if gone:
         tests.notes.append(f"missing {', '.join(p.requirement for p in gone)}: the test modules importing it are "
@@ -230,9 +231,13 @@ for m, dist in mods.items():
         elif importlib.util.find_spec(m) is None:
             raise ImportError(f"No module named {m!r}")
         res["modules"][m] = None
-        res["versions"][dist] = version(dist)
     except Exception as e:
         res["modules"][m] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        continue
+    try:
+        res["versions"][dist] = version(dist)
+    except Exception:
+        res["versions"][dist] = "(version unknown)"
 import torch
 res["torch"] = torch.__version__
 res["torch_cuda"] = torch.version.cuda
@@ -253,7 +258,7 @@ def probe(py: str, really: bool = True) -> dict:
     proc = subprocess.run([py, "-c", PROBE, json.dumps(mods), "import" if really else "find"], capture_output=True,
                           text=True, cwd=tempfile.gettempdir())
     if proc.returncode != 0:
-        raise SystemExit(f"gpu_check: {py} cannot import torch: {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"gpu_check: {py} cannot import torch: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -429,7 +434,8 @@ def dry_run(args: argparse.Namespace, py: str) -> int:
     print()
     for p in problems:
         print(f"  PROBLEM: {p}")
-    print(f"checked {len(wanted)} commands: " + ("every argument is accepted" if not problems else f"{len(problems)} problem(s)"))
+    verdict = f"{len(problems)} problem(s)" if problems else "every argument is accepted"
+    print(f"checked {len(wanted)} commands: {verdict}")
     return 1 if problems else 0
 
 
@@ -460,7 +466,8 @@ def download_wheels(dest: Path, budget_mib: float, py: str) -> int:
             for p in new:
                 shutil.move(str(p), dest / p.name)
             used += size
-            print(f"{pkg.requirement}: {size / 2**20:.1f} MiB ({', '.join(sorted(p.name.split('-')[0] for p in new)) or 'already there'})")
+            names = ", ".join(sorted(p.name.split("-")[0] for p in new)) or "already there"
+            print(f"{pkg.requirement}: {size / 2**20:.1f} MiB ({names})")
     print(f"{dest}: {used / 2**20:.1f} MiB in {len(list(dest.glob('*.whl')))} wheels")
     for item in left_out:
         print(f"left out: {item}")
@@ -469,7 +476,8 @@ def download_wheels(dest: Path, budget_mib: float, py: str) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    default_out = os.environ.get("OUT") or str(ROOT / "gpu_check_out" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    now = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    default_out = os.environ.get("OUT") or str(ROOT / "gpu_check_out" / now)
     p.add_argument("--out", type=Path, default=Path(default_out), help="folder for every output (default: $OUT, "
                    "else gpu_check_out/<time>)")
     p.add_argument("--wheels", type=Path, default=None, help="install missing packages from the wheels in this "
