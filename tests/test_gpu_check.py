@@ -97,6 +97,16 @@ def test_missing_packages_install_from_the_wheels_folder_alone(tmp_path):
     assert len(notes) == 1 and "faiss-cpu" in notes[0]
 
 
+def test_a_package_older_than_its_minimum_counts_as_missing():
+    info = {"modules": {p.module: None for p in gpu_check.PACKAGES},
+            "versions": {p.name: "1.0" for p in gpu_check.PACKAGES}}
+    info["versions"]["setuptools"] = "76.1.0"
+    assert [p.name for p in gpu_check.missing_packages(info)] == ["setuptools"]
+    info["versions"]["setuptools"] = "81.0.0"
+    info["modules"]["faiss"] = "ModuleNotFoundError: No module named 'faiss'"
+    assert [p.name for p in gpu_check.missing_packages(info)] == ["faiss-cpu"]
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"

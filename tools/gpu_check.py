@@ -52,11 +52,19 @@ class Package:
     requirement: str  # what pip installs
     used_by: str
     no_deps: bool = False  # download without dependencies (torch-pruning would pull in torch)
+    minimum: str = ""  # an installed version below this one counts as missing
+
+    @property
+    def name(self) -> str:
+        """The distribution's name."""
+        return re.split(r"[<>=!~\[; ]", self.requirement, maxsplit=1)[0]
 
 
-# What the tests and benchmarks import beyond torch, torchvision, numpy and pytest, in the order
-# --download-wheels fills its size budget: the tests' imports first.
+# What the build, the tests and the benchmarks need beyond torch, torchvision, numpy and pytest, in the
+# order --download-wheels fills its size budget: the build's and the tests' first.
 PACKAGES = [
+    # setuptools < 77 cannot read pyproject.toml's SPDX licence; torch 2.11 asks for < 82
+    Package("setuptools", "setuptools>=77,<82", "the build", minimum="77"),
     Package("hypothesis", "hypothesis", "the tests"),
     Package("scipy", "scipy", "the tests; bench_clustering's Ward rows; bench_methods' CUP comparison"),
     Package("sklearn", "scikit-learn", "the tests (k-means, digits); bench_clustering's sklearn row"),
@@ -102,10 +110,18 @@ def matching(pattern: str) -> Callable[[str], list[str]]:
     return lambda log: [ln for ln in log.splitlines() if re.search(pattern, ln)]
 
 
-def wheel_for(requirement: str, folder: Path) -> Optional[Path]:
-    """The wheel of `requirement` in `folder`, if there is one."""
-    name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
-    norm = re.sub(r"[-_.]+", "_", name).lower()
+def missing_packages(info: dict) -> list[Package]:
+    """The PACKAGES that the probe `info` found not importable, or older than their minimum."""
+    def numbers(version: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
+
+    return [p for p in PACKAGES if info["modules"][p.module] is not None
+            or p.minimum and numbers(info["versions"][p.name]) < numbers(p.minimum)]
+
+
+def wheel_for(pkg: Package, folder: Path) -> Optional[Path]:
+    """A wheel of `pkg` in `folder`, if there is one."""
+    norm = re.sub(r"[-_.]+", "_", pkg.name).lower()
     found = sorted(p for p in folder.glob("*.whl") if re.sub(r"[-_.]+", "_", p.name.split("-")[0]).lower() == norm)
     return found[-1] if found else None
 
@@ -114,7 +130,7 @@ def install_steps(missing: list[Package], wheels: Optional[Path], py: str) -> tu
     """One pip step per missing package that has a wheel in `wheels`; notes for those that have none."""
     notes, steps = [], []
     for pkg in missing:
-        whl = wheel_for(pkg.requirement, wheels) if wheels else None
+        whl = wheel_for(pkg, wheels) if wheels else None
         if whl is None:
             why = f"no wheel of it is in {wheels}" if wheels else "no --wheels folder was given"
             notes.append(f"{pkg.requirement} is not installed and {why}: {pkg.used_by} go without it")
@@ -141,7 +157,7 @@ def plan(have: dict[str, bool], out: Path, py: str, arch: str, jobs: int) -> lis
                             "--continue-on-collection-errors", "--durations=5", f"--junit-xml={out / 'pytest.xml'}"],
                  cap=150, reserve=60, help_argv=[py, "-m", "pytest", "--help"],
                  key=matching(PYTEST_KEY))
-    gone = [p for p in PACKAGES[:3] if not have.get(p.module)]
+    gone = [p for p in PACKAGES if "the tests" in p.used_by and not have.get(p.module)]
     if gone:
         tests.notes.append(f"missing {', '.join(p.requirement for p in gone)}: the test modules importing it are "
                            "collection errors (listed below)")
@@ -253,7 +269,7 @@ print(json.dumps(res))
 def probe(py: str, really: bool = True) -> dict:
     """What `py` can import (module -> None or the error), versions, and the visible GPU. Without
     `really`, the modules are only looked for, not imported (faster)."""
-    mods = {p.module: p.requirement.split("==")[0] for p in PACKAGES}
+    mods = {p.module: p.name for p in PACKAGES}
     mods.update({"torchvision": "torchvision", "numpy": "numpy", "pytest": "pytest"})
     proc = subprocess.run([py, "-c", PROBE, json.dumps(mods), "import" if really else "find"], capture_output=True,
                           text=True, cwd=tempfile.gettempdir())
@@ -319,8 +335,7 @@ def run(args: argparse.Namespace, py: str) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "packages.txt").write_text(_cmd([py, "-m", "pip", "list", "--format=freeze"]) + "\n")
-    missing = [p for p in PACKAGES if info["modules"][p.module] is not None]
-    installs, notes = install_steps(missing, args.wheels, py)
+    installs, notes = install_steps(missing_packages(info), args.wheels, py)
     head = machine(py, info)
     steps = list(installs)
     for s in installs:
@@ -403,8 +418,7 @@ def dry_run(args: argparse.Namespace, py: str) -> int:
     info = probe(py, really=False)
     have = {m: err is None for m, err in info["modules"].items()}
     arch = "{}.{}".format(*info["capability"]) if info["gpu"] else "<from the visible GPU>"
-    missing = [p for p in PACKAGES if not have[p.module]]
-    installs, notes = install_steps(missing, args.wheels, py)
+    installs, notes = install_steps(missing_packages(info), args.wheels, py)
     steps = installs + plan(have, args.out, py, arch, os.cpu_count() or 1)
     print(f"gpu_check --dry-run: would write into {args.out}, within {args.budget:.0f} s; python {py}\n")
     for n in notes:
