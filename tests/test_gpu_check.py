@@ -44,10 +44,13 @@ def test_dry_run_lists_every_step_and_every_script_accepts_its_arguments(tmp_pat
     assert not out.exists()  # a dry run writes nothing
 
 
-def test_bad_wheels_folder_is_refused_before_any_work(tmp_path):
+def test_bad_arguments_are_refused_before_any_work(tmp_path):
     proc = tool("--dry-run", "--wheels", str(tmp_path / "nowhere"))
     assert proc.returncode == 2
     assert "--wheels" in proc.stderr and "no such folder" in proc.stderr
+    proc = tool("--budget", "100", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "--budget must be at least 300 seconds" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine this would start the whole check")

@@ -299,7 +299,8 @@ def machine(py: str, info: dict) -> list[str]:
         f"- Python {platform.python_version()} ({py}); torch {info['torch']} (CUDA {info['torch_cuda']}, "
         f"cuDNN {info['cudnn']}); nvcc: {nvcc[-1] if nvcc else 'unavailable'}",
         f"- packages: {versions}",
-        f"- source: {_cmd(['git', '-C', str(ROOT), 'log', '-1', '--format=%h %cI %s'])[:120]}",
+        f"- source: {_cmd(['git', '-C', str(ROOT), 'log', '-1', '--format=%h %cI %s'])[:120]}"
+        if (ROOT / ".git").exists() else "- source: not a git checkout",
     ]
 
 
@@ -353,7 +354,7 @@ def run(args: argparse.Namespace, py: str) -> int:
         summary(out, head, steps, notes, started, time.monotonic() - start)
         if s.name == "build" and s.status != "ok":
             for t in later[1:]:
-                t.status = "skipped: the build failed"
+                t.status = "skipped: no build"
             break
     summary(out, head, steps, notes, started, time.monotonic() - start)
     print((out / "SUMMARY.md").read_text())
@@ -507,8 +508,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.wheels = ROOT / "gpu_wheels"
     if args.wheels is not None and not args.wheels.is_dir():
         p.error(f"--wheels {args.wheels}: no such folder")
-    if args.budget < 60:
-        p.error("--budget must be at least 60 seconds")
+    if args.budget < 300:
+        p.error("--budget must be at least 300 seconds (the time kept for the steps after the build)")
     args.out = args.out.resolve()
     return dry_run(args, sys.executable) if args.dry_run else run(args, sys.executable)
 
