@@ -52,6 +52,8 @@ def check_sdist(path: Path, root: Path = ROOT) -> list[str]:
     problems += [f"sdist holds {f}, which a build generates" for f in sorted(files) if GENERATED.search(f)]
     if _torch_requirement(pkg_info) != ["torch>=2.4"]:
         problems.append(f"sdist PKG-INFO requires {_torch_requirement(pkg_info)}, not ['torch>=2.4']")
+    if "requires-dist" not in [d.lower() for d in HeaderParser().parsestr(pkg_info).get_all("Dynamic") or []]:
+        problems.append("sdist PKG-INFO does not mark Requires-Dist as Dynamic, yet its wheels pin torch")
     return problems
 
 
