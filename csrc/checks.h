@@ -3,10 +3,16 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <string>
 
 namespace pyprune_fast {
+
+// Every kernel entry holds one. The ops have no autograd kernel: the dispatcher's fallback passes them
+// below autograd, but the ATen calls inside a kernel would go through autograd again and refuse inputs
+// that require grad (a model's own weights). Worker threads take it over with the caller's state.
+using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 // A list argument given once per tensor or once for all of them.
 inline void check_list_length(const char* op, const char* name, size_t got, size_t n, bool optional = false) {

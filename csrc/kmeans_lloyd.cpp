@@ -124,6 +124,7 @@ void retire_converged(std::vector<Bucket>& buckets, Outputs& out) {
 
 KmeansResult kmeans_lloyd_batched_op(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
                                      int64_t sync_every) {
+  const BelowAutograd below_autograd;
   return kmeans_lloyd_batched(xs, centroids, niter, spherical, sync_every);
 }
 

@@ -57,6 +57,29 @@ def test_model_parameters_are_accepted_and_results_do_not_require_grad(resnet18_
         assert torch.equal(g, w)
 
 
+# The registered ops themselves, as C++ or torch.ops callers reach them (no Python wrapper detaching).
+RAW = {
+    "pairwise_distance": lambda fs: torch.ops.pyprune_fast.pairwise_distance(fs, "euclidean", None),
+    "gather_channels": lambda fs: torch.ops.pyprune_fast.gather_channels(
+        fs, [torch.arange(0, f.shape[0], 2) for f in fs], [0]),
+    "kmeans_lloyd": lambda fs: torch.ops.pyprune_fast.kmeans_lloyd(fs, [f[:3].detach() for f in fs], 5, False),
+    "ward_linkage": lambda fs: torch.ops.pyprune_fast.ward_linkage([torch.cdist(f, f) for f in fs]),
+}
+
+
+@pytest.mark.parametrize("grad", ["enabled", "no_grad"])
+@pytest.mark.parametrize("name", RAW)
+def test_registered_ops_read_parameters_on_every_thread(resnet18_filters, name, grad):
+    """The kernels' own ATen calls run below autograd, on the calling thread and on the workers."""
+    fs = resnet18_filters
+    with torch.no_grad() if grad == "no_grad" else torch.enable_grad():
+        got = tensors(RAW[name](fs))
+    want = tensors(RAW[name]([f.detach() for f in fs]))
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def test_compiled_with_a_parameter_the_ops_add_no_gradient():
     """torch.compile (through AOTAutograd) keeps the detach: the other terms' gradient only."""
     w = torch.nn.Parameter(torch.randn(8, 5))

@@ -32,6 +32,7 @@ void gather_rows(const word_t* src, word_t* dst, const int64_t* idx, const Chann
 }
 
 std::vector<at::Tensor> gather_channels_cpu(at::TensorList xs, at::TensorList indices, at::IntArrayRef dims) {
+  const BelowAutograd below_autograd;
   GatherArgs args = prepare_gather(xs, indices, dims);
   std::vector<at::Tensor> outs;
   std::vector<int64_t> rows, bytes;  // every (outer, picked channel) pair is one contiguous row of `inner` elements

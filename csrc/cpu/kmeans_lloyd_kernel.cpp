@@ -84,6 +84,7 @@ void update(const at::Tensor& x, const int64_t* labels, const scalar_t* mind, at
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> kmeans_lloyd_cpu(
     at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
+  const BelowAutograd below_autograd;
   check_kmeans_args(xs, centroids, niter);
   std::vector<at::Tensor> labels, cents;
   auto inertia = at::zeros({static_cast<int64_t>(xs.size())}, at::kDouble);

@@ -52,6 +52,7 @@ void merge_rows(scalar_t* x, const ChannelView& v, const int64_t* members, const
 
 void merge_channels_cpu(at::TensorList xs, at::TensorList assignments, at::TensorList keep, at::IntArrayRef dims,
                         const c10::List<std::optional<at::Tensor>>& weights) {
+  const BelowAutograd below_autograd;
   MergeArgs args = prepare_merge(xs, assignments, keep, dims, weights);
   std::vector<at::Tensor> work;  // contiguous tensors the kernel writes
   std::vector<int64_t> rows, cost;  // (outer, cluster) pairs; elements summed per pair, on average

@@ -84,6 +84,7 @@ void distances(const std::vector<at::Tensor>& parts, Metric metric, at::Tensor& 
 // as on several, so a problem's distances do not depend on its batch-mates.
 std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_view metric_name,
                                               at::OptionalIntArrayRef blocks) {
+  const BelowAutograd below_autograd;
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
   check_pairwise_inputs(xs);
   const auto problems = split_problems(xs, blocks);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <atomic>
@@ -43,12 +44,15 @@ inline std::vector<size_t> largest_first(const std::vector<double>& work) {
 // Calls fn(p, state) for every p of `order` (largest first) on one worker per thread, each taking the
 // next one free, or on this thread alone when the work in all is below `serial_below`; `state` is one
 // default-constructed State per worker (scratch memory, say). Inside, at::parallel_for and MKL run on
-// the calling thread only.
+// the calling thread only. Workers run with the caller's thread-local state (grad mode, the dispatch
+// keys the dispatcher excluded), so ATen calls in fn behave as they would on the calling thread.
 template <class State, class F>
 void parallel_queue(const std::vector<size_t>& order, double work, double serial_below, F fn) {
   const int64_t workers = work < serial_below ? 1 : std::min<int64_t>(at::get_num_threads(), order.size());
   std::atomic<size_t> next{0};
+  const at::ThreadLocalState caller;
   at::parallel_for(0, std::max<int64_t>(workers, 1), 1, [&](int64_t, int64_t) {
+    at::ThreadLocalStateGuard same_as_caller(caller);
     State state;
     for (size_t j; (j = next.fetch_add(1)) < order.size();) fn(order[j], state);
   });

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "checks.h"
 #include "cpu/parallel_rows.h"
 
 namespace pyprune_fast {
@@ -238,6 +239,7 @@ void label(const std::vector<Merge>& merges, int64_t n, double* out) {
 }
 
 std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
+  const BelowAutograd below_autograd;
   check_dists(dists);
   std::vector<at::Tensor> outs;
   std::vector<double> work;
@@ -274,6 +276,7 @@ std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
 
 // No CUDA kernel (the chain is sequential): say so rather than the dispatcher's generic error.
 std::vector<at::Tensor> ward_linkage_cuda(at::TensorList dists) {
+  const BelowAutograd below_autograd;
   for (size_t i = 0; i < dists.size(); ++i) {
     TORCH_CHECK_VALUE(dists[i].is_cpu(), kOp, ": dists[", i, "] is on ", dists[i].device(),
                       "; the op runs on the CPU only, move the matrices there first (e.g. d.cpu())");

@@ -45,6 +45,7 @@ void launch(const std::vector<GatherJob>& jobs, int64_t largest, c10::Device dev
 }
 
 std::vector<at::Tensor> gather_channels_cuda(at::TensorList xs, at::TensorList indices, at::IntArrayRef dims) {
+  const BelowAutograd below_autograd;
   GatherArgs args = prepare_gather(xs, indices, dims);
   std::vector<at::Tensor> outs;
   if (args.xs.empty()) return outs;

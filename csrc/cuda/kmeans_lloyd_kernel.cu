@@ -88,6 +88,7 @@ at::Tensor assign_epilogue_cuda(const at::Tensor& dots, const at::Tensor& cnorm,
 
 // Checks, the device guard and the early return for empty problems are in kmeans_lloyd_batched.
 KmeansResult kmeans_lloyd_cuda(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
+  const BelowAutograd below_autograd;
   return kmeans_lloyd_batched(xs, centroids, niter, spherical, kSyncEvery, &assign_epilogue_cuda);
 }
 

@@ -46,6 +46,7 @@ __global__ void merge_channels_kernel(const MergeJob* __restrict__ jobs) {
 
 void merge_channels_cuda(at::TensorList xs, at::TensorList assignments, at::TensorList keep, at::IntArrayRef dims,
                          const c10::List<std::optional<at::Tensor>>& weights) {
+  const BelowAutograd below_autograd;
   MergeArgs args = prepare_merge(xs, assignments, keep, dims, weights);
   if (xs.empty()) return;
   c10::cuda::OptionalCUDAGuard guard(xs[0].device());

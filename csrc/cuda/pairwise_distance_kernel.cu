@@ -101,6 +101,7 @@ GramBatch batched_gram(at::TensorList xs, Metric metric) {
 
 std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList inputs, c10::string_view metric_name,
                                                at::OptionalIntArrayRef blocks) {
+  const BelowAutograd below_autograd;
   const Metric metric = parse_metric(std::string_view(metric_name.data(), metric_name.size()));
   const auto device = check_pairwise_inputs(inputs);
   if (inputs.empty()) return {};
