@@ -115,8 +115,10 @@ def land(priorities: list[Tensor], channels: Tensor, limits: Limits, measure: Ca
         if better is None:
             break
         taken = better
-    best = min([taken, cut(i)] + steps, key=lambda t: (abs(at(t) - target), at(t) < target))
-    return limits(channels - best, channels)
+    candidates = [taken, cut(i)] + steps
+    measured = [at(t) for t in candidates]
+    best = min(range(len(candidates)), key=lambda k: (abs(measured[k] - target), measured[k] < target))
+    return limits(channels - candidates[best], channels)
 
 
 def fraction_ladder(channels: Tensor, limits: Limits) -> Ladder:
