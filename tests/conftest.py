@@ -1,7 +1,14 @@
+import os
+import tempfile
 import zlib
 
 import pytest
 import torch
+
+# torch.compile's on-disk cache is not keyed by a forced ATEN_CPU_CAPABILITY: code compiled for AVX-512
+# would be reused under `default` and fail to build. One cache per level.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"pyprune_fast_inductor_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}"))
 
 
 def pytest_collection_modifyitems(config, items):
