@@ -307,3 +307,41 @@ def test_plan_round_trips_through_plain_lists_onto_a_twin_model():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(ValueError, match="is not one of this graph's"):
         ppf.Plan.from_dict(ppf.DependencyGraph(b, x), {10_000: data[g1.index]})
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as commonly written: the flatten hard-codes conv2's 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(self.conv1(x).relu(), 2)
+        x = nn.functional.max_pool2d(self.conv2(x).relu(), 2)
+        x = x.view(-1, 16 * 5 * 5)
+        return self.fc3(self.fc2(self.fc1(x).relu()).relu())
+
+
+@pytest.mark.parametrize("batch, words", [(1, r"view in LeNet: .*invalid for input of size 200"),
+                                          (2, r"outputs would have shapes \[\(1, 10\)\], not \[\(2, 10\)\]")])
+def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, words):
+    torch.manual_seed(0)
+    model = LeNet()
+    x = torch.randn(batch, 1, 32, 32)
+    optimizer = trained(model, x, torch.optim.SGD)
+    g = ppf.DependencyGraph(model, x)
+    snap = snapshot(model, optimizer)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    flags = [m.training for m in model.modules()]
+    with pytest.raises(ValueError, match=words):
+        ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv2), list(range(8))), optimizer)
+    assert_same(model, optimizer, snap)
+    assert all(torch.equal(p.grad, grads[n]) for n, p in model.named_parameters())
+    assert flags == [m.training for m in model.modules()] and not g.stale
+    assert (model.fc1.in_features, model.conv2.out_channels) == (400, 16)
+    model(x).sum().backward()  # still runs
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.fc1), [0, 5]), optimizer)  # other layers still prune
+    assert model(x).shape == (batch, 10) and model.fc1.out_features == 118
+
