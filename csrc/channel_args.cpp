@@ -41,7 +41,8 @@ Segments concat(const std::vector<at::Tensor>& parts, c10::Device device) {
   return s;
 }
 
-// index_stats on the host: plain loops, no tensor ops; repeats found with a bitmap over [min, max].
+// index_stats on the host: plain loops, no tensor ops; repeats found with a bitmap over [min, max] when
+// that span is small (measured without overflow: int64 extremes span 2^64 - 1), else by sorting.
 at::Tensor index_stats_cpu(const std::vector<at::Tensor>& idx) {
   auto out = at::empty({static_cast<int64_t>(idx.size()), 3}, at::kLong);
   int64_t* o = out.mutable_data_ptr<int64_t>();
@@ -53,9 +54,9 @@ at::Tensor index_stats_cpu(const std::vector<at::Tensor>& idx) {
     o[1] = n ? *std::max_element(p, p + n) : 0;
     o[2] = kNone;
     if (n < 2) continue;
-    const uint64_t range = static_cast<uint64_t>(o[1]) - static_cast<uint64_t>(o[0]) + 1;
-    if (range <= (uint64_t(1) << 26)) {
-      seen.assign(range, 0);
+    const uint64_t span = static_cast<uint64_t>(o[1]) - static_cast<uint64_t>(o[0]);  // max - min, exact
+    if (span < (uint64_t(1) << 26)) {
+      seen.assign(span + 1, 0);
       for (int64_t i = 0; i < n; ++i) {
         uint8_t& s = seen[p[i] - o[0]];
         if (s && p[i] < o[2]) o[2] = p[i];
@@ -227,14 +228,22 @@ MergeArgs prepare_merge(
 
   MergeArgs args;
   for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK_TYPE(at::isFloatingType(xs[i].scalar_type()), op, ": xs[", i,
-                     "] must be a floating-point tensor, got ", xs[i].scalar_type());
-    at::assert_no_internal_overlap(xs[i]);
-    for (size_t k = 0; k < i; ++k) {
-      TORCH_CHECK_VALUE(at::get_overlap_status(xs[i], xs[k]) == at::MemOverlapStatus::No, op, ": xs[", k,
-                        "] and xs[", i, "] share memory; each tensor may appear once");
-    }
+    const auto t = xs[i].scalar_type();
+    TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, op, ": xs[", i,
+                     "] must be a float32, float64, float16 or bfloat16 tensor, got ", t);
+    TORCH_CHECK_VALUE(at::has_internal_overlap(xs[i]) != at::MemOverlap::Yes, op, ": xs[", i,
+                      "] has elements that share memory (an expanded tensor?); pass a copy (.clone())");
     args.dims.push_back(wrap_dim(op, i, xs[i], entry(dims, i)));
+  }
+  // The kernel writes xs while reading every argument: no argument may share memory with any of xs.
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t k = 0; k < i; ++k) check_no_overlap(op, "xs", i, xs[i], "xs", k, xs[k]);
+    for (size_t j = 0; j < assignments.size(); ++j) check_no_overlap(op, "xs", i, xs[i], "assignments", j, assignments[j]);
+    for (size_t j = 0; j < keep.size(); ++j) check_no_overlap(op, "xs", i, xs[i], "keep", j, keep[j]);
+    for (size_t j = 0; j < weights.size(); ++j) {
+      const std::optional<at::Tensor> w = weights.get(j);
+      if (w.has_value() && w->defined()) check_no_overlap(op, "xs", i, xs[i], "weights", j, *w);
+    }
   }
 
   // Shapes on the host; values on the device, for all tensors at once, read back in one copy.

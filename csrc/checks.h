@@ -3,9 +3,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
+#include <cstdint>
 #include <string>
+#include <utility>
 
 namespace pyprune_fast {
 
@@ -40,6 +43,28 @@ inline c10::Device common_device(const char* op, at::TensorList xs) {
 inline void check_on_device(const char* op, const char* name, size_t i, const at::Tensor& t, c10::Device d) {
   TORCH_CHECK_VALUE(
       t.device() == d, op, ": ", name, "[", i, "] is on ", t.device(), " but the tensors are on ", d);
+}
+
+// The bytes [first, last) that a strided tensor's elements lie in (strides are never negative).
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  const auto first = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  uintptr_t last = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) last += static_cast<uintptr_t>(t.size(d) - 1) * t.stride(d);
+  return {first, first + last * t.element_size()};
+}
+
+// `other` may not share memory with `written`, which the op modifies while it reads `other`: their byte
+// spans are disjoint, or they are provably apart within one storage.
+inline void check_no_overlap(const char* op, const char* written, size_t i, const at::Tensor& w, const char* name,
+                             size_t j, const at::Tensor& other) {
+  if (w.numel() == 0 || other.numel() == 0 || w.device() != other.device()) return;
+  const auto [a0, a1] = byte_span(w);
+  const auto [b0, b1] = byte_span(other);
+  const bool apart = a1 <= b0 || b1 <= a0 ||
+                     (w.storage().is_alias_of(other.storage()) &&
+                      at::get_overlap_status(w, other) == at::MemOverlapStatus::No);
+  TORCH_CHECK_VALUE(apart, op, ": ", name, "[", j, "] and ", written, "[", i, "] share memory, and the op writes ",
+                    written, "[", i, "]; pass a copy (.clone())");
 }
 
 // Wraps a possibly negative dim of xs[i]; an error names the tensor and the dim.

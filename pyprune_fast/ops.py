@@ -74,6 +74,9 @@ def _index_list(op: str, name: str, idx: Indices, device: torch.device) -> list[
         if all(isinstance(i, Tensor) for i in idx) and len(idx) > 0:
             return list(idx)
         if all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            for j, i in enumerate(idx):
+                if not -(2**63) <= i < 2**63:
+                    raise ValueError(f"{op}: {name}[{j}] = {i} does not fit in int64")
             return [torch.tensor(list(idx), dtype=torch.long, device=device)]
     raise TypeError(f"{op}: {name} must be an index tensor, a list of ints or a list of index tensors, got {idx!r}")
 
@@ -268,8 +271,22 @@ def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list
     return [x.new_empty((x.shape[0], x.shape[0])) for x in firsts]
 
 
+def _check_one_device(op: str, xs: list[Tensor], **lists: list[Optional[Tensor]]) -> None:
+    """The compiled kernels' device checks, in a fake kernel: a meta tensor among real ones is dispatched
+    here (the Meta key wins), and must be refused rather than give uninitialised outputs or no effect."""
+    for i, x in enumerate(xs):
+        if x.device != xs[0].device:
+            raise ValueError(f"{op}: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
+                             f"xs[{i}] is on {x.device}")
+    for name, ts in lists.items():
+        for i, t in enumerate(ts):
+            if xs and t is not None and t.device != xs[0].device:
+                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but the tensors are on {xs[0].device}")
+
+
 @torch.library.register_fake("pyprune_fast::gather_channels")
 def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[int]) -> list[Tensor]:
+    _check_one_device("gather_channels", xs, indices=indices)
     outs = []
     for i, x in enumerate(xs):
         shape = list(x.shape)
@@ -295,4 +312,4 @@ torch.library.register_fake("pyprune_fast::_kmeans_lloyd_batched")(_kmeans_lloyd
 
 @torch.library.register_fake("pyprune_fast::merge_channels_")
 def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
-    return None
+    _check_one_device("merge_channels_", xs, assignments=assignments, keep=keep, weights=weights)

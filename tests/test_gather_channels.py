@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -76,6 +80,8 @@ def test_bad_inputs():
         ops.gather_channels(xs, [torch.tensor([0])] * 3, 0)
     with pytest.raises(TypeError, match="dims must be an int or a list of ints"):
         ops.gather_channels(xs, torch.tensor([0]), "0")
+    with pytest.raises(ValueError, match=r"gather_channels: indices\[1\] = 9223372036854775808 does not fit in int64"):
+        ops.gather_channels(xs[0], [0, 2**63], 0)
 
 
 @pytest.mark.needs_cuda
@@ -105,10 +111,93 @@ def test_opcheck_and_compile(device):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_property_any_shape(data):
+    """Any shape, zero sizes included, any dtype of every element size."""
     shape = data.draw(st.lists(st.integers(0, 6), min_size=1, max_size=4))
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
-    x = torch.randn(shape)
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float16, torch.int8, torch.int64, torch.bool,
+                                       torch.complex128]))
+    x = random_like_dtype(shape, dtype, "cpu")
     channels = shape[dim]
     picked = data.draw(st.permutations(range(channels)).map(lambda p: p[: data.draw(st.integers(0, channels))]))
     idx = torch.tensor(picked, dtype=torch.long)
     assert torch.equal(ops.gather_channels(x, idx, dim), _reference.gather_channels(x, idx, dim))
+
+
+# ---- adversarial inputs: int64 extremes, meta among real tensors, zero sizes ----
+
+INT64 = torch.iinfo(torch.int64)
+EXTREMES = [INT64.min, INT64.min + 1, -(2**31) - 1, -1, 2**31, INT64.max - 1, INT64.max]
+
+
+def index_values(channels):
+    """Channel indices, mostly in range, often one of the int64 extremes or anything at all."""
+    in_range = [st.integers(0, channels - 1)] if channels else []
+    return st.one_of(*in_range, st.sampled_from(EXTREMES), st.integers(INT64.min, INT64.max))
+
+
+def with_both_extremes(data, values):
+    """values, often with INT64_MIN and INT64_MAX put in (their span, 2^64 - 1, once wrapped to 0)."""
+    values = list(values)
+    if len(values) >= 2 and data.draw(st.booleans()):
+        i, j = data.draw(st.lists(st.integers(0, len(values) - 1), min_size=2, max_size=2, unique=True))
+        values[i], values[j] = INT64.min, INT64.max
+    return values
+
+
+def run_apart(path, name):
+    """Runs the function `name` of the test file `path` in a fresh interpreter: an input that crashes the
+    process (SIGSEGV, glibc abort) fails this test instead of killing the suite."""
+    import pyprune_fast
+
+    code = f"import runpy; runpy.run_path({str(path)!r})[{name!r}]()"
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(pyprune_fast.__file__).parents[1])}
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, f"exit code {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+
+
+def crash_cases():
+    x = torch.randn(4, 3)
+    for idx in ([INT64.min, INT64.max], [INT64.max, INT64.min, 0], [0, INT64.min]):
+        with pytest.raises(ValueError, match=rf"gather_channels: indices\[0\] holds {min(idx)}, out of range"):
+            ops.gather_channels(x, torch.tensor(idx), 0)
+    with pytest.raises(ValueError, match=rf"indices\[0\] holds {INT64.max}, out of range for xs\[0\] with 3"):
+        ops.gather_channels(x, torch.tensor([1, INT64.max]), 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def property_index_extremes(data):
+    """Any int64 values: the reference's result, or a ValueError naming the op and the bad value."""
+    shape = data.draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
+    dim = data.draw(st.integers(0, len(shape) - 1))
+    values = with_both_extremes(data, data.draw(st.lists(index_values(shape[dim]), max_size=6)))
+    x, idx = torch.randn(shape), torch.tensor(values, dtype=torch.long)
+    if all(0 <= v < shape[dim] for v in values) and len(set(values)) == len(values):
+        assert torch.equal(ops.gather_channels(x, idx, dim), _reference.gather_channels(x, idx, dim))
+    else:
+        lo, hi = min(values), max(values)
+        bad = lo if lo < 0 else hi if hi >= shape[dim] else None  # the C++ check reports one of the two
+        message = f"holds {bad}, out of range" if bad is not None else "holds .* more than once"
+        with pytest.raises(ValueError, match=rf"gather_channels: indices\[0\] {message}"):
+            ops.gather_channels(x, idx, dim)
+
+
+def test_int64_extremes_in_a_subprocess():
+    run_apart(__file__, "crash_cases")
+    run_apart(__file__, "property_index_extremes")
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_property_meta_among_real_tensors_refused(data):
+    """A meta tensor among CPU ones (an index or one of xs) is refused; all on meta gives the shapes."""
+    n = data.draw(st.integers(1, 3))
+    on_meta = data.draw(st.lists(st.booleans(), min_size=n + 1, max_size=n + 1))
+    xs = [torch.randn(4, 5, device="meta" if m else "cpu") for m in on_meta[:n]]
+    idx = torch.tensor([3, 0], device="meta" if on_meta[n] else "cpu")
+    if all(on_meta):
+        assert [o.shape for o in ops.gather_channels(xs, idx, 1)] == [(4, 2)] * n
+    elif any(on_meta):
+        with pytest.raises(ValueError, match=r"gather_channels: .* is on (meta|cpu)"):
+            ops.gather_channels(xs, idx, 1)

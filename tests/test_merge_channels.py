@@ -4,11 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import cpu_and_cuda, device_dtypes, tolerance
+from test_gather_channels import INT64, index_values, run_apart, with_both_extremes
 from pyprune_fast import _reference, ops
 
 
 def random_clusters(channels, clusters, device):
     """assignments (every cluster non-empty) and keep (one member of each cluster, chosen at random)."""
+    if channels == 0:
+        return torch.empty(0, dtype=torch.long, device=device), torch.empty(0, dtype=torch.long, device=device)
     assignments = torch.cat([torch.arange(clusters), torch.randint(0, clusters, (channels - clusters,))])
     assignments = assignments[torch.randperm(channels)]
     keep = torch.stack([torch.nonzero(assignments == g)[torch.randint(0, int((assignments == g).sum()), ())][0]
@@ -89,7 +92,7 @@ def test_bad_inputs():
         ops.merge_channels_(x, a, k, 1, torch.ones(4))
     with pytest.raises(TypeError, match=r"weights\[0\] must be a floating-point tensor, got Long"):
         ops.merge_channels_(x, a, k, 1, torch.ones(5, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"xs\[0\] must be a floating-point tensor, got Long"):
+    with pytest.raises(TypeError, match=r"xs\[0\] must be a float32, float64, float16 or bfloat16 tensor, got Long"):
         ops.merge_channels_(torch.ones(4, 5, dtype=torch.long), a, k, 1)
     with pytest.raises(ValueError, match=r"xs\[0\] and xs\[1\] share memory"):
         ops.merge_channels_([x, x[1:]], a, k, 1)
@@ -136,13 +139,145 @@ def test_opcheck_and_compile(device):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_property_any_shape(data):
-    shape = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4))
+    """Any shape, zero sizes (and zero channels) included."""
+    shape = data.draw(st.lists(st.integers(0, 6), min_size=1, max_size=4))
     dim = data.draw(st.integers(-len(shape), len(shape) - 1))
     channels = shape[dim]
-    clusters = data.draw(st.integers(1, channels))
+    clusters = data.draw(st.integers(min(1, channels), channels))
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
     assignments, keep = random_clusters(channels, clusters, "cpu")
     weights = torch.rand(channels) if data.draw(st.booleans()) else None
     x = torch.randn(shape, dtype=torch.float64)
     expected = _reference.merge_channels_(x.clone(), assignments, keep, dim, weights)
     torch.testing.assert_close(ops.merge_channels_(x, assignments, keep, dim, weights), expected)
+
+
+# ---- adversarial inputs: int64 extremes, aliasing views, meta among real tensors, mixed dtypes ----
+
+
+def bits(t):
+    """The bytes of t (NaN-safe and dtype-agnostic, for "nothing was modified")."""
+    return t.detach().contiguous().view(-1).view(torch.uint8).clone()
+
+
+def is_valid(channels, assignments, keep):
+    a, k = assignments.tolist(), keep.tolist()
+    return (all(0 <= v < len(k) for v in a) and all(0 <= v < channels for v in k) and len(set(k)) == len(k)
+            and all(a[v] == g for g, v in enumerate(k)))
+
+
+def merged_or_refused(xs, assignments, keep, dims, weights=None, error=ValueError, match="merge_channels_: "):
+    """merge_channels_ on xs equals the reference when the call is valid; otherwise it raises `error`
+    and no byte of xs changes. Validity: `error` is None."""
+    before = [bits(x) for x in xs]
+    if error is None:
+        expected = [_reference.merge_channels_(x.clone(), assignments, keep, d, weights) for x, d in zip(xs, dims)]
+        ops.merge_channels_(xs, assignments, keep, dims, weights)
+        for x, e in zip(xs, expected):
+            rtol, atol = tolerance(x.dtype)
+            torch.testing.assert_close(x.double(), e.double(), rtol=rtol, atol=atol * 4, equal_nan=True)
+        return
+    with pytest.raises(error, match=match):
+        ops.merge_channels_(xs, assignments, keep, dims, weights)
+    assert all(torch.equal(bits(x), b) for x, b in zip(xs, before))
+
+
+def crash_cases():
+    x = torch.randn(4, 3)
+    a = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=rf"keep\[0\] holds {INT64.min}, out of range for xs\[0\] with 4"):
+        ops.merge_channels_(x, a, torch.tensor([INT64.min, INT64.max]), 0)
+    with pytest.raises(ValueError, match=rf"assignments\[0\] holds {INT64.min}, out of range for the 2 clusters"):
+        ops.merge_channels_(x, torch.tensor([INT64.max, 0, INT64.min, 1]), torch.tensor([1, 3]), 0)
+    # keep (and then assignments) as a view of the tensor being merged: the kernel would rewrite them.
+    buf = torch.zeros(16, dtype=torch.float64)
+    keep = buf[8:10].view(torch.long)
+    keep.copy_(torch.tensor([0, 1]))
+    before = bits(buf)
+    with pytest.raises(ValueError, match=r"merge_channels_: keep\[0\] and xs\[0\] share memory"):
+        ops.merge_channels_(buf[6:], torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]), keep, 0)
+    with pytest.raises(ValueError, match=r"merge_channels_: assignments\[0\] and xs\[1\] share memory"):
+        ops.merge_channels_([torch.zeros(4), buf[:4]], buf[:4].view(torch.long), torch.tensor([1, 0]), 0)
+    assert torch.equal(bits(buf), before)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def property_index_extremes(data):
+    """Valid clusters with a few entries replaced by any int64 (extremes often): merged, or refused."""
+    channels = data.draw(st.integers(1, 6))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    a, k = random_clusters(channels, data.draw(st.integers(1, channels)), "cpu")
+    for t in data.draw(st.lists(st.sampled_from([0, 1]), max_size=3)):
+        t = (a, k)[t]
+        t[data.draw(st.integers(0, t.numel() - 1))] = data.draw(index_values(channels))
+    a, k = (torch.tensor(with_both_extremes(data, t.tolist()), dtype=torch.long) for t in (a, k))
+    xs = [torch.randn(3, channels), torch.randn(channels, dtype=torch.float64)]
+    merged_or_refused(xs, a, k, [1, 0], error=None if is_valid(channels, a, k) else ValueError)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def property_aliasing_views(data):
+    """x, keep, assignments and weights cut from one buffer at random offsets: merged when x overlaps none
+    of the others, else refused with the buffer untouched."""
+    channels = data.draw(st.integers(1, 5))
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    a, k = random_clusters(channels, data.draw(st.integers(1, channels)), "cpu")
+    buf = torch.randn(24, dtype=torch.float64)
+    spans = {}
+
+    def cut(name, length):
+        start = data.draw(st.integers(0, 24 - length), label=name)
+        spans[name] = range(start, start + length)
+        return buf[start:start + length]
+
+    a = cut("assignments", channels).view(torch.long).copy_(a)  # later cuts may overwrite: views read the buffer
+    k = cut("keep", k.numel()).view(torch.long).copy_(k)
+    w = cut("weights", channels).uniform_(0.5, 1.5) if data.draw(st.booleans()) else None
+    x = cut("xs", 2 * channels).view(2, channels)
+    shared = [n for n, r in spans.items() if n != "xs" and set(r) & set(spans["xs"])]
+    if shared:
+        merged_or_refused([x], a, k, [1], w, match=r"merge_channels_: \w+\[0\] and xs\[0\] share memory")
+    else:
+        merged_or_refused([x], a, k, [1], w, error=None if is_valid(channels, a, k) else ValueError)
+
+
+def test_crash_cases_in_a_subprocess():
+    for name in ("crash_cases", "property_index_extremes", "property_aliasing_views"):
+        run_apart(__file__, name)
+
+
+DTYPE_CHOICES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int64,
+                 torch.complex64, torch.bool]
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_property_mixed_dtypes_all_or_nothing(data):
+    """A list mixing supported and unsupported dtypes is refused before any tensor is modified."""
+    dtypes = data.draw(st.lists(st.sampled_from(DTYPE_CHOICES), min_size=1, max_size=3))
+    xs = [torch.randn(2, 5).to(d) for d in dtypes]
+    a, k = torch.tensor([0, 1, 0, 2, 1]), torch.tensor([0, 4, 3])
+    supported = all(d in (torch.float32, torch.float64, torch.float16, torch.bfloat16) for d in dtypes)
+    merged_or_refused(xs, a, k, [1], error=None if supported else TypeError,
+                      match=r"merge_channels_: xs\[\d\] must be a float32, float64, float16 or bfloat16 tensor")
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_property_meta_among_real_tensors_refused(data):
+    """A meta tensor among CPU ones (any argument) is refused, nothing modified; all on meta is a no-op."""
+    where = data.draw(st.lists(st.booleans(), min_size=5, max_size=5))
+    device = ["meta" if m else "cpu" for m in where]
+    xs = [torch.randn(4, 5, device=device[0]), torch.randn(5, device=device[1])]
+    a, k = torch.tensor([0, 1, 0, 2, 1], device=device[2]), torch.tensor([0, 4, 3], device=device[3])
+    w = torch.rand(5, device=device[4])
+    if all(where):
+        ops.merge_channels_(xs, a, k, [1, 0], w)
+    elif any(where):
+        real = [x for x in xs if x.device.type == "cpu"]
+        before = [x.clone() for x in real]
+        with pytest.raises(ValueError, match=r"merge_channels_: .* is on (meta|cpu)"):
+            ops.merge_channels_(xs, a, k, [1, 0], w)
+        assert all(torch.equal(x, b) for x, b in zip(real, before))
