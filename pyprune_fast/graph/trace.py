@@ -311,30 +311,99 @@ def _attention_as_one_op(modules: Modules):
             m.__class__ = cls
 
 
+class _Unchanged:
+    """Puts back, on exit, every module's attributes as they were on entry: each `vars(m)` entry (the same
+    object; entries added meanwhile are removed), the items of its lists, dicts and sets (the parameter,
+    buffer and hook dicts among them), and the values of the buffers and plain tensor attributes (also
+    those in a list, tuple or dict attribute) that were changed in place (buffers only if `buffers`: a
+    meta pass cannot change them). So a forward that reassigns `self.x` (torchvision's AnchorGenerator),
+    counts its calls or sets a `training` flag leaves nothing behind. Grad mode is restored too."""
+
+    def __init__(self, modules: Modules, buffers: bool = True):
+        self.modules = modules
+        self.skip = _NO_TENSORS if buffers else _NO_TENSORS | {"_buffers"}
+
+    def __enter__(self):
+        self.grad = torch.is_grad_enabled()
+        self.saved = [(d, dict(d), [(v, _copy(v)) for v in d.values() if isinstance(v, (list, dict, set))])
+                      for d in (vars(m) for _, m in self.modules)]
+        tensors = {id(t): t for d, _, _ in self.saved for k, v in d.items() if k not in self.skip
+                   for t in _tensors(v) if not isinstance(t, nn.Parameter)}
+        self.values = [(t, t._version, t.detach().clone()) for t in tensors.values()]
+        return self
+
+    def __exit__(self, *exc):
+        for d, entries, containers in self.saved:
+            if not _same(d, entries):
+                d.clear()
+                d.update(entries)
+            for v, copy in containers:
+                if not _same(v, copy):
+                    v.clear()
+                    v.extend(copy) if isinstance(v, list) else v.update(copy)
+        with torch.no_grad():
+            for t, version, value in self.values:
+                if t._version != version:
+                    t.copy_(value)
+        torch.set_grad_enabled(self.grad)
+
+
+# nn.Module's own attributes that never hold a tensor (hook dicts, submodules; parameters are not copied)
+_NO_TENSORS = frozenset(vars(nn.Module())) - {"_buffers"}
+
+
+def _tensors(v) -> list[torch.Tensor]:
+    """v if a tensor, else the tensors directly in it (a list, tuple or dict, as a buffer dict)."""
+    if isinstance(v, torch.Tensor):
+        return [v]
+    items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else ()
+    return [t for t in items if isinstance(t, torch.Tensor)]
+
+
+def _copy(c):
+    return list(c) if isinstance(c, list) else dict(c) if isinstance(c, dict) else set(c)
+
+
+def _same(a, b) -> bool:
+    """Whether two lists, sets or dicts hold the same objects (keys and values), in the same order."""
+    if len(a) != len(b):
+        return False
+    if isinstance(a, dict):
+        return all(x is y for x, y in zip(a, b)) and all(x is y for x, y in zip(a.values(), b.values()))
+    return all(x is y for x, y in zip(a, b))
+
+
+def has_hooks(modules: Modules) -> bool:
+    """Whether a forward hook or pre-hook (a module's, or a global one) would run in a forward pass."""
+    from torch.nn.modules import module as mod
+
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks) or \
+        any(m._forward_hooks or m._forward_pre_hooks for _, m in modules)
+
+
 def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
-    """Record one forward pass of `model` (in eval mode, without grad; its mode is restored after).
+    """Record one forward pass of `model` (every module in eval mode, without grad).
 
     meta=True runs the pass on meta tensors (shapes only, no arithmetic): the model's tensors are
     swapped for meta ones and back. If the model needs real values (`.item()`, data-dependent
-    branches), or meta=False, the pass runs for real on `example_inputs`.
+    branches), has forward hooks or pre-hooks (they never see meta tensors: they run, once, in the real
+    pass), or meta=False, the pass runs for real on `example_inputs`.
+
+    Nothing of the model changes: its parameters, buffers, plain attributes (tensors the forward
+    reassigns included), every module's own `training` flag and hook dicts, and grad mode are as before.
     """
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     modules = list(model.named_modules())  # one walk, for every step below
-    was_training = model.training
-    switch = any(m.training for _, m in modules)  # eval() and back cost a walk each: only when needed
-    if switch:
-        model.eval()
-    try:
-        with _attention_as_one_op(modules):
-            if meta:
-                try:
-                    with _OnMeta(modules) as on_meta:
-                        return _run(model, on_meta.tensors, example_inputs, meta=True)
-                except Exception:
-                    pass
+    with _Unchanged(modules, buffers=False), _attention_as_one_op(modules):
+        for _, m in modules:
+            m.training = False
+        if meta and not has_hooks(modules):
+            try:  # the model's tensors are meta stand-ins; what the pass changed is undone before a real one
+                with _Unchanged(modules, buffers=False), _OnMeta(modules) as on_meta:
+                    return _run(model, on_meta.tensors, example_inputs, meta=True)
+            except Exception:
+                pass
+        with _Unchanged(modules):
             return _run(model, named_tensors(model, modules), example_inputs, meta=False)
-    finally:
-        if switch:
-            model.train(was_training)
