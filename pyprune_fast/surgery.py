@@ -228,7 +228,7 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
             attrs["num_groups"] = w.shape[0]
         return attrs
     if isinstance(module, nn.LayerNorm) and w is not None:
-        return {"normalized_shape": (w.shape[0],)}
+        return {"normalized_shape": tuple(w.shape)}
     return {}
 
 
