@@ -144,12 +144,12 @@ def with_both_extremes(data, values):
     return values
 
 
-def run_apart(path, name):
-    """Runs the function `name` of the test file `path` in a fresh interpreter: an input that crashes the
-    process (SIGSEGV, glibc abort) fails this test instead of killing the suite."""
+def run_apart(path, *names):
+    """Runs the functions `names` of the test file `path` in one fresh interpreter: an input that crashes
+    the process (SIGSEGV, glibc abort) fails this test instead of killing the suite."""
     import pyprune_fast
 
-    code = f"import runpy; runpy.run_path({str(path)!r})[{name!r}]()"
+    code = f"import runpy; f = runpy.run_path({str(path)!r}); [f[n]() for n in {names!r}]"
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(pyprune_fast.__file__).parents[1])}
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=env, capture_output=True,
                          text=True, timeout=300)
@@ -184,8 +184,7 @@ def property_index_extremes(data):
 
 
 def test_int64_extremes_in_a_subprocess():
-    run_apart(__file__, "crash_cases")
-    run_apart(__file__, "property_index_extremes")
+    run_apart(__file__, "crash_cases", "property_index_extremes")
 
 
 @settings(max_examples=50, deadline=None)

@@ -244,8 +244,7 @@ def property_aliasing_views(data):
 
 
 def test_crash_cases_in_a_subprocess():
-    for name in ("crash_cases", "property_index_extremes", "property_aliasing_views"):
-        run_apart(__file__, name)
+    run_apart(__file__, "crash_cases", "property_index_extremes", "property_aliasing_views")
 
 
 DTYPE_CHOICES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.int64,
