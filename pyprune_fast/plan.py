@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -12,6 +13,7 @@ from .graph import DependencyGraph, Group
 __all__ = ["Plan"]
 
 IndexLike = Union[torch.Tensor, Sequence[int]]
+_ENTRY_KEYS = ("keep", "assignment", "merge_keep")  # what to_dict writes for every group
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,10 @@ class Entry:
 
 
 def _indices(name: str, values: IndexLike) -> torch.Tensor:
-    t = torch.as_tensor(values if isinstance(values, torch.Tensor) else list(values), dtype=None)
+    try:
+        t = torch.as_tensor(values if isinstance(values, torch.Tensor) else list(values), dtype=None)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:  # strings, ragged lists, ints past int64
+        raise TypeError(f"Plan.{name}: expected a 1-D list or tensor of ints, got {values!r:.80}: {e}") from None
     if t.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
     if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or t.dim() != 1:
@@ -90,7 +95,7 @@ class Plan:
         if a.numel() != group.channels:
             raise ValueError(f"Plan.merge: assignment has {a.numel()} entries but group {group.index} has {group.channels} channels")
         clusters = int(a.max()) + 1 if a.numel() else 0
-        if a.min() < 0 or torch.bincount(a, minlength=clusters).eq(0).any():
+        if a.min() < 0 or clusters > group.channels or torch.bincount(a, minlength=clusters).eq(0).any():
             raise ValueError(f"Plan.merge: cluster ids must be 0..G-1 with every cluster used, got {a.unique().tolist()[:10]}")
         if keep is None:
             k = torch.full((clusters,), group.channels, dtype=torch.int64).scatter_reduce(0, a, torch.arange(group.channels), "amin")
@@ -110,16 +115,40 @@ class Plan:
 
     @classmethod
     def from_dict(cls, graph: DependencyGraph, data: dict[int, dict]) -> "Plan":
-        """The plan `to_dict` gave, for `graph` (of the same model, or of a model built the same way)."""
+        """The plan `to_dict` gave, for `graph` (of the same model, or of a model built the same way).
+
+        Checked like every other call: group keys are ints naming groups of `graph`, each value a dict
+        of 'keep' and optionally 'assignment' and 'merge_keep' (index lists as `keep` and `merge` take
+        them; for a merge, 'keep' must be the sorted 'merge_keep'). TypeError or ValueError naming the key.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"Plan.from_dict: expected a dict of group index -> entry, got {type(data).__name__}")
         plan = cls(graph)
         for i, e in data.items():
-            if not 0 <= int(i) < len(graph.groups):
+            if not isinstance(i, numbers.Integral) or isinstance(i, bool):
+                raise TypeError(f"Plan.from_dict: group key {i!r} is a {type(i).__name__}, not an int")
+            if not 0 <= i < len(graph.groups):
                 raise ValueError(f"Plan.from_dict: group {i} is not one of this graph's {len(graph.groups)} groups")
+            if not isinstance(e, dict):
+                raise TypeError(f"Plan.from_dict: the entry of group {i} is a {type(e).__name__}, not a dict")
+            unknown = sorted(map(str, set(e) - set(_ENTRY_KEYS)))
+            if unknown or "keep" not in e:
+                what = f"an unknown key {unknown[0]!r}" if unknown else "no 'keep'"
+                raise ValueError(f"Plan.from_dict: the entry of group {i} has {what} (keys: {', '.join(_ENTRY_KEYS)})")
             group = graph.groups[int(i)]
-            if e["assignment"] is not None:
-                plan.merge(group, e["assignment"], e["merge_keep"])
-            else:
-                plan.keep(group, e["keep"])
+            field = "keep" if e.get("assignment") is None else "assignment"
+            try:
+                if e.get("assignment") is not None:
+                    plan.merge(group, e["assignment"], e.get("merge_keep"))
+                    if e["keep"] is not None and _indices("merge", e["keep"]).tolist() != plan.entries[group.index].keep.tolist():
+                        raise ValueError("'keep' is not the sorted channels the merge keeps")
+                elif e.get("merge_keep") is not None:
+                    raise ValueError("'merge_keep' without 'assignment'")
+                else:
+                    plan.keep(group, e["keep"])
+            except (TypeError, ValueError) as err:
+                why = str(err).split(": ", 1)[-1] if str(err).startswith("Plan.") else str(err)
+                raise type(err)(f"Plan.from_dict: group {i} {field!r}: {why}") from None
         return plan
 
     def __len__(self) -> int:

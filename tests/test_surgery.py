@@ -1,6 +1,8 @@
 import pytest
 import torch
 import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pyprune_fast as ppf
@@ -345,3 +347,54 @@ def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, w
     ppf.apply(ppf.Plan(g).remove(g.group_of(model.fc1), [0, 5]), optimizer)  # other layers still prune
     assert model(x).shape == (batch, 10) and model.fc1.out_features == 118
 
+
+
+@pytest.mark.parametrize("key, entry, error, words", [
+    ("0", None, TypeError, "group key '0' is a str"),
+    (0.0, None, TypeError, "group key 0.0 is a float"),
+    (True, None, TypeError, "group key True is a bool"),
+    (-1, None, ValueError, "group -1 is not one of"),
+    (0, [0, 1], TypeError, "the entry of group 0 is a list"),
+    (0, {"keep": [0, 1], "stride": 2}, ValueError, "unknown key 'stride'"),
+    (0, {"assignment": None}, ValueError, "has no 'keep'"),
+    (0, {"keep": [0.0, 1.0]}, TypeError, "group 0 'keep': .*float"),
+    (0, {"keep": ["a"]}, TypeError, "group 0 'keep': .*ints"),
+    (0, {"keep": [0, 2 ** 70]}, TypeError, "group 0 'keep': .*ints"),
+    (0, {"keep": [0, 0]}, ValueError, "group 0 'keep': .*repeat"),
+    (0, {"keep": [0, 10_000]}, ValueError, "group 0 'keep': channel 10000 is out of range"),
+    (0, {"keep": []}, ValueError, "group 0 'keep': .*at least one must stay"),
+    (0, {"keep": None}, TypeError, "group 0 'keep': .*NoneType"),
+    (0, {"keep": [0], "merge_keep": [0]}, ValueError, "group 0 'keep': 'merge_keep' without 'assignment'"),
+    (0, {"keep": [0], "assignment": [0, 10 ** 12] + [0] * 62}, ValueError, "group 0 'assignment': cluster ids"),
+    (0, {"keep": [0, 1], "assignment": [0] * 63 + [1], "merge_keep": [0, 5]}, ValueError, "group 0 'assignment': keep must name"),
+    (0, {"keep": [0, 2], "assignment": [0] * 63 + [1], "merge_keep": None}, ValueError, "group 0 'assignment': 'keep' is not"),
+])
+def test_plan_from_dict_refuses_bad_keys_and_values(key, entry, error, words):
+    x = torch.randn(1, 3, 32, 32)
+    g = ppf.DependencyGraph(torchvision.models.resnet18(), x)
+    assert g.groups[0].prunable and g.groups[0].channels == 64
+    with pytest.raises(error, match=words):
+        ppf.Plan.from_dict(g, {key: {"keep": [0, 1], "assignment": None, "merge_keep": None} if entry is None else entry})
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.one_of(st.integers(-3, 40), st.text(max_size=3), st.floats(0, 5), st.none()),
+       keep=st.lists(st.one_of(st.integers(-2, 70), st.floats(0, 3), st.text(max_size=1)), max_size=70))
+def test_plan_from_dict_gives_a_plan_or_a_clear_error(key, keep):
+    g = _resnet_graph()
+    try:
+        plan = ppf.Plan.from_dict(g, {key: {"keep": keep, "assignment": None, "merge_keep": None}})
+    except (TypeError, ValueError) as e:
+        assert str(e).startswith("Plan.from_dict:")
+        return
+    entry = plan.entries[key]
+    assert entry.keep.tolist() == sorted(keep) and len(set(keep)) == len(keep)
+
+
+_GRAPH = []
+
+
+def _resnet_graph():
+    if not _GRAPH:
+        _GRAPH.append(ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32)))
+    return _GRAPH[0]
