@@ -2,6 +2,10 @@
 
 #include "checks.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 namespace pyprune_fast {
 
 Metric parse_metric(std::string_view metric) {
@@ -36,6 +40,9 @@ std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::Optio
   int64_t total = 0;
   for (size_t p = 0; p < blocks->size(); ++p) {
     TORCH_CHECK_VALUE((*blocks)[p] >= 1, op, ": blocks[", p, "] must be >= 1, got ", (*blocks)[p]);
+    TORCH_CHECK_VALUE((*blocks)[p] <= std::numeric_limits<int64_t>::max() - total, op, ": blocks add up to more than ",
+                      "int64 holds (blocks[", p, "] = ", (*blocks)[p], " after ", total, ") but ", xs.size(),
+                      " tensors were given");
     total += (*blocks)[p];
   }
   TORCH_CHECK_VALUE(total == static_cast<int64_t>(xs.size()), op, ": blocks add up to ", total, " tensors but ",
@@ -52,6 +59,41 @@ std::vector<std::vector<at::Tensor>> split_problems(at::TensorList xs, at::Optio
     problems.push_back(std::move(parts));
   }
   return problems;
+}
+
+at::Tensor max_abs(const std::vector<at::Tensor>& parts) {
+  at::Tensor m;
+  for (const auto& b : parts) {
+    if (b.numel() == 0) continue;
+    const auto [lo, hi] = at::aminmax(b);  // one pass; NaN propagates
+    const auto here = at::maximum(hi.to(at::kDouble), lo.to(at::kDouble).neg());
+    m = m.defined() ? at::maximum(m, here) : here;
+  }
+  return m.defined() ? m : at::zeros({}, parts.empty() ? at::TensorOptions(at::kDouble) : parts[0].options().dtype(at::kDouble));
+}
+
+Prepared prepare_problem(const std::vector<at::Tensor>& parts, double max_abs) {
+  // Inside [2^-32, 2^32] the squares and their sums stay normal and finite in float for any sane width.
+  constexpr double kSafeBelow = 0x1p-32, kSafeAbove = 0x1p32;
+  Prepared p{parts, {}, 0};
+  if (!std::isfinite(max_abs)) {
+    for (const auto& b : parts) {
+      if (b.size(1) == 0) continue;
+      const auto rows = at::isfinite(b).all(1).logical_not();
+      p.bad = p.bad.defined() ? p.bad.logical_or(rows) : rows;
+    }
+    p.bad = p.bad.contiguous();
+    for (auto& b : p.parts) b = at::where(p.bad.unsqueeze(1), at::zeros({}, b.options()), b);
+    max_abs = pyprune_fast::max_abs(p.parts).item<double>();
+  }
+  if (max_abs > kSafeAbove || (max_abs > 0 && max_abs < kSafeBelow)) {
+    const auto acc = accumulate_type(parts[0].scalar_type());
+    const int limit = acc == at::kDouble ? 1000 : 120;  // 2^-exponent stays representable in acc
+    std::frexp(max_abs, &p.exponent);                  // max_abs = m * 2^exponent, 0.5 <= m < 1
+    p.exponent = std::clamp(p.exponent, -limit, limit);
+    for (auto& b : p.parts) b = b.to(acc).mul(std::ldexp(1.0, -p.exponent));
+  }
+  return p;
 }
 
 at::Tensor gram_rows(const at::Tensor& x, Metric metric, at::Tensor* scratch) {

@@ -12,8 +12,10 @@ from torch import Tensor
 
 
 def pairwise_distance(x: Tensor, metric: str = "euclidean") -> Tensor:
-    """(N, D) -> (N, N) distances between rows, from explicit differences."""
-    xd = x.double()
+    """(N, D) -> (N, N) distances between rows, from explicit differences; NaN in the rows and columns
+    of rows holding a NaN or Inf."""
+    bad = ~torch.isfinite(x).all(1)
+    xd = x.double().masked_fill(bad[:, None], 0)
     if metric == "cosine":
         norms = xd.norm(dim=1)
         sim = (xd @ xd.T) / (norms[:, None] * norms[None, :])
@@ -27,6 +29,7 @@ def pairwise_distance(x: Tensor, metric: str = "euclidean") -> Tensor:
         if metric == "euclidean":
             d = d.sqrt()
     d.fill_diagonal_(0)
+    d[bad, :] = d[:, bad] = float("nan")
     return d.to(x.dtype)
 
 

@@ -104,6 +104,27 @@ def test_bad_inputs():
         ops.kmeans_lloyd([x], [torch.randn(2, 4)], 3)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 20), d=st.integers(1, 5), r=st.integers(0, 19), c=st.integers(0, 4),
+       value=st.sampled_from([float("nan"), float("inf"), -float("inf")]), in_centroids=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_property_non_finite_values_are_refused(n, d, r, c, value, in_centroids, dtype):
+    """kmeans_lloyd (and the batched loop) on a NaN or Inf anywhere: a ValueError naming the problem
+    and the entry, the inputs untouched."""
+    xs = [torch.randn(6, d, dtype=dtype), torch.randn(n, d, dtype=dtype)]
+    cs = [xs[0][:2].clone(), xs[1][:1].clone()]
+    target = cs[1] if in_centroids else xs[1]
+    r, c = r % target.shape[0], c % d
+    target[r, c] = value
+    name = "centroids" if in_centroids else "xs"
+    before = [t.clone() for t in xs + cs]
+    for op in (ops.kmeans_lloyd, lambda *a: batched(*a, 1)):
+        with pytest.raises(ValueError, match=rf"kmeans_lloyd: {name}\[1\] holds {value} at \[{r}, {c}\] \(problem 1\)"):
+            op(xs, cs, 3, False)
+        for a, b in zip(xs + cs, before):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def test_faiss_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -171,3 +173,77 @@ def test_property_any_shapes(shapes, metric, dtype):
     ds = ops.pairwise_distance(xs, metric)
     assert len(ds) == len(xs)
     check_against_reference(xs, metric, ds)
+
+
+def check_finite_rows(x, metric, d):
+    """d against the reference on the finite rows, NaN in the rows and columns of the others."""
+    bad = ~torch.isfinite(x).all(1)
+    assert d[bad].isnan().all() and d[:, bad].isnan().all()
+    good = ~bad
+    check_against_reference([x[good]], metric, [d[good][:, good]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    d=st.integers(1, 12),
+    spots=st.lists(st.tuples(st.integers(0, 29), st.integers(0, 11), st.sampled_from([float("nan"), float("inf"), -float("inf")])),
+                   min_size=1, max_size=4),
+    metric=st.sampled_from(ops.METRICS),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_non_finite_rows_give_nan_in_their_row_and_column_only(n, d, spots, metric, dtype, seed):
+    x = torch.randn(n, d, dtype=dtype, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+    for r, c, v in spots:
+        x[r % n, c % d] = v
+    check_finite_rows(x, metric, ops.pairwise_distance(x, metric))
+    # the same problem as two column blocks, next to a finite problem it must not disturb
+    other = torch.randn(5, 3, dtype=dtype)
+    got, alone = ops.pairwise_distance([(x[:, : d // 2], x[:, d // 2 :]), other], metric)
+    check_finite_rows(x, metric, got)
+    assert torch.equal(alone, ops.pairwise_distance(other, metric))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dtype_exp=st.one_of(st.tuples(st.just(torch.float32), st.integers(-44, 37)),
+                        st.tuples(st.just(torch.float64), st.integers(-300, 300))),
+    n=st.integers(1, 20),
+    d=st.integers(1, 10),
+    metric=st.sampled_from(ops.METRICS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_huge_and_tiny_finite_inputs(dtype_exp, n, d, metric, seed):
+    """Rows near 1e20 in float32 (squares overflow) or 1e-40 (squares underflow): distances as exact
+    as at unit scale wherever the true distance is representable, inf where it is too large."""
+    dtype, exp = dtype_exp
+    x = (torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 10.0**exp).to(dtype)
+    got = ops.pairwise_distance(x, metric).double()
+    # the reference in float64 on the same inputs, scaled by a power of two (exact) to keep its squares finite
+    e = math.frexp(x.double().abs().max().item())[1]
+    exact = _reference.pairwise_distance(torch.ldexp(x.double(), torch.tensor(-e)), metric)
+    if metric != "cosine":
+        exact = torch.ldexp(exact, torch.tensor(e if metric == "euclidean" else 2 * e))
+    ref = exact.to(dtype).double()  # what the output dtype can hold: inf past its range
+    assert torch.equal(got.isinf(), ref.isinf()) and not got.isnan().any()
+    finite = ref[~ref.isinf()]
+    scale = finite.abs().max().item() if finite.numel() else 0.0
+    rtol, atol = tolerance(dtype)
+    tiny = torch.finfo(dtype).smallest_normal * 16  # subnormal outputs hold few bits
+    torch.testing.assert_close(got[~ref.isinf()], finite, rtol=rtol, atol=max(atol * scale, tiny))
+    assert torch.all(got.diagonal() == 0) and torch.equal(got, got.T)
+
+
+def test_one_float32_row_near_1e20():
+    x = torch.tensor([[1e20, 0.0], [0.0, 1e20], [0.0, 0.0]])
+    d = ops.pairwise_distance(x)
+    torch.testing.assert_close(d[0, 1], torch.tensor(2**0.5 * 1e20), rtol=1e-6, atol=0)
+    torch.testing.assert_close(d[0, 2], torch.tensor(1e20), rtol=1e-6, atol=0)
+
+
+def test_blocks_whose_sum_overflows_int64():
+    a = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"blocks add up to more than int64 holds \(blocks\[1\] = "
+                                         r"4611686018427387904 after 4611686018427387904\) but 1 tensors were given"):
+        torch.ops.pyprune_fast.pairwise_distance([a], "euclidean", [2**62, 2**62, 2**62, 2**62 + 1])

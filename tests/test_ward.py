@@ -63,6 +63,35 @@ def test_op_with_ties_gives_a_valid_tree():
         np.testing.assert_allclose(np.sort(ours[:, 2]), np.sort(linkage(pdist(x), "ward")[:, 2]), rtol=1e-12, atol=1e-12)
 
 
+def assert_valid_linkage(z: np.ndarray, n: int):
+    """scipy's validity check, plus every row's size being its two children's added up."""
+    from scipy.cluster.hierarchy import is_valid_linkage
+
+    assert is_valid_linkage(z)
+    size = np.ones(2 * n - 1)
+    for r, (a, b, _, m) in enumerate(z):
+        size[n + r] = size[int(a)] + size[int(b)]
+        assert m == size[n + r], (r, m, size[n + r])
+
+
+def test_op_all_distances_equal():
+    d = torch.ones(60, 60, dtype=torch.float64).fill_diagonal_(0)
+    ours = ops.ward_linkage([d])[0].numpy()
+    assert_valid_linkage(ours, 60)
+    assert np.array_equal(ours, linkage(squareform(d.numpy()), "ward"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 70), levels=st.integers(1, 3), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**31 - 1))
+def test_property_tied_distances_give_scipys_valid_tree(n, levels, scale, seed):
+    """Distances taking one to three values (ties everywhere; Lance-Williams rounding makes near-ties of
+    the later heights): the tree is valid, and scipy's bit for bit."""
+    y = np.random.default_rng(seed).integers(1, levels + 1, size=n * (n - 1) // 2) * scale
+    ours = ops.ward_linkage([torch.from_numpy(squareform(y))])[0].numpy()
+    assert_valid_linkage(ours, n)
+    assert np.array_equal(ours, linkage(y, "ward"))
+
+
 def test_op_float32_and_many_problems():
     sizes = [(40, 3), (1, 4), (300, 9), (0, 2), (2, 5), (77, 1)]
     xs = [points(n, d) for n, d in sizes]
@@ -117,6 +146,9 @@ def test_op_bad_inputs():
         bad[2, 1] = value
         with pytest.raises(ValueError, match=rf"ward_linkage: dists\[1\] holds {shown} at \[2, 1\]; distances must be"):
             ops.ward_linkage([good, bad])
+        if value != 1e200:  # float32 too (where the 1e150 bound is itself inf)
+            with pytest.raises(ValueError, match=rf"ward_linkage: dists\[1\] holds {shown} at \[2, 1\]; distances must"):
+                ops.ward_linkage([good, bad.float()])
 
 
 @pytest.mark.needs_cuda

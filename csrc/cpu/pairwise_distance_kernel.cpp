@@ -36,9 +36,10 @@ void add_upper_gram(at::Tensor& gram, const at::Tensor& rows, bool first) {
 }
 
 // Distances from the upper triangle of the Gram matrix, tile by tile; each (i, j) with i < j is
-// computed once and written to both places, so out is exactly symmetric.
+// computed once and written to both places, so out is exactly symmetric. bad: null or the problem's
+// non-finite rows; exponent: see Prepared.
 template <class scalar_t, class acc_t>
-void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) {
+void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric, const bool* bad, int exponent) {
   constexpr int64_t kTile = 64;
   const int64_t tiles = (n + kTile - 1) / kTile;
   at::parallel_for(0, tiles * tiles, 1, [&](int64_t begin, int64_t end) {
@@ -49,8 +50,9 @@ void distance_epilogue(const acc_t* g, scalar_t* out, int64_t n, Metric metric) 
         const int64_t j0 = ti == tj ? i : tj * kTile;
         for (int64_t j = j0; j < std::min(n, (tj + 1) * kTile); ++j) {
           const acc_t gij = g[i * n + j];
-          const auto d =
-              static_cast<scalar_t>(distance_from_gram<acc_t>(g[i * n + i], g[j * n + j], gij, gij, i == j, metric));
+          const bool nonfinite = bad != nullptr && (bad[i] || bad[j]);
+          const auto d = static_cast<scalar_t>(
+              distance_from_gram<acc_t>(g[i * n + i], g[j * n + j], gij, gij, i == j, metric, nonfinite, exponent));
           out[i * n + j] = d;
           out[j * n + i] = d;
         }
@@ -68,13 +70,16 @@ struct Scratch {
 void distances(const std::vector<at::Tensor>& parts, Metric metric, at::Tensor& out, Scratch& scratch) {
   const int64_t n = out.size(0);
   if (n == 0) return;
+  const auto p = prepare_problem(parts, max_abs(parts).item<double>());
   auto gram = reuse(scratch.gram, n * n, out.options().dtype(accumulate_type(out.scalar_type()))).view({n, n});
-  for (size_t b = 0; b < parts.size(); ++b) {
-    add_upper_gram(gram, gram_rows(parts[b], metric, &scratch.rows), b == 0);
+  for (size_t b = 0; b < p.parts.size(); ++b) {
+    add_upper_gram(gram, gram_rows(p.parts[b], metric, &scratch.rows), b == 0);
   }
+  const bool* bad = p.bad.defined() ? p.bad.const_data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "pairwise_distance_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    distance_epilogue<scalar_t, acc_t>(gram.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, metric);
+    distance_epilogue<scalar_t, acc_t>(gram.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), n, metric, bad,
+                                       p.exponent);
   });
 }
 

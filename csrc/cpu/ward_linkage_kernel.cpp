@@ -113,7 +113,8 @@ void check_dists(at::TensorList dists) {
 }
 
 [[noreturn]] void bad_entry(const at::Tensor& src, size_t index) {
-  const auto bad = at::logical_not(at::logical_and(src.ge(0), src.le(kMaxDistance))).nonzero();
+  const auto d = src.to(at::kDouble);  // kMaxDistance is inf in float32
+  const auto bad = at::logical_not(at::logical_and(d.ge(0), d.le(kMaxDistance))).nonzero();
   const int64_t r = bad[0][0].item<int64_t>(), c = bad[0][1].item<int64_t>();
   TORCH_CHECK_VALUE(false, kOp, ": dists[", index, "] holds ", src[r][c].item<double>(), " at [", r, ", ", c,
                     "]; distances must be finite, >= 0 and <= ", kMaxDistance);
@@ -143,7 +144,7 @@ bool load(const scalar_t* src, int64_t n, double* d) {
 
 struct Merge {
   int64_t a, b;  // original indices (slots) of the two clusters, a < b; the union keeps slot b
-  double height, size;
+  double height;
 };
 
 // The chain on d (dim x dim at row stride dim, symmetric, +inf diagonal; overwritten): n - 1 merges in
@@ -200,7 +201,7 @@ std::vector<Merge> nn_chain(double* d, int64_t n) {
     chain.resize(chain.size() - 2);
     if (x > y) std::swap(x, y);
     const double nx = size[x], ny = size[y];
-    merges[k] = {slot[x], slot[y], h, nx + ny};
+    merges[k] = {slot[x], slot[y], h};
     size[x] = 0;
     pen[x] = kInf;
     size[y] = nx + ny;
@@ -213,9 +214,12 @@ std::vector<Merge> nn_chain(double* d, int64_t n) {
 }
 
 // Rows sorted by height (stably: the chain's order breaks ties) and named as scipy does: the cluster
-// made by row r is n + r, and a row names the current clusters holding its two slots.
+// made by row r is n + r, a row names the current clusters holding its two slots, and its size is
+// theirs added up. Sorting can move a merge before the one that grew one of its clusters (rounding
+// ties in Lance–Williams); sizes from the tree, not the chain, keep the matrix valid, as scipy's do.
 void label(const std::vector<Merge>& merges, int64_t n, double* out) {
   std::vector<int64_t> order(n - 1), parent(2 * n - 1);
+  std::vector<double> size(2 * n - 1, 1.0);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t p, int64_t q) { return merges[p].height < merges[q].height; });
@@ -230,11 +234,12 @@ void label(const std::vector<Merge>& merges, int64_t n, double* out) {
     const Merge& m = merges[order[r]];
     const int64_t a = find(m.a), b = find(m.b);
     parent[a] = parent[b] = n + r;
+    size[n + r] = size[a] + size[b];
     double* row = out + 4 * r;
     row[0] = static_cast<double>(std::min(a, b));
     row[1] = static_cast<double>(std::max(a, b));
     row[2] = m.height;
-    row[3] = m.size;
+    row[3] = size[n + r];
   }
 }
 

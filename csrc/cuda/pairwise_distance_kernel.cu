@@ -24,6 +24,8 @@ struct DistanceJob {
   int64_t n;
   int64_t first_tile;
   void* out;
+  const bool* bad;  // null or the matrix's non-finite rows (see Prepared)
+  int exponent;
 };
 
 // One launch for every matrix: block b takes tile b of the concatenated tile lists. G[j, i] is read
@@ -62,7 +64,9 @@ __global__ void distance_epilogue_kernel(const acc_t* __restrict__ gram, const D
   for (int y = threadIdx.y; y < kTile; y += kRowsPerPass) {
     const int64_t i = ti * kTile + y, j = tj * kTile + tx;
     if (i < n && j < n) {
-      const acc_t d = distance_from_gram<acc_t>(diag_i[y], diag_j[tx], g[i * n + j], transposed[y][tx], i == j, metric);
+      const bool nonfinite = job.bad != nullptr && (job.bad[i] || job.bad[j]);
+      const acc_t d = distance_from_gram<acc_t>(diag_i[y], diag_j[tx], g[i * n + j], transposed[y][tx], i == j, metric,
+                                                nonfinite, job.exponent);
       out[i * n + j] = static_cast<scalar_t>(d);
     }
   }
@@ -108,6 +112,15 @@ std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList inputs, c10::strin
   c10::cuda::OptionalCUDAGuard guard(device);
   std::vector<at::Tensor> xs;  // one matrix per problem: its column blocks side by side
   for (const auto& parts : split_problems(inputs, blocks)) xs.push_back(parts.size() == 1 ? parts[0] : at::cat(parts, 1));
+  // Every problem's max |x| in one host read; the rare non-finite or badly scaled problem is rewritten.
+  std::vector<at::Tensor> maxima;
+  for (const auto& x : xs) maxima.push_back(max_abs({x}));
+  const auto host_max = at::stack(maxima).cpu();
+  std::vector<Prepared> prepared;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    prepared.push_back(prepare_problem({xs[i]}, host_max[i].item<double>()));
+    xs[i] = prepared.back().parts[0];
+  }
   GramBatch batch = batched_gram(xs, metric);
 
   std::vector<at::Tensor> outs;
@@ -115,15 +128,16 @@ std::vector<at::Tensor> pairwise_distance_cuda(at::TensorList inputs, c10::strin
   int64_t tiles = 0;
   for (size_t i = 0; i < xs.size(); ++i) {
     const int64_t n = xs[i].size(0);
-    outs.push_back(at::empty({n, n}, xs[i].options()));
+    outs.push_back(at::empty({n, n}, xs[i].options().dtype(inputs[0].scalar_type())));  // xs[i] may be rescaled
     if (n == 0) continue;
-    jobs.push_back({batch.offsets[i], n, tiles, outs.back().mutable_data_ptr()});
+    const bool* bad = prepared[i].bad.defined() ? prepared[i].bad.const_data_ptr<bool>() : nullptr;
+    jobs.push_back({batch.offsets[i], n, tiles, outs.back().mutable_data_ptr(), bad, prepared[i].exponent});
     tiles += ((n + kTile - 1) / kTile) * ((n + kTile - 1) / kTile);
   }
   if (jobs.empty()) return outs;
   TORCH_CHECK(tiles < (int64_t(1) << 31), "pairwise_distance: ", tiles, " tiles exceed one launch");
   auto table = upload_jobs(jobs, device);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xs[0].scalar_type(), "pairwise_distance_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs[0].scalar_type(), "pairwise_distance_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     distance_epilogue_kernel<scalar_t, acc_t>
         <<<static_cast<unsigned int>(tiles), dim3(kTile, kRowsPerPass), 0, at::cuda::getCurrentCUDAStream()>>>(
