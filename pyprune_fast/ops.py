@@ -124,9 +124,14 @@ def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "eucli
             of every layer). A problem is an (N, D) tensor or a tuple of (N, D_k) tensors: column
             blocks, measured as if concatenated along dim 1 but without the copy (a block may be a
             transposed view). float32/float64 (and float16/bfloat16), all of one dtype and on one device.
-        metric: ``"euclidean"`` (exactly symmetric, exactly 0 on the diagonal, never NaN),
-            ``"sqeuclidean"``, or ``"cosine"`` (1 - cosine similarity in [0, 2]; an all-zero row is at
-            distance 1 from every other row).
+        metric: ``"euclidean"`` (exactly symmetric, exactly 0 on the diagonal, never NaN for finite
+            rows), ``"sqeuclidean"``, or ``"cosine"`` (1 - cosine similarity in [0, 2]; an all-zero row
+            is at distance 1 from every other row).
+
+    A row holding a NaN or Inf gets NaN in its own row and column (its diagonal entry included); the
+    other rows' distances are those of the finite rows alone. Inputs far from unit scale (float32 near
+    1e20 or 1e-40) are scaled by a power of two before the Gram product: distances are right wherever
+    the output dtype can hold them (inf past its range).
 
     Returns:
         An (N, N) tensor of the input's dtype and device per problem (a list for a list). Computed
