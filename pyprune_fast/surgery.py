@@ -20,8 +20,8 @@ from torch import nn
 from . import ops
 from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph, Group
-from .graph.trace import _attention_as_one_op, _OnMeta, _Recorder, _run, leaves, named_tensors, op_name
 from .plan import Plan
+from .run_check import check_inputs, check_runs
 from .window_attention import heads_held, pruned_class
 
 __all__ = ["apply", "dead_channels_are_exact", "kill_channels", "owner", "positions", "sync_module_attributes"]
@@ -232,76 +232,6 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
     return {}
 
 
-def _check_inputs(graph: DependencyGraph) -> Optional[tuple]:
-    """The inputs check_runs runs the pruned model on: the graph's example inputs, or, where the graph
-    did not keep them, meta stand-ins of the shapes its trace saw (used only if the unpruned model runs
-    on them). None where no check is possible (the model needs real values the graph did not keep)."""
-    given = getattr(graph, "example_inputs", None)
-    if given is not None:
-        return tuple(given) if isinstance(given, (tuple, list)) else (given,)
-    if not graph.trace.meta:
-        return None
-    dtype = next((t.dtype for t in graph.model.parameters() if t.is_floating_point()), torch.get_default_dtype())
-    inputs = tuple(torch.empty(v.shape, dtype=dtype, device="meta") for v in graph.trace.inputs)
-    try:
-        return inputs if _output_shapes(graph.model, inputs, meta=True) == _recorded_outputs(graph) else None
-    except Exception:
-        return None
-
-
-def _recorded_outputs(graph: DependencyGraph) -> list[tuple]:
-    return [v.shape for v in graph.trace.outputs]
-
-
-def _failed_at(error: BaseException, modules) -> str:
-    """'op in module' for the innermost recorded op and model module on the traceback of `error`."""
-    names = {id(m): n for n, m in modules}
-    op, module = "?", None
-    tb = error.__traceback__
-    while tb is not None:
-        owner_ = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner_, nn.Module) and id(owner_) in names:
-            module = names[id(owner_)] or type(owner_).__name__
-        elif isinstance(owner_, _Recorder) and "func" in tb.tb_frame.f_locals:
-            op = op_name(tb.tb_frame.f_locals["func"])
-        tb = tb.tb_next
-    return op if module is None else f"{op} in {module}"
-
-
-def _output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
-    """Shapes of the outputs of one recorded forward pass (in eval mode, without grad; every module's
-    train flag is restored after), on meta stand-ins of every tensor when `meta`."""
-    modules = list(model.named_modules())
-    flags = [(m, m.training) for _, m in modules]
-    try:
-        model.eval()
-        with _attention_as_one_op(modules):
-            if meta:
-                with _OnMeta(modules) as on_meta:
-                    return [v.shape for v in _run(model, on_meta.tensors, inputs, meta=True).outputs]
-            return [v.shape for v in _run(model, named_tensors(model, modules), inputs, meta=False).outputs]
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-def check_runs(graph: DependencyGraph, inputs: Optional[tuple]) -> None:
-    """ValueError unless `graph.model` runs on `inputs` (see _check_inputs; None: no check) and gives
-    outputs of the shapes the graph recorded. On meta tensors (no arithmetic) where the graph was traced so."""
-    if inputs is None:
-        return
-    want = _recorded_outputs(graph)
-    try:
-        got = _output_shapes(graph.model, inputs, graph.trace.meta)
-    except Exception as e:
-        raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
-                         f"{type(e).__name__}: {e}); nothing was changed. Does the model's code hard-code a "
-                         f"width? Leave that layer out (ignored_layers).") from e
-    if got != want:
-        raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
-                         f"was changed. Does the model's code hard-code a width? Leave that layer out (ignored_layers).")
-
-
 def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
     """Prune the model of `plan.graph` as `plan` says, all or nothing; returns the model.
 
@@ -316,12 +246,12 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     graph: DependencyGraph = plan.graph
     tensors = graph.check_current()
     names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
-    inputs = _check_inputs(graph)
+    check = check_inputs(graph)
 
     model = graph.model
     modules = dict(model.named_modules())  # one walk, rather than a get_submodule per name
-    swap = _Swap()
-    try:
+
+    def swap_in(swap: _Swap) -> None:
         for n in names:
             if n in params:
                 p = params[n]
@@ -336,7 +266,21 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
             attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
-        check_runs(graph, inputs)
+
+    swap = _Swap()
+    try:
+        swap_in(swap)
+        try:
+            check_runs(graph, check)
+        except ValueError:
+            if check is None or not check.rebuilt:
+                raise
+            # stand-ins guessed from the trace's input shapes: refuse only if the unpruned model runs on them
+            swap.rollback()
+            swap = _Swap()
+            if check_runs(graph, check, before=True):
+                raise
+            swap_in(swap)
     except BaseException:
         swap.rollback()
         raise

@@ -398,3 +398,35 @@ def _resnet_graph():
     if not _GRAPH:
         _GRAPH.append(ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32)))
     return _GRAPH[0]
+
+
+class Tokens(nn.Module):
+    """Integer inputs: stand-ins of the model's float dtype cannot run it, so they must not refuse a plan."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc1, self.fc2 = nn.Embedding(10, 8), nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.fc2(self.fc1(self.emb(ids)).relu())
+
+
+def test_models_whose_inputs_are_not_float_still_prune():
+    model = Tokens()
+    ids = torch.tensor([[1, 2, 3]])
+    g = ppf.DependencyGraph(model, ids)
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.fc1), [0, 1, 2]))
+    assert model.fc1.out_features == 13 and model(ids).shape == (1, 3, 3)
+
+
+def test_the_check_runs_no_hook_on_meta_tensors_and_leaves_flags_alone():
+    model = LeNet()
+    x = torch.randn(1, 1, 32, 32)
+    seen = []
+    g = ppf.DependencyGraph(model, x)
+    model.fc1.register_forward_hook(lambda m, i, o: seen.append(o.device.type))
+    model.train()
+    model.conv1.eval()
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.fc1), [0, 5]))
+    assert "meta" not in seen and model.training and not model.conv1.training and model.conv2.training
+    assert model(x).shape == (1, 10) and seen[-1] == "cpu"
