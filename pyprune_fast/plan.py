@@ -140,7 +140,8 @@ class Plan:
             try:
                 if e.get("assignment") is not None:
                     plan.merge(group, e["assignment"], e.get("merge_keep"))
-                    if e["keep"] is not None and _indices("merge", e["keep"]).tolist() != plan.entries[group.index].keep.tolist():
+                    kept = plan.entries[group.index].keep.tolist()
+                    if e["keep"] is not None and _indices("merge", e["keep"]).tolist() != kept:
                         raise ValueError("'keep' is not the sorted channels the merge keeps")
                 elif e.get("merge_keep") is not None:
                     raise ValueError("'merge_keep' without 'assignment'")

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from .graph import DependencyGraph
-from .graph.trace import _attention_as_one_op, _OnMeta, _Recorder, _run, _Unchanged, has_hooks, leaves, named_tensors, op_name
+from .graph.trace import (_attention_as_one_op, _OnMeta, _Recorder, _run, _Unchanged, has_hooks, leaves, named_tensors,
+                          op_name)
 
 __all__ = ["check_inputs", "check_runs"]
 

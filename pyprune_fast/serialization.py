@@ -105,7 +105,8 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
         for attr, value in _dict(given, f"attrs[{name!r}]").items():
             key = f"attrs[{name!r}][{attr!r}]"
             if attr not in allowed:
-                raise ValueError(f"load_pruned: {key} is not a width of a {type(m).__name__} (allowed: {', '.join(allowed)})")
+                raise ValueError(f"load_pruned: {key} is not a width of a {type(m).__name__} "
+                                 f"(allowed: {', '.join(allowed)})")
             if attr == "pruned_heads":
                 if value is not True:
                     raise ValueError(f"load_pruned: {key} must be True, got {value!r}")
@@ -115,7 +116,8 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
                   and all(_is_int(v) and 1 <= v <= o for v, o in zip(value, orig))) if isinstance(orig, tuple) \
                 else _is_int(value) and 1 <= value <= orig
             if not ok:
-                raise ValueError(f"load_pruned: {key} = {value!r} must be {'ints' if isinstance(orig, tuple) else 'an int'} "
+                kind = "ints" if isinstance(orig, tuple) else "an int"
+                raise ValueError(f"load_pruned: {key} = {value!r} must be {kind} "
                                  f"between 1 and the original {orig!r}")
 
 
@@ -135,7 +137,8 @@ def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
     for attr, value in want.items():
         have = getattr(m, attr, None)
         if have != value:
-            raise ValueError(f"load_pruned: attrs[{name!r}][{attr!r}] is {have!r} but the tensors' shapes imply {value!r}")
+            raise ValueError(f"load_pruned: attrs[{name!r}][{attr!r}] is {have!r} but the tensors' shapes imply "
+                             f"{value!r}")
     if "num_heads" in want and want["num_heads"] != orig["num_heads"] and not _heads_pruned(m):
         raise ValueError(f"load_pruned: attrs[{name!r}] has fewer heads ({want['num_heads']}) but no 'pruned_heads'")
     if pruned_class(m) is not None and m.qkv.weight.shape[0] % (3 * heads_held(m)):

@@ -4,8 +4,9 @@ Three phases. *Check*: the graph still matches the model. *Build*: every new ten
 their gradients, buffers, optimizer state) is computed with the extension's ops (`merge_channels_`
 on copies, then batched `gather_channels`) while the model is untouched; a failure here changes
 nothing. *Swap*: each change is one assignment with its undo recorded; a failure part-way undoes
-the ones made. Parameters keep their identity (their `.data` is replaced), so an optimizer that
-holds them goes on working, with its per-parameter state sliced the same way.
+the ones made, and so does a pruned model that no longer runs on the example inputs (run_check.py).
+Parameters keep their identity (their `.data` is replaced), so an optimizer that holds them goes on
+working, with its per-parameter state sliced the same way.
 """
 
 from __future__ import annotations
