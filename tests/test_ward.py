@@ -196,6 +196,22 @@ def test_threshold_at_a_merge_height_includes_that_merge():
 
 
 @settings(max_examples=40, deadline=None)
+@given(n=st.sampled_from([2, 3, 50, 200]), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1),
+       q=st.floats(0, 1), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_property_threshold_exactly_at_scipys_merge_height(n, d, seed, q, dtype):
+    """t one of scipy's own merge heights (the boundary): the cut merges heights <= t as fcluster does,
+    and n_clusters agrees with maxclust."""
+    x = points(n, d, dtype, generator=torch.Generator().manual_seed(seed))
+    z_scipy = linkage(x.double().numpy(), "ward")
+    t = float(z_scipy[int(q * (n - 2)), 2])
+    assert ward(x, threshold=t).tolist() == canonical(fcluster(z_scipy, t, "distance"))
+    _, z = ward(x, threshold=t, return_linkage=True)
+    assert np.array_equal(z.numpy(), z_scipy)
+    m = 1 + int(q * (n - 1))
+    assert ward(x, n_clusters=m).tolist() == canonical(fcluster(z_scipy, m, "maxclust"))
+
+
+@settings(max_examples=40, deadline=None)
 @given(n=st.integers(0, 80), d=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), q=st.floats(0, 1))
 def test_property_matches_scipy(n, d, seed, q):
     x = points(n, d, generator=torch.Generator().manual_seed(seed))

@@ -10,6 +10,7 @@ import math
 import numbers
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -96,10 +97,44 @@ def flat_clusters(linkage: Tensor, threshold: Optional[float] = None, n_clusters
     return torch.cumsum(first == points, 0)[first] - 1
 
 
+# Problems with at most this many (pair, column) terms get scipy's own distances (about 0.1 s at most).
+_SCIPY_DISTANCES_UP_TO = 2**22
+
+
+def _scipy_distances(x: Points) -> Tensor:
+    """(N, N) float64 CPU distances with the bits of scipy's pdist: each pair's squared differences summed
+    in column order, then a correctly rounded square root (numpy's; torch's CPU sqrt may be off by an
+    ulp). Same distances, same tree (ward_linkage is scipy's bit for bit), so cuts at any height,
+    scipy's own merge heights included, are scipy's."""
+    cols = (x if isinstance(x, Tensor) else torch.cat(x, 1)).to("cpu", torch.float64).T.contiguous().numpy()
+    n = cols.shape[1]
+    i, j = np.triu_indices(n, 1)
+    sums = np.zeros(i.size)
+    step = max(1, 2**20 // max(cols.shape[0], 1))
+    for s in range(0, i.size, step):
+        diff = cols[:, i[s : s + step]] - cols[:, j[s : s + step]]  # (D, pairs)
+        diff *= diff
+        acc = sums[s : s + step]
+        for row in diff:  # in column order, as pdist
+            acc += row
+    d = np.zeros((n, n))
+    d[i, j] = d[j, i] = np.sqrt(sums)
+    return torch.from_numpy(d)
+
+
+def _terms(x: Points) -> int:
+    n = x.shape[0] if isinstance(x, Tensor) else x[0].shape[0]
+    return n * (n - 1) // 2 * (x.shape[1] if isinstance(x, Tensor) else sum(b.shape[1] for b in x))
+
+
 def _linkages(lst: list[Points], dtype: torch.dtype = torch.float64) -> list[Tensor]:
-    """The trees of points given as tensors or as column blocks (see ops.pairwise_distance), unchecked."""
+    """The trees of points given as tensors or as column blocks (see ops.pairwise_distance), unchecked.
+    In float64, problems up to _SCIPY_DISTANCES_UP_TO terms get scipy's distances exactly; the others
+    (and float32) a Gram-based pairwise_distance, whose tree matches scipy's to rounding."""
     points = [x.to(dtype) if isinstance(x, Tensor) else tuple(b.to(dtype) for b in x) for x in lst]
-    dists = [_exact_small(x, d) for x, d in zip(points, ops.pairwise_distance(points, "euclidean"))]
+    exact = [dtype == torch.float64 and _terms(x) <= _SCIPY_DISTANCES_UP_TO for x in points]
+    gram = iter(ops.pairwise_distance([x for x, e in zip(points, exact) if not e], "euclidean"))
+    dists = [_scipy_distances(x) if e else _exact_small(x, next(gram)) for x, e in zip(points, exact)]
     return ops.ward_linkage(dists)
 
 
@@ -139,8 +174,10 @@ def ward(
         device; with return_linkage, a (labels, linkage) pair, linkage being the (N - 1, 4) float64
         CPU tensor in scipy's format. A tensor (or pair) for a tensor, a list for a list.
 
-    Distances are computed in float64 whatever the input dtype (pairwise_distance on the input's
-    device), so the tree matches scipy's on the same points to rounding.
+    Distances are computed in float64 whatever the input dtype. Up to N^2 D / 2 = 2^22 they are
+    scipy's own, bit for bit: the tree is scipy's exactly, and so is every cut, at scipy's merge
+    heights too. Larger problems use pairwise_distance (a Gram matrix, on the input's device): the tree
+    matches scipy's to rounding, so a threshold within rounding of a merge height may cut either side.
     """
     lst, single = ops._tensor_list("ward", "xs", xs)
     thresholds, counts = _per_problem("threshold", threshold, len(lst)), _per_problem("n_clusters", n_clusters, len(lst))
