@@ -75,6 +75,10 @@ def _output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
         return [v.shape for v in _run(model, named_tensors(model, modules), inputs, meta=False).outputs]
 
 
+_HINT = ("Does the model's code hard-code a width (a view or reshape to fixed sizes)? Keep the layers whose "
+         "channels reach it out of the plan (ignored_layers).")
+
+
 def check_runs(graph: DependencyGraph, check: Optional[Check], before: bool = False) -> bool:
     """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and gives outputs of
     the shapes the graph recorded. before=True: whether it does, for the unpruned model, without raising."""
@@ -87,9 +91,8 @@ def check_runs(graph: DependencyGraph, check: Optional[Check], before: bool = Fa
         if before:
             return False
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
-                         f"{type(e).__name__}: {e}); nothing was changed. Does the model's code hard-code a "
-                         f"width? Leave that layer out (ignored_layers).") from e
+                         f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e
     if got != want and not before:
         raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
-                         f"was changed. Does the model's code hard-code a width? Leave that layer out (ignored_layers).")
+                         f"was changed. {_HINT}")
     return got == want

@@ -430,3 +430,14 @@ def test_the_check_runs_no_hook_on_meta_tensors_and_leaves_flags_alone():
     ppf.apply(ppf.Plan(g).remove(g.group_of(model.fc1), [0, 5]))
     assert "meta" not in seen and model.training and not model.conv1.training and model.conv2.training
     assert model(x).shape == (1, 10) and seen[-1] == "cpu"
+
+
+def test_prune_refuses_lenet_and_leaves_it_untouched():
+    model = LeNet()
+    x = torch.randn(1, 1, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="would not run.*view in LeNet"):
+        ppf.prune(model, x, ratio=0.5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and model.conv2.out_channels == 16
+    report = ppf.prune(model, x, ratio=0.5, ignored_layers=[model.conv2, model.fc3])
+    assert model(x).shape == (1, 10) and model.conv2.out_channels == 16 and model.fc1.out_features == 60, report
