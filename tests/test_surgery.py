@@ -441,3 +441,24 @@ def test_prune_refuses_lenet_and_leaves_it_untouched():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and model.conv2.out_channels == 16
     report = ppf.prune(model, x, ratio=0.5, ignored_layers=[model.conv2, model.fc3])
     assert model(x).shape == (1, 10) and model.conv2.out_channels == 16 and model.fc1.out_features == 60, report
+
+
+class NestedOutputs(nn.Module):
+    """Outputs in a dict and a tuple; one of them reshapes to a hard-coded width (it runs, with a new shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return {"logits": self.fc(y.mean((2, 3))), "parts": (y.sum(1), y.reshape(-1, 8 * 4 * 4).sum(1))}
+
+
+def test_an_output_that_changes_shape_is_refused():
+    model = NestedOutputs()
+    x = torch.randn(2, 3, 4, 4)
+    g = ppf.DependencyGraph(model, x)
+    with pytest.raises(ValueError, match=r"shapes \[\(2, 2\), \(2, 4, 4\), \(1,\)\], not \[\(2, 2\), \(2, 4, 4\), \(2,\)\]"):
+        ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv), [0, 1, 2, 3]))
+    assert model.conv.weight.shape[0] == 8 and model(x)["parts"][1].shape == (2,)
