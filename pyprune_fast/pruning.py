@@ -13,7 +13,7 @@ from torch import nn
 
 from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
-from .graph import DependencyGraph, named_tensors
+from .graph import DependencyGraph, named_tensors, uncompiled
 from .methods import METHODS, Criterion
 from .plan import Plan
 from .plotting import plot_widths
@@ -101,8 +101,23 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
 
 
+def _not_in_inference_mode(caller: str) -> None:
+    """ValueError under torch.inference_mode(): the tensors pruning makes would be inference tensors,
+    which autograd refuses, so the pruned model could never be trained."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(f"{caller}: called inside torch.inference_mode(), where the pruned parameters would be "
+                         f"inference tensors that cannot be trained; call {caller} outside torch.inference_mode()")
+
+
 def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tensor, str]:
     """Every group's width, and the allocation in words (with the knob a target was solved for)."""
+    if not len(crit.groups):  # nothing to allocate: keeping everything is every allocation's answer but a cut
+        if alloc == "target_flops" and value < 1:
+            groups = crit.graph.groups
+            why = f"; {groups[0].origin}: {groups[0].reason}" if groups else ""
+            raise ValueError(f"prune: target_flops={value} cannot be reached: none of the model's {len(groups)} "
+                             f"channel groups is prunable{why}")
+        return crit.channels, f"{alloc}={value:g} (no prunable group)"
     if alloc == "ratio":
         return crit.uniform(value), f"ratio={value:g}"
     if alloc == "threshold":
@@ -163,6 +178,7 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progres
     """Everything `prune` does short of changing the model: options as for `prune`, but no optimizer."""
     if "optimizer" in options:
         raise ValueError("decide: optimizer goes to commit(), not decide()")
+    _not_in_inference_mode("decide")
     show, checked = choice(progress), _check_options(method, options)
     with Stages(DECIDE_STAGES, show, f"decide {method}") as stages:
         return _decide(model, example_inputs, method, checked, stages)
@@ -170,6 +186,7 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progres
 
 def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, stages: Stages) -> Decision:
     cls, alloc, value, common, method_options = checked
+    model = uncompiled(model)
     t0 = time.perf_counter()
     stages.start("trace")
     graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
@@ -195,6 +212,7 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
 def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None,
            progress: Optional[bool] = None) -> PruneReport:
     """Apply a Decision to its model (all or nothing) and report what happened."""
+    _not_in_inference_mode("commit")
     with Stages(COMMIT_STAGES, choice(progress), f"commit {decision.method}") as stages:
         return _commit(decision, example_inputs, optimizer, stages)
 
@@ -240,7 +258,14 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     surgery, recount); None (default) shows it when stderr is a terminal and the call runs longer than
     2 s, True always, False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 (or 1)
     decides.
+
+    A model with no prunable group (every group locked, or all ignored): ratio, global_ratio, threshold
+    and target_flops=1 return a report with nothing pruned; target_flops < 1 raises ValueError. A
+    `torch.compile`d model: the module it wraps (`_orig_mod`) is pruned; the compiled model runs it and
+    recompiles for the new shapes. Inside `torch.inference_mode()` prune raises ValueError (the pruned
+    parameters could not be trained): call it outside.
     """
+    _not_in_inference_mode("prune")
     optimizer = options.pop("optimizer", None)
     show, checked = choice(options.pop("progress", None)), _check_options(method, options)
     with Stages(DECIDE_STAGES + COMMIT_STAGES, show, f"prune {method}") as stages:

@@ -13,6 +13,7 @@ used: it cannot follow such control flow and gains nothing once every executed o
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -23,7 +24,14 @@ from .rules import Context, child, propagate
 from .spaces import Member
 from .trace import first_change, named_tensors, record, shapes_of
 
-__all__ = ["DependencyGraph", "Group", "Member", "named_tensors"]
+__all__ = ["DependencyGraph", "Group", "Member", "named_tensors", "uncompiled"]
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile`d model wraps (its `_orig_mod`), or `model` itself. Pruning changes that
+    module in place; the compiled wrapper still runs it (recompiling for the new shapes)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded by anything that compiled
+    return model._orig_mod if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule) else model
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +59,7 @@ class DependencyGraph:
     """Channel groups of `model`, found by running it once on `example_inputs` (in eval mode, no grad).
 
     Args:
-        model: any nn.Module.
+        model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).
         example_inputs: a tensor or a tuple of positional inputs, on the model's device.
         ignored_layers: modules whose output channels must not be pruned (the classifier, say).
         meta: record the forward pass on meta tensors (shapes only; falls back to a real pass when the
@@ -62,6 +70,7 @@ class DependencyGraph:
                  meta: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
+        model = uncompiled(model)
         names = {m: n for n, m in model.named_modules()}
         ignored = set()
         for m in ignored_layers:

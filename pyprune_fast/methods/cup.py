@@ -36,9 +36,10 @@ def _pair_norms(t: Tensor, a: int, b: int) -> Tensor:
     rest = [d for d in range(t.dim()) if d not in (a, b)]
     if all(t.shape[d] == 1 for d in rest):  # a Linear's or a 1x1 conv's weight: |w| (a norm over one is slow)
         return t.reshape(t.shape[a], t.shape[b]).abs().float()
+    wide = {} if t.dtype == torch.float64 else {"dtype": torch.float32}  # float64 cannot narrow inside the norm
     if rest == list(range(2, t.dim())):  # the common case, as one fast row reduction
-        return torch.linalg.vector_norm(t.flatten(2), dim=2, dtype=torch.float32)
-    return torch.linalg.vector_norm(t, dim=rest, dtype=torch.float32)
+        return torch.linalg.vector_norm(t.flatten(2), dim=2, **wide).float()
+    return torch.linalg.vector_norm(t, dim=rest, **wide).float()
 
 
 def _slice_norms(t: Tensor, m, channels: int, cache: dict) -> Tensor:
