@@ -235,11 +235,26 @@ def test_property_huge_and_tiny_finite_inputs(dtype_exp, n, d, metric, seed):
     assert torch.all(got.diagonal() == 0) and torch.equal(got, got.T)
 
 
-def test_one_float32_row_near_1e20():
-    x = torch.tensor([[1e20, 0.0], [0.0, 1e20], [0.0, 0.0]])
-    d = ops.pairwise_distance(x)
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_one_float32_row_near_1e20(device):
+    x = torch.tensor([[1e20, 0.0], [0.0, 1e20], [0.0, 0.0]], device=device)
+    d = ops.pairwise_distance(x).cpu()
     torch.testing.assert_close(d[0, 1], torch.tensor(2**0.5 * 1e20), rtol=1e-6, atol=0)
     torch.testing.assert_close(d[0, 2], torch.tensor(1e20), rtol=1e-6, atol=0)
+    assert ops.pairwise_distance(x, "sqeuclidean")[0, 1].item() == float("inf")  # 2e40: past float32
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_nan_and_inf_rows_next_to_a_finite_problem(device):
+    """The same problem shape twice (one batched product on CUDA): only the non-finite rows of the
+    first get NaN, the second is untouched."""
+    x = torch.randn(40, 7, device=device) * 3 + 1
+    x[3, 2], x[17, 0] = float("nan"), -float("inf")
+    y = torch.randn(40, 7, device=device)
+    for metric in ops.METRICS:
+        dx, dy = ops.pairwise_distance([x, y], metric)
+        check_finite_rows(x.cpu(), metric, dx.cpu())
+        check_against_reference([y], metric, [dy])
 
 
 def test_blocks_whose_sum_overflows_int64():
