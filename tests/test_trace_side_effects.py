@@ -86,12 +86,12 @@ DETECTION = {  # small images, no resizing up, every box kept (random weights sc
         weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, box_score_thresh=0.0),
     "fcos_resnet50_fpn": lambda: detection.fcos_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, score_thresh=0.0,
-        topk_candidates=20, detections_per_img=10),
+        topk_candidates=8, detections_per_img=8),
 }
 
 
-@pytest.mark.parametrize("name", list(CLASSIFIERS) + list(SEGMENTATION))
-@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name, train", [(n, t) for n in CLASSIFIERS for t in (False, True)]
+                         + [(n, n.startswith("deeplab")) for n in SEGMENTATION])
 def test_classification_and_segmentation(name, train):
     torch.manual_seed(0)
     model = {**CLASSIFIERS, **SEGMENTATION}[name]().train(train)
@@ -110,7 +110,7 @@ def test_detection_still_runs(name):
     assert graph.prunable_groups
     with torch.no_grad():
         got = model(*x)
-    assert len(expected[0]["boxes"]) > 0
+    assert len(expected[0]["boxes"]) > 0  # score threshold 0: boxes to compare
     for e, g in zip(expected, got):
         assert e.keys() == g.keys()
         for k in e:

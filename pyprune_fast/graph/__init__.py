@@ -57,6 +57,8 @@ class Group:
 
 class DependencyGraph:
     """Channel groups of `model`, found by running it once on `example_inputs` (in eval mode, no grad).
+    The model is left as it was: tensors, attributes, every module's `training` flag, hooks, grad mode;
+    forward hooks never see meta tensors (see `trace.record`).
 
     Args:
         model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).
