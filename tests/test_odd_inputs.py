@@ -31,8 +31,8 @@ def nothing_prunable():
     return nn.Sequential(nn.Conv2d(3, 1, 3), nn.ReLU(), nn.Flatten(), nn.Linear(36, 4))
 
 
-def _allocations(method):
-    return [a for a in ALLOCATIONS if next(iter(a)) in METHODS[method].allocations]
+def _allocations(method, allocations=ALLOCATIONS):
+    return [a for a in allocations if next(iter(a)) in METHODS[method].allocations]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -105,3 +105,13 @@ def test_compiled_model_prunes_the_module_it_wraps():
     assert model.stem[0].out_channels == 8
     with torch.no_grad():
         assert torch.equal(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_allocations_that_cut_nothing_change_nothing(method):
+    model, x = TinyResNet(), torch.randn(1, 1, 8, 8)
+    before = state(model)
+    for alloc in _allocations(method, [{"ratio": 0.0}, {"global_ratio": 0.0}, {"target_flops": 1.0}]):
+        report = ppf.prune(model, x, method, progress=False, **alloc)
+        assert report.macs_after == report.macs_before and report.prunable_groups > 0, alloc
+        assert_same_state(before, model)
