@@ -333,6 +333,10 @@ class _Unchanged:
         return self
 
     def __exit__(self, *exc):
+        self.restore()
+
+    def restore(self) -> None:
+        """Put everything back as it was on entry (also midway, to start again from there)."""
         for d, entries, containers in self.saved:
             if not _same(d, entries):
                 d.clear()
@@ -381,6 +385,12 @@ def has_hooks(modules: Modules) -> bool:
         any(m._forward_hooks or m._forward_pre_hooks for _, m in modules)
 
 
+def _eval(modules: Modules) -> None:
+    """Every module in eval mode (its own flag; a user's train() override is not called)."""
+    for _, m in modules:
+        m.training = False
+
+
 def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
     """Record one forward pass of `model` (every module in eval mode, without grad).
 
@@ -396,14 +406,14 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     modules = list(model.named_modules())  # one walk, for every step below
-    with _Unchanged(modules, buffers=False), _attention_as_one_op(modules):
-        for _, m in modules:
-            m.training = False
+    with _Unchanged(modules, buffers=False) as unchanged, _attention_as_one_op(modules):
+        _eval(modules)
         if meta and not has_hooks(modules):
-            try:  # the model's tensors are meta stand-ins; what the pass changed is undone before a real one
-                with _Unchanged(modules, buffers=False), _OnMeta(modules) as on_meta:
+            try:  # the model's tensors are meta stand-ins
+                with _OnMeta(modules) as on_meta:
                     return _run(model, on_meta.tensors, example_inputs, meta=True)
             except Exception:
-                pass
+                unchanged.restore()  # what the failed pass changed is undone before a real one
+                _eval(modules)
         with _Unchanged(modules):
             return _run(model, named_tensors(model, modules), example_inputs, meta=False)
