@@ -96,3 +96,16 @@ def test_profile_counts_macs():
     expected = 8 * 64 * 27 + 6 * 16 * 72 + 10 * 96 + 3 * 10
     assert p.macs == expected and p.params == sum(t.numel() for t in model.parameters())
     assert "conv1" in str(p)
+
+
+def test_meta_linear_shortcut_leaves_a_width_mismatch_to_the_real_kernel():
+    """The shortcut that makes a Linear's meta output without running it must not hide a mismatch
+    (the pruned-model check relies on the meta pass failing where the real one would)."""
+    from pyprune_fast.graph.trace import _meta_output
+
+    w = torch.empty(3, 6, device="meta")
+    assert _meta_output(torch.nn.functional.linear, (torch.empty(2, 6, device="meta"), w), {}).shape == (2, 3)
+    wrong = torch.empty(2, 5, device="meta")
+    assert _meta_output(torch.nn.functional.linear, (wrong, w), {}) is None
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(wrong, w)

@@ -122,6 +122,8 @@ def _meta_output(func: Callable, args: tuple, kwargs: dict):
         return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
+        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+            return None  # a mismatch for the real kernel to report
         return x.new_empty((*x.shape[:-1], w.shape[0]))
     if func in (torch.conv1d, torch.conv2d, torch.conv3d) and not kwargs and x.dim() == args[1].dim():
         w, spatial = args[1], x.dim() - 2
