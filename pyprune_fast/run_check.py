@@ -1,4 +1,4 @@
-"""Does a pruned model still run? One forward pass on stand-ins of the graph's example inputs.
+"""Does a pruned model still run? One forward pass on the graph's example inputs.
 
 `apply` calls `check_inputs` before it changes the model and `check_runs` after, before it returns:
 the pruned model must run and give outputs of the shapes the graph recorded, or `apply` rolls back.
@@ -23,24 +23,19 @@ __all__ = ["check_inputs", "check_runs"]
 class Check(NamedTuple):
     inputs: tuple
     meta: bool  # run on meta stand-ins of every tensor
-    rebuilt: bool  # the inputs are meta stand-ins of the trace's input shapes, dtype guessed
 
 
 def check_inputs(graph: DependencyGraph) -> Optional[Check]:
-    """What check_runs runs the pruned model on: the graph's example inputs, or, where the graph did not
-    keep them, meta stand-ins of the shapes its trace saw, in the model's float dtype. None where no
-    check is possible: the model needs real values (its trace ran for real, or it has forward hooks,
-    which must not see meta tensors) and the graph did not keep them."""
+    """What check_runs runs the pruned model on: the graph's example inputs, as meta stand-ins where
+    the graph was traced on meta and the model has no forward hooks (hooks must not see meta tensors),
+    for real otherwise. None where no check is possible: a real pass is needed, and the example
+    inputs are meta tensors themselves."""
     meta = graph.trace.meta and not has_hooks(list(graph.model.named_modules()))
-    given = getattr(graph, "example_inputs", None)
-    if given is not None:
-        given = tuple(given) if isinstance(given, (tuple, list)) else (given,)
-        real = not any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves(given))
-        return Check(given, meta, False) if meta or real else None
-    if not meta:
+    given = graph.example_inputs
+    given = tuple(given) if isinstance(given, (tuple, list)) else (given,)
+    if not meta and any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves(given)):
         return None
-    dtype = next((t.dtype for t in graph.model.parameters() if t.is_floating_point()), torch.get_default_dtype())
-    return Check(tuple(torch.empty(v.shape, dtype=dtype, device="meta") for v in graph.trace.inputs), True, True)
+    return Check(given, meta)
 
 
 def _recorded_outputs(graph: DependencyGraph) -> list[tuple]:
@@ -79,20 +74,17 @@ _HINT = ("Does the model's code hard-code a width (a view or reshape to fixed si
          "channels reach it out of the plan (ignored_layers).")
 
 
-def check_runs(graph: DependencyGraph, check: Optional[Check], before: bool = False) -> bool:
-    """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and gives outputs of
-    the shapes the graph recorded. before=True: whether it does, for the unpruned model, without raising."""
+def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
+    """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and, on meta, gives
+    outputs of the shapes the graph recorded."""
     if check is None:
-        return True
+        return
     want = _recorded_outputs(graph)
     try:
         got = _output_shapes(graph.model, check.inputs, check.meta)
     except Exception as e:
-        if before:
-            return False
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
                          f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e
-    if got != want and not before:
+    if check.meta and got != want:  # a real pass may give data-dependent shapes (a detector's boxes)
         raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
                          f"was changed. {_HINT}")
-    return got == want

@@ -238,8 +238,9 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
 
     Slices the optimizer's per-parameter state (SGD momentum, Adam moments: every state tensor of
     the parameter's shape) and existing gradients the same way. Before returning, the pruned model
-    is run on stand-ins of the graph's example inputs (see check_runs); if it fails or its outputs
-    change shape, everything is rolled back and ValueError names the op and module that failed.
+    is run on the graph's example inputs (on meta stand-ins where it was traced on meta; see
+    check_runs); if it fails or its outputs change shape, everything is rolled back and ValueError
+    names the op and module that failed.
     The graph is stale afterwards.
     """
     if not isinstance(plan, Plan):
@@ -252,7 +253,8 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     model = graph.model
     modules = dict(model.named_modules())  # one walk, rather than a get_submodule per name
 
-    def swap_in(swap: _Swap) -> None:
+    swap = _Swap()
+    try:
         for n in names:
             if n in params:
                 p = params[n]
@@ -267,21 +269,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
             attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
-
-    swap = _Swap()
-    try:
-        swap_in(swap)
-        try:
-            check_runs(graph, check)
-        except ValueError:
-            if check is None or not check.rebuilt:
-                raise
-            # stand-ins guessed from the trace's input shapes: refuse only if the unpruned model runs on them
-            swap.rollback()
-            swap = _Swap()
-            if check_runs(graph, check, before=True):
-                raise
-            swap_in(swap)
+        check_runs(graph, check)
     except BaseException:
         swap.rollback()
         raise

@@ -432,6 +432,31 @@ def test_the_check_runs_no_hook_on_meta_tensors_and_leaves_flags_alone():
     assert model(x).shape == (1, 10) and seen[-1] == "cpu"
 
 
+def test_a_model_with_hooks_is_checked_for_real():
+    """Hooks must not see meta tensors, so the check runs the pruned model for real, and still refuses."""
+    model = LeNet()
+    x = torch.randn(1, 1, 32, 32)
+    seen = []
+    model.fc2.register_forward_hook(lambda m, i, o: seen.append(o.device.type))
+    g = ppf.DependencyGraph(model, x)
+    with pytest.raises(ValueError, match="would not run.*view in LeNet"):
+        ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv2), [0, 1]))
+    assert model.conv2.out_channels == 16 and "meta" not in seen
+
+
+def test_a_detector_traced_for_real_prunes_and_runs():
+    """A detector's outputs (boxes) depend on the data: the real check asks only that it runs."""
+    from torchvision.models import detection
+
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+    images = [torch.rand(3, 128, 128)]
+    report = ppf.prune(model, (images,), method="l1", ratio=0.3)
+    assert report.macs_after < report.macs_before
+    with torch.no_grad():
+        out = model(images)
+    assert set(out[0]) >= {"boxes", "labels", "scores"}
+
+
 def test_prune_refuses_lenet_and_leaves_it_untouched():
     model = LeNet()
     x = torch.randn(1, 1, 32, 32)

@@ -88,6 +88,7 @@ class DependencyGraph:
 
         self.model = model
         self.trace = trace
+        self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
         self.depthwise = frozenset(ctx.depthwise)
         self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
         self.attention = frozenset(ctx.attention)
