@@ -98,6 +98,7 @@ DEBUG = _env_flag("DEBUG")
 WITH_CUDA, CUDA_REASON = _cuda_decision()
 OPENMP = _openmp_flags()
 ARCH_LIST = os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None
+MATH_HEADERS = _math_header_dirs() if WITH_CUDA else []
 
 
 def _extension():
@@ -116,7 +117,7 @@ def _extension():
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = [*opt, "--expt-relaxed-constexpr", "-lineinfo", *os.environ.get("NVCC_FLAGS", "").split()]
-    kwargs["include_dirs"] += _math_header_dirs()
+    kwargs["include_dirs"] += MATH_HEADERS
     return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
 
 
@@ -125,9 +126,8 @@ def _report():
     print(f"pyprune_fast: building with CUDA: {'yes' if WITH_CUDA else 'no'} ({CUDA_REASON})")
     if WITH_CUDA:
         print(f"pyprune_fast: CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={ARCH_LIST or '(torch default)'}")
-        headers = _math_header_dirs()
-        if headers:
-            print(f"pyprune_fast: toolkit lacks the CUDA math headers; adding {', '.join(headers)}")
+        if MATH_HEADERS:
+            print(f"pyprune_fast: toolkit lacks the CUDA math headers; adding {', '.join(MATH_HEADERS)}")
     print(f"pyprune_fast: torch {torch.__version__}, OpenMP: {'yes' if OPENMP else 'no'}, debug: {'yes' if DEBUG else 'no'}")
 
 

@@ -5,33 +5,41 @@
 
 #include <ATen/ATen.h>
 
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
 
 namespace pyprune_fast {
 
-// Every element of every tensor of `ts` finite (NaN propagates through aminmax: one pass each, one host
-// read for the list); otherwise a ValueError naming the first bad tensor, a bad entry and its value.
-inline void check_finite(const char* op, const char* name, at::TensorList ts) {
+// Every element of every tensor of the named lists finite (NaN propagates through aminmax: one pass each,
+// one host read for all the lists); otherwise a ValueError naming the first bad tensor, a bad entry and its value.
+inline void check_finite(const char* op, std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
   std::vector<at::Tensor> flags;
-  std::vector<size_t> which;
-  for (size_t i = 0; i < ts.size(); ++i) {
-    if (ts[i].numel() == 0) continue;
-    const auto [lo, hi] = at::aminmax(ts[i]);
-    flags.push_back(at::isfinite(lo).logical_and(at::isfinite(hi)));
-    which.push_back(i);
+  std::vector<std::pair<const char*, size_t>> which;  // (list name, position) of each flag
+  std::vector<at::Tensor> tensors;
+  for (const auto& [name, ts] : lists) {
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (ts[i].numel() == 0) continue;
+      const auto [lo, hi] = at::aminmax(ts[i]);
+      flags.push_back(at::isfinite(lo).logical_and(at::isfinite(hi)));
+      which.emplace_back(name, i);
+      tensors.push_back(ts[i]);
+    }
   }
   if (flags.empty()) return;
   const auto host = at::stack(flags).cpu();
   for (size_t f = 0; f < flags.size(); ++f) {
     if (host[f].item<bool>()) continue;
-    const auto t = ts[which[f]].cpu();
+    const auto t = tensors[f].cpu();
     const auto where = at::logical_not(at::isfinite(t)).nonzero()[0];  // (row, column)
     const int64_t r = where[0].item<int64_t>(), c = where[1].item<int64_t>();
-    TORCH_CHECK_VALUE(false, op, ": ", name, "[", which[f], "] holds ", t[r][c].item<double>(), " at [", r, ", ", c,
-                      "] (problem ", which[f], "); values must be finite");
+    const char* name = which[f].first;
+    const size_t i = which[f].second;
+    TORCH_CHECK_VALUE(false, op, ": ", name, "[", i, "] holds ", t[r][c].item<double>(), " at [", r, ", ", c,
+                      "] (problem ", i, "); values must be finite");
   }
 }
 
@@ -53,8 +61,7 @@ inline c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids
     TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
                       ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
   }
-  check_finite(op, "xs", xs);
-  check_finite(op, "centroids", centroids);
+  check_finite(op, {{"xs", xs}, {"centroids", centroids}});
   return device;
 }
 

@@ -83,7 +83,6 @@ def plot_widths(report: "PruneReport", path) -> None:
     ax.set_xlabel("fraction of the group's channels kept (right: channels before \u2192 after)")
     ax.xaxis.set_ticks_position("both")
     ax.tick_params(axis="x", labeltop=True, labelsize=8)
-    pct = lambda a, b: f"{a / b:.1%}" if b else "-"  # noqa: E731
     ax.set_ylabel(f"{len(rows)} prunable groups, each named by its first layer"
                   + (f" (under {prefix[:-1]})" if prefix else ""), fontsize=8)
     pct = lambda a, b: f"{a / b:.1%}" if b else "-"  # noqa: E731

@@ -13,7 +13,7 @@ from torch import nn
 
 from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
-from .graph import DependencyGraph, named_tensors, uncompiled
+from .graph import DependencyGraph, named_tensors
 from .methods import METHODS, Criterion
 from .plan import Plan
 from .plotting import plot_widths
@@ -186,10 +186,10 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progres
 
 def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, stages: Stages) -> Decision:
     cls, alloc, value, common, method_options = checked
-    model = uncompiled(model)
     t0 = time.perf_counter()
     stages.start("trace")
-    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])
+    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])  # unwraps a compiled model
+    model = graph.model
     before = profile_trace(graph.trace, model)
     groups = graph.prunable_groups
     t1 = time.perf_counter()

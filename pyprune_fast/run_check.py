@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .graph import DependencyGraph
-from .graph.trace import (_attention_as_one_op, _OnMeta, _Recorder, _run, _Unchanged, has_hooks, leaves, named_tensors,
-                          op_name)
+from .graph.trace import (_attention_as_one_op, _eval, _OnMeta, _Recorder, _run, _Unchanged, has_hooks, leaves,
+                          named_tensors, op_name)
 
 __all__ = ["check_inputs", "check_runs"]
 
@@ -38,10 +38,6 @@ def check_inputs(graph: DependencyGraph) -> Optional[Check]:
     return Check(given, meta)
 
 
-def _recorded_outputs(graph: DependencyGraph) -> list[tuple]:
-    return [v.shape for v in graph.trace.outputs]
-
-
 def _failed_at(error: BaseException, modules) -> str:
     """'op in module' for the innermost recorded op and model module on the traceback of `error`."""
     names = {id(m): n for n, m in modules}
@@ -62,8 +58,7 @@ def _output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
     on meta stand-ins of every tensor when `meta`; the model is left exactly as it was (as in tracing)."""
     modules = list(model.named_modules())
     with _Unchanged(modules, buffers=not meta), _attention_as_one_op(modules):
-        for _, m in modules:
-            m.training = False
+        _eval(modules)
         if meta:
             with _OnMeta(modules) as on_meta:
                 return [v.shape for v in _run(model, on_meta.tensors, inputs, meta=True).outputs]
@@ -79,7 +74,7 @@ def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
     outputs of the shapes the graph recorded."""
     if check is None:
         return
-    want = _recorded_outputs(graph)
+    want = [v.shape for v in graph.trace.outputs]
     try:
         got = _output_shapes(graph.model, check.inputs, check.meta)
     except Exception as e:

@@ -1,4 +1,6 @@
-"""Parametrisations and tolerances shared by the op tests."""
+"""Parametrisations and tolerances shared by the op tests; a free port for process groups."""
+
+import socket
 
 import pytest
 import torch
@@ -30,3 +32,10 @@ def tolerance(dtype):
         torch.float16: (2e-3, 2e-3),
         torch.bfloat16: (1.6e-2, 1.6e-2),
     }[dtype]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

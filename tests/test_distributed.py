@@ -1,7 +1,6 @@
 """Pruning under DistributedDataParallel: a real 2-process gloo group on the CPU."""
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -9,13 +8,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import pyprune_fast as ppf
+from helpers import free_port
 from nets import TinyResNet, digits
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, world: int, port: int, out: str, schedule: str) -> None:

@@ -4,7 +4,6 @@ with its children and recorded; a missing optional package leaves out its rows a
 
 import csv
 import importlib.util
-import os
 import subprocess
 import sys
 import time

@@ -3,11 +3,12 @@ directory (the files it writes land there). A block states itself the imports an
 would add; a new block is picked up, and must run, without touching this file."""
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+
+from helpers import free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,12 +30,6 @@ def python_blocks(text: str) -> list[tuple[str, int, str]]:
 
 
 BLOCKS = python_blocks(README.read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_readme_has_python_blocks():

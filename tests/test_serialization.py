@@ -8,7 +8,6 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import pyprune_fast as ppf
 

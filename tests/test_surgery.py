@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 import torchvision
@@ -370,8 +372,7 @@ def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, w
     (0, {"keep": [0, 2], "assignment": [0] * 63 + [1], "merge_keep": None}, ValueError, "group 0 'assignment': 'keep' is not"),
 ])
 def test_plan_from_dict_refuses_bad_keys_and_values(key, entry, error, words):
-    x = torch.randn(1, 3, 32, 32)
-    g = ppf.DependencyGraph(torchvision.models.resnet18(), x)
+    g = _resnet_graph()
     assert g.groups[0].prunable and g.groups[0].channels == 64
     with pytest.raises(error, match=words):
         ppf.Plan.from_dict(g, {key: {"keep": [0, 1], "assignment": None, "merge_keep": None} if entry is None else entry})
@@ -391,13 +392,10 @@ def test_plan_from_dict_gives_a_plan_or_a_clear_error(key, keep):
     assert entry.keep.tolist() == sorted(keep) and len(set(keep)) == len(keep)
 
 
-_GRAPH = []
-
-
+@functools.cache
 def _resnet_graph():
-    if not _GRAPH:
-        _GRAPH.append(ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32)))
-    return _GRAPH[0]
+    """One resnet18 graph for the Plan.from_dict tests (which only read it)."""
+    return ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 3, 32, 32))
 
 
 class Tokens(nn.Module):

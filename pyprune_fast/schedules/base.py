@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..flops import profile
+from ..flops import profile, profile_trace
 from ..graph import DependencyGraph, named_tensors
 from ..graph.trace import first_change, map_tensors, shapes_of
 from ..plan import Plan
@@ -83,8 +83,9 @@ class Schedule:
         self.model = unwrap(model)
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers)
-        self.macs_before = profile(self.model, example_inputs).macs
-        self.widths_before = self._group_widths()
+        graph = self._graph()  # one trace for the MACs and the widths
+        self.macs_before = profile_trace(graph.trace, graph.model).macs
+        self.widths_before = [(g.origin, g.channels) for g in graph.prunable_groups]
         self.last_epoch: Optional[int] = None
         self.events: list[dict] = []
         self.done = False
@@ -130,10 +131,8 @@ class Schedule:
             raise ValueError(f"{self.name}: epoch must be an int >= 0 (epochs count from 0), got {epoch!r}")
         return int(epoch)
 
-    def _group_widths(self, prunable: bool = True) -> list[tuple[str, int]]:
-        """(origin, channels) of every (prunable) group of the current model."""
-        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
-        return [(g.origin, g.channels) for g in (graph.prunable_groups if prunable else graph.groups)]
+    def _graph(self) -> DependencyGraph:
+        return DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
 
     def _snapshot(self) -> dict[str, tuple]:
         return shapes_of(named_tensors(self.model))
@@ -185,8 +184,9 @@ class Schedule:
                 named[k].copy_(v)
 
     def report(self) -> ScheduleReport:
-        p = profile(self.model, self.example_inputs)
-        now = dict(self._group_widths(prunable=False))  # a group down to one channel is no longer prunable
+        graph = self._graph()
+        p = profile_trace(graph.trace, graph.model)
+        now = {g.origin: g.channels for g in graph.groups}  # a group down to one channel is no longer prunable
         widths = [(origin, before, now[origin]) for origin, before in self.widths_before]
         return ScheduleReport(self.name, self.target, self.macs_before, p.macs, p.params, widths, list(self.events))
 

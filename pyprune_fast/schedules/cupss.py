@@ -45,15 +45,6 @@ class CUPSS(Schedule):
         """The Ward height at which the model is cut after `epoch` (0-based)."""
         return max(self.slope * self._epoch(epoch) + self.offset, 0.0)
 
-    def _land(self, target: float):
-        """A plan of the current model nearest `target` MACs (see the class docstring)."""
-        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
-        crit = CUP(graph, graph.prunable_groups)
-        widths = land(crit.heights, crit.channels, crit.limits, MacsModel(graph, crit.groups), target)
-        plan = Plan(graph)
-        crit.decide(plan, widths)
-        return plan, {}, f"cup, landed on {self.target}", True
-
     def _step(self, epoch: int, optimizer) -> bool:
         if self.done:
             return False
@@ -62,11 +53,18 @@ class CUPSS(Schedule):
             self.done = True
             return False
 
-        def make():
-            d = self._decide("cup", threshold=self.threshold(epoch))
-            if d.macs_predicted <= target:  # would reach or pass the target: land on it
-                return self._land(target)
-            return d.plan, d.written, f"cup, {d.allocation}", False
+        def make():  # one trace and one clustering of the current model, for the cut and the landing
+            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            crit = CUP(graph, graph.prunable_groups)
+            macs = MacsModel(graph, crit.groups)
+            t = self.threshold(epoch)
+            widths = crit.at_threshold(t)
+            landing = macs(widths) <= target  # the cut would reach or pass the target: land on it
+            if landing:
+                widths = land(crit.heights, crit.channels, crit.limits, macs, target)
+            plan = Plan(graph)
+            written = crit.decide(plan, widths)
+            return plan, written, f"cup, landed on {self.target}" if landing else f"cup, threshold={t:g}", landing
 
         changed = self._apply_plan(epoch, optimizer, make)
         if self.done and not changed:
