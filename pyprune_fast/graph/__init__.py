@@ -37,7 +37,9 @@ def uncompiled(model: nn.Module) -> nn.Module:
 @dataclass(frozen=True, eq=False)
 class Group:
     """One channel index space: `channels` channels, held by `members` (parameter or buffer, dim,
-    offset, block, role). `reason` says why it cannot be pruned, or is None when it can."""
+    offset, block, role). `reason` says why it cannot be pruned, or is None when it can; `inexact` says
+    which op would see the removal of dead channels (channels that are exactly zero), or is None when
+    removing them leaves every output unchanged."""
 
     index: int
     channels: int
@@ -45,6 +47,7 @@ class Group:
     modules: tuple[str, ...]
     origin: str
     reason: Optional[str]
+    inexact: Optional[str] = None
 
     @property
     def prunable(self) -> bool:
@@ -106,7 +109,8 @@ class DependencyGraph:
                 reason = "no parameter produces these channels"
             if reason is None and r.size < 2:
                 reason = "it has a single channel"
-            self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason))
+            self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
+                                     r.inexact))
         self.stale = False
 
     @property

@@ -44,6 +44,7 @@ class Space:
         self.size = size
         self.origin = origin  # what made it, for messages: "conv2d layer1.0.conv1", "model input"
         self.locked = locked
+        self.inexact: Optional[str] = None  # why removing dead channels (exact zeros) can change outputs
         self.members: list[Member] = []
         self.modules: set[str] = set()  # modules whose channel count this space sets
         self._parent: Space = self
@@ -64,6 +65,12 @@ class Space:
         if r.locked is None:
             r.locked = reason
 
+    def mark_inexact(self, reason: str) -> None:
+        """Dead channels of this space are not free to remove: `reason` says which op sees them."""
+        r = self.root()
+        if r.inexact is None:
+            r.inexact = reason
+
 
 def union(a: Space, b: Space) -> Space:
     ra, rb = a.root(), b.root()
@@ -78,6 +85,7 @@ def union(a: Space, b: Space) -> Space:
     ra.members += rb.members
     ra.modules |= rb.modules
     ra.locked = ra.locked or rb.locked
+    ra.inexact = ra.inexact or rb.inexact
     rb.members = []
     return ra
 
