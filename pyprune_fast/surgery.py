@@ -42,7 +42,10 @@ _MIXING = (nn.LayerNorm, nn.GroupNorm)
 
 def dead_channels_are_exact(graph: DependencyGraph, group: Group) -> bool:
     """Whether removing channels of `group` whose output is exactly zero must leave outputs unchanged:
-    true unless a norm that mixes channels (LayerNorm, GroupNorm with several channels a group) sees them."""
+    true unless an op that sees them mixes channels (`group.inexact` says which) or a norm that mixes
+    channels (LayerNorm, GroupNorm with several channels a group) sees them."""
+    if group.inexact is not None:
+        return False
     for name in group.modules:
         m = graph.model.get_submodule(name)
         if isinstance(m, _MIXING) and not (isinstance(m, nn.GroupNorm) and name in graph.per_channel_groupnorm):
