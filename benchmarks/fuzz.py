@@ -1,0 +1,643 @@
+"""Fuzz the pruning pipeline with random models: nothing may crash, corrupt a model, or change outputs
+when only dead channels go.
+
+Each model comes from a small grammar over an (N, C, H, W) activation (C 4-16, H 8-16): a stem conv,
+2-6 blocks, a head. Blocks: conv/BN/activation, residual adds (also in place, `y += x`), concats,
+depthwise and grouped convs, squeeze-excitation (convs or Linears), permutes to channels-last with a
+LayerNorm and a Linear, interpolation up and pooling back, a conv applied in a loop, Siamese branches
+(one sub-network applied twice), a Parameter tied into two convs, BatchNorms sharing their running
+stats, bare `nn.Parameter`s through `F.conv2d`, channel-mixing attention (CBAM spatial attention,
+softmax over channels) and a skip around nested blocks. Heads: global pool or flatten into a Linear.
+
+Model `i` of a run with `--seed S` has seed `S + i` (grammar and weights), so every failure is
+reproduced by `--seed S+i --models 1`. Per model:
+
+  1. building the DependencyGraph must leave the model as it was (tensors by identity and value,
+     gradients, plain tensor attributes, every module's training flag, grad mode);
+  2. a plan keeping (or merging) random channels of random prunable groups is applied: a ValueError
+     is a refusal and must leave the model bitwise untouched; any other exception is a crash; if
+     apply returns, the model must run and give outputs of the unpruned shapes, finite, with the
+     optimizer state sliced along, else it is a silent corruption;
+  3. exactness (float64, on a fresh copy): zero random channels of groups that
+     `dead_channels_are_exact` calls exact, record the output, remove those channels: the output
+     must not change (max |y1 - y0| <= 1e-6 * max(1, max |y0|));
+  4. on every third model, `ppf.prune` with l1, random, fpgm or cup (ratio 0.3), checked as in 2.
+
+  python benchmarks/fuzz.py [--models 2000] [--seed 0] [--out fuzz_out]
+
+Prints a summary table and writes every failure as {seed, model, kind, stage, error} to
+OUT/failures.json (the smallest model of each kind first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import re
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import pyprune_fast as ppf  # noqa: E402
+from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa: E402
+
+CLASSES = 5
+EXACT_RTOL = 1e-6  # float64: removing exact zeros only reorders sums (~1e-16); a real change is far above
+FAILURE_KINDS = ("crash", "silent corruption", "dirty refusal", "trace side effect", "exactness failure")
+
+# ----------------------------------------------------------------------------------------- the grammar
+
+
+class AddOne(nn.Module):
+    """x + 1: maps a dead (zero) channel to a live one."""
+
+    def forward(self, x):
+        return x + 1
+
+
+ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "relu_": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": nn.SiLU,
+    "hardswish": nn.Hardswish, "leaky": lambda: nn.LeakyReLU(0.1), "sigmoid": nn.Sigmoid,
+    "addone": AddOne, "none": nn.Identity,
+}
+
+
+class ConvBNAct(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int = 3, groups: int = 1, act: str = "relu", bias: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = ACTS[act]()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int, act: str, inplace: bool):
+        super().__init__()
+        self.body = nn.Sequential(ConvBNAct(c, c, 3, act=act), ConvBNAct(c, c, 3, act="none"))
+        self.inplace = inplace
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.inplace:
+            y += x
+            return y.relu_()
+        return F.relu(x + y)
+
+
+class Concat(nn.Module):
+    def __init__(self, cin: int, widths: list[int], with_input: bool):
+        super().__init__()
+        self.branches = nn.ModuleList(ConvBNAct(cin, w, k) for w, k in zip(widths, (1, 3, 1)))
+        self.with_input = with_input
+
+    def forward(self, x):
+        return torch.cat([b(x) for b in self.branches] + ([x] if self.with_input else []), 1)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, hidden: int, linear: bool):
+        super().__init__()
+        layer = nn.Linear if linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        self.fc1, self.fc2, self.linear = layer(c, hidden), layer(hidden, c), linear
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=not self.linear)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+        return x * (s[:, :, None, None] if self.linear else s)
+
+
+class ChannelsLast(nn.Module):
+    """permute to (N, H, W, C), LayerNorm and Linear on the last dim, permute back."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(cin), nn.Linear(cin, cout)
+
+    def forward(self, x):
+        return self.fc(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+class Interpolate(nn.Module):
+    def __init__(self, cin: int, cout: int, mode: str, pool: str):
+        super().__init__()
+        self.conv, self.mode, self.pool = ConvBNAct(cin, cout, 3), mode, pool
+
+    def forward(self, x):
+        y = self.conv(F.interpolate(x, scale_factor=2, mode=self.mode))
+        return F.avg_pool2d(y, 2) if self.pool == "avg" else F.max_pool2d(y, 2)
+
+
+class Loop(nn.Module):
+    """One conv (c -> c) applied `times` times: weight sharing across uses."""
+
+    def __init__(self, c: int, times: int):
+        super().__init__()
+        self.conv, self.times = nn.Conv2d(c, c, 3, padding=1), times
+
+    def forward(self, x):
+        for _ in range(self.times):
+            x = F.relu(self.conv(x))
+        return x
+
+
+class Siamese(nn.Module):
+    """One sub-network applied to x and to a flipped x, then added or concatenated."""
+
+    def __init__(self, cin: int, cout: int, join: str):
+        super().__init__()
+        self.sub, self.join = ConvBNAct(cin, cout, 3), join
+
+    def forward(self, x):
+        a, b = self.sub(x), self.sub(x.flip(3))
+        return a + b if self.join == "add" else torch.cat([a, b], 1)
+
+
+class TiedConvs(nn.Module):
+    """Two convs holding one weight Parameter (own biases), on x and relu(x), added."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(cin, cout, 3, padding=1), nn.Conv2d(cin, cout, 3, padding=1)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.a(x) + self.b(F.relu(x))
+
+
+class SharedStats(nn.Module):
+    """Two conv+BN branches whose BatchNorms hold the same running-stat buffers, added or concatenated."""
+
+    def __init__(self, cin: int, cout: int, join: str):
+        super().__init__()
+        self.a, self.b = ConvBNAct(cin, cout, 3), ConvBNAct(cin, cout, 1)
+        self.b.bn.running_mean = self.a.bn.running_mean
+        self.b.bn.running_var = self.a.bn.running_var
+        self.join = join
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        return a + b if self.join == "add" else torch.cat([a, b], 1)
+
+
+class BareConv(nn.Module):
+    """Bare Parameters through F.conv2d."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(cout, cin, 3, 3) / (3 * cin ** 0.5))
+        self.b = nn.Parameter(torch.randn(cout) * 0.1)
+
+    def forward(self, x):
+        return F.relu(F.conv2d(x, self.w, self.b, padding=1))
+
+
+class SpatialAttention(nn.Module):
+    """CBAM: x * sigmoid(conv([mean over channels, max over channels]))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.conv(s))
+
+
+class ChannelSoftmax(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x):
+        return torch.softmax(self.conv(x), dim=1)
+
+
+class Skip(nn.Module):
+    """x + body(x), body a nested random sequence closed by a 1x1 conv back to x's width."""
+
+    def __init__(self, body: nn.Sequential):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Head(nn.Module):
+    def __init__(self, c: int, hw: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(c * (1 if kind == "gap" else hw * hw), CLASSES)
+
+    def forward(self, x):
+        if self.kind == "gap":
+            return self.fc(x.mean((2, 3)))
+        return self.fc(torch.flatten(x, 1) if self.kind == "flatten" else x.reshape(x.shape[0], -1))
+
+
+def _divisor(rng: random.Random, c: int) -> Optional[int]:
+    ds = [d for d in range(2, c) if c % d == 0]
+    return rng.choice(ds) if ds else None
+
+
+def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]:
+    """A random block on c channels: (module, output channels, description)."""
+    w = rng.randint(4, 16)
+    kind = rng.choice(BLOCKS if depth == 0 else BLOCKS[:-1])
+    if kind == "conv":
+        k, act = rng.choice((1, 3)), rng.choice(list(ACTS))
+        return ConvBNAct(c, w, k, act=act, bias=rng.random() < 0.3), w, f"conv({c}->{w},k{k},{act})"
+    if kind == "res":
+        act, inplace = rng.choice(("relu", "relu_", "silu")), rng.random() < 0.5
+        return Residual(c, act, inplace), c, f"res({c},{act},{'+=' if inplace else '+'})"
+    if kind == "cat":
+        widths, with_input = [rng.randint(2, 8) for _ in range(rng.randint(2, 3))], rng.random() < 0.3
+        out = sum(widths) + (c if with_input else 0)
+        return Concat(c, widths, with_input), out, f"cat({c}->{'+'.join(map(str, widths))}{'+x' if with_input else ''})"
+    if kind == "dw":
+        return nn.Sequential(ConvBNAct(c, c, 3, groups=c), ConvBNAct(c, w, 1)), w, f"dw({c})+pw({c}->{w})"
+    if kind == "group":
+        g = _divisor(rng, c)
+        if g is None:
+            return _block(rng, c, depth)
+        w = g * rng.randint(1, max(1, 16 // g))
+        return ConvBNAct(c, w, 3, groups=g), w, f"grouped({c}->{w},g{g})"
+    if kind == "se":
+        hidden, linear = rng.randint(2, 8), rng.random() < 0.5
+        return SqueezeExcite(c, hidden, linear), c, f"se({c},{hidden},{'linear' if linear else 'conv'})"
+    if kind == "perm":
+        return ChannelsLast(c, w), w, f"permute-ln-linear({c}->{w})"
+    if kind == "interp":
+        mode, pool = rng.choice(("nearest", "bilinear")), rng.choice(("avg", "max"))
+        return Interpolate(c, w, mode, pool), w, f"interp({c}->{w},{mode},{pool})"
+    if kind == "loop":
+        times = rng.randint(2, 3)
+        return Loop(c, times), c, f"loop({c},x{times})"
+    if kind == "siamese":
+        join = rng.choice(("add", "cat"))
+        return Siamese(c, w, join), w * (2 if join == "cat" else 1), f"siamese({c}->{w},{join})"
+    if kind == "tied":
+        return TiedConvs(c, w), w, f"tied-param({c}->{w})"
+    if kind == "shared-bn":
+        join = rng.choice(("add", "cat"))
+        return SharedStats(c, w, join), w * (2 if join == "cat" else 1), f"shared-bn-stats({c}->{w},{join})"
+    if kind == "bare":
+        return BareConv(c, w), w, f"bare-conv2d({c}->{w})"
+    if kind == "spatial":
+        return SpatialAttention(), c, f"spatial-attention({c})"
+    if kind == "softmax":
+        return ChannelSoftmax(c, w), w, f"softmax-over-channels({c}->{w})"
+    # skip: nested blocks, then a 1x1 conv back to c
+    mods, descs, cc = [], [], c
+    for _ in range(rng.randint(1, 2)):
+        m, cc, d = _block(rng, cc, depth + 1)
+        mods.append(m)
+        descs.append(d)
+    mods.append(ConvBNAct(cc, c, 1, act="none"))
+    return Skip(nn.Sequential(*mods)), c, f"skip[{' '.join(descs)} conv({cc}->{c},k1)]"
+
+
+BLOCKS = ("conv", "res", "cat", "dw", "group", "se", "perm", "interp", "loop", "siamese", "tied",
+          "shared-bn", "bare", "spatial", "softmax", "skip")  # "skip" last: not nested
+
+
+def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
+    """The model, example input and description of `seed` (same seed, same model and weights)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    c, hw = rng.randint(4, 16), rng.choice((8, 12, 16))
+    mods, descs = [ConvBNAct(3, c, 3)], [f"stem(3->{c})"]
+    for _ in range(rng.randint(2, 6)):
+        m, c, d = _block(rng, c, 0)
+        mods.append(m)
+        descs.append(d)
+    head = rng.choice(("gap", "flatten", "reshape"))
+    mods.append(Head(c, hw, head))
+    descs.append(f"head({head},{c}->{CLASSES})")
+    model = nn.Sequential(*mods)
+    with torch.no_grad():  # BatchNorms that are not the identity
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval(), torch.randn(2, 3, hw, hw), " | ".join(descs)
+
+
+# ------------------------------------------------------------------------------------ the model check
+
+
+def snapshot(model: nn.Module) -> dict:
+    """What must not change: every tensor slot (identity, value, grad), plain tensor attributes,
+    training flags, grad mode."""
+    def entry(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        grad = None if t.grad is None else t.grad.detach().clone()
+        return id(t), t.dtype, t.device, t.requires_grad, t.detach().clone(), grad
+
+    state = {"grad mode": torch.is_grad_enabled()}
+    for name, m in model.named_modules():
+        state[name, "training"] = m.training
+        for k, v in list(m._parameters.items()) + list(m._buffers.items()) + list(vars(m).items()):
+            if isinstance(v, torch.Tensor) or k in m._parameters or k in m._buffers:
+                state[name, k] = entry(v)
+    return state
+
+
+def first_difference(before: dict, after: dict) -> Optional[str]:
+    """The first entry that differs (None if none does)."""
+    for key in before.keys() | after.keys():
+        b, a = before.get(key, "absent"), after.get(key, "absent")
+        if isinstance(b, tuple) and isinstance(a, tuple) and len(a) == len(b) == 6:
+            same = a[:4] == b[:4] and _equal(a[4], b[4]) and _equal(a[5], b[5])
+        else:
+            same = a == b
+        if not same:
+            return f"{'.'.join(map(str, key))} changed"
+    return None
+
+
+def _equal(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.device == b.device and a.shape == b.shape and (a.device.type == "meta" or torch.equal(a, b))
+
+
+def normalized(text: str, limit: int = 140) -> str:
+    """`text` without its numbers, names and lists: one line per kind of message."""
+    s = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "'…'", text.split("\n")[0])
+    s = re.sub(r"\[[^\]]*\]", "[…]", s)
+    s = re.sub(r"\b[0-9][0-9.e+-]*", "N", s)
+    return re.sub(r"\b[\w-]+(\.[\w-]+)+\b", "X", s)[:limit]
+
+
+def failure_class(f: dict) -> str:
+    """Failures of one cause share a class; an exactness failure's is the block that made the dead
+    channels and the block after it (where they are read)."""
+    group = re.search(r"of group \d+ \(\w+ (\d+)\b", f["error"])
+    if f["kind"] == "exactness failure" and group:
+        blocks = [re.split(r"[(\[]", b)[0] for b in f["model"].split(" | ")]
+        i = int(group.group(1))
+        return f"exactness failure: dead channels made in {blocks[i]}, read by {blocks[i + 1]}"
+    return f"{f['kind']} in {f['stage']}: {normalized(f['error'].split(' [at ')[0], 90)}"
+
+
+def _error(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)[-3:]
+    where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb))
+    return f"{type(e).__name__}: {str(e)[:600]} [at {where}]"
+
+
+@dataclass
+class Summary:
+    models: int = 0
+    graphs: int = 0
+    groups: int = 0
+    prunable: int = 0
+    groups_pruned: int = 0
+    plans_applied: int = 0
+    prune_calls: int = 0
+    prune_ok: int = 0
+    exact_checks: int = 0
+    exact_failed: int = 0
+    refusals: Counter = field(default_factory=Counter)
+    failures: list = field(default_factory=list)
+
+    def count(self, kind: str) -> int:
+        return sum(f["kind"] == kind for f in self.failures)
+
+
+class Failure(Exception):
+    def __init__(self, kind: str, stage: str, error: str):
+        super().__init__(f"{kind} in {stage}: {error}")
+        self.kind, self.stage, self.error = kind, stage, error
+
+
+def _guarded(stage: str, model: nn.Module, summary: Summary, fn: Callable):
+    """fn(); a ValueError is a refusal (None returned) that must leave `model` bitwise untouched."""
+    before = snapshot(model)
+    try:
+        return fn()
+    except ValueError as e:
+        changed = first_difference(before, snapshot(model))
+        if changed:
+            raise Failure("dirty refusal", stage, f"{changed} after {_error(e)}") from None
+        summary.refusals[f"{stage}: {type(e).__name__}: {normalized(str(e))}"] += 1
+        return None
+    except Failure:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything but a clear refusal is a crash
+        raise Failure("crash", stage, _error(e)) from None
+
+
+def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, optimizer=None) -> None:
+    """The pruned model must run on x, with the unpruned output shape, finite; optimizer state sliced."""
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as e:  # noqa: BLE001
+        raise Failure("silent corruption", stage, f"the pruned model fails: {_error(e)}") from None
+    if y.shape != shape or not torch.isfinite(y).all():
+        raise Failure("silent corruption", stage, f"output shape {tuple(y.shape)} (was {tuple(shape)}) "
+                      f"or not finite ({int((~torch.isfinite(y)).sum())} non-finite)")
+    for p, st in (optimizer.state.items() if optimizer is not None else ()):
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
+                raise Failure("silent corruption", stage, f"optimizer state {k} {tuple(v.shape)} for a parameter "
+                              f"of shape {tuple(p.shape)}")
+
+
+def _graph(stage: str, model: nn.Module, x: torch.Tensor, summary: Summary):
+    """The DependencyGraph of model (None: refused), checked to leave the model as it was."""
+    before = snapshot(model)
+    graph = _guarded(stage, model, summary, lambda: ppf.DependencyGraph(model, x))
+    changed = first_difference(before, snapshot(model))
+    if changed:
+        raise Failure("trace side effect", stage, changed)
+    return graph
+
+
+def _random_plan(rng: random.Random, graph) -> tuple[Optional[object], int]:
+    """A plan keeping random channels (sometimes merging) of random prunable groups, and its size."""
+    groups = [g for g in graph.prunable_groups if g.channels >= 2]
+    if not groups:
+        return None, 0
+    plan = ppf.Plan(graph)
+    for g in rng.sample(groups, rng.randint(1, len(groups))):
+        if rng.random() < 0.2:
+            clusters = rng.randint(1, g.channels - 1)
+            assignment = list(range(clusters)) + [rng.randrange(clusters) for _ in range(g.channels - clusters)]
+            rng.shuffle(assignment)
+            plan.merge(g, assignment)
+        else:
+            plan.keep(g, rng.sample(range(g.channels), rng.randint(1, g.channels - 1)))
+    return plan, len(plan.entries)
+
+
+def _optimizer(rng: random.Random, model: nn.Module, x: torch.Tensor):
+    """Sometimes an SGD optimizer with momentum state and gradients, to be sliced along."""
+    if rng.random() >= 0.3:
+        return None
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model(x).square().mean().backward()
+    opt.step()
+    return opt
+
+
+def _check_plan(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
+    train = rng.random() < 0.3  # some models traced in training mode, with one module the other way
+    model.train(train)
+    mods = list(model.modules())
+    rng.choice(mods).train(not train)
+    graph = _graph("graph", model, x, summary)
+    model.eval()
+    if graph is None:
+        return
+    summary.graphs += 1
+    summary.groups += len(graph.groups)
+    summary.prunable += len(graph.prunable_groups)
+    optimizer = _optimizer(rng, model, x)
+    with torch.no_grad():
+        shape = model(x).shape
+    if optimizer is not None:
+        graph = _graph("graph", model, x, summary)  # after the step (same tensors; values changed)
+    plan, n = _random_plan(rng, graph)
+    if plan is None or _guarded("apply", model, summary, lambda: ppf.apply(plan, optimizer)) is None:
+        return
+    summary.plans_applied += 1
+    summary.groups_pruned += n
+    _runs("apply", model, x, shape, optimizer)
+
+
+def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
+    model, x = model.double(), x.double()
+    graph = _graph("exactness graph", model, x, summary)
+    exact = [g for g in graph.prunable_groups if g.channels >= 2 and dead_channels_are_exact(graph, g)] if graph else []
+    if not exact:
+        return
+    g = rng.choice(exact)
+    dead = torch.tensor(sorted(rng.sample(range(g.channels), rng.randint(1, g.channels - 1))))
+    kill_channels(graph, g, dead)
+    plan = ppf.Plan(graph).remove(g, dead)
+    with torch.no_grad():
+        y0 = model(x)
+    if _guarded("exactness apply", model, summary, lambda: ppf.apply(plan)) is None:
+        return
+    summary.exact_checks += 1
+    _runs("exactness apply", model, x, y0.shape)
+    with torch.no_grad():
+        err = float((model(x) - y0).abs().max()) / max(1.0, float(y0.abs().max()))
+    if not err <= EXACT_RTOL:
+        summary.exact_failed += 1
+        raise Failure("exactness failure", "exactness", f"removing dead channels {dead.tolist()} of group {g.index} "
+                      f"({g.origin}, {len(g.members)} members) changed the output "
+                      f"by {err:.3g} (relative to max(1, max |y|))")
+
+
+def _check_prune(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
+    method = rng.choice(("l1", "random", "fpgm", "cup"))
+    with torch.no_grad():
+        shape = model(x).shape
+    summary.prune_calls += 1
+    stage = f"prune {method}"
+    if _guarded(stage, model, summary, lambda: ppf.prune(model, x, method=method, ratio=0.3, progress=False)) is not None:
+        summary.prune_ok += 1
+        _runs(stage, model, x, shape)
+
+
+def check_model(seed: int, summary: Summary) -> None:
+    """Every check on the model of `seed`; failures go to summary.failures."""
+    model, x, desc = build(seed)
+    rng = random.Random(seed ^ 0x5EED)
+    pristine = copy.deepcopy(model)  # deepcopy keeps the sharing
+    summary.models += 1
+    checks = [_check_plan, _check_exact] + ([_check_prune] if seed % 3 == 0 else [])
+    for i, check in enumerate(checks):
+        try:
+            check(rng, model if i == 0 else copy.deepcopy(pristine), x, summary)
+        except Failure as f:
+            summary.failures.append({"seed": seed, "model": desc, "kind": f.kind, "stage": f.stage, "error": f.error})
+        except Exception as e:  # noqa: BLE001 - a bug of this script or a crash outside the guarded calls
+            summary.failures.append({"seed": seed, "model": desc, "kind": "crash", "stage": check.__name__,
+                                     "error": _error(e)})
+
+
+def run(seed: int, models: int, time_limit: Optional[float] = None, progress: bool = False) -> Summary:
+    """Check models seed, seed + 1, ... (at most `models`, stopping after `time_limit` seconds), on one
+    thread: these tiny models run ~10x slower on two threads of a shared, loaded machine."""
+    summary, start, threads = Summary(), time.perf_counter(), torch.get_num_threads()
+    seeds = range(seed, seed + models)
+    if progress:
+        from tqdm import tqdm
+        seeds = tqdm(seeds, desc="fuzz", unit="model")
+    torch.set_num_threads(1)
+    try:
+        for s in seeds:
+            if time_limit is not None and time.perf_counter() - start > time_limit:
+                break
+            check_model(s, summary)
+    finally:
+        torch.set_num_threads(threads)
+    return summary
+
+
+def table(summary: Summary) -> str:
+    s = summary
+    rows = [("models", s.models), ("graphs built", s.graphs), ("groups (prunable)", f"{s.groups} ({s.prunable})"),
+            ("plans applied (groups pruned)", f"{s.plans_applied} ({s.groups_pruned})"),
+            ("ppf.prune calls (returned)", f"{s.prune_calls} ({s.prune_ok})"),
+            ("refusals, model untouched", sum(s.refusals.values())),
+            ("exactness checks done / failed", f"{s.exact_checks} / {s.exact_failed}")]
+    rows += [(kind + "s", s.count(kind)) for kind in FAILURE_KINDS]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if s.refusals:
+        lines.append("refusals by message:")
+        lines += [f"  {n:5d}  {m}" for m, n in s.refusals.most_common()]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=int, default=200, help="number of models (seeds SEED .. SEED+N-1)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the first model")
+    ap.add_argument("--out", default="fuzz_out", help="folder for failures.json")
+    args = ap.parse_args(argv)
+    if args.models < 1:
+        ap.error(f"--models must be >= 1, got {args.models}")
+    start = time.perf_counter()
+    summary = run(args.seed, args.models, progress=True)
+    print(table(summary))
+    print(f"{summary.models} models in {time.perf_counter() - start:.1f} s")
+    os.makedirs(args.out, exist_ok=True)
+    failures = sorted(summary.failures, key=lambda f: (f["kind"], len(f["model"]), f["seed"]))
+    with open(os.path.join(args.out, "failures.json"), "w") as fh:
+        json.dump(failures, fh, indent=1)
+    classes: dict[str, list] = {}
+    for f in failures:
+        classes.setdefault(failure_class(f), []).append(f)
+    for name, fs in sorted(classes.items(), key=lambda kv: -len(kv[1])):
+        f = min(fs, key=lambda f: (len(f["model"]), f["seed"]))
+        print(f"\n{len(fs)} x {name}\n  smallest: seed {f['seed']}: {f['model']}\n  {f['error']}")
+    print(f"\n{len(failures)} failures written to {os.path.join(args.out, 'failures.json')}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
