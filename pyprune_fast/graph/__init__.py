@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .rules import Context, child, propagate
-from .spaces import Member
+from .spaces import Member, join_shared
 from .trace import first_change, named_tensors, record, shapes_of
 
 __all__ = ["DependencyGraph", "Group", "Member", "named_tensors", "uncompiled"]
@@ -88,6 +88,7 @@ class DependencyGraph:
             raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
         ctx = Context(trace, ignored)
         propagate(ctx)
+        join_shared(ctx.spaces)
 
         self.model = model
         self.trace = trace

@@ -90,6 +90,30 @@ def union(a: Space, b: Space) -> Space:
     return ra
 
 
+def join_shared(spaces: list[Space]) -> None:
+    """Weight sharing: a tensor used more than once (a module called in a loop or on two branches, a tied
+    parameter or buffer) is a member of one space per use. The same positions of one tensor dim are the
+    same channels, so spaces that lay a dim out alike are joined; uses that lay it out differently
+    (overlapping positions, other offsets or sizes) lock every space involved."""
+    on_dim: dict[tuple[str, int], dict[tuple[int, int, int], Space]] = {}  # (name, dim) -> layout -> space
+    for s in spaces:
+        r = s.root()
+        for m in r.members:
+            layouts = on_dim.setdefault((m.name, m.dim), {})
+            key = (m.offset, m.block, r.size)
+            if key in layouts:
+                union(layouts[key], r)
+            else:
+                layouts[key] = r
+    for (name, dim), layouts in on_dim.items():
+        spans = [(offset, offset + block * size, space) for (offset, block, size), space in layouts.items()]
+        for (start_a, end_a, a), (start_b, end_b, b) in itertools.combinations(spans, 2):
+            if start_a < end_b and start_b < end_a:
+                reason = f"{name} is used more than once, with its dim {dim} laid out differently ({a.origin}, {b.origin})"
+                a.lock(reason)
+                b.lock(reason)
+
+
 @dataclass(frozen=True)
 class Segment:
     space: Space

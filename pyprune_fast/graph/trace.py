@@ -111,12 +111,22 @@ def attention_args(args: tuple, kwargs: dict) -> dict:
 _SAME_SHAPE = {F.batch_norm, F.instance_norm, F.layer_norm, F.group_norm, F.gelu}
 
 
+def _params_fit(func: Callable, x: torch.Tensor, params: list) -> bool:
+    """Whether a norm's parameters and statistics fit its input: the channels (dim 1), or for layer_norm
+    the trailing dims."""
+    if func is F.layer_norm:
+        return all(tuple(p.shape) == tuple(x.shape[x.dim() - p.dim():]) for p in params)
+    return all(x.dim() > 1 and p.numel() == x.shape[1] for p in params)
+
+
 def _meta_output(func: Callable, args: tuple, kwargs: dict):
     """The output of func on meta inputs, made without running it; None where that is not plain."""
     if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
         return None
     x = args[0]
     if func in _SAME_SHAPE:
+        if not _params_fit(func, x, [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]):
+            return None  # a mismatch for the real kernel to report
         if not x.is_contiguous():
             return torch.empty_like(x)
         return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
