@@ -2,12 +2,14 @@
 when only dead channels go.
 
 Each model comes from a small grammar over an (N, C, H, W) activation (C 4-16, H 8-16): a stem conv,
-2-6 blocks, a head. Blocks: conv/BN/activation, residual adds (also in place, `y += x`), concats,
-depthwise and grouped convs, squeeze-excitation (convs or Linears), permutes to channels-last with a
-LayerNorm and a Linear, interpolation up and pooling back, a conv applied in a loop, Siamese branches
-(one sub-network applied twice), a Parameter tied into two convs, BatchNorms sharing their running
-stats, bare `nn.Parameter`s through `F.conv2d`, channel-mixing attention (CBAM spatial attention,
-softmax over channels) and a skip around nested blocks. Heads: global pool or flatten into a Linear.
+2-6 blocks, a head. Blocks: conv/BN/activation, residual adds and subtractions (also in place,
+`y += x`, `relu_`), concats, depthwise and grouped convs, squeeze-excitation (convs or Linears),
+permutes to channels-last with a LayerNorm and a Linear, interpolation up and pooling back, a conv or
+conv/BN block applied in a loop, Siamese branches (one sub-network applied twice), a Parameter tied
+into two convs, BatchNorms sharing their running stats, bare `nn.Parameter`s through `F.conv2d` (also
+in a loop), channel-mixing attention (CBAM spatial attention, softmax over channels), a gated linear
+unit (chunk of the channels), a transposed conv, and a skip around nested blocks. Heads: global
+pool or flatten into a Linear.
 
 Model `i` of a run with `--seed S` has seed `S + i` (grammar and weights), so every failure is
 reproduced by `--seed S+i --models 1`. Per model:
@@ -16,8 +18,9 @@ reproduced by `--seed S+i --models 1`. Per model:
      gradients, plain tensor attributes, every module's training flag, grad mode);
   2. a plan keeping (or merging) random channels of random prunable groups is applied: a ValueError
      is a refusal and must leave the model bitwise untouched; any other exception is a crash; if
-     apply returns, the model must run and give outputs of the unpruned shapes, finite, with the
-     optimizer state sliced along, else it is a silent corruption;
+     apply returns, the model must run and give outputs of the unpruned shapes, finite, every tied
+     slot must still hold one tensor and the optimizer state must be sliced along, else it is a
+     silent corruption;
   3. exactness (float64, on a fresh copy): zero random channels of groups that
      `dead_channels_are_exact` calls exact, record the output, remove those channels: the output
      must not change (max |y1 - y0| <= 1e-6 * max(1, max |y0|));
@@ -26,13 +29,14 @@ reproduced by `--seed S+i --models 1`. Per model:
   python benchmarks/fuzz.py [--models 2000] [--seed 0] [--out fuzz_out]
 
 Prints a summary table and writes every failure as {seed, model, kind, stage, error} to
-OUT/failures.json (the smallest model of each kind first).
+OUT/failures.json (by kind, smallest model first), and the smallest model of every class of failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import random
@@ -54,6 +58,7 @@ from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa:
 
 CLASSES = 5
 EXACT_RTOL = 1e-6  # float64: removing exact zeros only reorders sums (~1e-16); a real change is far above
+RUN_CHECK = "the pruned model would not run"  # apply's refusal after its run check
 FAILURE_KINDS = ("crash", "silent corruption", "dirty refusal", "trace side effect", "exactness failure")
 
 # ----------------------------------------------------------------------------------------- the grammar
@@ -85,17 +90,19 @@ class ConvBNAct(nn.Module):
 
 
 class Residual(nn.Module):
-    def __init__(self, c: int, act: str, inplace: bool):
+    """relu(x + body(x)), in place (`y += x`, `relu_`) or not, or x - body(x)."""
+
+    def __init__(self, c: int, act: str, op: str):
         super().__init__()
         self.body = nn.Sequential(ConvBNAct(c, c, 3, act=act), ConvBNAct(c, c, 3, act="none"))
-        self.inplace = inplace
+        self.op = op
 
     def forward(self, x):
         y = self.body(x)
-        if self.inplace:
+        if self.op == "+=":
             y += x
             return y.relu_()
-        return F.relu(x + y)
+        return F.relu(x + y) if self.op == "+" else x - y
 
 
 class Concat(nn.Module):
@@ -142,15 +149,16 @@ class Interpolate(nn.Module):
 
 
 class Loop(nn.Module):
-    """One conv (c -> c) applied `times` times: weight sharing across uses."""
+    """One conv (c -> c), or conv+BN+relu block, applied `times` times: weight sharing across uses."""
 
-    def __init__(self, c: int, times: int):
+    def __init__(self, c: int, times: int, block: bool):
         super().__init__()
-        self.conv, self.times = nn.Conv2d(c, c, 3, padding=1), times
+        self.conv = ConvBNAct(c, c, 3) if block else nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+        self.times = times
 
     def forward(self, x):
         for _ in range(self.times):
-            x = F.relu(self.conv(x))
+            x = self.conv(x)
         return x
 
 
@@ -194,15 +202,41 @@ class SharedStats(nn.Module):
 
 
 class BareConv(nn.Module):
-    """Bare Parameters through F.conv2d."""
+    """Bare Parameters through F.conv2d, `times` times (cin == cout when more than once)."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, times: int):
         super().__init__()
         self.w = nn.Parameter(torch.randn(cout, cin, 3, 3) / (3 * cin ** 0.5))
         self.b = nn.Parameter(torch.randn(cout) * 0.1)
+        self.times = times
 
     def forward(self, x):
-        return F.relu(F.conv2d(x, self.w, self.b, padding=1))
+        for _ in range(self.times):
+            x = F.relu(F.conv2d(x, self.w, self.b, padding=1))
+        return x
+
+
+class GatedLinearUnit(nn.Module):
+    """conv to 2w channels, chunk in two along channels: a * sigmoid(b)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 2 * cout, 1)
+
+    def forward(self, x):
+        a, b = self.conv(x).chunk(2, dim=1)
+        return a * torch.sigmoid(b)
+
+
+class UpDown(nn.Module):
+    """ConvTranspose2d (stride 2) + BN + relu, then pooled back."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.up, self.bn = nn.ConvTranspose2d(cin, cout, 2, stride=2), nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return F.avg_pool2d(F.relu(self.bn(self.up(x))), 2)
 
 
 class SpatialAttention(nn.Module):
@@ -262,8 +296,8 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
         k, act = rng.choice((1, 3)), rng.choice(list(ACTS))
         return ConvBNAct(c, w, k, act=act, bias=rng.random() < 0.3), w, f"conv({c}->{w},k{k},{act})"
     if kind == "res":
-        act, inplace = rng.choice(("relu", "relu_", "silu")), rng.random() < 0.5
-        return Residual(c, act, inplace), c, f"res({c},{act},{'+=' if inplace else '+'})"
+        act, op = rng.choice(("relu", "relu_", "silu")), rng.choice(("+", "+=", "-"))
+        return Residual(c, act, op), c, f"res({c},{act},{op})"
     if kind == "cat":
         widths, with_input = [rng.randint(2, 8) for _ in range(rng.randint(2, 3))], rng.random() < 0.3
         out = sum(widths) + (c if with_input else 0)
@@ -285,8 +319,8 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
         mode, pool = rng.choice(("nearest", "bilinear")), rng.choice(("avg", "max"))
         return Interpolate(c, w, mode, pool), w, f"interp({c}->{w},{mode},{pool})"
     if kind == "loop":
-        times = rng.randint(2, 3)
-        return Loop(c, times), c, f"loop({c},x{times})"
+        times, block = rng.randint(2, 3), rng.random() < 0.5
+        return Loop(c, times, block), c, f"loop({'conv-bn-relu' if block else 'conv-relu'},{c},x{times})"
     if kind == "siamese":
         join = rng.choice(("add", "cat"))
         return Siamese(c, w, join), w * (2 if join == "cat" else 1), f"siamese({c}->{w},{join})"
@@ -296,7 +330,13 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
         join = rng.choice(("add", "cat"))
         return SharedStats(c, w, join), w * (2 if join == "cat" else 1), f"shared-bn-stats({c}->{w},{join})"
     if kind == "bare":
-        return BareConv(c, w), w, f"bare-conv2d({c}->{w})"
+        times = rng.choice((1, 1, 2))
+        w = c if times > 1 else w
+        return BareConv(c, w, times), w, f"bare-conv2d({c}->{w},x{times})"
+    if kind == "glu":
+        return GatedLinearUnit(c, w), w, f"glu-chunk({c}->2x{w})"
+    if kind == "updown":
+        return UpDown(c, w), w, f"convtranspose-pool({c}->{w})"
     if kind == "spatial":
         return SpatialAttention(), c, f"spatial-attention({c})"
     if kind == "softmax":
@@ -312,7 +352,7 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
 
 
 BLOCKS = ("conv", "res", "cat", "dw", "group", "se", "perm", "interp", "loop", "siamese", "tied",
-          "shared-bn", "bare", "spatial", "softmax", "skip")  # "skip" last: not nested
+          "shared-bn", "bare", "spatial", "softmax", "glu", "updown", "skip")  # "skip" last: not nested
 
 
 def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
@@ -383,18 +423,21 @@ def normalized(text: str, limit: int = 140) -> str:
     """`text` without its numbers, names and lists: one line per kind of message."""
     s = re.sub(r"'[^']*'|\"[^\"]*\"|`[^`]*`", "'…'", text.split("\n")[0])
     s = re.sub(r"\[[^\]]*\]", "[…]", s)
-    s = re.sub(r"\b[0-9][0-9.e+-]*", "N", s)
+    s = re.sub(r"\b\d+(\.\d+)?(e[+-]?\d+)?\b", "N", s)
     return re.sub(r"\b[\w-]+(\.[\w-]+)+\b", "X", s)[:limit]
 
 
+SUSPECTS = ("spatial-attention", "softmax-over-channels", "sigmoid)", "addone)")  # ops dead channels change
+
+
 def failure_class(f: dict) -> str:
-    """Failures of one cause share a class; an exactness failure's is the block that made the dead
-    channels and the block after it (where they are read)."""
+    """Failures of one cause share a class; an exactness failure's is the first block, from the one
+    that made the dead channels on, holding an op that mixes channels or maps 0 to non-zero."""
     group = re.search(r"of group \d+ \(\w+ (\d+)\b", f["error"])
     if f["kind"] == "exactness failure" and group:
-        blocks = [re.split(r"[(\[]", b)[0] for b in f["model"].split(" | ")]
-        i = int(group.group(1))
-        return f"exactness failure: dead channels made in {blocks[i]}, read by {blocks[i + 1]}"
+        later = " | ".join(f["model"].split(" | ")[int(group.group(1)):])
+        found = sorted((later.find(k), k.rstrip(")")) for k in SUSPECTS if k in later)
+        return f"exactness failure: dead channels reach {found[0][1] if found else 'no op known to see them'}"
     return f"{f['kind']} in {f['stage']}: {normalized(f['error'].split(' [at ')[0], 90)}"
 
 
@@ -417,10 +460,18 @@ class Summary:
     exact_checks: int = 0
     exact_failed: int = 0
     refusals: Counter = field(default_factory=Counter)
+    refusal_models: dict = field(default_factory=dict)  # refusal class -> [(seed, model)]
+    blocks: dict = field(default_factory=dict)  # block kind -> Counter of the random plan's outcomes
+    current: tuple = ()  # (seed, model) being checked
     failures: list = field(default_factory=list)
 
     def count(self, kind: str) -> int:
         return sum(f["kind"] == kind for f in self.failures)
+
+    def run_check_refusals(self) -> int:
+        """Plans refused because the pruned model would not run: no model here fixes a width in its
+        code, so each is a group the graph wrongly called prunable (caught by apply's last check)."""
+        return sum(n for k, n in self.refusals.items() if RUN_CHECK in k)
 
 
 class Failure(Exception):
@@ -438,7 +489,9 @@ def _guarded(stage: str, model: nn.Module, summary: Summary, fn: Callable):
         changed = first_difference(before, snapshot(model))
         if changed:
             raise Failure("dirty refusal", stage, f"{changed} after {_error(e)}") from None
-        summary.refusals[f"{stage}: {type(e).__name__}: {normalized(str(e))}"] += 1
+        key = f"{stage}: {type(e).__name__}: {normalized(str(e))}"
+        summary.refusals[key] += 1
+        summary.refusal_models.setdefault(key, []).append(summary.current)
         return None
     except Failure:
         raise
@@ -446,8 +499,28 @@ def _guarded(stage: str, model: nn.Module, summary: Summary, fn: Callable):
         raise Failure("crash", stage, _error(e)) from None
 
 
-def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, optimizer=None) -> None:
-    """The pruned model must run on x, with the unpruned output shape, finite; optimizer state sliced."""
+def _slots(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer slot, shared ones under each of their names."""
+    return dict(itertools.chain(model.named_parameters(remove_duplicate=False),
+                                model.named_buffers(remove_duplicate=False)))
+
+
+def tied_slots(model: nn.Module) -> list[tuple[str, ...]]:
+    """The slots of every tensor that several slots hold (a tied Parameter, a shared buffer)."""
+    names: dict[int, list[str]] = {}
+    for name, t in _slots(model).items():
+        names.setdefault(id(t), []).append(name)
+    return [tuple(v) for v in names.values() if len(v) > 1]
+
+
+def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, ties: list, optimizer=None) -> None:
+    """The pruned model must run on x, with the unpruned output shape, finite; tied slots still hold one
+    tensor; optimizer state sliced."""
+    slots = _slots(model)
+    for names in ties:
+        if len({id(slots[n]) for n in names}) > 1:
+            shapes = ", ".join(f"{n} {tuple(slots[n].shape)}" for n in names)
+            raise Failure("silent corruption", stage, f"tied slots no longer hold one tensor: {shapes}")
     try:
         with torch.no_grad():
             y = model(x)
@@ -517,12 +590,12 @@ def _check_plan(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: 
         shape = model(x).shape
     if optimizer is not None:
         graph = _graph("graph", model, x, summary)  # after the step (same tensors; values changed)
-    plan, n = _random_plan(rng, graph)
+    plan, n, ties = *_random_plan(rng, graph), tied_slots(model)
     if plan is None or _guarded("apply", model, summary, lambda: ppf.apply(plan, optimizer)) is None:
         return
     summary.plans_applied += 1
     summary.groups_pruned += n
-    _runs("apply", model, x, shape, optimizer)
+    _runs("apply", model, x, shape, ties, optimizer)
 
 
 def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
@@ -537,10 +610,11 @@ def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
     plan = ppf.Plan(graph).remove(g, dead)
     with torch.no_grad():
         y0 = model(x)
+    ties = tied_slots(model)
     if _guarded("exactness apply", model, summary, lambda: ppf.apply(plan)) is None:
         return
     summary.exact_checks += 1
-    _runs("exactness apply", model, x, y0.shape)
+    _runs("exactness apply", model, x, y0.shape, ties)
     with torch.no_grad():
         err = float((model(x) - y0).abs().max()) / max(1.0, float(y0.abs().max()))
     if not err <= EXACT_RTOL:
@@ -555,10 +629,14 @@ def _check_prune(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
     with torch.no_grad():
         shape = model(x).shape
     summary.prune_calls += 1
+    ties = tied_slots(model)
     stage = f"prune {method}"
     if _guarded(stage, model, summary, lambda: ppf.prune(model, x, method=method, ratio=0.3, progress=False)) is not None:
         summary.prune_ok += 1
-        _runs(stage, model, x, shape)
+        _runs(stage, model, x, shape, ties)
+
+
+OUTCOMES = ("failed", "refused", "pruned", "nothing to prune")
 
 
 def check_model(seed: int, summary: Summary) -> None:
@@ -567,8 +645,10 @@ def check_model(seed: int, summary: Summary) -> None:
     rng = random.Random(seed ^ 0x5EED)
     pristine = copy.deepcopy(model)  # deepcopy keeps the sharing
     summary.models += 1
+    summary.current = (seed, desc)
     checks = [_check_plan, _check_exact] + ([_check_prune] if seed % 3 == 0 else [])
     for i, check in enumerate(checks):
+        before = (len(summary.failures), sum(summary.refusals.values()), summary.plans_applied)
         try:
             check(rng, model if i == 0 else copy.deepcopy(pristine), x, summary)
         except Failure as f:
@@ -576,6 +656,11 @@ def check_model(seed: int, summary: Summary) -> None:
         except Exception as e:  # noqa: BLE001 - a bug of this script or a crash outside the guarded calls
             summary.failures.append({"seed": seed, "model": desc, "kind": "crash", "stage": check.__name__,
                                      "error": _error(e)})
+        if i == 0:
+            after = (len(summary.failures), sum(summary.refusals.values()), summary.plans_applied)
+            outcome = OUTCOMES[[a != b for a, b in zip(after, before)].index(True) if after != before else 3]
+            for kind in set(re.findall(r"([a-z][\w-]*)[(\[]", desc)):
+                summary.blocks.setdefault(kind, Counter())[outcome] += 1
 
 
 def run(seed: int, models: int, time_limit: Optional[float] = None, progress: bool = False) -> Summary:
@@ -603,13 +688,19 @@ def table(summary: Summary) -> str:
             ("plans applied (groups pruned)", f"{s.plans_applied} ({s.groups_pruned})"),
             ("ppf.prune calls (returned)", f"{s.prune_calls} ({s.prune_ok})"),
             ("refusals, model untouched", sum(s.refusals.values())),
+            ("  of which apply's run check", s.run_check_refusals()),
             ("exactness checks done / failed", f"{s.exact_checks} / {s.exact_failed}")]
     rows += [(kind + "s", s.count(kind)) for kind in FAILURE_KINDS]
     width = max(len(r[0]) for r in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"\nthe random plan, by the blocks its model holds (models: {', '.join(OUTCOMES)}):")
+    lines += [f"  {k:<22} {sum(c.values()):5d}: " + " / ".join(str(c[o]) for o in OUTCOMES)
+              for k, c in sorted(s.blocks.items())]
     if s.refusals:
         lines.append("refusals by message:")
-        lines += [f"  {n:5d}  {m}" for m, n in s.refusals.most_common()]
+        for m, n in s.refusals.most_common():
+            seed, desc = min(s.refusal_models[m], key=lambda sd: (len(sd[1]), sd[0]))
+            lines += [f"  {n:5d}  {m}", f"         smallest: seed {seed}: {desc}"]
     return "\n".join(lines)
 
 

@@ -52,6 +52,13 @@ def test_fuzz_dead_channels_exact(summary):
     assert summary.count("exactness failure") == 0, _failures(summary, "exactness failure")
 
 
+def test_fuzz_graph_right_where_apply_checks(summary):
+    """No fuzz model fixes a width in its code: a plan refused because the pruned model would not run
+    is a group the graph wrongly called prunable."""
+    found = {k: min(summary.refusal_models[k]) for k in summary.refusals if fuzz.RUN_CHECK in k}
+    assert not found, "\n".join(f"{k}\n  seed {seed}: {desc}" for k, (seed, desc) in found.items())
+
+
 def test_same_seed_same_model():
     (m1, x1, d1), (m2, x2, d2) = fuzz.build(7), fuzz.build(7)
     assert d1 == d2 and torch.equal(x1, x2)
@@ -76,7 +83,7 @@ def test_checks_catch_what_they_look_for():
     assert list(s.refusals) == ["apply: ValueError: no N channels"]
     broken = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(5, 2, 1))
     with pytest.raises(fuzz.Failure, match="silent corruption"):
-        fuzz._runs("apply", broken, x, torch.Size([2, 2, 8, 8]))
+        fuzz._runs("apply", broken, x, torch.Size([2, 2, 8, 8]), [])
 
 
 def test_cli_writes_reproducible_failures(tmp_path, capsys):
