@@ -20,7 +20,8 @@ reproduced by `--seed S+i --models 1`. Per model:
      is a refusal and must leave the model bitwise untouched; any other exception is a crash; if
      apply returns, the model must run and give outputs of the unpruned shapes, finite, every tied
      slot must still hold one tensor and the optimizer state must be sliced along, else it is a
-     silent corruption;
+     silent corruption; sometimes a second plan follows; the pruned model, saved by `save_pruned` and
+     rebuilt by `load_pruned` from a fresh model of its seed, must compute the same outputs;
   3. exactness (float64, on a fresh copy): zero random channels of groups that
      `dead_channels_are_exact` calls exact, record the output, remove those channels: the output
      must not change (max |y1 - y0| <= 1e-6 * max(1, max |y0|));
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import itertools
 import json
 import os
@@ -59,7 +61,8 @@ from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa:
 CLASSES = 5
 EXACT_RTOL = 1e-6  # float64: removing exact zeros only reorders sums (~1e-16); a real change is far above
 RUN_CHECK = "the pruned model would not run"  # apply's refusal after its run check
-FAILURE_KINDS = ("crash", "silent corruption", "dirty refusal", "trace side effect", "exactness failure")
+FAILURE_KINDS = ("crash", "silent corruption", "dirty refusal", "trace side effect", "exactness failure",
+                 "reload failure")
 
 # ----------------------------------------------------------------------------------------- the grammar
 
@@ -588,14 +591,34 @@ def _check_plan(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: 
     optimizer = _optimizer(rng, model, x)
     with torch.no_grad():
         shape = model(x).shape
-    if optimizer is not None:
-        graph = _graph("graph", model, x, summary)  # after the step (same tensors; values changed)
-    plan, n, ties = *_random_plan(rng, graph), tied_slots(model)
-    if plan is None or _guarded("apply", model, summary, lambda: ppf.apply(plan, optimizer)) is None:
-        return
-    summary.plans_applied += 1
-    summary.groups_pruned += n
-    _runs("apply", model, x, shape, ties, optimizer)
+    for again in range(rng.choice((1, 2))):  # sometimes a second plan on the pruned model
+        if optimizer is not None or again:  # after an optimizer step (same tensors, new values) or a prune
+            graph = _graph("graph after a prune" if again else "graph", model, x, summary)
+            if graph is None:
+                return
+        plan, n, ties = *_random_plan(rng, graph), tied_slots(model)
+        stage = "second apply" if again else "apply"
+        if plan is None or _guarded(stage, model, summary, lambda: ppf.apply(plan, optimizer)) is None:
+            return
+        summary.plans_applied += 1
+        summary.groups_pruned += n
+        _runs(stage, model, x, shape, ties, optimizer)
+    _reloads(model, x, summary.current[0])
+
+
+def _reloads(model: nn.Module, x: torch.Tensor, seed: int) -> None:
+    """save_pruned, then load_pruned into a fresh model of `seed`: the same outputs."""
+    buf = io.BytesIO()
+    try:
+        ppf.save_pruned(model, buf)
+        buf.seek(0)
+        loaded = ppf.load_pruned(lambda: build(seed)[0], buf)
+        with torch.no_grad():
+            y, y_loaded = model(x), loaded.eval()(x)
+    except Exception as e:  # noqa: BLE001
+        raise Failure("reload failure", "save_pruned/load_pruned", _error(e)) from None
+    if y.shape != y_loaded.shape or not torch.allclose(y, y_loaded, rtol=1e-5, atol=1e-6):
+        raise Failure("reload failure", "save_pruned/load_pruned", "the reloaded model computes other outputs")
 
 
 def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:

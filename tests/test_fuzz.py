@@ -1,6 +1,7 @@
 """benchmarks/fuzz.py on a few dozen random models (seeded from the test id, bounded in time): building
 the graph changes nothing, a random plan is applied completely or refused with the model untouched,
-the pruned model runs, and removing dead channels the graph calls exact leaves outputs unchanged."""
+the pruned model runs and reloads (save_pruned, load_pruned), and removing dead channels the graph
+calls exact leaves outputs unchanged."""
 
 import importlib.util
 import json
@@ -46,6 +47,10 @@ def test_fuzz_no_crash(summary):
 def test_fuzz_no_silent_corruption(summary):
     kinds = ("silent corruption", "dirty refusal", "trace side effect")
     assert sum(map(summary.count, kinds)) == 0, _failures(summary, *kinds)
+
+
+def test_fuzz_pruned_models_reload(summary):
+    assert summary.count("reload failure") == 0, _failures(summary, "reload failure")
 
 
 def test_fuzz_dead_channels_exact(summary):
