@@ -8,14 +8,16 @@ permutes to channels-last with a LayerNorm and a Linear, interpolation up and po
 conv/BN block applied in a loop, Siamese branches (one sub-network applied twice), a Parameter tied
 into two convs, BatchNorms sharing their running stats, bare `nn.Parameter`s through `F.conv2d` (also
 in a loop), channel-mixing attention (CBAM spatial attention, softmax over channels), a gated linear
-unit (chunk of the channels), a transposed conv, and a skip around nested blocks. Heads: global
-pool or flatten into a Linear.
+unit (chunk of the channels), a transposed conv, a plain tensor attribute that forward reassigns,
+and a skip around nested blocks. Heads: global pool or flatten into a Linear.
 
 Model `i` of a run with `--seed S` has seed `S + i` (grammar and weights), so every failure is
 reproduced by `--seed S+i --models 1`. Per model:
 
-  1. building the DependencyGraph must leave the model as it was (tensors by identity and value,
-     gradients, plain tensor attributes, every module's training flag, grad mode);
+  1. building the DependencyGraph (in train or eval mode, with one module the other way, with or
+     without grad, sometimes with a user's forward hook) must leave the model as it was (tensors by
+     identity and value, gradients, plain tensor attributes, training flags, hooks, grad mode), and
+     the hook must not see meta tensors;
   2. a plan keeping (or merging) random channels of random prunable groups is applied: a ValueError
      is a refusal and must leave the model bitwise untouched; any other exception is a crash; if
      apply returns, the model must run and give outputs of the unpruned shapes, finite, every tied
@@ -263,6 +265,18 @@ class ChannelSoftmax(nn.Module):
         return torch.softmax(self.conv(x), dim=1)
 
 
+class TensorAttr(nn.Module):
+    """x * scale, `scale` a plain tensor attribute that forward reassigns (as torchvision's anchor caches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.rand(1) + 0.5
+
+    def forward(self, x):
+        self.scale = self.scale.to(x.device, x.dtype)
+        return x * self.scale
+
+
 class Skip(nn.Module):
     """x + body(x), body a nested random sequence closed by a 1x1 conv back to x's width."""
 
@@ -338,6 +352,8 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
         return BareConv(c, w, times), w, f"bare-conv2d({c}->{w},x{times})"
     if kind == "glu":
         return GatedLinearUnit(c, w), w, f"glu-chunk({c}->2x{w})"
+    if kind == "attr":
+        return TensorAttr(), c, f"plain-tensor-attr({c})"
     if kind == "updown":
         return UpDown(c, w), w, f"convtranspose-pool({c}->{w})"
     if kind == "spatial":
@@ -355,7 +371,7 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
 
 
 BLOCKS = ("conv", "res", "cat", "dw", "group", "se", "perm", "interp", "loop", "siamese", "tied",
-          "shared-bn", "bare", "spatial", "softmax", "glu", "updown", "skip")  # "skip" last: not nested
+          "shared-bn", "bare", "spatial", "softmax", "glu", "updown", "attr", "skip")  # "skip" last: not nested
 
 
 def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
@@ -387,7 +403,7 @@ def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
 
 def snapshot(model: nn.Module) -> dict:
     """What must not change: every tensor slot (identity, value, grad), plain tensor attributes,
-    training flags, grad mode."""
+    training flags, forward hooks, grad mode."""
     def entry(t):
         if not isinstance(t, torch.Tensor):
             return t
@@ -397,6 +413,8 @@ def snapshot(model: nn.Module) -> dict:
     state = {"grad mode": torch.is_grad_enabled()}
     for name, m in model.named_modules():
         state[name, "training"] = m.training
+        for k in ("_forward_hooks", "_forward_pre_hooks"):
+            state[name, k] = id(getattr(m, k)), [(h, id(f)) for h, f in getattr(m, k).items()]
         for k, v in list(m._parameters.items()) + list(m._buffers.items()) + list(vars(m).items()):
             if isinstance(v, torch.Tensor) or k in m._parameters or k in m._buffers:
                 state[name, k] = entry(v)
@@ -581,8 +599,16 @@ def _check_plan(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: 
     model.train(train)
     mods = list(model.modules())
     rng.choice(mods).train(not train)
-    graph = _graph("graph", model, x, summary)
+    seen: list[str] = []  # devices a user's forward hook saw
+    hook = rng.choice(mods).register_forward_hook(lambda m, i, o: seen.append(getattr(o, "device", "cpu").type)) \
+        if rng.random() < 0.2 else None
+    with torch.set_grad_enabled(rng.random() < 0.7):
+        graph = _graph("graph", model, x, summary)
+    if hook is not None:
+        hook.remove()
     model.eval()
+    if "meta" in seen:
+        raise Failure("trace side effect", "graph", "a forward hook saw meta tensors")
     if graph is None:
         return
     summary.graphs += 1
