@@ -27,7 +27,8 @@ reproduced by `--seed S+i --models 1`. Per model:
   3. exactness (float64, on a fresh copy): zero random channels of groups that
      `dead_channels_are_exact` calls exact, record the output, remove those channels: the output
      must not change (max |y1 - y0| <= 1e-6 * max(1, max |y0|));
-  4. on every third model, `ppf.prune` with l1, random, fpgm or cup (ratio 0.3), checked as in 2.
+  4. on every third model, `ppf.prune` by a random method (l1, l2, random, bn_scale, fpgm, kcp, cup,
+     ascp) and allocation (ratio 0.3, global_ratio 0.3, target_flops 0.7), checked as in 2.
 
   python benchmarks/fuzz.py [--models 2000] [--seed 0] [--out fuzz_out]
 
@@ -62,6 +63,7 @@ from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa:
 
 CLASSES = 5
 EXACT_RTOL = 1e-6  # float64: removing exact zeros only reorders sums (~1e-16); a real change is far above
+METHODS = ("l1", "l2", "random", "bn_scale", "fpgm", "kcp", "cup", "ascp")  # for ppf.prune
 RUN_CHECK = "the pruned model would not run"  # apply's refusal after its run check
 FAILURE_KINDS = ("crash", "silent corruption", "dirty refusal", "trace side effect", "exactness failure",
                  "reload failure")
@@ -168,14 +170,14 @@ class Loop(nn.Module):
 
 
 class Siamese(nn.Module):
-    """One sub-network applied to x and to a flipped x, then added or concatenated."""
+    """One sub-network applied to x and to x flipped or blurred, then added or concatenated."""
 
-    def __init__(self, cin: int, cout: int, join: str):
+    def __init__(self, cin: int, cout: int, other: str, join: str):
         super().__init__()
-        self.sub, self.join = ConvBNAct(cin, cout, 3), join
+        self.sub, self.other, self.join = ConvBNAct(cin, cout, 3), other, join
 
     def forward(self, x):
-        a, b = self.sub(x), self.sub(x.flip(3))
+        a, b = self.sub(x), self.sub(x.flip(3) if self.other == "flip" else F.avg_pool2d(x, 3, 1, 1))
         return a + b if self.join == "add" else torch.cat([a, b], 1)
 
 
@@ -339,8 +341,8 @@ def _block(rng: random.Random, c: int, depth: int) -> tuple[nn.Module, int, str]
         times, block = rng.randint(2, 3), rng.random() < 0.5
         return Loop(c, times, block), c, f"loop({'conv-bn-relu' if block else 'conv-relu'},{c},x{times})"
     if kind == "siamese":
-        join = rng.choice(("add", "cat"))
-        return Siamese(c, w, join), w * (2 if join == "cat" else 1), f"siamese({c}->{w},{join})"
+        other, join = rng.choice(("flip", "blur")), rng.choice(("add", "cat"))
+        return Siamese(c, w, other, join), w * (2 if join == "cat" else 1), f"siamese({c}->{w},{other},{join})"
     if kind == "tied":
         return TiedConvs(c, w), w, f"tied-param({c}->{w})"
     if kind == "shared-bn":
@@ -674,13 +676,15 @@ def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
 
 
 def _check_prune(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
-    method = rng.choice(("l1", "random", "fpgm", "cup"))
+    method = rng.choice(METHODS)
+    alloc = rng.choice(("ratio", "target_flops") + (() if method == "ascp" else ("global_ratio",)))
+    options = {alloc: 0.7 if alloc == "target_flops" else 0.3, "progress": False}
     with torch.no_grad():
         shape = model(x).shape
     summary.prune_calls += 1
     ties = tied_slots(model)
     stage = f"prune {method}"
-    if _guarded(stage, model, summary, lambda: ppf.prune(model, x, method=method, ratio=0.3, progress=False)) is not None:
+    if _guarded(stage, model, summary, lambda: ppf.prune(model, x, method=method, **options)) is not None:
         summary.prune_ok += 1
         _runs(stage, model, x, shape, ties)
 
