@@ -538,7 +538,7 @@ def tied_slots(model: nn.Module) -> list[tuple[str, ...]]:
 
 def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, ties: list, optimizer=None) -> None:
     """The pruned model must run on x, with the unpruned output shape, finite; tied slots still hold one
-    tensor; optimizer state sliced."""
+    tensor; gradients and optimizer state sliced."""
     slots = _slots(model)
     for names in ties:
         if len({id(slots[n]) for n in names}) > 1:
@@ -552,6 +552,10 @@ def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, ties
     if y.shape != shape or not torch.isfinite(y).all():
         raise Failure("silent corruption", stage, f"output shape {tuple(y.shape)} (was {tuple(shape)}) "
                       f"or not finite ({int((~torch.isfinite(y)).sum())} non-finite)")
+    for name, p in model.named_parameters():
+        if p.grad is not None and p.grad.shape != p.shape:
+            raise Failure("silent corruption", stage, f"{name}.grad {tuple(p.grad.shape)} for a parameter of shape "
+                          f"{tuple(p.shape)}")
     for p, st in (optimizer.state.items() if optimizer is not None else ()):
         for k, v in st.items():
             if isinstance(v, torch.Tensor) and v.dim() and v.shape != p.shape:
@@ -587,10 +591,11 @@ def _random_plan(rng: random.Random, graph) -> tuple[Optional[object], int]:
 
 
 def _optimizer(rng: random.Random, model: nn.Module, x: torch.Tensor):
-    """Sometimes an SGD optimizer with momentum state and gradients, to be sliced along."""
+    """Sometimes an optimizer (SGD with momentum, or Adam) with state and gradients, to be sliced along."""
     if rng.random() >= 0.3:
         return None
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if rng.random() < 0.5 else \
+        torch.optim.Adam(model.parameters(), lr=1e-3)
     model(x).square().mean().backward()
     opt.step()
     return opt
