@@ -4,12 +4,22 @@ Every dim of a value without a label is *fixed*: its size may not change. An op 
 it cannot follow locks that label's spaces (with the reason, for the user), so a space is only ever
 prunable when every op that touches it is understood. That is the safety argument: a rule may be
 conservative, never optimistic.
+
+Dead channels. `surgery.kill_channels` zeroes the parameters that produce some channels of a group,
+so they leave every conv, Linear and affine norm of the group as exact zeros; removing them changes no
+output unless an op sees them otherwise. So the rules also follow, per value, the spaces whose dead
+channels may no longer be zero there (`Context.nonzero`: sigmoid or `+ 1` make them non-zero, a
+product with a zero brings them back), and mark a space inexact (`Space.mark_inexact`) where removing
+its dead channels would change what an op computes: an op that mixes channels (a mean, softmax or norm
+across them), a weight that reads dead channels that are not zero, a division by them. A sum over
+channels or an L_p norm (p >= 0) is exact: zeros add nothing. Again conservative: "may be non-zero"
+wherever an op is not known to give zero.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +42,8 @@ class Context:
         self.depthwise: set[str] = set()  # convs whose groups follow their channel count
         self.per_channel_groupnorm: set[str] = set()
         self.attention: set[str] = set()  # attention modules whose heads form a group
+        # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
+        self.nonzero: dict[int, dict[Space, str]] = {}
 
     def of(self, v: Value) -> Labels:
         got = self.labels.get(v.id)
@@ -52,6 +64,41 @@ class Context:
         for v in values:
             for label in self.of(v).dims.values():
                 lock_label(label, reason)
+
+    def dead_nonzero(self, v: Value, seg: Segment) -> Optional[str]:
+        """The op that made the dead channels of `seg` non-zero in `v`, or None where they are exact zeros."""
+        r = seg.space.root()
+        return next((why for s, why in self.nonzero.get(v.id, {}).items() if s.root() is r), None)
+
+    def inherited(self, values: Iterable[Value], out: Value) -> dict[Space, str]:
+        """`values`' non-zero dead channels that `out` carries: an op that keeps zeros zero."""
+        found = [item for v in values for item in self.nonzero.get(v.id, {}).items()]
+        if not found:
+            return {}
+        roots = {seg.space.root() for label in self.of(out).dims.values() for seg in label}
+        return {s: why for s, why in found if s.root() in roots}
+
+    def consume(self, v: Value, label: Optional[Label], reader: str) -> None:
+        """`reader` sums the channels of `label` in `v` with weights: dead ones that are not zero count."""
+        for seg in label or ():
+            why = self.dead_nonzero(v, seg)
+            if why is not None:
+                seg.space.mark_inexact(f"{reader} reads dead channels that {why} made non-zero")
+
+
+def all_nonzero(labels: Iterable[Label], why: str) -> dict[Space, str]:
+    return {seg.space: why for label in labels for seg in label}
+
+
+def mix(label: Optional[Label], reason: str) -> None:
+    """An op whose result depends on how many channels `label` holds, zeros or not."""
+    for seg in label or ():
+        seg.space.mark_inexact(reason)
+
+
+def _zeroed(v) -> bool:
+    """Whether a weight or bias argument is absent or a parameter of the model (kill_channels zeroes those)."""
+    return v is None or isinstance(v, Value) and v.param is not None
 
 
 def module_of(param: Optional[str]) -> str:
@@ -81,7 +128,10 @@ def conv(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], f"{node.name} with a weight computed in forward")
         return
     if groups == 1:
-        ctx.set(out, {1: _layer(ctx, f"{node.name} {module}", module, w, b, lx)})
+        ctx.consume(x, lx, f"{node.name} {module}")
+        label = _layer(ctx, f"{node.name} {module}", module, w, b, lx)
+        ctx.set(out, {1: label})
+        ctx.nonzero[out.id] = {} if _zeroed(b) else all_nonzero([label], f"the bias of {module}")
     elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
         # depthwise: output channel c reads input channel c only, so both are one space
         for name in _param_names(w, b):
@@ -91,6 +141,7 @@ def conv(ctx: Context, node: Node) -> None:
         if module in ctx.ignored:
             lock_label(lx, f"{module} is in ignored_layers")
         ctx.set(out, {1: lx})
+        ctx.nonzero[out.id] = {} if _zeroed(b) else all_nonzero([lx], f"the bias of {module}")  # zero weights
     else:
         reason = f"{module} is a grouped conv (groups={groups}): its channels go in whole groups"
         lock_label(lx, reason)
@@ -132,12 +183,23 @@ def linear(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], "linear with a weight computed in forward")
         return
     module = module_of(w.param)
-    dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}
-    dims[out.ndim - 1] = _layer(ctx, f"linear {module}", module, w, b, ctx.of(x).dims.get(x.ndim - 1))
-    ctx.set(out, dims)
+    lx = ctx.of(x).dims.get(x.ndim - 1)
+    ctx.consume(x, lx, f"linear {module}")
+    dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
+    label = _layer(ctx, f"linear {module}", module, w, b, lx)
+    ctx.set(out, {**dims, out.ndim - 1: label})
+    nonzero = ctx.inherited([x], out)
+    if b is not None:
+        nonzero.update(all_nonzero(dims.values(), f"the bias of {module}"))
+    if not _zeroed(b):
+        nonzero.update(all_nonzero([label], f"the bias of {module}"))
+    ctx.nonzero[out.id] = nonzero
 
 
-def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, what: str) -> None:
+def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, what: str, shifts: bool,
+          mixes: bool = False) -> None:
+    """A norm whose `params` end with its weight and bias. `shifts`: a zero channel comes out non-zero
+    before the weight and bias (running statistics); `mixes`: its statistics are taken across channels."""
     label = ctx.of(x).dims.get(channel_dim)
     names = _param_names(*params)
     module = module_of(names[0]) if names else ""
@@ -147,19 +209,32 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
         for name in names:
             add_members(label, name, 0, "producer")
         _record_module(label, module)
-    ctx.set(node.outputs[0], ctx.of(x).dims)
+        if mixes:
+            mix(label, f"{what} {module} normalises across these channels")
+    out = node.outputs[0]
+    ctx.set(out, ctx.of(x).dims)
+    w, b = params[-2:]
+    why = f"{what} {module}"
+    if isinstance(w, Value) and w.param and _zeroed(b):
+        nonzero = {}  # zero weight and bias: zero whatever comes in
+    elif shifts or mixes or not _zeroed(b):
+        nonzero = all_nonzero([label or ()], why)
+    else:
+        nonzero = ctx.inherited([x], out)
+    nonzero.update(all_nonzero([lab for d, lab in ctx.of(x).dims.items() if d != channel_dim], why))
+    ctx.nonzero[out.id] = nonzero
 
 
 def batch_norm(ctx: Context, node: Node) -> None:
     x = node.arg(0, "input")
     params = [node.arg(i, n) for i, n in NORM_PARAMS]
-    _norm(ctx, node, x, 1, params, "batch_norm")
+    _norm(ctx, node, x, 1, params, "batch_norm", shifts=not node.arg(5, "training", False))
 
 
 def instance_norm(ctx: Context, node: Node) -> None:
     x = node.arg(0, "input")
     params = [node.arg(i, n) for i, n in NORM_PARAMS]
-    _norm(ctx, node, x, 1, params, "instance_norm")
+    _norm(ctx, node, x, 1, params, "instance_norm", shifts=not node.arg(5, "use_input_stats", True))
 
 
 def group_norm(ctx: Context, node: Node) -> None:
@@ -171,7 +246,7 @@ def group_norm(ctx: Context, node: Node) -> None:
         ctx.per_channel_groupnorm.add(module)
     elif groups != 1:
         lock_label(label, f"{module} is a GroupNorm with {groups} groups: pruning would unbalance them")
-    _norm(ctx, node, x, 1, [w, b], "group_norm")
+    _norm(ctx, node, x, 1, [w, b], "group_norm", shifts=False, mixes=groups != x.shape[1])
 
 
 def layer_norm(ctx: Context, node: Node) -> None:
@@ -181,7 +256,7 @@ def layer_norm(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], "layer_norm over several dims")
         ctx.set(node.outputs[0], {})
         return
-    _norm(ctx, node, x, x.ndim - 1, [w, b], "layer_norm")
+    _norm(ctx, node, x, x.ndim - 1, [w, b], "layer_norm", shifts=True, mixes=True)
 
 
 def attention(ctx: Context, node: Node) -> None:
@@ -277,8 +352,70 @@ def identity(ctx: Context, node: Node) -> None:
     if any(out.shape != x.shape for out in node.outputs):
         return generic(ctx, node)
     lab = ctx.of(x)
+    image = _image_of_zero(node)
+    if image == "infinite":
+        for label in lab.dims.values():
+            mix(label, f"{node.name} makes dead channels (zeros) infinite")
     for out in node.outputs:
         ctx.set(out, lab.dims, lab.params)
+        if image != "zero":
+            ctx.nonzero[out.id] = all_nonzero(lab.dims.values(), node.name)
+
+
+_NONZERO_AT_ZERO = {"sigmoid", "hardsigmoid", "softplus", "logsigmoid", "exp", "cos", "softmax", "log_softmax"}
+_BOUNDS = {"clamp": ((1, "min"), (2, "max")), "clamp_min": ((1, "min"), None), "clamp_max": (None, (1, "max")),
+           "hardtanh": ((1, "min_val", -1.0), (2, "max_val", 1.0))}
+
+
+def _image_of_zero(node: Node) -> str:
+    """What an op on one tensor makes of an exact zero: "zero", "finite" (maybe not zero) or "infinite"."""
+    name = node.name.rstrip("_")
+    if name in ("log", "reciprocal", "rsqrt"):
+        return "infinite"
+    if name in _NONZERO_AT_ZERO:
+        return "finite"
+    if name == "pow":
+        e = node.arg(1, "exponent")
+        if not isinstance(node.args[0], Value):
+            return "finite"  # a number to the power of a tensor
+        if not isinstance(e, (int, float)) or e < 0:
+            return "infinite"
+        return "zero" if e > 0 else "finite"
+    if name in _BOUNDS:
+        lo, hi = (node.arg(*b) if b else None for b in _BOUNDS[name])
+        if isinstance(lo, Value) or isinstance(hi, Value):
+            return "finite"
+        return "zero" if (lo is None or lo <= 0) and (hi is None or hi >= 0) else "finite"
+    return "zero"
+
+
+def softmax(ctx: Context, node: Node) -> None:
+    """softmax, log_softmax: along channels they mix them; any dead slice comes out non-zero."""
+    identity(ctx, node)
+    x, dim = node.tensor_inputs()[0], node.arg(1, "dim")
+    for d, label in ctx.of(x).dims.items():
+        if dim is None or _wrap(dim, x.ndim) == d:
+            mix(label, f"{node.name} along these channels")
+
+
+def normalize(ctx: Context, node: Node) -> None:
+    """F.normalize: x over its L_p norm along `dim`; zeros stay zero and add nothing to the norm (p >= 0)."""
+    identity(ctx, node)
+    x, dim = node.tensor_inputs()[0], _wrap(node.arg(2, "dim", 1), node.tensor_inputs()[0].ndim)
+    _reads(ctx, x, ctx.of(x).dims.get(dim), node.name, mixes=not _zeros_add_nothing(node.arg(1, "p", 2.0)))
+
+
+def _zeros_add_nothing(p) -> bool:
+    """Whether zeros leave an L_p norm as it is: p >= 0 (inf included), or the Frobenius norm."""
+    return p in (None, "fro") or isinstance(p, (int, float)) and p >= 0
+
+
+def _reads(ctx: Context, x: Value, label: Optional[Label], what: str, mixes: bool) -> None:
+    """An op reads the channels of `label` in `x` together: exact for zeros unless it `mixes` them."""
+    if mixes:
+        mix(label, f"{what} over these channels")
+    else:
+        ctx.consume(x, label, what)
 
 
 def elementwise(ctx: Context, node: Node) -> None:
@@ -309,13 +446,56 @@ def elementwise(ctx: Context, node: Node) -> None:
             add_members(label, name, pd, "producer")
         dims[d] = label
     ctx.set(out, dims)
+    ctx.nonzero[out.id] = _elementwise_nonzero(ctx, node, dims)
+
+
+_PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
+_QUOTIENTS = {"div", "div_", "__truediv__", "__itruediv__", "true_divide", "__rtruediv__"}
+_NOT_TERMS = {"alpha", "value", "rounding_mode", "out"}  # keyword arguments that are not operands
+
+
+def _elementwise_nonzero(ctx: Context, node: Node, dims: dict[int, Label]) -> dict[Space, str]:
+    """Dead channels of a product are zero if one factor's are; of a quotient, if the dividend's (a
+    division by them is inexact); of anything else (sums, where, maximum), if every operand's are, no
+    operand broadcasting along them and no number but 0 taking part."""
+    out = node.outputs[0]
+    terms = [a for a in (*node.args, *(v for k, v in node.kwargs.items() if k not in _NOT_TERMS))
+             if isinstance(a, (Value, int, float))]
+    nonzero = {}
+    for d, label in dims.items():
+        for seg in label:
+            states = [_term_state(ctx, t, d, out, seg) for t in terms]  # (carries these channels, zero there)
+            if node.name in _PRODUCTS:
+                zero = any(z for _, z in states)
+            elif node.name in _QUOTIENTS and len(states) == 2:
+                num, den = states[::-1] if node.name == "__rtruediv__" else states
+                if den[0]:
+                    seg.space.mark_inexact(f"{node.name} divides by these channels")
+                zero = num[1]
+            else:
+                zero = all(z for _, z in states)
+            if not zero:
+                why = [w for t in terms if isinstance(t, Value) and (w := ctx.dead_nonzero(t, seg))]
+                nonzero[seg.space] = why[0] if why else node.name
+    return nonzero
+
+
+def _term_state(ctx: Context, t, d: int, out: Value, seg: Segment) -> tuple[bool, bool]:
+    """Whether operand `t` of an elementwise op carries the channels of `seg` (output dim d), and whether
+    it is an exact zero at their dead ones (a number: if it is 0)."""
+    if not isinstance(t, Value):
+        return False, t == 0
+    od = d - (out.ndim - t.ndim)
+    if od < 0 or (t.shape[od] == 1 and out.shape[d] != 1):
+        return False, False  # broadcast along the channels: any value
+    return True, od in ctx.of(t).dims and ctx.dead_nonzero(t, seg) is None  # a parameter or fixed: any value
 
 
 def cat(ctx: Context, node: Node) -> None:
     tensors = list(node.arg(0, "tensors"))
     out = node.outputs[0]
     dim = _wrap(node.arg(1, "dim", 0), out.ndim)
-    dims = {}
+    dims, loose = {}, []
     for d in range(out.ndim):
         if d == dim:
             continue
@@ -323,6 +503,7 @@ def cat(ctx: Context, node: Node) -> None:
         if labels:
             label = unify(labels, f"{node.name} joins tensors whose channels are laid out differently")
             if len(labels) < len(tensors):
+                loose.append(label)  # a parameter's (or fixed) values at the dead channels: any value
                 params = [ctx.of(t).params.get(d) for t in tensors if d not in ctx.of(t).dims]
                 for p in params:
                     if p is None:
@@ -343,6 +524,7 @@ def cat(ctx: Context, node: Node) -> None:
             segments += lab
         dims[dim] = tuple(segments)
     ctx.set(out, dims)
+    ctx.nonzero[out.id] = {**ctx.inherited(tensors, out), **all_nonzero(loose, f"{node.name} with a parameter")}
 
 
 def permute(ctx: Context, node: Node) -> None:
@@ -488,6 +670,9 @@ def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
 
 def pad(ctx: Context, node: Node) -> None:
     same_size_dims(ctx, node, set())
+    if node.arg(2, "mode", "constant") == "constant" and node.arg(3, "value"):
+        out = node.outputs[0]
+        ctx.nonzero[out.id] = all_nonzero(ctx.of(out).dims.values(), f"{node.name} with {node.arg(3, 'value')}")
 
 
 def roll(ctx: Context, node: Node) -> None:
@@ -498,10 +683,27 @@ def roll(ctx: Context, node: Node) -> None:
 
 
 def reduction(ctx: Context, node: Node) -> None:
-    """mean, sum, amax...: reduced dims lose their labels (fewer channels change values, not shapes)."""
+    """mean, sum, amax...: reduced dims lose their labels (fewer channels change values, not shapes).
+    A sum over channels is exact for zeros; a mean, std, var, amax or amin is not."""
+    _reduce(ctx, node, node.arg(1, "dim"), node.arg(2, "keepdim", False), mixes=node.name not in ("sum", "nansum"))
+
+
+def norm(ctx: Context, node: Node) -> None:
+    """norm, linalg_vector_norm: an L_p norm is exact for zeros when p >= 0 (the max of |x| included)."""
+    p = node.arg(1, "ord", 2) if node.name == "linalg_vector_norm" else node.arg(1, "p", "fro")
+    _reduce(ctx, node, node.arg(2, "dim"), node.arg(3, "keepdim", False), mixes=not _zeros_add_nothing(p))
+
+
+def logsumexp(ctx: Context, node: Node) -> None:
+    """logsumexp mixes the channels it reduces, and makes any dead slice it reduces non-zero (log n)."""
+    _reduce(ctx, node, node.arg(1, "dim"), node.arg(2, "keepdim", False), mixes=True)
+    for o in node.outputs:
+        ctx.nonzero[o.id] = all_nonzero(ctx.of(o).dims.values(), node.name)
+
+
+def _reduce(ctx: Context, node: Node, dim, keepdim, mixes: bool) -> None:
     x = node.tensor_inputs()[0]
-    dim = node.arg(1, "dim")
-    keepdim = bool(node.arg(2, "keepdim", False))
+    keepdim = bool(keepdim)
     lab = ctx.of(x)
     if dim is None or not isinstance(dim, (int, tuple, list)):
         reduced = set(range(x.ndim))
@@ -509,6 +711,8 @@ def reduction(ctx: Context, node: Node) -> None:
         reduced = {_wrap(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
     dims, j = {}, 0
     for d in range(x.ndim):
+        if d in reduced and d in lab.dims:
+            _reads(ctx, x, lab.dims[d], node.name, mixes)
         if d in reduced and not keepdim:
             continue
         if d in lab.dims and d not in reduced:
@@ -599,8 +803,10 @@ def size_read(ctx: Context, node: Node) -> None:
 def like(ctx: Context, node: Node) -> None:
     """zeros_like and the like: the output takes its input's shape, so its channels follow."""
     x, lab = node.tensor_inputs()[0], ctx.of(node.tensor_inputs()[0])
+    zero = node.name == "zeros_like" or node.name == "full_like" and node.arg(1, "fill_value") == 0
     for out in node.outputs:
         ctx.set(out, lab.dims if out.shape == x.shape else {})
+        ctx.nonzero[out.id] = {} if zero else all_nonzero(ctx.of(out).dims.values(), node.name)
 
 
 def _fixed_outputs(ctx: Context, node: Node) -> None:
@@ -616,7 +822,7 @@ _IDENTITY = {
     "hardtanh_", "mish", "softplus", "softsign", "logsigmoid", "dropout", "dropout1d", "dropout2d", "dropout3d",
     "alpha_dropout", "feature_alpha_dropout", "clone", "contiguous", "detach", "data", "to", "float", "half",
     "double", "bfloat16", "type", "type_as", "abs", "neg", "exp", "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min",
-    "clamp_max", "square", "erf", "log", "sin", "cos", "reciprocal", "requires_grad_", "pow", "softmax", "log_softmax",
+    "clamp_max", "square", "erf", "log", "sin", "cos", "reciprocal", "requires_grad_", "pow",
 }
 _ELEMENTWISE = {
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__", "rsub",
@@ -644,7 +850,8 @@ _BY_NAME: dict[str, Callable] = {
     **{n: permute for n in _PERMUTE}, **{n: spatial for n in _SPATIAL}, **{n: reduction for n in _REDUCTION},
     **{n: split for n in _SPLIT},
     "cat": cat, "concat": cat, "concatenate": cat, "expand": expand, "expand_as": expand, "broadcast_to": expand,
-    "__getitem__": getitem, "pad": pad, "roll": roll,
+    "__getitem__": getitem, "pad": pad, "roll": roll, "softmax": softmax, "log_softmax": softmax,
+    "normalize": normalize, "norm": norm, "linalg_vector_norm": norm, "logsumexp": logsumexp,
     "size": size_read, "shape": size_read, "numel": size_read,
     **{n: _fixed_outputs for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor")},
     **{n: like for n in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like")},
@@ -660,6 +867,9 @@ def propagate(ctx: Context) -> None:
     """Runs every node's rule in execution order, then locks what the model outputs."""
     for node in ctx.trace.nodes:
         rule_for(node)(ctx, node)
+        for out in node.outputs:  # rules that keep zeros zero leave this to the default
+            if out.id not in ctx.nonzero:
+                ctx.nonzero[out.id] = ctx.inherited(node.tensor_inputs(), out)
     for v in ctx.trace.outputs:
         for label in ctx.of(v).dims.values():
             lock_label(label, "the model's output")
