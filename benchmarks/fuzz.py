@@ -389,7 +389,7 @@ def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
     head = rng.choice(("gap", "flatten", "reshape"))
     mods.append(Head(c, hw, head))
     descs.append(f"head({head},{c}->{CLASSES})")
-    model = nn.Sequential(*mods)
+    model, x = nn.Sequential(*mods), torch.randn(2, 3, hw, hw)
     with torch.no_grad():  # BatchNorms that are not the identity
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -397,7 +397,15 @@ def build(seed: int) -> tuple[nn.Module, torch.Tensor, str]:
                 m.bias.normal_(0, 0.1)
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    return model.eval(), torch.randn(2, 3, hw, hw), " | ".join(descs)
+    if rng.random() < 0.2:  # weights and input in channels-last memory format
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        descs.append("channels_last")
+    if rng.random() < 0.2:  # some parameters frozen
+        frozen = [p for p in model.parameters() if rng.random() < 0.3]
+        for p in frozen:
+            p.requires_grad_(False)
+        descs.append(f"frozen({len(frozen)})")
+    return model.eval(), x, " | ".join(descs)
 
 
 # ------------------------------------------------------------------------------------ the model check
@@ -536,10 +544,28 @@ def tied_slots(model: nn.Module) -> list[tuple[str, ...]]:
     return [tuple(v) for v in names.values() if len(v) > 1]
 
 
-def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, ties: list, optimizer=None) -> None:
-    """The pruned model must run on x, with the unpruned output shape, finite; tied slots still hold one
-    tensor; gradients and optimizer state sliced."""
+def retie(model: nn.Module, ties: list) -> None:
+    """Make every slot of each tie hold the tensor of its first slot."""
     slots = _slots(model)
+    for first, *others in ties:
+        for name in others:
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            (module._parameters if attr in module._parameters else module._buffers)[attr] = slots[first]
+
+
+def invariants(model: nn.Module) -> tuple[list, dict]:
+    """What pruning keeps: the tied slots, and which parameters are trainable."""
+    return tied_slots(model), {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def _runs(stage: str, model: nn.Module, x: torch.Tensor, shape: torch.Size, before: tuple, optimizer=None) -> None:
+    """The pruned model must run on x, with the unpruned output shape, finite; tied slots still hold one
+    tensor; parameters as trainable as before; gradients and optimizer state sliced."""
+    slots, (ties, trainable) = _slots(model), before
+    changed = [n for n, p in model.named_parameters() if p.requires_grad != trainable.get(n)]
+    if changed:
+        raise Failure("silent corruption", stage, f"{changed[0]}.requires_grad is now {slots[changed[0]].requires_grad}")
     for names in ties:
         if len({id(slots[n]) for n in names}) > 1:
             shapes = ", ".join(f"{n} {tuple(slots[n].shape)}" for n in names)
@@ -629,13 +655,13 @@ def _check_plan(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: 
             graph = _graph("graph after a prune" if again else "graph", model, x, summary)
             if graph is None:
                 return
-        plan, n, ties = *_random_plan(rng, graph), tied_slots(model)
+        plan, n, before = *_random_plan(rng, graph), invariants(model)
         stage = "second apply" if again else "apply"
         if plan is None or _guarded(stage, model, summary, lambda: ppf.apply(plan, optimizer)) is None:
             return
         summary.plans_applied += 1
         summary.groups_pruned += n
-        _runs(stage, model, x, shape, ties, optimizer)
+        _runs(stage, model, x, shape, before, optimizer)
     _reloads(model, x, summary.current[0])
 
 
@@ -655,7 +681,9 @@ def _reloads(model: nn.Module, x: torch.Tensor, seed: int) -> None:
 
 
 def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary: Summary) -> None:
+    ties = tied_slots(model)
     model, x = model.double(), x.double()
+    retie(model, ties)  # .double() gives each module its own copy of a shared buffer
     graph = _graph("exactness graph", model, x, summary)
     exact = [g for g in graph.prunable_groups if g.channels >= 2 and dead_channels_are_exact(graph, g)] if graph else []
     if not exact:
@@ -666,11 +694,11 @@ def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
     plan = ppf.Plan(graph).remove(g, dead)
     with torch.no_grad():
         y0 = model(x)
-    ties = tied_slots(model)
+    before = invariants(model)
     if _guarded("exactness apply", model, summary, lambda: ppf.apply(plan)) is None:
         return
     summary.exact_checks += 1
-    _runs("exactness apply", model, x, y0.shape, ties)
+    _runs("exactness apply", model, x, y0.shape, before)
     with torch.no_grad():
         err = float((model(x) - y0).abs().max()) / max(1.0, float(y0.abs().max()))
     if not err <= EXACT_RTOL:
@@ -687,11 +715,11 @@ def _check_prune(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
     with torch.no_grad():
         shape = model(x).shape
     summary.prune_calls += 1
-    ties = tied_slots(model)
+    before = invariants(model)
     stage = f"prune {method}"
     if _guarded(stage, model, summary, lambda: ppf.prune(model, x, method=method, **options)) is not None:
         summary.prune_ok += 1
-        _runs(stage, model, x, shape, ties)
+        _runs(stage, model, x, shape, before)
 
 
 OUTCOMES = ("failed", "refused", "pruned", "nothing to prune")

@@ -88,7 +88,16 @@ def test_checks_catch_what_they_look_for():
     assert list(s.refusals) == ["apply: ValueError: no N channels"]
     broken = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(5, 2, 1))
     with pytest.raises(fuzz.Failure, match="silent corruption"):
-        fuzz._runs("apply", broken, x, torch.Size([2, 2, 8, 8]), [])
+        fuzz._runs("apply", broken, x, torch.Size([2, 2, 8, 8]), fuzz.invariants(broken))
+    tied = nn.Sequential(nn.BatchNorm2d(3), nn.BatchNorm2d(3)).eval()
+    tied[1].running_mean = tied[0].running_mean
+    before = fuzz.invariants(tied)
+    tied[1].running_mean = tied[0].running_mean.clone()
+    with pytest.raises(fuzz.Failure, match="tied slots no longer hold one tensor"):
+        fuzz._runs("apply", tied, x, x.shape, before)
+    tied[0].weight.requires_grad_(False)
+    with pytest.raises(fuzz.Failure, match="requires_grad is now False"):
+        fuzz._runs("apply", tied, x, x.shape, before)
 
 
 def test_cli_writes_reproducible_failures(tmp_path, capsys):
