@@ -163,6 +163,52 @@ def test_play_and_prune_penalty_pulls_on_the_unimportant_set():
     assert 0 < touched.numel() < model.stem[0].out_channels
 
 
+class CBAMNet(torch.nn.Module):
+    """A CNN for the digits whose stem channels pass through CBAM-style spatial attention: a map made from
+    their mean and max across channels scales them, so removing even a dead stem channel changes it."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.spatial = nn.Conv2d(2, 1, 7, padding=3)
+        self.body = nn.Sequential(nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+                                  nn.ReLU())
+        self.fc = nn.Linear(2 * width, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x * torch.sigmoid(self.spatial(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+def test_play_and_prune_leaves_channels_averaged_across_alone():
+    torch.manual_seed(0)
+    model = CBAMNet().double().eval()  # float64: removing exact zeros changes no prediction by rounding
+    x_test = X_TEST.double()
+    with torch.no_grad():
+        reference = model(x_test).argmax(1)
+
+    def fidelity():
+        with torch.no_grad():
+            return (model(x_test).argmax(1) == reference).float().mean().item()
+
+    pruner = ppf.PlayAndPrune(model, EXAMPLE.double(), evaluate=fidelity, tolerance=0.1, fraction=0.25,
+                              ignored_layers=[model.fc])
+    stem = pruner.graph.group_of(model.stem[0])
+    assert stem.prunable and "mean over these channels" in stem.inexact
+    assert [g.origin for g in pruner.groups] == ["conv2d body.0"]
+    pruned = 0
+    for epoch in range(40):
+        if pruner.step(epoch):
+            pruned += 1
+            assert fidelity() == pruner.events[-1]["accuracy"]  # removal computes what was evaluated, exactly
+        if pruner.done:
+            break
+    assert pruned and model.body[0].out_channels < 32
+    assert model.stem[0].out_channels == 16
+
+
 def run_cupss(epochs, model, opt, pruner, start=0):
     torch.manual_seed(100 + start)
     for epoch in range(start, start + epochs):
