@@ -30,7 +30,7 @@ reproduced by `--seed S+i --models 1`. Per model:
   4. on every third model, `ppf.prune` by a random method (l1, l2, random, bn_scale, fpgm, kcp, cup,
      ascp) and allocation (ratio 0.3, global_ratio 0.3, target_flops 0.7), checked as in 2.
 
-  python benchmarks/fuzz.py [--models 2000] [--seed 0] [--out fuzz_out]
+  python benchmarks/fuzz.py [--models 2000] [--seed 0] [--out bench_out/fuzz]
 
 Prints a summary table and writes every failure as {seed, model, kind, stage, error} to
 OUT/failures.json (by kind, smallest model first), and the smallest model of every class of failure.
@@ -794,7 +794,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=int, default=200, help="number of models (seeds SEED .. SEED+N-1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first model")
-    ap.add_argument("--out", default="fuzz_out", help="folder for failures.json")
+    ap.add_argument("--out", default="bench_out/fuzz", help="folder for failures.json")
     args = ap.parse_args(argv)
     if args.models < 1:
         ap.error(f"--models must be >= 1, got {args.models}")
