@@ -26,7 +26,7 @@ MODELS, SECONDS = 80, 12.0
 def summary(request):
     seed = zlib.crc32(request.node.nodeid.encode()) % 1_000_000
     s = fuzz.run(seed, MODELS, time_limit=SECONDS)
-    assert s.models >= 10, f"only {s.models} models in {SECONDS} s"
+    assert s.models >= 5, f"only {s.models} models in {SECONDS} s"
     return s
 
 
