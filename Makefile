@@ -75,6 +75,12 @@ test-py: $(STAMP_EXT)
 
 test: test-cpp test-py
 
+# The extension built with AddressSanitizer and UndefinedBehaviorSanitizer (SANITIZE=1: CPU only, -O1 -g) into
+# build/sanitize, then the op tests against it (tools/sanitize.py); the release build in pyprune_fast/ is untouched.
+.PHONY: test-sanitize
+test-sanitize: $(STAMP_DEPS)
+	$(VPY) tools/sanitize.py --build-dir build/sanitize
+
 # examples/demo.py runs the three demos and two short benchmarks, then summarises them (PNGs, CSVs in bench_out/).
 demo: $(STAMP_EXT)
 	$(VPY) examples/demo.py --out-dir bench_out

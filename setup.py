@@ -7,6 +7,8 @@ Environment variables (see the README's table):
   CUDA_HOME                 toolkit root (the folder holding bin/nvcc, include/, lib64/)
   MAX_JOBS                  parallel compile jobs (ninja)
   DEBUG=1                   -O0 -g, no NDEBUG (otherwise -O3 -g0: no debug info in the binary)
+  SANITIZE=1                AddressSanitizer and UndefinedBehaviorSanitizer (compile and link), -O1 -g, no NDEBUG,
+                            CPU only; the binary needs libasan preloaded (tools/sanitize.py runs the tests so)
   NVCC_FLAGS                extra flags for nvcc, split on spaces
 
 The build writes pyprune_fast/_build_info.py beside the compiled _C (the build folder, or the source tree for
@@ -57,6 +59,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 def _cuda_decision():
     """(with_cuda, reason) following the rules of the module docstring."""
+    if SANITIZE:
+        return False, "SANITIZE=1 (sanitizer builds are CPU-only)"
     if _env_flag("PYPRUNE_FAST_FORCE_CPU"):
         return False, "PYPRUNE_FAST_FORCE_CPU=1"
     if torch.version.cuda is None:
@@ -94,7 +98,12 @@ def _openmp_flags():
     return ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
-DEBUG = _env_flag("DEBUG")
+SANITIZE = _env_flag("SANITIZE")
+DEBUG = _env_flag("DEBUG") or SANITIZE
+# Every report is fatal (-fno-sanitize-recover); frame pointers give the reports whole stacks. -fno-wrapv undoes the
+# -fwrapv of Python's own CFLAGS, which defines signed overflow and so hides it from UBSan.
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                   "-fno-wrapv"] if SANITIZE else []
 WITH_CUDA, CUDA_REASON = _cuda_decision()
 OPENMP = _openmp_flags()
 ARCH_LIST = os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None
@@ -104,13 +113,16 @@ MATH_HEADERS = _math_header_dirs() if WITH_CUDA else []
 def _extension():
     # -g0 overrides the -g in Python's own CFLAGS (nvcc gets no -g, so needs none). nvcc's -lineinfo only maps
     # GPU code to source lines (for profilers and compute-sanitizer); it adds no host debug sections.
-    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-    cxx = [*opt, *OPENMP] if DEBUG else [*opt, "-g0", *OPENMP]  # the C++ standard is torch's choice; ours is C++17
+    # -O1 for sanitizer builds, as the sanitizers' documentation advises: usable speed, exact stacks.
+    opt = ["-O1", "-g"] if SANITIZE else ["-O0", "-g"] if DEBUG else ["-O3"]
+    # the C++ standard is torch's choice; ours is C++17
+    # Python's own CFLAGS define NDEBUG: -UNDEBUG keeps assertions in debug builds.
+    cxx = [*opt, "-UNDEBUG", *SANITIZER_FLAGS, *OPENMP] if DEBUG else [*opt, "-g0", *OPENMP]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     kwargs = dict(
         name="pyprune_fast._C",
         include_dirs=[str(ROOT / "csrc")],
-        extra_link_args=OPENMP,
+        extra_link_args=[*OPENMP, *SANITIZER_FLAGS],
         define_macros=[] if DEBUG else [("NDEBUG", None)],
     )
     if not WITH_CUDA:
@@ -128,7 +140,8 @@ def _report():
         print(f"pyprune_fast: CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={ARCH_LIST or '(torch default)'}")
         if MATH_HEADERS:
             print(f"pyprune_fast: toolkit lacks the CUDA math headers; adding {', '.join(MATH_HEADERS)}")
-    print(f"pyprune_fast: torch {torch.__version__}, OpenMP: {'yes' if OPENMP else 'no'}, debug: {'yes' if DEBUG else 'no'}")
+    print(f"pyprune_fast: torch {torch.__version__}, OpenMP: {'yes' if OPENMP else 'no'}, debug: {'yes' if DEBUG else 'no'}, "
+          f"sanitizers: {' '.join(SANITIZER_FLAGS) or 'no'}")
 
 
 def _build_info_text():
@@ -140,6 +153,7 @@ def _build_info_text():
         "openmp": bool(OPENMP),
         "cuda_arch_list": ARCH_LIST,
         "debug": DEBUG,
+        "sanitize": SANITIZE,
     }
     return '"""Written by setup.py at build time; do not edit."""\n\nBUILD_INFO = ' + repr(info) + "\n"
 
