@@ -51,10 +51,12 @@ class Net(nn.Module):
 
 
 def killed_then_removed(model, x, module, dead=(0, 2)):
-    """The claim for `module`'s group, its reason, and the outputs with `dead` channels killed, then removed."""
+    """The claim for the group of `module(model)` (a layer: its output channels; a module's name: the group
+    it is in, as attention heads), its reason, and the outputs with `dead` channels killed, then removed."""
     model, x = randomize(model.double().eval()), x.double()
     g = ppf.DependencyGraph(model, x)
-    group = g.group_of(module(model))
+    m = module(model)
+    group = g.group_of(m) if hasattr(m, "weight") else next(grp for grp in g.groups if m in grp.modules)
     assert group.prunable, group.reason
     claim = dead_channels_are_exact(g, group)
     kill_channels(g, group, torch.tensor(dead))
@@ -158,6 +160,34 @@ def test_linear_along_other_dims_adds_its_bias_to_dead_channels(bias):
     assert_claim_holds(claim, y0, y1)
 
 
+class Attend(nn.Module):
+    """nn.MultiheadAttention between two Linears; `weights`: None, "averaged" or "per head" (then read)."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.inp, self.mha, self.out = nn.Linear(8, 16), nn.MultiheadAttention(16, 4), nn.Linear(16, 3)
+        self.weights = weights
+
+    def forward(self, x):
+        h = self.inp(x)
+        y, w = self.mha(h, h, h, need_weights=self.weights is not None, average_attn_weights=self.weights == "averaged")
+        return self.out(y) if w is None else self.out(y) * w.pow(2).sum()
+
+
+@pytest.mark.parametrize("weights", [None, "averaged"])
+def test_dead_heads_are_exact_unless_their_averaged_weights_are_read(weights):
+    claim, reason, y0, y1 = killed_then_removed(Attend(weights), torch.randn(5, 2, 8), lambda m: "mha", dead=(1,))
+    assert claim is (weights is None), reason
+    assert weights is None or "averaged over its heads" in reason
+    assert_claim_holds(claim, y0, y1)
+
+
+def test_heads_whose_weights_are_read_one_by_one_stay():
+    g = ppf.DependencyGraph(Attend("per head"), torch.randn(5, 2, 8))
+    heads = next(grp for grp in g.groups if "mha" in grp.modules)
+    assert not heads.prunable and "read head by head" in heads.reason
+
+
 CLASSIFIERS = {"resnet18": (12, 12), "mobilenet_v3_small": (27, 27), "convnext_tiny": (22, 18)}  # prunable, exact
 
 
@@ -184,7 +214,8 @@ def test_ordinary_classifiers_keep_their_exact_groups(name):
 
 
 @settings(max_examples=6, deadline=None)
-@given(name=st.sampled_from(["resnet18", "mobilenet_v3_small", "small_convnext"]), size=st.sampled_from([32, 48]), seed=st.integers(0, 2**31 - 1))
+@given(name=st.sampled_from(["resnet18", "mobilenet_v3_small", "small_convnext"]), size=st.sampled_from([32, 48]),
+       seed=st.integers(0, 2**31 - 1))
 def test_every_group_claimed_exact_is_exact(name, size, seed):
     """Random channels of a random half of the groups claimed exact, killed then removed together."""
     gen = torch.Generator().manual_seed(seed)

@@ -44,6 +44,7 @@ class Context:
         self.attention: set[str] = set()  # attention modules whose heads form a group
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}
+        self._read: Optional[set[int]] = None
 
     def of(self, v: Value) -> Labels:
         got = self.labels.get(v.id)
@@ -64,6 +65,13 @@ class Context:
         for v in values:
             for label in self.of(v).dims.values():
                 lock_label(label, reason)
+
+    def is_read(self, v: Value) -> bool:
+        """Whether a recorded op or the model's output reads `v`."""
+        if self._read is None:
+            self._read = {u.id for n in self.trace.nodes for u in n.tensor_inputs()}
+            self._read |= {u.id for u in self.trace.outputs}
+        return v.id in self._read
 
     def dead_nonzero(self, v: Value, seg: Segment) -> Optional[str]:
         """The op that made the dead channels of `seg` non-zero in `v`, or None where they are exact zeros."""
@@ -279,6 +287,11 @@ def attention(ctx: Context, node: Node) -> None:
     space = _head_space(ctx, module, f"attention heads {module}", a["num_heads"], w_in, a.get("in_proj_bias"), w_out)
     if module in ctx.ignored:
         space.lock(f"{module} is in ignored_layers")
+    if node.outputs[1:] and ctx.is_read(node.outputs[1]):  # a dead head attends uniformly
+        if a.get("average_attn_weights", True):
+            space.mark_inexact(f"the attention weights of {module}, averaged over its heads, are read")
+        else:
+            space.lock(f"the attention weights of {module} are read head by head")
 
 
 def window_attention(ctx: Context, node: Node) -> None:
