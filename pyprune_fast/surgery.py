@@ -2,11 +2,14 @@
 
 Three phases. *Check*: the graph still matches the model. *Build*: every new tensor (parameters,
 their gradients, buffers, optimizer state) is computed with the extension's ops (`merge_channels_`
-on copies, then batched `gather_channels`) while the model is untouched; a failure here changes
-nothing. *Swap*: each change is one assignment with its undo recorded; a failure part-way undoes
-the ones made, and so does a pruned model that no longer runs on the example inputs (run_check.py).
+on copies, then batched `gather_channels`) while the model is untouched. *Swap*: each change has its
+undo registered before it is made, and the pruned model must still run on the example inputs
+(run_check.py). An exception anywhere, a KeyboardInterrupt at any line included, rolls every change
+back: the undos, and a snapshot of every module and of grad mode taken before the build, which also
+puts back what an interrupted step left half done.
 Parameters keep their identity (their `.data` is replaced), so an optimizer that holds them goes on
-working, with its per-parameter state sliced the same way.
+working, with its per-parameter state sliced the same way. A tensor held by several modules (tied
+weights or buffers) changes in every one of them.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
 from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph, Group
+from .graph.trace import Modules, _Unchanged, tensor_slots
 from .plan import Plan
 from .run_check import check_inputs, check_runs
 from .window_attention import heads_held, pruned_class
@@ -159,40 +164,62 @@ def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer], tensors: dict
     return names, params, new_data, new_grads, new_state
 
 
+def _put(p: nn.Parameter, data: torch.Tensor, grad: Optional[torch.Tensor]) -> None:
+    """New data and gradient of `p` together (a gradient must always match its parameter's shape), from
+    any state, one that an interrupted _put left included."""
+    p.grad = None
+    if data.shape != p.shape:
+        # autograd caches the parameter's gradient accumulator, with its old shape, for as long as any
+        # graph (a `loss` still in scope, a DDP reducer) holds it; setting data of another dtype is the
+        # one way to drop that cache, so the next backward makes a fresh one.
+        p.data = torch.empty(0, dtype=torch.float64 if data.dtype != torch.float64 else torch.float32,
+                             device=data.device)
+    p.data = data
+    p.grad = grad
+
+
 class _Swap:
-    """Assignments with their undo, so that a failure part-way can be rolled back."""
+    """Changes with their undo, for rollback() after a failure part-way. Each undo is registered before
+    its change and puts the old state back from any point of it, so an exception raised anywhere (a
+    KeyboardInterrupt included) leaves nothing half done."""
 
     def __init__(self):
         self.undo: list[Callable[[], None]] = []
 
     def setattr(self, obj, attr: str, value) -> None:
         old = getattr(obj, attr)
-        setattr(obj, attr, value)
         self.undo.append(lambda: setattr(obj, attr, old))
-
-    def parameter(self, p: nn.Parameter, data: torch.Tensor, grad: Optional[torch.Tensor]) -> None:
-        """New data and gradient together (a gradient must always match its parameter's shape)."""
-        old_data, old_grad = p.data, p.grad
-
-        def put(d, g):
-            if p.grad is not None:
-                p.grad = None
-            if d.shape != p.shape:
-                # autograd caches the parameter's gradient accumulator, with its old shape, for as long as
-                # any graph (a `loss` still in scope, a DDP reducer) holds it; setting data of another
-                # dtype is the one way to drop that cache, so the next backward makes a fresh one.
-                p.data = torch.empty(0, dtype=torch.float64 if d.dtype != torch.float64 else torch.float32, device=d.device)
-            p.data = d
-            if g is not None:
-                p.grad = g
-
-        put(data, grad)
-        self.undo.append(lambda: put(old_data, old_grad))
+        setattr(obj, attr, value)
 
     def setitem(self, d: dict, key, value) -> None:
         had, old = key in d, d.get(key)
-        d[key] = value
         self.undo.append(lambda: d.__setitem__(key, old) if had else d.pop(key, None))
+        d[key] = value
+
+    def parameter(self, p: nn.Parameter, data: torch.Tensor, grad: Optional[torch.Tensor]) -> None:
+        old = p.data, p.grad
+        self.undo.append(lambda: _put(p, *old))
+        _put(p, data, grad)
+
+    def guard(self, modules: Modules, buffers: bool) -> None:
+        """Puts back on rollback, as they are now, every module's class and attributes (its parameter,
+        buffer and hook dicts, flags; buffer values changed in place if `buffers`: see trace._Unchanged),
+        grad mode and torch's function mode stack, whatever the steps between leave half done: the run
+        check's stand-ins, a `with` whose exit was interrupted (a recorder left on the stack)."""
+        classes = [(m, type(m)) for _, m in modules]
+        depth = len(_get_current_function_mode_stack())
+        unchanged = _Unchanged(modules, buffers)
+        unchanged.__enter__()
+
+        def restore():
+            while len(_get_current_function_mode_stack()) > depth:
+                _pop_mode()
+            unchanged.restore()
+            for m, cls in classes:
+                if type(m) is not cls:
+                    m.__class__ = cls
+
+        self.undo.append(restore)
 
     def rollback(self) -> None:
         for fn in reversed(self.undo):
@@ -236,45 +263,64 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
     return {}
 
 
+def _holders(modules: Modules, tensors: list[torch.Tensor]) -> dict[int, list[tuple[str, dict, str]]]:
+    """id of each of `tensors` -> (module name, slot dict, key) of every module that holds it: a tied
+    parameter or buffer sits in several modules, under its first name only in named_tensors."""
+    wanted = {id(t) for t in tensors}
+    out: dict[int, list[tuple[str, dict, str]]] = defaultdict(list)
+    for name, slots, key, t in tensor_slots(modules):
+        if id(t) in wanted:
+            out[id(t)].append((name.rpartition(".")[0], slots, key))
+    return out
+
+
 def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
     """Prune the model of `plan.graph` as `plan` says, all or nothing; returns the model.
 
     Slices the optimizer's per-parameter state (SGD momentum, Adam moments: every state tensor of
-    the parameter's shape) and existing gradients the same way. Before returning, the pruned model
-    is run on the graph's example inputs (on meta stand-ins where it was traced on meta; see
-    check_runs); if it fails or its outputs change shape, everything is rolled back and ValueError
-    names the op and module that failed.
+    the parameter's shape) and existing gradients the same way. A tensor held by several modules
+    (tied parameters or buffers) changes in all of them, and each one's widths follow. Before
+    returning, the pruned model is run on the graph's example inputs (on meta stand-ins where it was
+    traced on meta; see check_runs); if it fails or its outputs change shape, everything is rolled
+    back and ValueError names the op and module that failed. Any other exception, at any point (a
+    KeyboardInterrupt included), rolls back too and propagates: model, gradients, optimizer state,
+    grad mode and the graph are then as before, and the plan can be applied again.
     The graph is stale afterwards.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
     graph: DependencyGraph = plan.graph
     tensors = graph.check_current()
-    names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
     check = check_inputs(graph)
-
     model = graph.model
-    modules = dict(model.named_modules())  # one walk, rather than a get_submodule per name
-
+    modules = list(model.named_modules())  # one walk, for every step below
     swap = _Swap()
+    swap.guard(modules, buffers=check is not None and not check.meta)  # before anything, grad mode too
     try:
+        names, params, new_data, new_grads, new_state = _build(plan, optimizer, tensors)
+        holders = _holders(modules, [tensors[n] for n in names])
+        synced: dict[str, str] = {}  # module -> its name in the graph's records (its weight's first name's)
         for n in names:
+            t = tensors[n]
             if n in params:
-                p = params[n]
-                swap.parameter(p, new_data[n], new_grads.get(n))
+                swap.parameter(t, new_data[n], new_grads.get(n))
                 if n in new_state:
-                    swap.setitem(optimizer.state, p, new_state[n])
-            else:
-                module_name, _, attr = n.rpartition(".")
-                swap.setitem(modules[module_name]._buffers, attr, new_data[n])
-        for module_name in sorted({n.rpartition(".")[0] for n in names}):
-            module = modules[module_name]
-            attrs = sync_module_attributes(module, module_name, graph.depthwise, graph.per_channel_groupnorm)
+                    swap.setitem(optimizer.state, t, new_state[n])
+            for module_name, slots, key in holders[id(t)]:
+                if n not in params:
+                    swap.setitem(slots, key, new_data[n])
+                synced.setdefault(module_name, module_name)
+                if key == "weight":
+                    synced[module_name] = n.rpartition(".")[0]
+        by_name = dict(modules)
+        for module_name in sorted(synced):
+            module = by_name[module_name]
+            attrs = sync_module_attributes(module, synced[module_name], graph.depthwise, graph.per_channel_groupnorm)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
         check_runs(graph, check)
+        swap.setattr(graph, "stale", True)
+        return model
     except BaseException:
         swap.rollback()
         raise
-    graph.stale = True
-    return model

@@ -485,3 +485,81 @@ def test_an_output_that_changes_shape_is_refused():
     with pytest.raises(ValueError, match=r"shapes \[\(2, 2\), \(2, 4, 4\), \(1,\)\], not \[\(2, 2\), \(2, 4, 4\), \(2,\)\]"):
         ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv), [0, 1, 2, 3]))
     assert model.conv.weight.shape[0] == 8 and model(x)["parts"][1].shape == (2,)
+
+
+class Tied(nn.Module):
+    """Two branches with one conv weight (b.weight = a.weight), BatchNorms sharing their running statistics,
+    and two Linears with one weight. b, bn_b and fc_b hold nothing but the tied tensors, so nothing else
+    would set their widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.bn_a, self.bn_b = nn.BatchNorm2d(8), nn.BatchNorm2d(8, affine=False)
+        self.bn_b.running_mean, self.bn_b.running_var = self.bn_a.running_mean, self.bn_a.running_var
+        self.fc_a, self.fc_b = nn.Linear(8, 6), nn.Linear(8, 6, bias=False)
+        self.fc_b.weight = self.fc_a.weight
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = (torch.relu(self.bn_a(self.a(x))) + torch.relu(self.bn_b(self.b(x.flip(3))))).mean((2, 3))
+        return self.head(torch.relu(self.fc_a(y) + self.fc_b(2 * y)))
+
+
+def test_a_tied_parameter_or_buffer_changes_in_every_module_holding_it():
+    model = Tied().eval()
+    x = torch.randn(2, 3, 6, 6)
+    g = ppf.DependencyGraph(model, x)
+    convs, fcs = g.group_of(model.a), g.group_of(model.fc_a)
+    assert convs.prunable and fcs.prunable and convs is not fcs
+    kill_channels(g, convs, torch.tensor([1, 5]))
+    kill_channels(g, fcs, torch.tensor([0, 3]))
+    before = run(model, x)
+    ppf.apply(ppf.Plan(g).remove(convs, [1, 5]).remove(fcs, [0, 3]))
+    assert model.a.weight is model.b.weight and model.a.weight.shape == (6, 3, 3, 3)
+    assert model.a.out_channels == model.b.out_channels == 6
+    assert model.bn_b.running_mean is model.bn_a.running_mean and model.bn_b.running_var is model.bn_a.running_var
+    assert model.bn_a.running_mean.shape == model.bn_a.running_var.shape == (6,)
+    assert model.bn_a.num_features == model.bn_b.num_features == 6
+    assert model.fc_a.weight is model.fc_b.weight and model.fc_a.weight.shape == (4, 6)
+    for fc in (model.fc_a, model.fc_b):
+        assert (fc.out_features, fc.in_features) == (4, 6)
+    torch.testing.assert_close(run(model, x), before, rtol=1e-5, atol=1e-6)
+    model.train()
+    model(x).sum().backward()  # also in training mode (batch statistics, running statistics updated)
+    assert model.bn_b.running_mean.shape == (6,)
+
+
+def test_a_tied_model_is_pruned_by_prune():
+    model = Tied()
+    x = torch.randn(2, 3, 6, 6)
+    ppf.prune(model, x, "l1", ratio=0.5)
+    assert model.a.weight is model.b.weight and model.a.out_channels == model.b.out_channels == 4
+    assert model.bn_b.running_mean is model.bn_a.running_mean and model.bn_b.num_features == 4
+    assert model.fc_b.out_features == model.fc_a.out_features == 3 and run(model, x).shape == (2, 2)
+
+
+class TiedDepthwise(nn.Module):
+    """Two depthwise convs with one weight: the graph records the depthwise conv under its first name."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+        self.dw_a = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.dw_b = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.dw_b.weight = self.dw_a.weight
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.head((self.dw_a(y) + self.dw_b(2 * y)).mean((2, 3)))
+
+
+def test_tied_depthwise_convs_keep_one_group_per_channel():
+    model = TiedDepthwise().eval()
+    x = torch.randn(2, 3, 5, 5)
+    g = ppf.DependencyGraph(model, x)
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.stem), [0, 7]))
+    for conv in (model.dw_a, model.dw_b):
+        assert (conv.in_channels, conv.out_channels, conv.groups) == (6, 6, 6)
+    assert run(model, x).shape == (2, 2)
