@@ -115,13 +115,16 @@ def test_tied_buffers_join_their_branches():
 
 
 @pytest.mark.parametrize("method", ["l1", "random", "fpgm", "cup"])
-@pytest.mark.parametrize("cls", [Siamese, Loop])
+@pytest.mark.parametrize("cls", [Siamese, Loop, TiedBuffers])
 def test_prune_shared_models(method, cls):
     model = cls().eval()
     inputs = tuple(x.float() for x in _inputs(model))
     shape = model(*inputs).shape
     report = ppf.prune(model, inputs, method=method, ratio=0.5)
     assert model(*inputs).shape == shape and report.macs_after < report.macs_before
+    if cls is TiedBuffers:  # both holders of the shared statistics hold the new ones, and their widths follow
+        assert model.bn_b.running_mean is model.bn_a.running_mean and model.bn_b.running_var is model.bn_a.running_var
+        assert model.bn_a.num_features == model.bn_b.num_features == model.bn_a.running_mean.numel() < 8
 
 
 def test_different_layouts_lock_with_a_reason():
