@@ -776,7 +776,7 @@ def table(summary: Summary) -> str:
             ("refusals, model untouched", sum(s.refusals.values())),
             ("  of which apply's run check", s.run_check_refusals()),
             ("exactness checks done / failed", f"{s.exact_checks} / {s.exact_failed}")]
-    rows += [(kind.replace("crash", "crashe") + "s", s.count(kind)) for kind in FAILURE_KINDS]
+    rows += [("crashes" if kind == "crash" else kind + "s", s.count(kind)) for kind in FAILURE_KINDS]
     width = max(len(r[0]) for r in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append(f"\nthe random plan, by the blocks its model holds (models: {', '.join(OUTCOMES)}):")
