@@ -19,7 +19,7 @@ fuzz = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = fuzz  # dataclasses look their module up by name
 _spec.loader.exec_module(fuzz)
 
-MODELS, SECONDS = 80, 12.0
+MODELS, SECONDS = 80, 10.0
 
 
 @pytest.fixture(scope="module")
