@@ -284,11 +284,14 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     traced on meta; see check_runs); if it fails or its outputs change shape, everything is rolled
     back and ValueError names the op and module that failed. Any other exception, at any point (a
     KeyboardInterrupt included), rolls back too and propagates: model, gradients, optimizer state,
-    grad mode and the graph are then as before, and the plan can be applied again.
-    The graph is stale afterwards.
+    grad mode and the graph are then as before, and the plan can be applied again. ValueError inside
+    torch.inference_mode() (the new parameters could never be trained). The graph is stale afterwards.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise ValueError("apply: called inside torch.inference_mode(), where the pruned parameters would be "
+                         "inference tensors that cannot be trained; call apply outside torch.inference_mode()")
     graph: DependencyGraph = plan.graph
     tensors = graph.check_current()
     check = check_inputs(graph)

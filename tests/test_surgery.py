@@ -563,3 +563,15 @@ def test_tied_depthwise_convs_keep_one_group_per_channel():
     for conv in (model.dw_a, model.dw_b):
         assert (conv.in_channels, conv.out_channels, conv.groups) == (6, 6, 6)
     assert run(model, x).shape == (2, 2)
+
+
+def test_apply_refuses_inference_mode_and_changes_nothing():
+    model = Tied()
+    x = torch.randn(2, 3, 6, 6)
+    g = ppf.DependencyGraph(model, x)
+    plan = ppf.Plan(g).remove(g.group_of(model.a), [0])
+    with torch.inference_mode(), pytest.raises(ValueError, match="apply: called inside torch.inference_mode"):
+        ppf.apply(plan)
+    assert model.a.weight.shape == (8, 3, 3, 3) and not g.stale
+    ppf.apply(plan)
+    assert not model.a.weight.is_inference() and model.a.out_channels == model.b.out_channels == 7
