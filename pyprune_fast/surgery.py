@@ -247,6 +247,8 @@ def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozen
     w = getattr(module, "weight", None)
     if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
         groups = w.shape[0] if name in graph_depthwise else module.groups
+        if module.transposed:  # its weight is (in_channels, out_channels / groups, *kernel)
+            return {"in_channels": w.shape[0], "groups": groups, "out_channels": w.shape[1] * groups}
         return {"out_channels": w.shape[0], "groups": groups, "in_channels": w.shape[1] * groups}
     if isinstance(module, nn.Linear):
         return {"out_features": module.weight.shape[0], "in_features": module.weight.shape[1]}

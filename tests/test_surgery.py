@@ -575,3 +575,12 @@ def test_apply_refuses_inference_mode_and_changes_nothing():
     assert model.a.weight.shape == (8, 3, 3, 3) and not g.stale
     ppf.apply(plan)
     assert not model.a.weight.is_inference() and model.a.out_channels == model.b.out_channels == 7
+
+
+@pytest.mark.parametrize("cls", [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d])
+def test_widths_of_a_transposed_conv_follow_its_weight(cls):
+    """A transposed conv's weight is (in_channels, out_channels / groups, *kernel)."""
+    conv = cls(6, 4, 2, groups=2)
+    assert surgery.sync_module_attributes(conv, "up") == {"in_channels": 6, "groups": 2, "out_channels": 4}
+    conv.weight.data = conv.weight.data[:4]
+    assert surgery.sync_module_attributes(conv, "up") == {"in_channels": 4, "groups": 2, "out_channels": 4}
