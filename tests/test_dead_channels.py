@@ -236,3 +236,29 @@ def test_every_group_claimed_exact_is_exact(name, size, seed):
     ppf.apply(plan)
     with torch.no_grad():
         torch.testing.assert_close(model(x), y0, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name, exact", [("relu_clamp_and_products", True), ("squeeze_excitation", True),
+                                         ("sum_over_channels", False), ("l2_normalize_over_channels", False),
+                                         ("cbam_spatial_attention", False)])
+def test_merge_claim_matches_what_channel_addition_does(name, exact):
+    """Group.merges_exactly (ASCP merges only then): channel 1 made a copy of channel 0, then the two merged
+    by channel addition. A sum or norm over the channels counts the copy, so there the output changes."""
+    between, modules, _, _ = CASES[name]
+    model = randomize(Net(between, **copy.deepcopy(modules)).double().eval())
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv1)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for m in group.members:
+            if m.role == "producer":
+                t = tensors[m.name]
+                t.narrow(m.dim, m.offset + m.block, m.block).copy_(t.narrow(m.dim, m.offset, m.block))
+        y0 = model(x)
+    ppf.apply(ppf.Plan(g).merge(group, [0, *range(group.channels - 1)]))
+    with torch.no_grad():
+        y1 = model(x)
+    assert group.merges_exactly is exact, (group.inexact, group.reduced)
+    assert model.conv1.out_channels == 5
+    assert_claim_holds(exact, y0, y1)

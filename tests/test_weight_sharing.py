@@ -44,7 +44,7 @@ class TiedBuffers(nn.Module):
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
-        self.bn_a, self.bn_b = nn.BatchNorm2d(8, affine=False), nn.BatchNorm2d(8, affine=False)
+        self.bn_a, self.bn_b = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
         self.bn_b.running_mean, self.bn_b.running_var = self.bn_a.running_mean, self.bn_a.running_var
         self.out = nn.Conv2d(16, 4, 1)
 

@@ -39,7 +39,9 @@ class Group:
     """One channel index space: `channels` channels, held by `members` (parameter or buffer, dim,
     offset, block, role). `reason` says why it cannot be pruned, or is None when it can; `inexact` says
     which op would see the removal of dead channels (channels that are exactly zero), or is None when
-    removing them leaves every output unchanged."""
+    removing them leaves every output unchanged; `reduced` says which op reads the channels other than
+    through weights (a sum or norm over them), so that merging identical channels by adding their
+    weights (channel addition) would change outputs, or is None."""
 
     index: int
     channels: int
@@ -48,6 +50,13 @@ class Group:
     origin: str
     reason: Optional[str]
     inexact: Optional[str] = None
+    reduced: Optional[str] = None
+
+    @property
+    def merges_exactly(self) -> bool:
+        """Whether channels made identical can be merged into one (their consumers' weights added) without
+        changing outputs: no op mixes them, none counts them."""
+        return self.inexact is None and self.reduced is None
 
     @property
     def prunable(self) -> bool:
@@ -111,7 +120,7 @@ class DependencyGraph:
             if reason is None and r.size < 2:
                 reason = "it has a single channel"
             self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
-                                     r.inexact))
+                                     r.inexact, r.reduced))
         self.stale = False
 
     @property

@@ -429,6 +429,8 @@ def _reads(ctx: Context, x: Value, label: Optional[Label], what: str, mixes: boo
         mix(label, f"{what} over these channels")
     else:
         ctx.consume(x, label, what)
+        for seg in label or ():
+            seg.space.mark_reduced(f"{what} over these channels")
 
 
 def elementwise(ctx: Context, node: Node) -> None:

@@ -45,6 +45,7 @@ class Space:
         self.origin = origin  # what made it, for messages: "conv2d layer1.0.conv1", "model input"
         self.locked = locked
         self.inexact: Optional[str] = None  # why removing dead channels (exact zeros) can change outputs
+        self.reduced: Optional[str] = None  # why merging identical channels (channel addition) can change outputs
         self.members: list[Member] = []
         self.modules: set[str] = set()  # modules whose channel count this space sets
         self._parent: Space = self
@@ -71,6 +72,13 @@ class Space:
         if r.inexact is None:
             r.inexact = reason
 
+    def mark_reduced(self, reason: str) -> None:
+        """An op reads these channels other than through weights (a sum or a norm over them), so it counts
+        copies: identical channels cannot be merged into one by adding their weights."""
+        r = self.root()
+        if r.reduced is None:
+            r.reduced = reason
+
 
 def union(a: Space, b: Space) -> Space:
     ra, rb = a.root(), b.root()
@@ -86,6 +94,7 @@ def union(a: Space, b: Space) -> Space:
     ra.modules |= rb.modules
     ra.locked = ra.locked or rb.locked
     ra.inexact = ra.inexact or rb.inexact
+    ra.reduced = ra.reduced or rb.reduced
     rb.members = []
     return ra
 

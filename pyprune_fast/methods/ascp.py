@@ -125,7 +125,7 @@ class ASCP(Criterion):
                 0, labels[order], torch.arange(g.channels), "amin")  # each cluster's first place in that order
             rep = order[first]
             self._reconstruct(g, self.units[i], labels, rep, centres, written)
-            if dead_channels_are_exact(self.graph, g):
+            if dead_channels_are_exact(self.graph, g) and g.merges_exactly:
                 plan.merge(g, labels, rep)
             else:
                 plan.keep(g, rep)
