@@ -25,7 +25,7 @@ from torch.overrides import _get_current_function_mode_stack, _pop_mode
 from . import ops
 from .attention import PrunedMultiheadAttention
 from .graph import DependencyGraph, Group
-from .graph.trace import Modules, _Unchanged, tensor_slots
+from .graph.trace import Modules, _Unchanged, named_tensors, tensor_slots
 from .plan import Plan
 from .run_check import check_inputs, check_runs
 from .window_attention import heads_held, pruned_class
@@ -41,32 +41,23 @@ def positions(channels: torch.Tensor, offset: int, block: int) -> torch.Tensor:
     return (channels[:, None] * block + torch.arange(block) + offset).reshape(-1)
 
 
-# Norms that mix channels: removing even a dead channel changes what they compute.
-_MIXING = (nn.LayerNorm, nn.GroupNorm)
-
-
 def dead_channels_are_exact(graph: DependencyGraph, group: Group) -> bool:
     """Whether removing channels of `group` whose output is exactly zero must leave outputs unchanged:
-    true unless an op that sees them mixes channels (`group.inexact` says which) or a norm that mixes
-    channels (LayerNorm, GroupNorm with several channels a group) sees them."""
-    if group.inexact is not None:
-        return False
-    for name in group.modules:
-        m = graph.model.get_submodule(name)
-        if isinstance(m, _MIXING) and not (isinstance(m, nn.GroupNorm) and name in graph.per_channel_groupnorm):
-            return False
-    return True
+    true unless an op mixes them (a mean, softmax or norm across channels) or reads them where they are no
+    longer zero (after a sigmoid, say); `group.inexact` says which."""
+    return group.inexact is None
 
 
 @torch.no_grad()
 def kill_channels(graph: DependencyGraph, group: Group, channels: torch.Tensor) -> None:
-    """Zero every producing parameter of `channels` of `group` (weights, biases, norm scales and shifts),
-    so that those channels carry exact zeros through the network."""
-    params = dict(graph.model.named_parameters())
+    """Zero every producing parameter and buffer of `channels` of `group` (weights, biases, norm scales and
+    shifts, running statistics; frozen norms keep their scale and shift in buffers), so that those channels
+    carry exact zeros through the network."""
+    tensors = named_tensors(graph.model)
     for m in group.members:
-        if m.role != "producer" or m.name not in params:
+        if m.role != "producer" or m.name not in tensors or not tensors[m.name].is_floating_point():
             continue
-        t = params[m.name]
+        t = tensors[m.name]
         t.index_fill_(m.dim, positions(channels, m.offset, m.block).to(t.device), 0.0)
 
 

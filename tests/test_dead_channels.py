@@ -100,8 +100,8 @@ CASES = {  # name: (between, extra modules, exact, words of the reason)
     "plus_one_then_conv": (lambda m, y: y + 1, {}, False, "that add made non-zero"),
     "pad_with_ones": (lambda m, y: F.pad(y, (1, 1, 1, 1), value=1.0), {}, False, "pad with 1.0"),
     "division_by_channels": (lambda m, y: torch.sigmoid(y) / y, {}, False, "divides by these channels"),
-    "batchnorm_without_affine": (lambda m, y: m.plain(y), {"plain": nn.BatchNorm2d(6, affine=False)}, False,
-                                 "batch_norm plain"),
+    # its running statistics are killed too: (0 - 0) / sqrt(0 + eps) = 0
+    "batchnorm_without_affine": (lambda m, y: m.plain(y), {"plain": nn.BatchNorm2d(6, affine=False)}, True, None),
     "layer_norm_across_channels": (lambda m, y: m.ln(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
                                    {"ln": nn.LayerNorm(6)}, False, "layer_norm ln normalises across"),
     "group_norm_one_group": (lambda m, y: m.gn(y), {"gn": nn.GroupNorm(1, 6)}, False, "group_norm gn normalises"),
@@ -262,3 +262,31 @@ def test_merge_claim_matches_what_channel_addition_does(name, exact):
     assert group.merges_exactly is exact, (group.inexact, group.reduced)
     assert model.conv1.out_channels == 5
     assert_claim_holds(exact, y0, y1)
+
+
+class FrozenNorm(nn.Module):
+    """A BatchNorm whose scale and shift are buffers (frozen, as detection code keeps them)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        for name, value in (("weight", torch.rand(channels) + 0.5), ("bias", torch.randn(channels)),
+                            ("running_mean", torch.randn(channels)), ("running_var", torch.rand(channels) + 0.5)):
+            self.register_buffer(name, value)
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, 1e-5)
+
+
+def test_a_frozen_norm_with_buffers_is_killed_too():
+    """kill_channels zeroes producing buffers as well as parameters: the frozen norm's shift is a buffer."""
+    claim, reason, y0, y1 = killed_then_removed(Net(lambda m, y: m.frozen(y), frozen=FrozenNorm(6)),
+                                                torch.randn(2, 3, 8, 8), lambda m: m.conv1)
+    assert claim, reason
+    assert_claim_holds(claim, y0, y1)
+
+
+def test_a_norm_with_statistics_made_in_forward_locks_its_channels():
+    model = Net(lambda m, y: F.batch_norm(y, torch.zeros(6), torch.ones(6))).eval()
+    g = ppf.DependencyGraph(model, torch.randn(2, 3, 8, 8))
+    group = g.group_of(model.conv1)
+    assert not group.prunable and "statistics or parameters made inside forward" in group.reason

@@ -197,3 +197,28 @@ def test_detector_shared_heads(name):
     with torch.no_grad():
         out = model(images)
     assert set(out[0]) >= {"boxes", "labels", "scores"}
+
+
+class FixedOnce(nn.Module):
+    """A conv called twice: first on channels no rule follows (a gated split by chunk), then on its own output."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        a, b = self.c1(x).chunk(2, 1)
+        x = a * torch.sigmoid(b)
+        for _ in range(2):
+            x = F.relu(self.conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_use_with_fixed_channels_locks_the_shared_tensor():
+    model = FixedOnce().eval()
+    x = torch.randn(2, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv)
+    assert not group.prunable and "conv.weight is used more than once, once with fixed channels" in group.reason
+    ppf.prune(model, x, ratio=0.5)
+    assert model(x).shape == (2, 2) and model.conv.weight.shape == (4, 4, 3, 3)

@@ -97,7 +97,7 @@ class DependencyGraph:
             raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
         ctx = Context(trace, ignored)
         propagate(ctx)
-        join_shared(ctx.spaces)
+        join_shared(ctx.spaces, ctx.fixed)
 
         self.model = model
         self.trace = trace

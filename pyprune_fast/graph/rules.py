@@ -42,6 +42,7 @@ class Context:
         self.depthwise: set[str] = set()  # convs whose groups follow their channel count
         self.per_channel_groupnorm: set[str] = set()
         self.attention: set[str] = set()  # attention modules whose heads form a group
+        self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}
         self._read: Optional[set[int]] = None
@@ -153,6 +154,7 @@ def conv(ctx: Context, node: Node) -> None:
     else:
         reason = f"{module} is a grouped conv (groups={groups}): its channels go in whole groups"
         lock_label(lx, reason)
+        ctx.fixed.update([(w.param, 1)] + [(name, 0) for name in _param_names(w, b)])
         ctx.set(out, {1: (Segment(ctx.new_space(cout, f"{node.name} {module}", locked=reason), cout),)})
 
 
@@ -162,6 +164,8 @@ def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Opt
     if input_label:
         add_members(input_label, w.param, 1, "consumer")
         _record_module(input_label, module)
+    else:
+        ctx.fixed.add((w.param, 1))
     space = ctx.new_space(w.shape[0], origin)
     space.modules.add(module)
     space.members += [_producer(name) for name in _param_names(w, b)]
@@ -214,11 +218,15 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
     if label:
         if any(seg.block != 1 for seg in label):
             lock_label(label, f"{what} {module} over a reshaped channel dim")
+        if any(isinstance(p, Value) and not p.param for p in params):
+            lock_label(label, f"{what} {module} with statistics or parameters made inside forward")
         for name in names:
             add_members(label, name, 0, "producer")
         _record_module(label, module)
         if mixes:
             mix(label, f"{what} {module} normalises across these channels")
+    else:
+        ctx.fixed.update((name, 0) for name in names)
     out = node.outputs[0]
     ctx.set(out, ctx.of(x).dims)
     w, b = params[-2:]
@@ -236,13 +244,14 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
 def batch_norm(ctx: Context, node: Node) -> None:
     x = node.arg(0, "input")
     params = [node.arg(i, n) for i, n in NORM_PARAMS]
-    _norm(ctx, node, x, 1, params, "batch_norm", shifts=not node.arg(5, "training", False))
+    _norm(ctx, node, x, 1, params, "batch_norm", shifts=not node.arg(5, "training", False) and not _zeroed(params[0]))
 
 
 def instance_norm(ctx: Context, node: Node) -> None:
     x = node.arg(0, "input")
     params = [node.arg(i, n) for i, n in NORM_PARAMS]
-    _norm(ctx, node, x, 1, params, "instance_norm", shifts=not node.arg(5, "use_input_stats", True))
+    _norm(ctx, node, x, 1, params, "instance_norm",
+          shifts=not node.arg(5, "use_input_stats", True) and not _zeroed(params[0]))
 
 
 def group_norm(ctx: Context, node: Node) -> None:
@@ -452,6 +461,7 @@ def elementwise(ctx: Context, node: Node) -> None:
             elif v.shape[od] > 1:
                 fixed.append(v)
         if not labels:
+            ctx.fixed.update(params)
             continue
         label = unify(labels, f"{node.name} adds tensors whose channels are concatenated differently")
         if fixed:

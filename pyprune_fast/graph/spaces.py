@@ -99,11 +99,12 @@ def union(a: Space, b: Space) -> Space:
     return ra
 
 
-def join_shared(spaces: list[Space]) -> None:
+def join_shared(spaces: list[Space], fixed: set[tuple[str, int]]) -> None:
     """Weight sharing: a tensor used more than once (a module called in a loop or on two branches, a tied
     parameter or buffer) is a member of one space per use. The same positions of one tensor dim are the
     same channels, so spaces that lay a dim out alike are joined; uses that lay it out differently
-    (overlapping positions, other offsets or sizes) lock every space involved."""
+    (overlapping positions, other offsets or sizes) lock every space involved, and so does a use that
+    meets the dim with fixed channels (`fixed`: (tensor, dim) pairs)."""
     on_dim: dict[tuple[str, int], dict[tuple[int, int, int], Space]] = {}  # (name, dim) -> layout -> space
     for s in spaces:
         r = s.root()
@@ -115,6 +116,9 @@ def join_shared(spaces: list[Space]) -> None:
             else:
                 layouts[key] = r
     for (name, dim), layouts in on_dim.items():
+        if (name, dim) in fixed:
+            for space in layouts.values():
+                space.lock(f"{name} is used more than once, once with fixed channels along its dim {dim}")
         spans = [(offset, offset + block * size, space) for (offset, block, size), space in layouts.items()]
         for (start_a, end_a, a), (start_b, end_b, b) in itertools.combinations(spans, 2):
             if start_a < end_b and start_b < end_a:

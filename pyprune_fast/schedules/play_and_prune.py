@@ -12,8 +12,9 @@ its fall from the accuracy at construction:
   for real, which computes exactly what was evaluated, and tau and lam grow by (1 + slack / tolerance).
   If not, the lower-norm half of the candidates is tried, down to one channel; when even one channel
   cannot go, nothing more can, and pruning stops (`done`). With no candidates, tau grows as above.
-So no pruned state is kept whose measured drop exceeds the tolerance. Groups whose channels pass
-through a norm that mixes channels (LayerNorm) are left alone: zeroing would not be exact there.
+So no pruned state is kept whose measured drop exceeds the tolerance. Groups whose dead channels
+are not exact (`dead_channels_are_exact`: an op mixes them, as a LayerNorm or a mean across channels
+does, or reads them where they are no longer zero) are left alone: zeroing would not be exact there.
 """
 
 from __future__ import annotations
