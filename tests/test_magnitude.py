@@ -8,7 +8,7 @@ from torchvision.models import VisionTransformer
 import pyprune_fast as ppf
 from nets import BranchNet, FlattenNet
 from pyprune_fast.methods.magnitude import l1, l2
-from pyprune_fast.surgery import positions
+from pyprune_fast.graph import positions
 
 
 def reference(graph, group, p):

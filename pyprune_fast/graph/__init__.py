@@ -20,11 +20,13 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+from .channels import dead_channels_are_exact, kill_channels, positions
 from .rules import Context, child, propagate
 from .spaces import Member, join_shared
 from .trace import first_change, named_tensors, record, shapes_of
 
-__all__ = ["DependencyGraph", "Group", "Member", "named_tensors", "uncompiled"]
+__all__ = ["DependencyGraph", "Group", "Member", "dead_channels_are_exact", "kill_channels", "named_tensors", "positions",
+           "uncompiled"]
 
 
 def uncompiled(model: nn.Module) -> nn.Module:

@@ -5,7 +5,7 @@ it cannot follow locks that label's spaces (with the reason, for the user), so a
 prunable when every op that touches it is understood. That is the safety argument: a rule may be
 conservative, never optimistic.
 
-Dead channels. `surgery.kill_channels` zeroes the parameters that produce some channels of a group,
+Dead channels. `channels.kill_channels` zeroes the parameters that produce some channels of a group,
 so they leave every conv, Linear and affine norm of the group as exact zeros; removing them changes no
 output unless an op sees them otherwise. So the rules also follow, per value, the spaces whose dead
 channels may no longer be zero there (`Context.nonzero`: sigmoid or `+ 1` make them non-zero, a

@@ -26,11 +26,10 @@ from torch import Tensor
 
 from ..allocation import Ladder, Limits, fraction_ladder
 from ..cluster import kmeans
-from ..graph import Group, Member
+from ..graph import Group, Member, dead_channels_are_exact
 from ..graph.rules import NORM_PARAMS, child, module_of
 from ..graph.trace import batchnorm_after
 from ..plan import Plan
-from ..surgery import dead_channels_are_exact
 from .base import Criterion, channel_view, check_finite, member_tensors
 
 __all__ = ["ASCP"]

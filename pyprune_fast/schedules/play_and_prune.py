@@ -24,10 +24,9 @@ from typing import Callable
 
 import torch
 
-from ..graph import DependencyGraph, named_tensors
+from ..graph import DependencyGraph, dead_channels_are_exact, kill_channels, named_tensors, positions
 from ..methods.base import channel_view, member_tensors
 from ..plan import Plan
-from ..surgery import dead_channels_are_exact, kill_channels, positions
 from .base import Schedule
 
 __all__ = ["PlayAndPrune"]
