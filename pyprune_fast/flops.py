@@ -12,7 +12,7 @@ from torch import nn
 
 from .graph.rules import module_of
 from .graph.trace import Node, Trace, record
-from .window_attention import shifted_window_attention, window_attention_args
+from .nn.window_attention import shifted_window_attention, window_attention_args
 
 __all__ = ["MacsModel", "Profile", "profile", "profile_trace", "param_count"]
 

@@ -16,10 +16,10 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from .attention import PrunedMultiheadAttention
+from .nn.attention import PrunedMultiheadAttention
 from .graph.trace import shapes_of
 from .surgery import _Swap, owner, sync_module_attributes
-from .window_attention import heads_held, pruned_class
+from .nn.widths import heads_held, pruned_class
 
 __all__ = ["save_pruned", "load_pruned"]
 

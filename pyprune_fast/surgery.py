@@ -23,12 +23,12 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
-from .attention import PrunedMultiheadAttention
+from .nn.attention import PrunedMultiheadAttention
 from .graph import DependencyGraph, Group, positions
 from .graph.trace import Modules, _Unchanged, named_tensors, tensor_slots
 from .plan import Plan
 from .run_check import check_inputs, check_runs
-from .window_attention import heads_held, pruned_class
+from .nn.widths import heads_held, pruned_class
 
 __all__ = ["apply", "owner", "sync_module_attributes"]
 

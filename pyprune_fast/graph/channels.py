@@ -11,7 +11,7 @@ import torch
 from .trace import named_tensors
 
 if TYPE_CHECKING:
-    from .dependency import DependencyGraph, Group
+    from . import DependencyGraph, Group
 
 __all__ = ["dead_channels_are_exact", "kill_channels", "positions"]
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..window_attention import shifted_window_attention, window_attention_args
+from ..nn.window_attention import shifted_window_attention, window_attention_args
 from .spaces import Label, Labels, Member, Segment, Space, add_members, lock_label, unify, union
 from .trace import Node, Trace, Value, attention_args
 

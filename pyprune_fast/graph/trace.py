@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..window_attention import pruned_class
+from ..nn.widths import pruned_class
 
 __all__ = ["batchnorm_after", "Value", "Node", "Trace", "record"]
 

@@ -5,7 +5,7 @@ torchvision's `shifted_window_attention` derives the head size from the input wi
 `proj.weight`) it can no longer run. `shifted_window_attention` here computes the same thing with
 `head_dim = qkv_weight.shape[0] // (3 * num_heads)` and the residual width `C` left as it is. It
 takes part in `__torch_function__`, so the graph records it as a single op with the parameters it
-reads. The module classes that call it (`pyprune_fast.swin`) subclass torchvision's and are only
+reads. The module classes that call it (`pyprune_fast.nn.swin`) subclass torchvision's and are only
 imported when torchvision's Swin module is: this module needs torch alone.
 """
 
@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function
 
-__all__ = ["shifted_window_attention", "window_attention_args", "pruned_class", "heads_held"]
+__all__ = ["shifted_window_attention", "window_attention_args"]
 
 
 def shifted_window_attention(input: Tensor, qkv_weight: Tensor, proj_weight: Tensor, relative_position_bias: Tensor,
@@ -99,20 +98,3 @@ def window_attention_args(args: tuple, kwargs: dict) -> dict:
     bound = _SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     return bound.arguments
-
-
-def pruned_class(module: nn.Module) -> Optional[type]:
-    """For torchvision's Swin window attention (V1 or V2; exactly those classes, or ours already), the
-    subclass that runs with pruned heads; None for any other module."""
-    if "torchvision.models.swin_transformer" not in sys.modules:
-        return None  # no model can hold one
-    from .swin import PRUNED
-
-    return PRUNED.get(type(module))
-
-
-def heads_held(module: nn.Module) -> int:
-    """The number of heads a Swin window attention module's parameters hold (V2: logit_scale,
-    V1: the columns of the relative position bias table)."""
-    scale = getattr(module, "logit_scale", None)
-    return scale.shape[0] if scale is not None else module.relative_position_bias_table.shape[1]
