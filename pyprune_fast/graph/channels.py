@@ -11,7 +11,7 @@ import torch
 from .trace import named_tensors
 
 if TYPE_CHECKING:
-    from . import DependencyGraph, Group
+    from .dependency import DependencyGraph, Group
 
 __all__ = ["dead_channels_are_exact", "kill_channels", "positions"]
 

@@ -1,0 +1,144 @@
+"""`DependencyGraph`: the channel groups of a model, from one recorded forward pass and the rules."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .rules import Context, child, propagate
+from .spaces import Member, join_shared
+from .trace import first_change, named_tensors, record, shapes_of
+
+__all__ = ["DependencyGraph", "Group", "uncompiled"]
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile`d model wraps (its `_orig_mod`), or `model` itself. Pruning changes that
+    module in place; the compiled wrapper still runs it (recompiling for the new shapes)."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded by anything that compiled
+    return model._orig_mod if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule) else model
+
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    """One channel index space: `channels` channels, held by `members` (parameter or buffer, dim,
+    offset, block, role). `reason` says why it cannot be pruned, or is None when it can; `inexact` says
+    which op would see the removal of dead channels (channels that are exactly zero), or is None when
+    removing them leaves every output unchanged; `reduced` says which op reads the channels other than
+    through weights (a sum or norm over them), so that merging identical channels by adding their
+    weights (channel addition) would change outputs, or is None."""
+
+    index: int
+    channels: int
+    members: tuple[Member, ...]
+    modules: tuple[str, ...]
+    origin: str
+    reason: Optional[str]
+    inexact: Optional[str] = None
+    reduced: Optional[str] = None
+
+    @property
+    def merges_exactly(self) -> bool:
+        """Whether channels made identical can be merged into one (their consumers' weights added) without
+        changing outputs: no op mixes them, none counts them."""
+        return self.inexact is None and self.reduced is None
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else f"not prunable: {self.reason}"
+        return f"Group({self.index}: {self.channels} channels of {self.origin}, {len(self.members)} members, {state})"
+
+
+class DependencyGraph:
+    """Channel groups of `model`, found by running it once on `example_inputs` (in eval mode, no grad).
+    The model is left as it was: tensors, attributes, every module's `training` flag, hooks, grad mode;
+    forward hooks never see meta tensors (see `trace.record`).
+
+    Args:
+        model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).
+        example_inputs: a tensor or a tuple of positional inputs, on the model's device.
+        ignored_layers: modules whose output channels must not be pruned (the classifier, say).
+        meta: record the forward pass on meta tensors (shapes only; falls back to a real pass when the
+            model needs real values). meta=False always runs it for real.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
+                 meta: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
+        model = uncompiled(model)
+        names = {m: n for n, m in model.named_modules()}
+        ignored = set()
+        for m in ignored_layers:
+            if m not in names:
+                raise ValueError(f"DependencyGraph: ignored_layers holds a {type(m).__name__} that is not part of the model")
+            ignored.add(names[m])
+        try:
+            trace = record(model, example_inputs, meta=meta)
+        except Exception as e:
+            raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
+        ctx = Context(trace, ignored)
+        propagate(ctx)
+        join_shared(ctx.spaces, ctx.fixed)
+
+        self.model = model
+        self.trace = trace
+        self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
+        self.depthwise = frozenset(ctx.depthwise)
+        self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
+        self.attention = frozenset(ctx.attention)
+        self.shapes = trace.shapes
+        roots = []
+        for s in ctx.spaces:
+            r = s.root()
+            if r not in roots:
+                roots.append(r)
+        self.groups: list[Group] = []
+        for r in roots:
+            members = tuple(dict.fromkeys(r.members))
+            reason = r.locked
+            if reason is None and not any(m.role == "producer" for m in members):
+                reason = "no parameter produces these channels"
+            if reason is None and r.size < 2:
+                reason = "it has a single channel"
+            self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
+                                     r.inexact, r.reduced))
+        self.stale = False
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def group_of(self, module: nn.Module) -> Group:
+        """The group holding `module`'s output channels (dim 0 of its weight)."""
+        name = next((n for n, m in self.model.named_modules() if m is module), None)
+        if name is None:
+            raise ValueError(f"group_of: the {type(module).__name__} is not part of the model")
+        weight = child(name, "weight")
+        for g in self.groups:
+            if any(m.name == weight and m.dim == 0 and m.role == "producer" for m in g.members):
+                return g
+        raise ValueError(f"group_of: no group holds the output channels of {name} ({type(module).__name__})")
+
+    def check_current(self) -> dict[str, torch.Tensor]:
+        """The model's tensors by name; ValueError if their shapes changed since the graph was built."""
+        if self.stale:
+            raise ValueError("this DependencyGraph was used by apply() already; build a new one for the pruned model")
+        tensors = named_tensors(self.model)
+        changed = first_change(shapes_of(tensors), self.shapes)
+        if changed is not None:
+            raise ValueError(f"the model changed since the DependencyGraph was built ({changed}); build a new one")
+        return tensors
+
+    def summary(self) -> str:
+        lines = [f"{len(self.groups)} groups, {len(self.prunable_groups)} prunable"]
+        for g in self.groups:
+            lines.append(f"  {g!r}")
+        return "\n".join(lines)
