@@ -1,15 +1,10 @@
 """Coverage of pyprune_fast over every image-classification model in torchvision.
 
-For each model (random init, eval mode, torch.manual_seed(0), input torch.randn(1, 3, S, S)):
-
-  1. build the DependencyGraph (ignored_layers=[]) and count its groups and prunable groups;
-  2. dead-channel check: in the first prunable group with >= 4 channels whose dead channels must be
-     exact (no LayerNorm/GroupNorm mixes them), zero a third of the channels (random, seeded) on a
-     copy of the model, record its output, remove those channels, and compare: the output must not
-     change (max abs diff / max abs output < 1e-5);
-  3. prune the model with ppf.prune(method="l1", ratio=--ratio), then check the output has the
-     unpruned shape and is finite;
-  4. time the whole thing.
+For each model (random init, eval mode, torch.manual_seed(0), input torch.randn(1, 3, S, S)),
+`pyprune_fast.testing.check_coverage` builds the DependencyGraph, removes a third of one group's
+channels after zeroing them (the output must not change: rel. err < 1e-5), prunes the model with
+ppf.prune(method="l1", ratio=--ratio) and checks the output keeps its shape and is finite; the whole
+is timed.
 
   python benchmarks/coverage.py [--models resnet18,vit_b_16] [--size 224] [--ratio 0.3] [--csv out.csv] [--strict]
 
@@ -20,7 +15,6 @@ runs at 299 when --size is left at its default, and at no less than 75 otherwise
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import gc
 import os
@@ -33,26 +27,18 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import pyprune_fast as ppf  # noqa: E402
-from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa: E402
+from pyprune_fast.testing import CoverageResult, check_coverage  # noqa: E402
 
 DEFAULT_SIZE = 224
-DEAD_TOL = 1e-5
 FIXED_224 = ("vit_", "swin_", "maxvit_")
 
 
 @dataclass
-class Row:
-    model: str
+class Row(CoverageResult):
+    """One model's `check_coverage` result, with its name and input side."""
+
+    model: str = ""
     size: int = 0
-    groups: int = 0
-    prunable_groups: int = 0
-    macs_before: float = float("nan")  # GMACs
-    macs_after: float = float("nan")  # GMACs
-    seconds: float = 0.0
-    dead_check: str = ""  # "ok", "skipped: ...", or the failure
-    ok: bool = False
-    reason: str = ""  # "ok" or why it failed (stages separated by "; ")
 
 
 def all_models() -> list[str]:
@@ -79,132 +65,23 @@ def build_model(name: str) -> torch.nn.Module:
     return torchvision.models.get_model(name, **kwargs).eval()
 
 
-def _tensor(out: Any) -> torch.Tensor:
-    """The logits of a model's output (a tensor, or the first tensor of a tuple / namedtuple / dict)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)) and out:
-        return _tensor(out[0])
-    raise TypeError(f"model output is a {type(out).__name__}, not a tensor")
-
-
-@torch.no_grad()
-def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return _tensor(model(x)).detach().clone()
-
-
-def _err(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
-def dead_channel_check(model: torch.nn.Module, x: torch.Tensor, graph: ppf.DependencyGraph, seed: int = 0) -> str:
-    """Kill a third of one group's channels on a copy of `model`, remove them, and compare outputs.
-    Returns "ok", "skipped: ..." or "dead-channel check: ..." (a failure). `graph` is of `model`."""
-    group = next((g for g in graph.prunable_groups if g.channels >= 4 and dead_channels_are_exact(graph, g)), None)
-    if group is None:
-        return "skipped: no prunable group of >= 4 channels with exact dead channels"
-    gen = torch.Generator().manual_seed(seed)
-    channels = torch.randperm(group.channels, generator=gen)[: group.channels // 3].sort().values
-    dead = copy.deepcopy(model)
-    try:
-        g1 = ppf.DependencyGraph(dead, x, ignored_layers=[])
-        grp = g1.groups[group.index]
-        if (grp.channels, grp.origin) != (group.channels, group.origin):
-            return f"dead-channel check: group {group.index} differs on a copy ({grp.origin}, {grp.channels} channels)"
-        kill_channels(g1, grp, channels)
-        y0 = _forward(dead, x)
-        g2 = ppf.DependencyGraph(dead, x, ignored_layers=[])
-        grp = g2.groups[group.index]
-        if (grp.channels, grp.origin) != (group.channels, group.origin):
-            return f"dead-channel check: group {group.index} differs after killing ({grp.origin}, {grp.channels} channels)"
-        plan = ppf.Plan(g2)
-        plan.remove(grp, channels)
-        ppf.apply(plan)
-        y1 = _forward(dead, x)
-    except Exception as e:
-        return f"dead-channel check: {_err(e)}"
-    finally:
-        del dead
-    if y1.shape != y0.shape:
-        return f"dead-channel check: output shape {tuple(y1.shape)} != {tuple(y0.shape)}"
-    rel = ((y1 - y0).abs().max() / y0.abs().max().clamp_min(1e-30)).item()
-    if not rel < DEAD_TOL:  # also catches nan
-        return f"dead-channel check: rel err {rel:.3g} (group {group.index}: {group.origin}, {channels.numel()}/{group.channels} killed)"
-    return "ok"
-
-
 def check_model(name: str, size: int = DEFAULT_SIZE, ratio: float = 0.3) -> Row:
-    """Run the whole coverage check on one torchvision model; never raises."""
+    """Build torchvision's `name` (seed 0) and run `check_coverage` on it; never raises."""
     t0 = time.perf_counter()
-    row = Row(name, input_size(name, size))
-    reasons: list[str] = []
-    model = None
+    row = Row(model=name, size=input_size(name, size))
+    torch.manual_seed(0)
     try:
-        torch.manual_seed(0)
-        try:
-            model = build_model(name)
-        except Exception as e:
-            reasons.append(f"build: {_err(e)}")
-            return row
-        x = torch.randn(1, 3, row.size, row.size)
-        try:
-            y_ref = _forward(model, x)
-        except Exception as e:
-            reasons.append(f"forward: {_err(e)}")
-            return row
-
-        # 1. the graph
-        graph = None
-        try:
-            graph = ppf.DependencyGraph(model, x, ignored_layers=[])
-            row.groups, row.prunable_groups = len(graph.groups), len(graph.prunable_groups)
-        except Exception as e:
-            reasons.append(f"graph: {_err(e)}")
-
-        # 2. dead channels
-        if graph is not None:
-            try:
-                row.dead_check = dead_channel_check(model, x, graph)
-            except Exception as e:
-                row.dead_check = f"dead-channel check: {_err(e)}"
-            if not (row.dead_check == "ok" or row.dead_check.startswith("skipped")):
-                reasons.append(row.dead_check)
-            graph = None  # free it (the model is pruned next; the graph would be stale anyway)
-            gc.collect()
-
-        # 3. prune the original model
-        try:
-            report = ppf.prune(model, x, method="l1", ratio=ratio)
-            row.macs_before, row.macs_after = report.macs_before / 1e9, report.macs_after / 1e9
-            if not row.groups:
-                row.groups, row.prunable_groups = report.groups, report.prunable_groups
-        except Exception as e:
-            reasons.append(f"prune: {_err(e)}")
-            return row
-        try:
-            y = _forward(model, x)
-            if y.shape != y_ref.shape:
-                reasons.append(f"pruned output shape {tuple(y.shape)} != {tuple(y_ref.shape)}")
-            elif not torch.isfinite(y).all():
-                reasons.append("pruned output is not finite")
-        except Exception as e:
-            reasons.append(f"forward after prune: {_err(e)}")
-        return row
-    except BaseException as e:  # MemoryError, KeyboardInterrupt inside a model: report, never crash the run
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        reasons.append(f"unexpected: {_err(e)}")
-        return row
-    finally:
-        row.ok = not reasons
-        row.reason = "ok" if row.ok else "; ".join(reasons)
+        model = build_model(name)
+    except Exception as e:
+        row.reason = f"build: {type(e).__name__}: {' '.join(str(e).split())}"
         row.seconds = time.perf_counter() - t0
-        del model
-        gc.collect()
+        return row
+    result = check_coverage(model, torch.randn(1, 3, row.size, row.size), ratio)
+    del model
+    gc.collect()
+    row = Row(**asdict(result), model=name, size=row.size)
+    row.seconds = time.perf_counter() - t0
+    return row
 
 
 HEADER = f"{'model':<22} {'size':>4} {'groups':>6} {'prunable':>8} {'GMACs':>8} {'pruned':>8} {'sec':>7} {'dead':>4}  result"
@@ -267,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n:>3}  {reason}  [{models}]")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)])
+            w = csv.DictWriter(f, fieldnames=["model", "size", *(fl.name for fl in fields(CoverageResult))])
             w.writeheader()
             for r in rows:
                 w.writerow(asdict(r))

@@ -1,21 +1,13 @@
-"""benchmarks/coverage.py on a representative subset of torchvision classifiers: the graph builds, dead
-channels are removed exactly, and a 30% L1 prune keeps the output shape and finite values."""
-
-import importlib.util
-import os
-import sys
+"""pyprune_fast.testing.check_coverage (what benchmarks/coverage.py runs) on a representative subset of
+torchvision classifiers: the graph builds, dead channels are removed exactly, and a 30% L1 prune keeps the
+output shape and finite values."""
 
 import pytest
+import torch
 
-pytest.importorskip("torchvision")
+from pyprune_fast.testing import check_coverage
 
-_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "coverage.py")
-_spec = importlib.util.spec_from_file_location("pyprune_fast_coverage", _PATH)
-coverage = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = coverage  # dataclasses look their module up by name
-_spec.loader.exec_module(coverage)
-
-# Small inputs where the model allows; vit/swin run at 224 whatever is asked (fixed sizes).
+# Small inputs where the model allows; vit/swin run at 224 (fixed sizes).
 MODELS = [
     ("resnet18", 64),
     ("vgg11_bn", 64),
@@ -31,8 +23,9 @@ MODELS = [
 
 
 @pytest.mark.parametrize("name,size", MODELS, ids=[m for m, _ in MODELS])
-def test_coverage(name, size):
-    row = coverage.check_model(name, size, 0.3)
+def test_coverage(name, size, tv_model):
+    torch.manual_seed(0)
+    row = check_coverage(tv_model(name).eval(), torch.randn(1, 3, size, size), 0.3)
     assert row.ok, f"{name}: {row.reason}"
     assert row.prunable_groups > 0
     assert row.macs_after < row.macs_before
