@@ -75,3 +75,32 @@ def ward_linkage(dist: Tensor) -> Tensor:
         size[i], size[j] = ni + nj, 0.0
         ids[i] = n + k
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+
+
+def nearest_centroids(x: Tensor, xnorm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Label of every point's nearest centroid and the squared distance to it, from one product."""
+    best, labels = ((c * c).sum(1)[None, :] - 2 * x @ c.T).min(1)
+    return labels, (best + xnorm).clamp_min(0)
+
+
+def kmeans_lloyd(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
+    """(N, D) points from (k, D) centroids -> (labels, centroids, inertia): the native kernel's iterations in
+    plain PyTorch (an assignment, then up to niter times an update and an assignment, stopping once no label
+    changes; an empty cluster takes the farthest point; spherical: unit centroids after each update)."""
+    xnorm = (x * x).sum(1)
+    labels, mind = nearest_centroids(x, xnorm, c)
+    for _ in range(niter):
+        counts = torch.bincount(labels, minlength=c.shape[0])
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), c)
+        empty = (counts == 0).nonzero().squeeze(1)
+        if empty.numel():
+            far = torch.sort(mind, stable=True, descending=True).indices[: empty.numel()]
+            c[empty[: far.numel()]] = x[far]
+        if spherical:
+            c = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        prev = labels
+        labels, mind = nearest_centroids(x, xnorm, c)
+        if torch.equal(labels, prev):
+            break
+    return labels, c, float(mind.double().sum())

@@ -1,4 +1,5 @@
-"""Typed wrappers over the compiled ops `torch.ops.pyprune_fast.*`, and their fake kernels.
+"""Typed wrappers over the compiled ops `torch.ops.pyprune_fast.*`, each followed by its fake kernel (shapes
+only, so that torch.compile(fullgraph=True) keeps the op in its graph).
 
 Every op takes one tensor or a list of them and handles a whole list in one call (on CUDA: a few
 batched launches, not one per tensor). Bad arguments raise ValueError or TypeError naming the op,
@@ -112,6 +113,26 @@ def _problems(xs) -> tuple[list[Tensor], Optional[list[int]], bool]:
                     f"tensors: a problem's column blocks), got {type(xs).__name__}")
 
 
+# Helpers of the fake kernels (each fake follows its wrapper below).
+
+
+def _entry(values: Sequence, i: int):
+    return values[0] if len(values) == 1 else values[i]
+
+
+def _check_one_device(op: str, xs: list[Tensor], **lists: list[Optional[Tensor]]) -> None:
+    """The compiled kernels' device checks, in a fake kernel: a meta tensor among real ones is dispatched
+    here (the Meta key wins), and must be refused rather than give uninitialised outputs or no effect."""
+    for i, x in enumerate(xs):
+        if x.device != xs[0].device:
+            raise ValueError(f"{op}: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
+                             f"xs[{i}] is on {x.device}")
+    for name, ts in lists.items():
+        for i, t in enumerate(ts):
+            if xs and t is not None and t.device != xs[0].device:
+                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but the tensors are on {xs[0].device}")
+
+
 @overload
 def pairwise_distance(xs: Tensor, metric: str = ...) -> Tensor: ...
 @overload
@@ -149,6 +170,12 @@ def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "eucli
     return out[0] if single else out
 
 
+@torch.library.register_fake("pyprune_fast::pairwise_distance")
+def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list[int]] = None) -> list[Tensor]:
+    firsts = [xs[i] for i in itertools.accumulate([0, *blocks[:-1]])] if blocks else xs  # a problem's first block
+    return [x.new_empty((x.shape[0], x.shape[0])) for x in firsts]
+
+
 @overload
 def gather_channels(xs: Tensor, indices: Indices, dims: Dims) -> Tensor: ...
 @overload
@@ -172,6 +199,17 @@ def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, 
     lst, idx = _inputs(op, xs=lst, indices=_index_list(op, "indices", indices, _device_of(lst)))
     out = _ops.gather_channels(lst, idx, _dim_list(op, dims))
     return out[0] if single else out
+
+
+@torch.library.register_fake("pyprune_fast::gather_channels")
+def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[int]) -> list[Tensor]:
+    _check_one_device("gather_channels", xs, indices=indices)
+    outs = []
+    for i, x in enumerate(xs):
+        shape = list(x.shape)
+        shape[_entry(dims, i)] = _entry(indices, i).shape[0]
+        outs.append(x.new_empty(shape))
+    return outs
 
 
 def merge_channels_(
@@ -227,6 +265,11 @@ def merge_channels_(
     return xs
 
 
+@torch.library.register_fake("pyprune_fast::merge_channels_")
+def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
+    _check_one_device("merge_channels_", xs, assignments=assignments, keep=keep, weights=weights)
+
+
 def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
     """Ward linkage of each N x N Euclidean distance matrix (only the upper triangle is read), on the
     CPU: matrices on another device are copied there (the nearest-neighbour chain is sequential).
@@ -237,6 +280,11 @@ def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
     """
     lst, _ = _tensor_list("ward_linkage", "dists", dists)
     return list(_ops.ward_linkage([d.detach().cpu() for d in lst])) if lst else []
+
+
+@torch.library.register_fake("pyprune_fast::ward_linkage")
+def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
+    return [d.new_empty((max(d.shape[0] - 1, 0), 4), dtype=torch.float64) for d in dists]
 
 
 def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
@@ -263,48 +311,6 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
     return list(labels), list(out), inertia
 
 
-# ---- fake kernels: shapes only, so torch.compile(fullgraph=True) keeps the ops in its graph ----
-
-
-def _entry(values: Sequence, i: int):
-    return values[0] if len(values) == 1 else values[i]
-
-
-@torch.library.register_fake("pyprune_fast::pairwise_distance")
-def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list[int]] = None) -> list[Tensor]:
-    firsts = [xs[i] for i in itertools.accumulate([0, *blocks[:-1]])] if blocks else xs  # a problem's first block
-    return [x.new_empty((x.shape[0], x.shape[0])) for x in firsts]
-
-
-def _check_one_device(op: str, xs: list[Tensor], **lists: list[Optional[Tensor]]) -> None:
-    """The compiled kernels' device checks, in a fake kernel: a meta tensor among real ones is dispatched
-    here (the Meta key wins), and must be refused rather than give uninitialised outputs or no effect."""
-    for i, x in enumerate(xs):
-        if x.device != xs[0].device:
-            raise ValueError(f"{op}: all tensors must be on one device, but xs[0] is on {xs[0].device} and "
-                             f"xs[{i}] is on {x.device}")
-    for name, ts in lists.items():
-        for i, t in enumerate(ts):
-            if xs and t is not None and t.device != xs[0].device:
-                raise ValueError(f"{op}: {name}[{i}] is on {t.device} but the tensors are on {xs[0].device}")
-
-
-@torch.library.register_fake("pyprune_fast::gather_channels")
-def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[int]) -> list[Tensor]:
-    _check_one_device("gather_channels", xs, indices=indices)
-    outs = []
-    for i, x in enumerate(xs):
-        shape = list(x.shape)
-        shape[_entry(dims, i)] = _entry(indices, i).shape[0]
-        outs.append(x.new_empty(shape))
-    return outs
-
-
-@torch.library.register_fake("pyprune_fast::ward_linkage")
-def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
-    return [d.new_empty((max(d.shape[0] - 1, 0), 4), dtype=torch.float64) for d in dists]
-
-
 @torch.library.register_fake("pyprune_fast::kmeans_lloyd")
 def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool, sync_every: int = 1):
     labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
@@ -313,8 +319,3 @@ def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, sp
 
 # The private test op: kmeans_lloyd's batched loop in ATen ops alone, on any device.
 torch.library.register_fake("pyprune_fast::_kmeans_lloyd_batched")(_kmeans_lloyd_fake)
-
-
-@torch.library.register_fake("pyprune_fast::merge_channels_")
-def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
-    _check_one_device("merge_channels_", xs, assignments=assignments, keep=keep, weights=weights)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
 from helpers import cpu_and_cuda
-from pyprune_fast import cluster, ops
+from pyprune_fast import _reference, cluster, ops
 
 CPU_BACKENDS = ["native", "torch", "faiss"]
 
@@ -185,7 +185,7 @@ def check_against_reference(xs, cs, niter, spherical, result):
         if x.shape[0] == 0:
             assert labels[i].shape == (0,) and torch.equal(cents[i], c) and float(inertia[i]) == 0.0
             continue
-        _, _, ref = kmeans_module._lloyd_torch(x.cpu(), c.cpu(), niter, spherical)
+        _, _, ref = _reference.kmeans_lloyd(x.cpu(), c.cpu(), niter, spherical)
         assert float(inertia[i]) == pytest.approx(ref, rel=1e-4, abs=1e-5), i
         if c.shape[0] < x.shape[0]:
             assert torch.equal(labels[i].cpu(), cpu_labels[i]), i
@@ -213,7 +213,7 @@ def test_batched_converged_problems_stay_frozen():
     slow = [torch.randn(200, 2) for _ in range(2)]  # 2-D points: Lloyd takes many small steps
     xs = [slow[0], blob, slow[1]]
     cs = [slow[0][:10].clone(), blob[::20].clone(), slow[1][:10].clone()]
-    labels_after = lambda x, c, niter: kmeans_module._lloyd_torch(x, c, niter, False)[0]  # noqa: E731
+    labels_after = lambda x, c, niter: _reference.kmeans_lloyd(x, c, niter, False)[0]  # noqa: E731
     assert torch.equal(labels_after(blob, cs[1], 1), labels_after(blob, cs[1], 30))
     for x, c in zip(slow, cs[::2]):
         assert not torch.equal(labels_after(x, c, 3), labels_after(x, c, 30))
@@ -233,7 +233,7 @@ def test_batched_finds_planted_clusters_like_the_reference():
     cs = [cluster.init_centroids(x, 5, "k-means++", seed=i) for i, x in enumerate(xs)]
     labels, _, _ = batched(xs, cs, 25, False)
     for (x, truth), c, lab in zip(problems, cs, labels):
-        assert torch.equal(lab, kmeans_module._lloyd_torch(x, c, 25, False)[0])
+        assert torch.equal(lab, _reference.kmeans_lloyd(x, c, 25, False)[0])
         assert adjusted_rand_score(truth, lab) == 1.0
 
 
@@ -289,7 +289,7 @@ def test_cuda_planted_clusters_and_determinism():
     cs = [cluster.init_centroids(x, 6, "k-means++", seed=i) for i, x in enumerate(xs)]
     runs = [ops.kmeans_lloyd(xs, cs, 25) for _ in range(2)]
     for (x, truth), c, lab in zip(problems, cs, runs[0][0]):
-        assert torch.equal(lab.cpu(), kmeans_module._lloyd_torch(x, c.cpu(), 25, False)[0])
+        assert torch.equal(lab.cpu(), _reference.kmeans_lloyd(x, c.cpu(), 25, False)[0])
         assert adjusted_rand_score(truth, lab.cpu()) == 1.0
     assert all(torch.equal(u, v) for u, v in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]))
     assert torch.equal(runs[0][2], runs[1][2])

@@ -5,7 +5,7 @@ Backends:
             batched: problems of one (N, D, k) stacked, each iteration one batched product and a fused
             argmin kernel for the assignment and one segmented sum for the update per shape, convergence
             flags kept on the GPU and read once per iteration for all problems; deterministic.
-  "torch"   a plain PyTorch Lloyd loop, problem by problem: the reference.
+  "torch"   a plain PyTorch Lloyd loop, problem by problem: the reference (_reference.kmeans_lloyd).
   "faiss"   faiss, looped over the problems: on the GPU when the points are on CUDA and the installed
             faiss has GPU support (one StandardGpuResources shared by all calls), faiss-cpu otherwise.
             The PyPI faiss-gpu-cu12 wheel has no kernels for Hopper GPUs (H100/H200); "native" runs there.
@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .. import ops
+from .. import _reference, ops
 from ._inputs import check_points
 
 __all__ = ["KMeans", "kmeans", "init_centroids", "init_all", "BACKENDS"]
@@ -98,33 +98,6 @@ def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) ->
     return init_all([x], [k], init, seed)[0]
 
 
-def _nearest(x: Tensor, xnorm: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Label of every point's nearest centroid and the squared distance to it, from one product."""
-    best, labels = ((c * c).sum(1)[None, :] - 2 * x @ c.T).min(1)
-    return labels, (best + xnorm).clamp_min(0)
-
-
-def _lloyd_torch(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Tensor, Tensor, float]:
-    """The reference: the same iterations as the native kernel, in plain PyTorch."""
-    xnorm = (x * x).sum(1)
-    labels, mind = _nearest(x, xnorm, c)
-    for _ in range(niter):
-        counts = torch.bincount(labels, minlength=c.shape[0])
-        sums = torch.zeros_like(c).index_add_(0, labels, x)
-        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(x.dtype), c)
-        empty = (counts == 0).nonzero().squeeze(1)
-        if empty.numel():
-            far = torch.sort(mind, stable=True, descending=True).indices[: empty.numel()]
-            c[empty[: far.numel()]] = x[far]
-        if spherical:
-            c = c / c.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        prev = labels
-        labels, mind = _nearest(x, xnorm, c)
-        if torch.equal(labels, prev):
-            break
-    return labels, c, float(mind.double().sum())
-
-
 _faiss_gpu_resources = None  # one faiss.StandardGpuResources (memory, streams, cuBLAS) for every call
 
 
@@ -156,7 +129,7 @@ def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
     faiss.copy_array_to_vector(c.detach().cpu().float().contiguous().numpy().ravel(), clus.centroids)
     clus.train(x.detach().cpu().float().contiguous().numpy(), _faiss_index(faiss, dim, spherical, x.device))
     cent = torch.from_numpy(faiss.vector_to_array(clus.centroids).reshape(k, dim)).to(x.device, x.dtype)
-    labels, mind = _nearest(x, (x * x).sum(1), cent)
+    labels, mind = _reference.nearest_centroids(x, (x * x).sum(1), cent)
     return labels, cent, float(mind.double().sum())
 
 
@@ -214,7 +187,7 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         for j, (i, total) in enumerate(zip(todo, inertia.tolist())):  # one host read
             results[i] = KMeans(labels[j], cents[j], total)
     else:
-        run = _lloyd_torch if backend == "torch" else _lloyd_faiss
+        run = _reference.kmeans_lloyd if backend == "torch" else _lloyd_faiss
         for i, c in zip(todo, inits):
             labels, cent, inertia = run(lst[i], c, niter, spherical)
             results[i] = KMeans(labels, cent, inertia)

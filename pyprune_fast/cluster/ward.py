@@ -17,14 +17,14 @@ from torch import Tensor
 from .. import ops
 from ._inputs import check_points
 
-__all__ = ["ward", "linkage", "flat_clusters"]
+__all__ = ["ward", "linkage", "linkages", "flat_clusters", "row_norms"]
 
 Labels = Union[Tensor, tuple[Tensor, Tensor]]
 Points = Union[Tensor, tuple[Tensor, ...]]  # (N, D) points, or their column blocks
 
 
-def _row_norms(blocks: Sequence[Tensor]) -> Tensor:
-    """The norm of every row of points given as column blocks."""
+def row_norms(blocks: Sequence[Tensor]) -> Tensor:
+    """The norm of every row of points given as column blocks: (N, D_k) tensors -> (N,)."""
     return torch.stack([b.square().sum(1) for b in blocks]).sum(0).sqrt()
 
 
@@ -38,7 +38,7 @@ def _exact_small(x: Points, d: Tensor) -> Tensor:
     close = (d <= tol * d.max()).triu_(1).nonzero()
     if close.numel():
         i, j = close[:, 0], close[:, 1]
-        exact = _row_norms([b[i] - b[j] for b in ((x,) if isinstance(x, Tensor) else x)]).to(d.dtype)
+        exact = row_norms([b[i] - b[j] for b in ((x,) if isinstance(x, Tensor) else x)]).to(d.dtype)
         d = d.index_put((i, j), exact).index_put((j, i), exact)
     return d
 
@@ -127,8 +127,11 @@ def _terms(x: Points) -> int:
     return n * (n - 1) // 2 * (x.shape[1] if isinstance(x, Tensor) else sum(b.shape[1] for b in x))
 
 
-def _linkages(lst: list[Points], dtype: torch.dtype = torch.float64) -> list[Tensor]:
-    """The trees of points given as tensors or as column blocks (see ops.pairwise_distance), unchecked.
+def linkages(lst: list[Points], dtype: torch.dtype = torch.float64) -> list[Tensor]:
+    """`linkage` of points given as (N, D) tensors or as tuples of (N, D_k) column blocks (see
+    ops.pairwise_distance), without its checks: for callers whose points are already finite floating-point
+    tensors on one device (a pruning criterion's features).
+
     In float64, problems up to _SCIPY_DISTANCES_UP_TO terms get scipy's distances exactly; the others
     (and float32) a Gram-based pairwise_distance, whose tree matches scipy's to rounding."""
     points = [x.to(dtype) if isinstance(x, Tensor) else tuple(b.to(dtype) for b in x) for x in lst]
@@ -149,7 +152,7 @@ def linkage(xs: Sequence[Tensor], dtype: torch.dtype = torch.float64) -> list[Te
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"ward: dtype must be torch.float32 or torch.float64, got {dtype}")
     lst = check_points("ward", list(xs))
-    return _linkages(lst, dtype) if lst else []
+    return linkages(lst, dtype) if lst else []
 
 
 def ward(
@@ -187,7 +190,7 @@ def ward(
     if not lst:
         return []
     out: list[Labels] = []
-    for x, z, t, m in zip(lst, _linkages(lst), thresholds, counts):
+    for x, z, t, m in zip(lst, linkages(lst), thresholds, counts):
         labels = flat_clusters(z, t, m, x.shape[0]).to(x.device)
         out.append((labels, z) if return_linkage else labels)
     return out[0] if single else out

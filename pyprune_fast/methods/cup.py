@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..allocation import Ladder, Limits
 from ..cluster import flat_clusters
-from ..cluster.ward import _linkages, _row_norms
+from ..cluster import linkages as _linkages, row_norms as _row_norms
 from ..plan import Plan
 from .base import Criterion, check_finite, member_tensors
 
