@@ -21,37 +21,16 @@ partitions at one threshold compared.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import bar_plot, check_device, conv_weights, print_table, timed, write_csv  # noqa: E402
+
 from pyprune_fast import cluster  # noqa: E402
-
-
-def conv_filters(model_name: str, device: str) -> list[torch.Tensor]:
-    import torchvision
-
-    model = getattr(torchvision.models, model_name)(weights=None)
-    return [m.weight.detach().flatten(1).to(device) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-
-
-def timed(fn, device: str, reps: int = 1):
-    """Best of `reps` wall times (synchronised on CUDA) and the last result."""
-    best, out = float("inf"), None
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def sklearn_kmeans(xs, ks, inits, niter):
@@ -126,38 +105,21 @@ def _same_partition(a, b) -> bool:
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
-def print_table(rows: list[Row]) -> None:
-    header = (f"{'model':<10} {'task':<7} {'backend':<16} {'seconds':>9} {'vs faiss-cpu':>12} {'vs sklearn':>10} "
-              f"{'vs scipy':>9} {'quality':>18}")
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ref = {o.backend: o for o in rows if o.model == r.model and o.task == r.task}
-        ratio = lambda name: f"{ref[name].seconds / r.seconds:.2f}x" if name in ref else "-"  # noqa: E731
-        if r.task == "kmeans":
-            faiss = ref.get("faiss (cpu)")
-            q = f"{r.quality / faiss.quality:.4f} of faiss-cpu" if faiss else f"{r.quality:.3f}"
-        else:
-            q = "same as scipy" if r.quality == 1.0 else "DIFFERENT"
-        print(f"{r.model:<10} {r.task:<7} {r.backend:<16} {r.seconds:9.3f} {ratio('faiss (cpu)'):>12} "
-              f"{ratio('sklearn (cpu)'):>10} {ratio('scipy (cpu)'):>9} {q:>18}")
+COLUMNS = [("model", "<10", ""), ("task", "<7", ""), ("backend", "<16", ""), ("seconds", ">9", ".3f"),
+           ("vs faiss-cpu", ">12", ""), ("vs sklearn", ">10", ""), ("vs scipy", ">9", ""), ("quality", ">18", "")]
 
 
-def plot(rows: list[Row], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    labels = [f"{r.model}\n{r.task}\n{r.backend}" for r in rows]
-    ax.bar(range(len(rows)), [r.seconds for r in rows], color=["tab:blue" if "native" in r.backend else "tab:gray" for r in rows])
-    ax.set_xticks(range(len(rows)), labels, fontsize=6)
-    ax.set_ylabel("seconds (all layers)")
-    ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+def table_row(r: Row, rows: list[Row]) -> tuple:
+    """`r`'s line of the table: its time, the others' times over it, its quality against faiss-cpu or scipy."""
+    ref = {o.backend: o for o in rows if o.model == r.model and o.task == r.task}
+    ratios = [f"{ref[name].seconds / r.seconds:.2f}x" if name in ref else "-"
+              for name in ("faiss (cpu)", "sklearn (cpu)", "scipy (cpu)")]
+    if r.task == "kmeans":
+        faiss = ref.get("faiss (cpu)")
+        q = f"{r.quality / faiss.quality:.4f} of faiss-cpu" if faiss else f"{r.quality:.3f}"
+    else:
+        q = "same as scipy" if r.quality == 1.0 else "DIFFERENT"
+    return (r.model, r.task, r.backend, r.seconds, *ratios, q)
 
 
 def main(argv=None) -> int:
@@ -172,28 +134,26 @@ def main(argv=None) -> int:
     p.add_argument("--csv")
     p.add_argument("--plot")
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
+    check_device(p, args.device)
     backends = [b for b in args.backends.split(",") if b]
     if not backends or set(backends) - set(BACKENDS):
         p.error(f"--backends {args.backends!r}: expected names from {', '.join(BACKENDS)}")
     rows: list[Row] = []
     for model in args.models.split(","):
-        xs = conv_filters(model, args.device)
+        xs = [w.flatten(1) for w in conv_weights(model, args.device)]  # rows are filters
         rows += bench_kmeans(model, xs, args.device, args.niter, args.reps, backends)
         if not args.no_ward:
             rows += bench_ward(model, xs, args.device, args.reps)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nclustering every conv layer's filters, k = N/2, {args.niter} iterations, same init ({name})\n")
-    print_table(rows)
+    print_table(COLUMNS, [table_row(r, rows) for r in rows])
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "task", "backend", "seconds", "quality"])
-            w.writerows([[r.model, r.task, r.backend, f"{r.seconds:.4f}", r.quality] for r in rows])
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, [{"model": r.model, "task": r.task, "backend": r.backend, "seconds": f"{r.seconds:.4f}",
+                              "quality": r.quality} for r in rows])
     if args.plot:
-        plot(rows, args.plot)
+        bar_plot(args.plot, [f"{r.model}\n{r.task}\n{r.backend}" for r in rows], [r.seconds for r in rows],
+                 "seconds (all layers)", colors=["tab:blue" if "native" in r.backend else "tab:gray" for r in rows],
+                 log=True, figsize=(8, 3.5), fontsize=6)
     return 0
 
 

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -38,16 +36,13 @@ try:
 except ImportError:  # only the CUP comparison needs it; main() asks for --skip-cup then
     fcluster = linkage = None
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import check_device, print_table, timed, write_csv  # noqa: E402
+
 import pyprune_fast as ppf  # noqa: E402
 from pyprune_fast.methods import METHODS  # noqa: E402
 
 CUP_FLOPS_REDUCTION = 2.2
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -101,14 +96,6 @@ def _inner_widths(model: nn.Module) -> list[int]:
             for c in (b.conv1.out_channels, b.conv2.out_channels)]
 
 
-def _timed(fn, device: str):
-    _sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t0, out
-
-
 def residual_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose outputs a residual add couples (conv3 and downsample of every bottleneck)."""
     return [m for b in model.modules() if isinstance(b, torchvision.models.resnet.Bottleneck)
@@ -122,14 +109,14 @@ def bench_cup(pristine: nn.Module, x: torch.Tensor, reps: int, device: str) -> d
     runs = {"all": [], "same": [], "published": []}
     for _ in range(reps):
         m = copy.deepcopy(pristine)
-        t, rep = _timed(lambda: ppf.prune(m, x, "cup", threshold=threshold, ignored_layers=[m.fc]), device)
+        t, rep = timed(lambda: ppf.prune(m, x, "cup", threshold=threshold, ignored_layers=[m.fc]), device)
         runs["all"].append(t)
         s = copy.deepcopy(pristine)
-        t, rep_same = _timed(lambda: ppf.prune(s, x, "cup", threshold=threshold,
+        t, rep_same = timed(lambda: ppf.prune(s, x, "cup", threshold=threshold,
                                                ignored_layers=[s.fc] + residual_layers(s)), device)
         runs["same"].append(t)
         b = copy.deepcopy(pristine)
-        t, kept = _timed(lambda: published_cup(b, threshold), device)
+        t, kept = timed(lambda: published_cup(b, threshold), device)
         runs["published"].append(t)
     # on the layers the published recipe prunes we keep the same counts; every model runs
     assert _inner_widths(m) == kept and _inner_widths(s) == kept, (_inner_widths(m), _inner_widths(s), kept)
@@ -148,7 +135,7 @@ def bench_methods(name: str, pristine: nn.Module, x: torch.Tensor, reps: int, de
         times, report = [], None
         for _ in range(reps):
             m = copy.deepcopy(pristine)
-            t, report = _timed(lambda: ppf.prune(m, x, method, target_flops=0.5, ignored_layers=[_classifier(m)]), device)
+            t, report = timed(lambda: ppf.prune(m, x, method, target_flops=0.5, ignored_layers=[_classifier(m)]), device)
             times.append(t)
         with torch.no_grad():
             m.eval()(x)
@@ -156,6 +143,10 @@ def bench_methods(name: str, pristine: nn.Module, x: torch.Tensor, reps: int, de
                      "macs_kept": report.macs_after / report.macs_before,
                      **{f"{k}_s": v for k, v in report.timings.items()}})
     return rows
+
+
+COLUMNS = [("model", "<10", ""), ("method", "<9", ""), ("total ms", ">9", ".1f"), ("MACs kept", ">9", ".3f"),
+           ("  trace / scores / clustering / allocation / surgery (ms)", "", "")]
 
 
 def main(argv=None) -> int:
@@ -167,8 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-cup", action="store_true", help="skip the CUP-against-published comparison")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
+    check_device(p, args.device)
     if not args.skip_cup and linkage is None:
         p.error("the CUP comparison needs scipy, which is not installed: install it or pass --skip-cup")
     if args.threads:
@@ -192,16 +182,12 @@ def main(argv=None) -> int:
         rows += bench_methods(name, model, x, args.reps, args.device)
     if not rows:
         return 0
-    print(f"\n{'model':<10} {'method':<9} {'total ms':>9} {'MACs kept':>9}   trace / scores / clustering / allocation / surgery (ms)")
-    for r in rows:
-        parts = " / ".join(f"{r[k] * 1e3:.0f}" for k in ("trace_s", "scores_s", "clustering_s", "allocation_s", "surgery_s"))
-        print(f"{r['model']:<10} {r['method']:<9} {r['total_s'] * 1e3:9.1f} {r['macs_kept']:9.3f}   {parts}")
+    print()
+    stages = ("trace", "scores", "clustering", "allocation", "surgery")
+    print_table(COLUMNS, [(r["model"], r["method"], r["total_s"] * 1e3, r["macs_kept"],
+                           "  " + " / ".join(f"{r[k + '_s'] * 1e3:.0f}" for k in stages)) for r in rows], rule=False)
     if args.csv:
-        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 

@@ -20,30 +20,16 @@ over layers), the speed of light for a Gram-based distance. Correctness is check
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
-import torch.utils.benchmark as tbench
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import bar_plot, check_device, conv_weights, median_ms, print_table, write_csv  # noqa: E402
+
 from pyprune_fast import ops  # noqa: E402
-
-
-def conv_weights(model_name: str, device: str) -> list[torch.Tensor]:
-    """The (out, in/groups, kh, kw) weight of every conv layer of the model."""
-    import torchvision
-
-    model = getattr(torchvision.models, model_name)(weights=None)
-    return [m.weight.detach().to(device) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-
-
-def median_ms(fn, min_run_time: float) -> float:
-    fn()  # warm-up (CUDA context, allocator, lazy init)
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 @dataclass
@@ -119,35 +105,17 @@ def bench_merge(model: str, ws: list[torch.Tensor], min_time: float) -> list[Row
     return [Row("merge_channels_", model, len(ws), t_ours, t_base, "merge + gather vs index_add_, N/2 clusters")]
 
 
-def print_table(rows: list[Row], device: str) -> None:
+COLUMNS = [("op", "<18", ""), ("model", "<9", ""), ("layers", ">6", ""), ("ours ms", ">10", ".3f"),
+           ("baseline ms", ">12", ".3f"), ("speed-up", ">9", "")]
+
+
+def print_rows(rows: list[Row], device: str) -> None:
     print(f"\npyprune_fast ops vs per-layer PyTorch loop on {device} (median times)\n")
-    header = f"{'op':<18} {'model':<9} {'layers':>6} {'ours ms':>10} {'baseline ms':>12} {'speed-up':>9}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(f"{r.op:<18} {r.model:<9} {r.layers:>6} {r.ours_ms:>10.3f} {r.baseline_ms:>12.3f} {r.speedup:>8.2f}x")
+    print_table(COLUMNS, [(r.op, r.model, r.layers, r.ours_ms, r.baseline_ms, f"{r.speedup:.2f}x") for r in rows])
     print()
     for r in rows:
         if r.note:
             print(f"{r.op} / {r.model}: {r.note}")
-
-
-def plot(rows: list[Row], path: str, device: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [f"{r.op}\n{r.model}" for r in rows]
-    ax.bar(range(len(rows)), [r.speedup for r in rows], color="tab:blue")
-    ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
-    ax.set_ylabel("speed-up over per-layer loop")
-    ax.set_title(f"pyprune_fast ops on {device}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
 
 
 def main(argv=None) -> int:
@@ -159,8 +127,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--plot", help="also write a bar chart of the speed-ups to this PNG file")
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA GPU is visible")
+    check_device(p, args.device)
     benches = {"pairwise_distance": bench_pairwise, "gather_channels": bench_gather, "merge_channels_": bench_merge}
     unknown = set(args.ops.split(",")) - benches.keys()
     if unknown:
@@ -172,18 +139,14 @@ def main(argv=None) -> int:
         ws = conv_weights(model, args.device)
         for op in args.ops.split(","):
             rows += benches[op](model, ws, args.min_time)
-    print_table(rows, device_name)
+    print_rows(rows, device_name)
     if args.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["device", "op", "model", "layers", "ours_ms", "baseline_ms", "speedup", "note"])
-            for r in rows:
-                w.writerow([device_name, r.op, r.model, r.layers, f"{r.ours_ms:.4f}", f"{r.baseline_ms:.4f}",
-                            f"{r.speedup:.3f}", r.note])
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, [{"device": device_name, "op": r.op, "model": r.model, "layers": r.layers,
+                              "ours_ms": f"{r.ours_ms:.4f}", "baseline_ms": f"{r.baseline_ms:.4f}",
+                              "speedup": f"{r.speedup:.3f}", "note": r.note} for r in rows])
     if args.plot:
-        plot(rows, args.plot, device_name)
+        bar_plot(args.plot, [f"{r.op}\n{r.model}" for r in rows], [r.speedup for r in rows],
+                 "speed-up over per-layer loop", title=f"pyprune_fast ops on {device_name}", hline=1.0)
     return 0
 
 

@@ -1,67 +1,27 @@
 """End-to-end one-shot L1 pruning (ratio 0.5) of torchvision ResNet-50 and ViT-B/16: ours vs Torch-Pruning.
 
-Both tools prune identical copies of one pristine model (weights=None, eval mode, seed 0) on the
-example input torch.randn(1, 3, 224, 224), with the classifier ignored, in the same process, and are
-timed alternately rep after rep; medians are printed. Each rep prunes a fresh `copy.deepcopy` of the
-pristine model, made outside the timed region; the garbage collector is off inside it (and run
-between reps), for both tools alike.
-
-  ours   graph        ppf.DependencyGraph(model, x, ignored_layers=[classifier] (+ attention modules for ViT))
-         scores+plan  g.prunable_groups; pyprune_fast.methods.scores("l1", g, groups); ppf.Plan(g);
-                      plan.remove(group, argsort(score)[: int(0.5 * channels)]) for every group
-         apply        ppf.apply(plan)
-  tp     graph        tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                      pruning_ratio=0.5, ignored_layers=[classifier], global_pruning=False)
-                      (builds Torch-Pruning's DependencyGraph, with a real forward pass)
-         scores       pruner.step(interactive=True) up to its first group: the importance of every
-                      group and the ranking (step() runs exactly this generator, pruning each group)
-         step         pruning the groups the generator yields
-
-What is pruned. ResNet-50: every prunable channel group, by both tools. ViT-B/16: ours prunes the
-MLP hidden dims (3072 -> 1536 in every block), with the attention modules in ignored_layers (ours
-would otherwise prune whole heads too); it leaves the embedding dim alone because torchvision's
-code reads it (`hidden_dim`). `tp` is Torch-Pruning restricted to the same scope
-(conv_proj also ignored, which locks the embedding-dim group), so the speed-up compares equal work.
-`tp-recipe` is Torch-Pruning's own recipe for torchvision ViT (its benchmarks/prunability script:
-round_to=num_heads, then `model.hidden_dim = model.conv_proj.out_channels`, inside the timed region):
-it also halves the embedding dim (head dim 64 -> 32, 12 heads kept), so it does more work and gives a
-smaller model. (Adding num_heads={attention: 12} makes TP 1.6.1 skip the embedding-dim group of
-nn.MultiheadAttention altogether, so the recipe leaves it out.) MACs and parameters after pruning are
-counted by `ppf.profile(model, x)` for every model, and a forward pass of every pruned model must give
-shape (1, 1000) before anything is timed.
-
-Memory during ppf.apply (one extra, untimed run after the timings, in a fresh child interpreter per
-model so that earlier runs leave no freed heap memory behind for it to reuse unseen). On CUDA: torch.cuda peak
-allocated bytes minus allocated bytes before the call. On the CPU torch exposes no allocator
-statistics (and torch.profiler's memory events do not record these allocations), so the resident
-set size is read from /proc/self/statm by a background thread every 1 ms and right after every
-`pyprune_fast.ops.gather_channels` call (wrapped only for this run); the peak minus the RSS before
-the call is reported. The child's glibc mmap threshold is fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_), so every
-tensor of 64 KiB or more is its own mapping and is returned to the OS when freed: the RSS then
-follows the live tensors instead of the heap's high-water mark. It is approximate (page granularity,
-a 1 ms sampler can miss short spikes, small allocations come from the heap). "Size of the replaced
-tensors" is the sum of numel * element_size of the parameters and buffers whose shape changed, new
-(after) and old (before). The same sampler is run over Torch-Pruning's step for comparison.
+Both tools prune fresh copies of one pristine model (weights=None, eval, seed 0) on torch.randn(1, 3, 224, 224),
+the classifier ignored, timed alternately rep after rep (medians; copies made outside the timed region, the
+garbage collector off inside it); every pruned model must give shape (1, 1000) first. Then the peak extra
+memory of ppf.apply, in a fresh child interpreter. What each phase and row covers, and how memory is read:
+benchmarks/RESULTS.md, "bench_prune.py: how it measures".
 
   python benchmarks/bench_prune.py [--models resnet50,vit_b_16] [--reps 5] [--device cpu|cuda] [--csv out.csv]
                                   [--no-tp-recipe] [--no-tp]
 
---no-tp times ours alone (where Torch-Pruning is not installed).
-"""
+--no-tp times ours alone (where Torch-Pruning is not installed)."""
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import ctypes
+import functools
 import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -70,7 +30,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _torch_pruning  # noqa: E402
+from _harness import (MMAP_THRESHOLD, check_device, malloc_trim, memory_meter, sync, table_header,  # noqa: E402
+                      table_line, write_csv)
+
 import pyprune_fast as ppf  # noqa: E402
 import pyprune_fast.methods  # noqa: E402
 
@@ -95,13 +59,17 @@ def build_model(name: str, device: str) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None).eval().to(device)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 # --------------------------------------------------------------------------------------------------
 # The two tools. Each prunes `model` in place and returns its phase times in seconds.
+
+
+def l1_plan(g: ppf.DependencyGraph) -> ppf.Plan:
+    """The plan removing the RATIO of lowest-L1 channels of every prunable group."""
+    groups = g.prunable_groups
+    plan = ppf.Plan(g)
+    for grp, s in zip(groups, pyprune_fast.methods.scores("l1", g, groups)):
+        plan.remove(grp, torch.argsort(s)[: int(RATIO * grp.channels)])
+    return plan
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, model_name: str, device: str) -> dict[str, float]:
@@ -110,11 +78,7 @@ def run_ours(model: nn.Module, x: torch.Tensor, model_name: str, device: str) ->
     g = ppf.DependencyGraph(model, x, ignored_layers=ignored)
     sync(device)
     t1 = time.perf_counter()
-    groups = g.prunable_groups
-    scores = pyprune_fast.methods.scores("l1", g, groups)
-    plan = ppf.Plan(g)
-    for grp, s in zip(groups, scores):
-        plan.remove(grp, torch.argsort(s)[: int(RATIO * grp.channels)])
+    plan = l1_plan(g)
     sync(device)
     t2 = time.perf_counter()
     ppf.apply(plan)
@@ -123,51 +87,10 @@ def run_ours(model: nn.Module, x: torch.Tensor, model_name: str, device: str) ->
     return {"graph": t1 - t0, "scores": t2 - t1, "apply": t3 - t2}
 
 
-def _tp_pruner(model: nn.Module, x: torch.Tensor, model_name: str, recipe: bool):
-    import torch_pruning as tp
-
-    ignored = [model.get_submodule(CLASSIFIER[model_name])]
-    kwargs = {}
-    if model_name.startswith("vit"):
-        if recipe:  # Torch-Pruning's torchvision-ViT recipe: embedding dim too, in multiples of num_heads.
-            # Not num_heads={attention: 12}: with it, TP 1.6.1 treats the embedding-dim group of
-            # nn.MultiheadAttention as an attention group, finds no downstream root and skips it.
-            kwargs = dict(round_to=model.encoder.layers[0].num_heads)
-        else:  # same scope as ours: the embedding-dim group holds conv_proj, so ignoring it locks that group
-            ignored.append(model.conv_proj)
-    return tp.pruner.MagnitudePruner(
-        model, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=RATIO,
-        ignored_layers=ignored, global_pruning=False, **kwargs)
-
-
 def run_tp(model: nn.Module, x: torch.Tensor, model_name: str, device: str, recipe: bool = False,
            around_step: Optional[Callable] = None) -> dict[str, float]:
-    t0 = time.perf_counter()
-    pruner = _tp_pruner(model, x, model_name, recipe)
-    sync(device)
-    t1 = time.perf_counter()
-    with around_step() if around_step else _nothing():
-        groups = pruner.step(interactive=True)  # what pruner.step() runs, split to time its two halves
-        first = next(groups, None)
-        sync(device)
-        t2 = time.perf_counter()
-        if first is not None:
-            first.prune()
-            for grp in groups:
-                grp.prune()
-        if model_name.startswith("vit"):  # torchvision's ViT reads hidden_dim in forward
-            model.hidden_dim = model.conv_proj.out_channels
-        sync(device)
-    t3 = time.perf_counter()
-    return {"graph": t1 - t0, "scores": t2 - t1, "apply": t3 - t2}
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return _torch_pruning.run_tp(model, x, device, ratio=RATIO, classifier=CLASSIFIER[model_name],
+                                 vit=model_name.startswith("vit"), recipe=recipe, around_step=around_step)
 
 
 @dataclass
@@ -184,79 +107,13 @@ def tools_for(model_name: str, with_recipe: bool, with_tp: bool = True) -> list[
     if with_tp:
         out.append(Tool("tp", run_tp, "MLP hidden dims (conv_proj ignored: same scope as ours)"))
     if with_tp and with_recipe:
-        out.append(Tool("tp-recipe", lambda *a, **k: run_tp(*a, recipe=True, **k),
+        out.append(Tool("tp-recipe", functools.partial(run_tp, recipe=True),
                         "MLP hidden + embedding dims (TP's torchvision-ViT recipe, round_to=num_heads)"))
     return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Memory
-
-
-class RssSampler:
-    """Peak resident set size (bytes) seen by a 1 ms polling thread and by explicit `sample()` calls."""
-
-    PAGE = os.sysconf("SC_PAGE_SIZE")
-
-    def __init__(self, interval: float = 0.001):
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._f = open("/proc/self/statm", "rb", buffering=0)
-        self._lock = threading.Lock()
-
-    def rss(self) -> int:
-        with self._lock:
-            self._f.seek(0)
-            return int(self._f.read().split()[1]) * self.PAGE
-
-    def sample(self) -> None:
-        self.peak = max(self.peak, self.rss())
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self.base = self.rss()
-        self.peak = self.base
-        self._old_switch = sys.getswitchinterval()
-        sys.setswitchinterval(0.0005)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.sample()
-        self._stop.set()
-        self._thread.join()
-        sys.setswitchinterval(self._old_switch)
-        self._f.close()
-        return False
-
-    @property
-    def extra(self) -> int:
-        return self.peak - self.base
-
-
-class CudaPeak:
-    def __init__(self, device: str):
-        self.device = device
-
-    def __enter__(self):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self.base = torch.cuda.memory_allocated(self.device)
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize()
-        self.extra = torch.cuda.max_memory_allocated(self.device) - self.base
-        return False
-
-
-MMAP_THRESHOLD = 64 * 1024
 
 
 def memory_in_subprocess(model_name: str, device: str, with_tp: bool) -> "MemResult":
@@ -272,13 +129,6 @@ def memory_in_subprocess(model_name: str, device: str, with_tp: bool) -> "MemRes
         print(f"[{model_name}] memory measurement failed (rc {proc.returncode}): {proc.stderr[-2000:]}", file=sys.stderr)
         return MemResult()
     return MemResult(**json.loads(lines[-1]))
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _tensor_bytes(model: nn.Module) -> dict[str, tuple[tuple, int]]:
@@ -303,30 +153,25 @@ def measure_memory(pristine: nn.Module, x: torch.Tensor, model_name: str, device
 
     model = copy.deepcopy(pristine)
     g = ppf.DependencyGraph(model, x, ignored_layers=ours_ignored(model, model_name))
-    groups = g.prunable_groups
-    plan = ppf.Plan(g)
-    for grp, s in zip(groups, pyprune_fast.methods.scores("l1", g, groups)):
-        plan.remove(grp, torch.argsort(s)[: int(RATIO * grp.channels)])
+    plan = l1_plan(g)
     before = _tensor_bytes(model)
     gc.collect()
-    _malloc_trim()
-    if cuda:
-        with CudaPeak(device) as m:
-            ppf.apply(plan)
-        res.apply_extra = m.extra
-    else:
-        orig = ppf.ops.gather_channels
-        with RssSampler() as m:
+    malloc_trim()
+    orig = ppf.ops.gather_channels
+    with memory_meter(device) as m:
+        if not cuda:  # the RSS also right after every gather_channels call
+
             def gather_and_sample(*a, **k):
                 out = orig(*a, **k)
                 m.sample()
                 return out
+
             ppf.ops.gather_channels = gather_and_sample
-            try:
-                ppf.apply(plan)
-            finally:
-                ppf.ops.gather_channels = orig
-        res.apply_extra = m.extra
+        try:
+            ppf.apply(plan)
+        finally:
+            ppf.ops.gather_channels = orig
+    res.apply_extra = m.extra
     after = _tensor_bytes(model)
     changed = [n for n in after if after[n][0] != before[n][0]]
     res.new_bytes = sum(after[n][1] for n in changed)
@@ -337,11 +182,11 @@ def measure_memory(pristine: nn.Module, x: torch.Tensor, model_name: str, device
     if with_tp:
         model = copy.deepcopy(pristine)
         gc.collect()
-        _malloc_trim()
+        malloc_trim()
         holder = {}
 
         def around():
-            holder["m"] = CudaPeak(device) if cuda else RssSampler()
+            holder["m"] = memory_meter(device)
             return holder["m"]
 
         try:
@@ -442,80 +287,29 @@ def bench_model(model_name: str, pristine: nn.Module, x: torch.Tensor, reps: int
     return list(results.values()), before
 
 
-def fmt_s(v: float) -> str:
-    return "-" if v != v else f"{v:.3f}"
+COLUMNS = [("model", "<9", ""), ("tool", "<10", ""), ("graph s", ">8", ""), ("scores s", ">9", ""),
+           ("apply/step s", ">12", ""), ("total s", ">8", ""), ("GMACs after", ">11", ".3f"),
+           ("M params after", ">14", ".3f"), (" notes", "", "")]
 
 
-def print_table(all_results: list[Result], reps: int) -> None:
-    head = (f"{'model':<9} {'tool':<10} {'graph s':>8} {'scores s':>9} {'apply/step s':>12} {'total s':>8} "
-            f"{'GMACs after':>11} {'M params after':>14}  notes")
+def print_results(all_results: list[Result], reps: int) -> None:
+    """The table of medians, a FAILED line for a tool that failed."""
     print(f"\nmedians of {reps} reps (ours: graph | scores+plan | apply;  Torch-Pruning: pruner init with its "
           f"DependencyGraph | importance+ranking | group pruning)")
-    print(head)
-    print("-" * len(head))
+    header = table_header(COLUMNS)
+    print(header)
+    print("-" * len(header))
     for r in all_results:
         if r.error:
             print(f"{r.model:<9} {r.tool:<10} FAILED: {r.error[:150]}")
             continue
-        note = f"same pruned shapes as ours: {r.same_shapes}" if r.same_shapes else ""
-        print(f"{r.model:<9} {r.tool:<10} {fmt_s(r.median('graph')):>8} {fmt_s(r.median('scores')):>9} "
-              f"{fmt_s(r.median('apply')):>12} {fmt_s(r.median('total')):>8} {r.macs / 1e9:>11.3f} "
-              f"{r.params / 1e6:>14.3f}  {note}")
+        times = ["-" if v != v else f"{v:.3f}" for v in (r.median(ph) for ph in (*PHASES, "total"))]
+        note = f" same pruned shapes as ours: {r.same_shapes}" if r.same_shapes else " "
+        print(table_line(COLUMNS, [r.model, r.tool, *times, r.macs / 1e9, r.params / 1e6, note]))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="resnet50,vit_b_16", help="comma-separated: resnet50, vit_b_16")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per tool (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--csv", help="also write the results to this CSV file")
-    p.add_argument("--no-tp-recipe", action="store_true", help="skip Torch-Pruning's own ViT recipe (tp-recipe)")
-    p.add_argument("--no-tp", action="store_true", help="time ours alone, without Torch-Pruning")
-    p.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in CLASSIFIER:
-            p.error(f"unknown model {m!r}; expected one of {', '.join(CLASSIFIER)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible")
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
-
-    if args.memory_only:  # internal: one model, one JSON line (see memory_in_subprocess)
-        m = models[0]
-        x = torch.randn(1, 3, 224, 224, device=args.device)
-        mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp)
-        print(json.dumps(mem.__dict__))
-        return 0
-
-    if args.no_tp:
-        tp_version = "not used (--no-tp)"
-    else:
-        try:
-            import torch_pruning as tp
-        except ImportError as e:
-            p.error(f"{e}; install torch-pruning==1.6.1 or pass --no-tp")
-        from importlib.metadata import version
-
-        tp_version = f"{version('torch-pruning')} ({tp.__file__})"
-    print(f"torch {torch.__version__}, torch-pruning {tp_version}, "
-          f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
-        print("warning: the machine is busy; with OpenMP threads competing for cores every parallel op can "
-              "wait a scheduler slice, and the times below mean little", file=sys.stderr)
-
-    all_results: list[Result] = []
-    befores: dict[str, ppf.Profile] = {}
-    for m in models:
-        x = torch.randn(1, 3, 224, 224, device=args.device)
-        res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe,
-                                      not args.no_tp)
-        all_results += res
-
-    print_table(all_results, args.reps)
-    print()
+def print_speedups(models: list[str], all_results: list[Result], befores: dict[str, ppf.Profile]) -> None:
+    """Per model: its size before pruning, each Torch-Pruning row's time over ours, where our time went."""
     for m in models:
         b = befores[m]
         print(f"{m}: before pruning {b.macs / 1e9:.3f} GMACs, {b.params / 1e6:.3f} M params")
@@ -534,13 +328,10 @@ def main(argv=None) -> int:
         if not ours.error:
             share = {ph: ours.median(ph) / ours.median("total") for ph in PHASES}
             print("  ours, share of total: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in share.items()))
-    print()
-    mems: dict[str, MemResult] = {}
-    for m in models:
-        ok = {r.tool: r.error is None for r in all_results if r.model == m}
-        mems[m] = memory_in_subprocess(m, args.device, with_tp=ok.get("tp", False)) if ok["ours"] else MemResult()
-    for m in models:
-        mem = mems[m]
+
+
+def print_memory(mems: dict[str, MemResult]) -> None:
+    for m, mem in mems.items():
         if not mem.how:
             continue
         line = (f"{m}: peak extra memory during apply: {mem.apply_extra / 2**20:.1f} MB; size of the replaced "
@@ -549,24 +340,90 @@ def main(argv=None) -> int:
             line += f"; Torch-Pruning step, same measure: {mem.tp_extra / 2**20:.1f} MB"
         print(line)
 
+
+def csv_rows(all_results: list[Result], befores: dict[str, ppf.Profile], mems: dict[str, MemResult],
+             device: str, reps: int) -> list[dict]:
+    rows = []
+    for r in all_results:
+        ours = next(o for o in all_results if o.model == r.model and o.tool == "ours")
+        mem = mems[r.model]
+        peak = {"ours": mem.apply_extra, "tp": mem.tp_extra}.get(r.tool)
+        rows.append({"model": r.model, "tool": r.tool, "scope": r.scope, "device": device, "reps": reps,
+                     **{f"{ph}_s": f"{r.median(ph):.6f}" for ph in (*PHASES, "total")},
+                     "speedup_vs_ours": "" if r.error or ours.error else f"{r.median('total') / ours.median('total'):.4f}",
+                     "macs_after": r.macs, "params_after": r.params,
+                     "macs_before": befores[r.model].macs, "params_before": befores[r.model].params,
+                     "apply_peak_extra_bytes": "" if peak is None else peak,
+                     "replaced_new_bytes": mem.new_bytes if r.tool == "ours" else "",
+                     "replaced_old_bytes": mem.old_bytes if r.tool == "ours" else "", "error": r.error or ""})
+    return rows
+
+
+def torch_pruning_version(p: argparse.ArgumentParser, no_tp: bool) -> str:
+    """Torch-Pruning's version and path; exits through `p` when it is wanted and not installed."""
+    if no_tp:
+        return "not used (--no-tp)"
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        p.error(f"{e}; install torch-pruning==1.6.1 or pass --no-tp")
+    from importlib.metadata import version
+
+    return f"{version('torch-pruning')} ({tp.__file__})"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="resnet50,vit_b_16", help="comma-separated: resnet50, vit_b_16")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per tool (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--csv", help="also write the results to this CSV file")
+    p.add_argument("--no-tp-recipe", action="store_true", help="skip Torch-Pruning's own ViT recipe (tp-recipe)")
+    p.add_argument("--no-tp", action="store_true", help="time ours alone, without Torch-Pruning")
+    p.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in CLASSIFIER:
+            p.error(f"unknown model {m!r}; expected one of {', '.join(CLASSIFIER)}")
+    check_device(p, args.device)
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+
+    if args.memory_only:  # internal: one model, one JSON line (see memory_in_subprocess)
+        m = models[0]
+        x = torch.randn(1, 3, 224, 224, device=args.device)
+        mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp)
+        print(json.dumps(mem.__dict__))
+        return 0
+
+    tp_version = torch_pruning_version(p, args.no_tp)
+    print(f"torch {torch.__version__}, torch-pruning {tp_version}, "
+          f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+        print("warning: the machine is busy; with OpenMP threads competing for cores every parallel op can "
+              "wait a scheduler slice, and the times below mean little", file=sys.stderr)
+
+    all_results: list[Result] = []
+    befores: dict[str, ppf.Profile] = {}
+    for m in models:
+        x = torch.randn(1, 3, 224, 224, device=args.device)
+        res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe,
+                                      not args.no_tp)
+        all_results += res
+
+    print_results(all_results, args.reps)
+    print()
+    print_speedups(models, all_results, befores)
+    print()
+    mems: dict[str, MemResult] = {}
+    for m in models:
+        ok = {r.tool: r.error is None for r in all_results if r.model == m}
+        mems[m] = memory_in_subprocess(m, args.device, with_tp=ok.get("tp", False)) if ok["ours"] else MemResult()
+    print_memory(mems)
     if args.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["model", "tool", "scope", "device", "reps", "graph_s", "scores_s", "apply_s", "total_s",
-                        "speedup_vs_ours", "macs_after", "params_after", "macs_before", "params_before",
-                        "apply_peak_extra_bytes", "replaced_new_bytes", "replaced_old_bytes", "error"])
-            for r in all_results:
-                ours = next(o for o in all_results if o.model == r.model and o.tool == "ours")
-                speed = "" if r.error or ours.error else f"{r.median('total') / ours.median('total'):.4f}"
-                mem = mems[r.model]
-                peak = {"ours": mem.apply_extra, "tp": mem.tp_extra}.get(r.tool)
-                w.writerow([r.model, r.tool, r.scope, args.device, args.reps,
-                            *(f"{r.median(ph):.6f}" for ph in (*PHASES, "total")), speed, r.macs, r.params,
-                            befores[r.model].macs, befores[r.model].params, "" if peak is None else peak,
-                            mem.new_bytes if r.tool == "ours" else "", mem.old_bytes if r.tool == "ours" else "",
-                            r.error or ""])
-        print(f"wrote {args.csv}")
+        write_csv(args.csv, csv_rows(all_results, befores, mems, args.device, args.reps))
     return 0
 
 
