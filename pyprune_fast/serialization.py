@@ -16,39 +16,26 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from .nn.attention import PrunedMultiheadAttention
-from .graph.trace import shapes_of
-from .surgery import _Swap, owner, sync_module_attributes
-from .nn.widths import heads_held, pruned_class
+from .graph import shapes_of
+from .nn.widths import kind_of
+from .surgery import _Swap, owner
 
 __all__ = ["save_pruned", "load_pruned"]
 
 _FORMAT = "pyprune_fast.pruned/1"
 _KEYS = ("format", "shapes", "attrs", "state_dict")
-_ATTRS = {
-    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.modules.batchnorm._NormBase: ("num_features",),
-    nn.GroupNorm: ("num_groups", "num_channels"),
-    nn.LayerNorm: ("normalized_shape",),
-    nn.MultiheadAttention: ("num_heads",),
-}
-
-
-def _widths(m: nn.Module) -> tuple[str, ...]:
-    """The width attributes saved (and accepted on load) for a module of this type."""
-    out = tuple(a for cls, attrs in _ATTRS.items() if isinstance(m, cls) for a in attrs)
-    return out + ("num_heads",) if pruned_class(m) is not None else out  # torchvision's Swin window attention
 
 
 def _heads_pruned(m: nn.Module) -> bool:
-    return isinstance(m, PrunedMultiheadAttention) or (pruned_class(m) is type(m) is not None)
+    """`m` runs as the class made for fewer heads (which `load_pruned` must rebuild)."""
+    heads = kind_of(m).heads
+    return heads is not None and isinstance(m, heads(m))
 
 
 def _shape_attrs(model: nn.Module) -> dict[str, dict]:
     out = {}
     for name, m in model.named_modules():
-        attrs = {a: getattr(m, a) for a in _widths(m)}
+        attrs = {a: getattr(m, a) for a in kind_of(m).widths}
         if _heads_pruned(m):
             attrs["pruned_heads"] = True
         if attrs:
@@ -101,7 +88,7 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
         if name not in modules:
             raise ValueError(f"load_pruned: attrs names a module {name!r} that the model from build_fn does not have")
         m = modules[name]
-        allowed = _widths(m) + (("pruned_heads",) if isinstance(m, nn.MultiheadAttention) or pruned_class(m) else ())
+        allowed = kind_of(m).widths + (("pruned_heads",) if kind_of(m).heads is not None else ())
         for attr, value in _dict(given, f"attrs[{name!r}]").items():
             key = f"attrs[{name!r}][{attr!r}]"
             if attr not in allowed:
@@ -123,15 +110,12 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
 
 def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
     """The module's widths agree with its (resized) tensors, as `apply` would have set them."""
-    depthwise = frozenset({name}) if getattr(m, "groups", None) != orig.get("groups") else frozenset()
-    per_channel = frozenset({name}) if getattr(m, "num_groups", None) != orig.get("num_groups") else frozenset()
-    want = sync_module_attributes(m, name, depthwise, per_channel)
+    groups_follow = getattr(m, "groups", None) != orig.get("groups")  # a conv made depthwise
+    num_groups_follow = getattr(m, "num_groups", None) != orig.get("num_groups")  # a GroupNorm per channel
+    kind = kind_of(m)
+    want = kind.sync(m, groups_follow, num_groups_follow)
     want.pop("__class__", None)
-    if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
-        rows = m.in_proj_weight.shape[0]
-        if rows % (3 * m.head_dim):
-            want["in_proj_weight rows"] = f"a multiple of {3 * m.head_dim}, not {rows}"
-    for attr in _widths(m):
+    for attr in kind.widths:
         if attr not in want:
             want[attr] = orig[attr]  # a width no tensor implies stays as built
     for attr, value in want.items():
@@ -141,9 +125,9 @@ def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
                              f"{value!r}")
     if "num_heads" in want and want["num_heads"] != orig["num_heads"] and not _heads_pruned(m):
         raise ValueError(f"load_pruned: attrs[{name!r}] has fewer heads ({want['num_heads']}) but no 'pruned_heads'")
-    if pruned_class(m) is not None and m.qkv.weight.shape[0] % (3 * heads_held(m)):
-        raise ValueError(f"load_pruned: {name}.qkv.weight has {m.qkv.weight.shape[0]} rows, not a multiple of "
-                         f"3 x {heads_held(m)} heads")
+    wrong = kind.layout(m) if kind.layout is not None else None
+    if wrong is not None:
+        raise ValueError(f"load_pruned: {name}.{wrong}")
 
 
 def _read(path, map_location) -> dict:
@@ -183,7 +167,7 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
     _check_shapes(shapes, state, current)
     _check_attrs(attrs, modules)
     touched = set(attrs) | {n.rpartition(".")[0] for n in shapes if tuple(current[n].shape) != tuple(shapes[n])}
-    orig = {n: {a: getattr(modules[n], a) for a in _widths(modules[n])} for n in touched}
+    orig = {n: {a: getattr(modules[n], a) for a in kind_of(modules[n]).widths} for n in touched}
     swap = _Swap()  # build_fn may hand out a model it keeps: a refused file must leave it as it was
     try:
         for name, shape in shapes.items():
@@ -200,7 +184,7 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
             module = modules[module_name]
             for attr, value in given.items():
                 if attr == "pruned_heads":
-                    swap.setattr(module, "__class__", pruned_class(module) or PrunedMultiheadAttention)
+                    swap.setattr(module, "__class__", kind_of(module).heads(module))
                 else:
                     swap.setattr(module, attr, tuple(value) if isinstance(value, list) else value)
         for name in sorted(touched):

@@ -23,12 +23,11 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
-from .nn.attention import PrunedMultiheadAttention
 from .graph import DependencyGraph, Group, positions
 from .graph.trace import Modules, _Unchanged, named_tensors, tensor_slots
+from .nn.widths import kind_of
 from .plan import Plan
 from .run_check import check_inputs, check_runs
-from .nn.widths import heads_held, pruned_class
 
 __all__ = ["apply", "owner", "sync_module_attributes"]
 
@@ -197,35 +196,8 @@ def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozenset = frozenset(),
                            per_channel_groupnorm: frozenset = frozenset()) -> dict:
-    """The shape attributes of `module` that its (new) parameters imply, as {attr: value}."""
-    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
-        heads = module.in_proj_weight.shape[0] // (3 * module.head_dim)
-        attrs = {"num_heads": heads}
-        if heads * module.head_dim != module.embed_dim:
-            attrs["__class__"] = PrunedMultiheadAttention  # nn.MultiheadAttention cannot run fewer heads
-        return attrs
-    swin = pruned_class(module)
-    if swin is not None:  # torchvision's Swin window attention: fewer heads need our subclass to run
-        return {"num_heads": heads_held(module), "__class__": swin}
-    w = getattr(module, "weight", None)
-    if isinstance(module, nn.modules.conv._ConvNd) and w is not None:
-        groups = w.shape[0] if name in graph_depthwise else module.groups
-        if module.transposed:  # its weight is (in_channels, out_channels / groups, *kernel)
-            return {"in_channels": w.shape[0], "groups": groups, "out_channels": w.shape[1] * groups}
-        return {"out_channels": w.shape[0], "groups": groups, "in_channels": w.shape[1] * groups}
-    if isinstance(module, nn.Linear):
-        return {"out_features": module.weight.shape[0], "in_features": module.weight.shape[1]}
-    if isinstance(module, (nn.modules.batchnorm._NormBase,)):
-        ref = w if w is not None else module.running_mean
-        return {"num_features": ref.shape[0]} if ref is not None else {}
-    if isinstance(module, nn.GroupNorm) and w is not None:
-        attrs = {"num_channels": w.shape[0]}
-        if name in per_channel_groupnorm:
-            attrs["num_groups"] = w.shape[0]
-        return attrs
-    if isinstance(module, nn.LayerNorm) and w is not None:
-        return {"normalized_shape": tuple(w.shape)}
-    return {}
+    """The shape attributes of `module` that its (new) parameters imply, as {attr: value} (nn/widths.py)."""
+    return kind_of(module).sync(module, name in graph_depthwise, name in per_channel_groupnorm)
 
 
 def _holders(modules: Modules, tensors: list[torch.Tensor]) -> dict[int, list[tuple[str, dict, str]]]:

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -9,7 +10,11 @@ import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
 import pyprune_fast as ppf
+from pyprune_fast.nn.widths import kind_of
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +158,49 @@ def test_a_damaged_archive_is_a_value_error(saved, tmp_path):
         ppf.load_pruned(torchvision.models.resnet18, tmp_path / "cut.pt")
     with pytest.raises(FileNotFoundError):
         ppf.load_pruned(torchvision.models.resnet18, tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("module", [
+    nn.Conv2d(4, 6, 3), nn.ConvTranspose2d(4, 6, 3, groups=2), nn.Linear(3, 2), nn.BatchNorm2d(3), nn.GroupNorm(2, 4),
+    nn.LayerNorm([4, 5]), nn.MultiheadAttention(8, 2), ShiftedWindowAttention(16, [2, 2], [1, 1], 4),
+    ShiftedWindowAttentionV2(16, [2, 2], [1, 1], 4), nn.ReLU()], ids=lambda m: type(m).__name__)
+def test_every_width_apply_sets_is_saved_and_accepted(module):
+    """One table: what apply sets from a module's tensors is exactly what save_pruned writes."""
+    kind = kind_of(module)
+    assert set(kind.sync(module, True, True)) - {"__class__"} == set(kind.widths)
+    assert (kind.heads is not None) == isinstance(module, (nn.MultiheadAttention, ShiftedWindowAttention))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(12, 3)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("build, x, weight, words", [
+    (SelfAttention, torch.randn(3, 1, 12), "attn.in_proj_weight", "has 25 rows, not a multiple of 3 x 4"),
+    (lambda: nn.Sequential(ShiftedWindowAttention(16, [2, 2], [1, 1], 4)), torch.randn(1, 4, 4, 16), "0.qkv.weight",
+     "has 37 rows, not a multiple of 3 x 3 heads"),
+    (lambda: nn.Sequential(ShiftedWindowAttentionV2(16, [2, 2], [1, 1], 4)), torch.randn(1, 4, 4, 16), "0.qkv.weight",
+     "has 37 rows, not a multiple of 3 x 3 heads"),
+], ids=["MultiheadAttention", "ShiftedWindowAttention", "ShiftedWindowAttentionV2"])
+def test_attention_rows_that_are_not_whole_heads_are_refused(build, x, weight, words, tmp_path):
+    """A file whose q/k/v rows are not whole heads (one row too many) is refused, naming the tensor; whole
+    heads load."""
+    torch.manual_seed(0)
+    model = build().eval()
+    g = ppf.DependencyGraph(model, x)
+    (heads,) = [grp for grp in g.prunable_groups if "heads" in grp.origin]
+    ppf.apply(ppf.Plan(g).remove(heads, [1]))
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    rebuilt = ppf.load_pruned(build, tmp_path / "m.pt").eval()
+    assert type(rebuilt.get_submodule(weight.split(".")[0])) is type(model.get_submodule(weight.split(".")[0]))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    rows, cols = payload["shapes"][weight]
+    payload["shapes"][weight], payload["state_dict"][weight] = (rows + 1, cols), torch.zeros(rows + 1, cols)
+    refused((None, build()), payload, rf"{re.escape(weight)} {words}")
