@@ -9,8 +9,8 @@ from torchvision.models import VisionTransformer
 
 import pyprune_fast as ppf
 from pyprune_fast.nn.attention import PrunedMultiheadAttention
-from pyprune_fast.testing import kill_channels
 from pyprune_fast.nn.widths import pruned_class
+from pyprune_fast.testing import kill_channels
 
 
 def vit():
