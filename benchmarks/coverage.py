@@ -15,7 +15,6 @@ runs at 299 when --size is left at its default, and at no less than 75 otherwise
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import os
 import sys
@@ -26,7 +25,9 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import table_header, table_line, write_csv  # noqa: E402
+
 from pyprune_fast.testing import CoverageResult, check_coverage  # noqa: E402
 
 DEFAULT_SIZE = 224
@@ -84,14 +85,15 @@ def check_model(name: str, size: int = DEFAULT_SIZE, ratio: float = 0.3) -> Row:
     return row
 
 
-HEADER = f"{'model':<22} {'size':>4} {'groups':>6} {'prunable':>8} {'GMACs':>8} {'pruned':>8} {'sec':>7} {'dead':>4}  result"
+COLUMNS = [("model", "<22", ""), ("size", ">4", ""), ("groups", ">6", ""), ("prunable", ">8", ""), ("GMACs", ">8", ".3f"),
+           ("pruned", ">8", ".3f"), ("sec", ">7", ".1f"), ("dead", ">4", ""), (" result", "", "")]
 
 
 def format_row(r: Row, width: int = 90) -> str:
     reason = r.reason if len(r.reason) <= width else r.reason[: width - 3] + "..."
     dead = "ok" if r.dead_check == "ok" else "skip" if r.dead_check.startswith("skipped") else "-" if not r.dead_check else "FAIL"
-    return (f"{r.model:<22} {r.size:>4} {r.groups:>6} {r.prunable_groups:>8} {r.macs_before:>8.3f} "
-            f"{r.macs_after:>8.3f} {r.seconds:>7.1f} {dead:>4}  {reason}")
+    return table_line(COLUMNS, [r.model, r.size, r.groups, r.prunable_groups, r.macs_before, r.macs_after, r.seconds,
+                                dead, " " + reason])
 
 
 def _short(reason: str) -> str:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         it = tqdm(names, file=sys.stderr, dynamic_ncols=True)
     except ImportError:
         it = names
-    print(HEADER, flush=True)
+    print(table_header(COLUMNS), flush=True)
     rows = []
     for i, name in enumerate(it):
         if hasattr(it, "set_description"):
@@ -143,11 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             models = ", ".join(r.model for r in rows if not r.ok and _short(r.reason) == reason)
             print(f"  {n:>3}  {reason}  [{models}]")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["model", "size", *(fl.name for fl in fields(CoverageResult))])
-            w.writeheader()
-            for r in rows:
-                w.writerow(asdict(r))
+        write_csv(args.csv, [{"model": r.model, "size": r.size, **{fl.name: getattr(r, fl.name) for fl in fields(CoverageResult)}}
+                             for r in rows])
     return 1 if args.strict and passed < len(rows) else 0
 
 
