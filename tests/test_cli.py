@@ -54,7 +54,7 @@ def test_every_option_is_explained(capsys):
     ("fpgm", ["--global-ratio", "0.4", "--min-channels", "16"]),
     ("cup", ["--target-flops", "0.5", "--round-to", "8"]),
 ])
-def test_prune_save_and_load(capsys, tmp_path, method, amount):
+def test_prune_save_and_load(capsys, tmp_path, method, amount, tv_model):
     path, png = tmp_path / "pruned.pt", tmp_path / "widths.png"
     rc, out, err = run(capsys, "prune", "--model", "torchvision:resnet18", *SMALL, "--method", method, *amount,
                        "--out", str(path), "--plot", str(png))
@@ -70,7 +70,7 @@ def test_prune_save_and_load(capsys, tmp_path, method, amount):
         assert min(convs) >= 16
     if method == "cup":
         assert all(c % 8 == 0 for c in convs)
-        kept = ppf.profile(model, torch.randn(1, 3, 64, 64)).macs / ppf.profile(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)).macs
+        kept = ppf.profile(model, torch.randn(1, 3, 64, 64)).macs / ppf.profile(tv_model("resnet18"), torch.randn(1, 3, 64, 64)).macs
         assert 0.4 < kept <= 0.5
 
 
@@ -212,9 +212,9 @@ def test_input_the_model_fails_on(capsys, outdir, shape):
         assert f"--model resnet18 fails on a random input of --input-shape {shape}: RuntimeError" in err
 
 
-def test_out_may_not_be_the_plot_or_the_weights(capsys, outdir):
+def test_out_may_not_be_the_plot_or_the_weights(capsys, outdir, tv_model):
     weights = outdir / "given" / "w.pt"
-    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    torch.save(tv_model("resnet18").state_dict(), weights)
     before = weights.read_bytes()
     for argv in (["--out", str(outdir / "same.png"), "--plot", str(outdir / "same.png")],
                  ["--weights", str(weights), "--out", str(weights)],
@@ -224,18 +224,19 @@ def test_out_may_not_be_the_plot_or_the_weights(capsys, outdir):
     assert weights.read_bytes() == before
 
 
-def trained_resnet18():
+@pytest.fixture
+def trained_resnet18(tv_model):
     """A resnet18 state dict unlike the CLI's seeded random init: layer1.0.conv1's filters 32-63 are
     100x the others, so L1 must keep exactly those in its group."""
     torch.manual_seed(123)
-    state = torchvision.models.resnet18().state_dict()
+    state = tv_model("resnet18").state_dict()
     state["layer1.0.conv1.weight"][32:] *= 100
     return state
 
 
 @pytest.mark.parametrize("form", ["state_dict", "checkpoint", "ddp", "model_key", "compiled"])
-def test_weights_are_loaded_before_pruning(capsys, tmp_path, form):
-    state = trained_resnet18()
+def test_weights_are_loaded_before_pruning(capsys, tmp_path, form, trained_resnet18):
+    state = trained_resnet18
     payload = {
         "state_dict": state,
         "checkpoint": {"epoch": 90, "state_dict": state, "best_acc1": 69.8},
@@ -259,8 +260,8 @@ def test_weights_are_loaded_before_pruning(capsys, tmp_path, form):
     assert not torch.equal(conv, pruned["random"].layer1[0].conv1.weight)
 
 
-def test_weights_and_inspect(capsys, tmp_path):
-    torch.save({"state_dict": trained_resnet18()}, tmp_path / "trained.pt")
+def test_weights_and_inspect(capsys, tmp_path, trained_resnet18):
+    torch.save({"state_dict": trained_resnet18}, tmp_path / "trained.pt")
     rc, out, err = run(capsys, "inspect", "--model", "resnet18", *SMALL, "--weights", str(tmp_path / "trained.pt"))
     assert rc == 0 and "13 groups, 12 prunable" in out, err
 
@@ -272,9 +273,9 @@ def save(path, payload):
 
 @pytest.mark.parametrize("case", ["missing", "folder", "text", "pickled_module", "no_state_dict", "empty",
                                   "other_model", "other_classes", "pruned", "tensor"])
-def test_bad_weights_are_refused_before_pruning(capsys, outdir, case):
+def test_bad_weights_are_refused_before_pruning(capsys, outdir, case, tv_model):
     given = outdir / "given"
-    resnet = torchvision.models.resnet18()
+    resnet = tv_model("resnet18")
     if case == "missing":
         path, words = given / "no_such.pt", "does not exist"
     elif case == "folder":
@@ -289,10 +290,10 @@ def test_bad_weights_are_refused_before_pruning(capsys, outdir, case):
     elif case == "empty":
         path, words = save(given / "w.pt", {}), "not a state dict"
     elif case == "other_model":
-        path = save(given / "w.pt", torchvision.models.resnet34().state_dict())
+        path = save(given / "w.pt", tv_model("resnet34").state_dict())
         words = "does not fit the model: unexpected: layer1.2.conv1.weight, layer1.2.bn1.weight, layer1.2.bn1.bias and"
     elif case == "other_classes":
-        path = save(given / "w.pt", torchvision.models.resnet18(num_classes=10).state_dict())
+        path = save(given / "w.pt", tv_model("resnet18", num_classes=10).state_dict())
         words = "shapes (checkpoint vs model): fc.weight (10, 512) vs (1000, 512), fc.bias (10,) vs (1000,)"
     elif case == "pruned":
         ppf.prune(resnet, torch.randn(1, 3, 32, 32), "l1", ratio=0.5)
@@ -306,15 +307,15 @@ def test_bad_weights_are_refused_before_pruning(capsys, outdir, case):
     assert words in err
 
 
-def test_weights_from_before_num_batches_tracked(capsys, tmp_path):
+def test_weights_from_before_num_batches_tracked(capsys, tmp_path, trained_resnet18):
     """Keys torch itself lets a state dict leave out (batch norm's counter, added in torch 0.4.1) are fine."""
-    state = {k: v for k, v in trained_resnet18().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in trained_resnet18.items() if not k.endswith("num_batches_tracked")}
     rc, out, err = run(capsys, "inspect", "--model", "resnet18", *SMALL, "--weights", str(save(tmp_path / "w.pt", state)))
     assert rc == 0, err
 
 
-def test_missing_keys_are_named(capsys, tmp_path):
-    state = torchvision.models.resnet18().state_dict()
+def test_missing_keys_are_named(capsys, tmp_path, tv_model):
+    state = tv_model("resnet18").state_dict()
     for k in ("layer2.0.downsample.0.weight", "fc.bias"):
         del state[k]
     rc, out, err = run(capsys, "inspect", "--model", "resnet18", "--weights", str(save(tmp_path / "w.pt", state)))
