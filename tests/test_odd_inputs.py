@@ -3,7 +3,6 @@ group, float64 models, torch.inference_mode(), torch.compile'd models."""
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import pyprune_fast as ppf
@@ -62,9 +61,9 @@ def test_no_prunable_group_because_all_are_ignored():
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_float64_model(method):
+def test_float64_model(method, tv_model):
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).double().eval()
+    model = tv_model("resnet18", num_classes=10).double().eval()
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     report = ppf.prune(model, x, method, ratio=0.3, ignored_layers=[model.fc], progress=False)
     assert report.macs_after < 0.6 * report.macs_before

@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-import torchvision
 
 import pyprune_fast as ppf
 from pyprune_fast import progress
@@ -29,9 +28,9 @@ def tiny_prune(**kw):
     return model, ppf.prune(model, torch.randn(1, 1, 8, 8), "l1", ratio=0.5, ignored_layers=[model.fc], **kw)
 
 
-def test_plot_writes_a_png_with_a_row_per_group(tmp_path):
-    small = torchvision.models.resnet18()
-    big = torchvision.models.resnet50()
+def test_plot_writes_a_png_with_a_row_per_group(tmp_path, tv_model):
+    small = tv_model("resnet18")
+    big = tv_model("resnet50")
     x = torch.randn(1, 3, 32, 32)
     sizes = []
     for model, name in ((small, "r18.png"), (big, "r50.png")):
