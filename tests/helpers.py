@@ -1,4 +1,4 @@
-"""Parametrisations and tolerances shared by the op tests; a free port for process groups."""
+"""Parametrisations and tolerances shared by the op tests; a free port for process groups; an eval-mode forward."""
 
 import socket
 
@@ -39,3 +39,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run(model: torch.nn.Module, x: torch.Tensor):
+    """`model`'s output on `x`, in eval mode and without grad."""
+    model.eval()
+    with torch.no_grad():
+        return model(x)

@@ -4,6 +4,7 @@ output shape and finite values."""
 
 import pytest
 import torch
+from torch import nn
 
 from pyprune_fast.testing import check_coverage
 
@@ -30,3 +31,13 @@ def test_coverage(name, size, tv_model):
     assert row.prunable_groups > 0
     assert row.macs_after < row.macs_before
     assert row.dead_check == "ok" or row.dead_check.startswith("skipped"), row.dead_check
+
+
+class Broken(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+def test_a_failure_is_reported_not_raised():
+    row = check_coverage(Broken(), torch.randn(1, 3, 8, 8))
+    assert not row.ok and row.reason == "forward: RuntimeError: boom" and row.groups == 0 and row.seconds > 0
