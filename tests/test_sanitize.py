@@ -51,7 +51,7 @@ def test_the_op_tests_refuse_a_build_that_is_not_the_sanitized_one(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pyprune_fast.__file__).parents[1]), str(ROOT / "tools")]),
            "PYPRUNE_FAST_SANITIZED_DIR": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-P", "-m", "pytest", "-p", "sanitize", "tests/test_op_inputs.py"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-P", "-m", "pytest", "-p", "sanitize", "tests/ops/test_op_inputs.py"], cwd=ROOT,
                          env=env, capture_output=True, text=True)
     assert res.returncode == 4, res.stdout + res.stderr  # pytest's "usage error": nothing ran
     assert f"sanitize: the tests would use {Path(pyprune_fast._C.__file__).resolve()}" in res.stderr

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +151,8 @@ def run_apart(path, *names):
     import pyprune_fast
 
     code = f"import runpy; f = runpy.run_path({str(path)!r}); [f[n]() for n in {names!r}]"
-    env = {**__import__("os").environ, "PYTHONPATH": str(Path(pyprune_fast.__file__).parents[1])}
+    tests = Path(__file__).resolve().parents[1]  # where `helpers` is
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pyprune_fast.__file__).parents[1]), str(tests)])}
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, f"exit code {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
