@@ -115,8 +115,9 @@ def test_the_package_has_no_import_cycle():
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
-    """One interpreter imports every module, each by its own name, in the walk's order (not the order
-    the package's __init__ happens to use); __main__ runs the CLI, so it is only parsed above."""
+    """One fresh interpreter imports every module by its own name, in the walk's order: those the package's
+    __init__ does not import (cli, testing, nn.swin, ...) import too, from a clean start, and no import
+    relies on an earlier one of the test run. __main__ runs the CLI, so it is only parsed above."""
     names = [name for name in modules() if not name.endswith(".__main__")]
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
     done = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
