@@ -37,7 +37,8 @@ def _indices(name: str, values: IndexLike) -> torch.Tensor:
 
 
 class Plan:
-    """Channels to remove (`remove`) or to merge by channel addition (`merge`), group by group.
+    """Channels to remove (`remove`) or to merge by channel addition (`merge`), group by group, and
+    new values for tensors to write first (`write`: a method that reconstructs weights, as ASCP).
 
     Every call is checked at once; `apply(plan)` then changes the model all together or not at all.
     """
@@ -47,6 +48,7 @@ class Plan:
             raise TypeError(f"Plan: expected a DependencyGraph, got {type(graph).__name__}")
         self.graph = graph
         self.entries: dict[int, Entry] = {}
+        self.writes: dict[str, torch.Tensor] = {}  # parameter or buffer name -> its new value (same shape)
 
     def _check_group(self, op: str, group: Group) -> None:
         if not isinstance(group, Group) or group.index >= len(self.graph.groups) or self.graph.groups[group.index] is not group:
@@ -106,6 +108,20 @@ class Plan:
         self.entries[group.index] = Entry(group, k.sort().values, a, k)
         return self
 
+    def write(self, name: str, value: torch.Tensor) -> "Plan":
+        """Give parameter or buffer `name` of the graph's model the value `value` (same shape), before the
+        plan's channels are removed or merged; `apply` writes it with the rest, all or nothing."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"Plan.write: the value of {name!r} must be a tensor, got {type(value).__name__}")
+        shape = self.graph.shapes.get(name) if isinstance(name, str) else None
+        if shape is None:
+            raise ValueError(f"Plan.write: {name!r} is not a parameter or buffer of the model")
+        if tuple(value.shape) != shape or not value.is_floating_point():
+            raise ValueError(f"Plan.write: the value of {name!r} must be a floating-point tensor of shape {shape}, "
+                             f"got {value.dtype} {tuple(value.shape)}")
+        self.writes[name] = value.detach()
+        return self
+
     def to_dict(self) -> dict[int, dict]:
         """The plan as plain lists by group index (to send to other ranks or store); see from_dict."""
         return {i: {"keep": e.keep.tolist(),
@@ -114,8 +130,10 @@ class Plan:
                 for i, e in self.entries.items()}
 
     @classmethod
-    def from_dict(cls, graph: DependencyGraph, data: dict[int, dict]) -> "Plan":
-        """The plan `to_dict` gave, for `graph` (of the same model, or of a model built the same way).
+    def from_dict(cls, graph: DependencyGraph, data: dict[int, dict],
+                  writes: Optional[dict[str, torch.Tensor]] = None) -> "Plan":
+        """The plan `to_dict` gave, for `graph` (of the same model, or of a model built the same way), with
+        `writes` (a plan's `writes`, which to_dict leaves out: tensors travel apart) written first.
 
         Checked like every other call: group keys are ints naming groups of `graph`, each value a dict
         of 'keep' and optionally 'assignment' and 'merge_keep' (index lists as `keep` and `merge` take
@@ -150,10 +168,16 @@ class Plan:
             except (TypeError, ValueError) as err:
                 why = str(err).split(": ", 1)[-1] if str(err).startswith("Plan.") else str(err)
                 raise type(err)(f"Plan.from_dict: group {i} {field!r}: {why}") from None
+        for name, value in (writes or {}).items():
+            plan.write(name, value)
         return plan
 
     def __len__(self) -> int:
+        """The number of groups the plan changes."""
         return len(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.writes)
 
     def __repr__(self) -> str:
         removed = sum(e.group.channels - e.keep.numel() for e in self.entries.values())

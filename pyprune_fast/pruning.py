@@ -136,30 +136,15 @@ def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tens
     return ladder.widths(rung), f"{alloc}={value:g} ({ladder.knob_name} {ladder.knob(rung):.6g})"
 
 
-def _apply_with(model: nn.Module, written: dict[str, torch.Tensor], plan: Plan, optimizer) -> None:
-    """Write the reconstructed tensors, then apply the plan; on any failure the model is as it was."""
-    tensors = named_tensors(model)
-    saved = {n: tensors[n].data for n in written}
-    try:
-        for n, t in written.items():
-            tensors[n].data = t
-        apply(plan, optimizer)
-    except BaseException:
-        for n, d in saved.items():
-            tensors[n].data = d
-        raise
-
-
 @dataclass
 class Decision:
-    """What `decide` chose, before anything is changed: the plan, the tensors to write first (ASCP's
+    """What `decide` chose, before anything is changed: the plan (with the tensors to write first, as ASCP's
     reconstruction), every group's width, and numbers for the report."""
 
     method: str
     graph: DependencyGraph
     groups: list
     plan: Plan
-    written: dict[str, torch.Tensor]
     widths: torch.Tensor
     allocation: str
     macs_before: int
@@ -201,11 +186,11 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     widths, allocation = _widths(crit, alloc, value, macs)
     stages.start("choosing channels")  # ASCP's k-means runs here, once the widths are known
     plan = Plan(graph)
-    written = crit.decide(plan, widths)
+    crit.decide(plan, widths)
     t2 = time.perf_counter()
     scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
     timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
-    return Decision(method, graph, groups, plan, written, widths, allocation, before.macs, before.params,
+    return Decision(method, graph, groups, plan, widths, allocation, before.macs, before.params,
                     macs(widths), macs.exact, timings)
 
 
@@ -222,7 +207,7 @@ def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.o
     model = decision.graph.model
     t0 = time.perf_counter()
     stages.start("surgery")
-    _apply_with(model, decision.written, decision.plan, optimizer)
+    apply(decision.plan, optimizer)
     t1 = time.perf_counter()
     stages.start("recount")
     if decision.macs_exact:  # no second forward pass to count them

@@ -24,7 +24,8 @@ from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
 from .graph import DependencyGraph, Group, positions
-from .graph.trace import Modules, _Unchanged, named_tensors, tensor_slots
+from .graph import Modules, named_tensors, tensor_slots
+from .graph import Unchanged as _Unchanged
 from .nn.widths import kind_of
 from .plan import Plan
 from .run_check import check_inputs, check_runs
@@ -101,12 +102,14 @@ def _gather_all(tensors: dict, keep: dict) -> dict:
 def _build(plan: Plan, optimizer: Optional[torch.optim.Optimizer], tensors: dict[str, torch.Tensor]):
     params = {n: t for n, t in tensors.items() if isinstance(t, nn.Parameter)}
     keep, merges = _selections(plan, plan.graph.shapes)
-    names = sorted(set(keep) | set(merges))
+    names = sorted(set(keep) | set(merges) | set(plan.writes))
 
     sources = {}
     with torch.no_grad():
         for n in names:
             t = tensors[n].detach()
+            if n in plan.writes:  # a reconstructed value, written before the channels go
+                t = plan.writes[n].to(device=t.device, dtype=t.dtype)
             if n in merges:  # channel addition on a copy, before the gathers
                 t = t.clone()
                 for m, channels, assignment, merge_keep in merges[n]:

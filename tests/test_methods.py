@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torchvision
 from scipy.cluster.hierarchy import fcluster, linkage
 from torch import nn
 
@@ -14,13 +13,8 @@ from pyprune_fast.graph import named_tensors
 from pyprune_fast.methods import METHODS
 from pyprune_fast.methods.base import channel_view, member_tensors
 from pyprune_fast.methods.cup import cup_features, feature_blocks
+from helpers import run
 from nets import FlattenNet, TinyResNet
-
-
-def run(model, x):
-    model.eval()
-    with torch.no_grad():
-        return model(x)
 
 
 def randomise_bn(model):
@@ -61,8 +55,8 @@ def graph_of(model, x):
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_every_method_meets_a_macs_target(method, arch):
-    model = getattr(torchvision.models, arch)()
+def test_every_method_meets_a_macs_target(method, arch, tv_model):
+    model = tv_model(arch)
     x = torch.randn(1, 3, 64, 64)
     report = ppf.prune(model, x, method, target_flops=0.5)
     kept = report.macs_after / report.macs_before
@@ -72,8 +66,8 @@ def test_every_method_meets_a_macs_target(method, arch):
     assert set(report.timings) == {"trace", "scores", "clustering", "allocation", "surgery"}
 
 
-def test_vit_meets_a_macs_target():
-    model = torchvision.models.VisionTransformer(32, 4, 4, 8, 128, 512, num_classes=10)
+def test_vit_meets_a_macs_target(small_vit):
+    model = small_vit()
     x = torch.randn(1, 3, 32, 32)
     for method in ("l1", "cup"):
         m = copy.deepcopy(model)
@@ -82,15 +76,15 @@ def test_vit_meets_a_macs_target():
         assert run(m, x).shape == (1, 10)
 
 
-@pytest.mark.parametrize("make", [Chain, FlattenNet, TinyResNet, torchvision.models.resnet18, torchvision.models.mobilenet_v3_small])
-def test_macs_after_without_a_recount_equal_a_recount(make):
+@pytest.mark.parametrize("make", [Chain, FlattenNet, TinyResNet, "resnet18", "mobilenet_v3_small"])
+def test_macs_after_without_a_recount_equal_a_recount(make, tv_model):
     """Conv and Linear MACs scale with their weights, so the report takes the MACs model's number for
     CNNs (no second forward pass); it must be what profiling the pruned model gives."""
     torch.manual_seed(0)
     x = {Chain: torch.randn(2, 3, 4, 4), FlattenNet: torch.randn(2, 3, 8, 8), TinyResNet: torch.randn(2, 1, 8, 8)}.get(
         make, torch.randn(1, 3, 64, 64))
     for method, option in (("l1", {"ratio": 0.4}), ("cup", {"ratio": 0.3})):
-        model = make()
+        model = tv_model(make) if isinstance(make, str) else make()
         decision = ppf.decide(model, x, method, **option)
         assert decision.macs_exact
         report = ppf.commit(decision, x)
@@ -98,8 +92,8 @@ def test_macs_after_without_a_recount_equal_a_recount(make):
         assert report.params_after == sum(p.numel() for p in model.parameters())
 
 
-def test_attention_macs_are_recounted():
-    model = torchvision.models.VisionTransformer(32, 4, 4, 8, 128, 512, num_classes=10)
+def test_attention_macs_are_recounted(small_vit):
+    model = small_vit()
     x = torch.randn(1, 3, 32, 32)
     decision = ppf.decide(model, x, "l1", ratio=0.5, ignored_layers=[model.heads.head])
     assert not decision.macs_exact
@@ -148,13 +142,12 @@ def slice_norms_reference(t, m, channels):
     return torch.linalg.vector_norm(s.double(), dim=rest)
 
 
-@pytest.mark.parametrize("make", [torchvision.models.resnet18, torchvision.models.mobilenet_v3_small, FlattenNet,
-                                  lambda: torchvision.models.VisionTransformer(32, 4, 2, 4, 64, 128, num_classes=10)])
-def test_cup_feature_blocks_equal_each_members_norms(make):
+@pytest.mark.parametrize("make", ["resnet18", "mobilenet_v3_small", FlattenNet, "small_vit"])
+def test_cup_feature_blocks_equal_each_members_norms(make, tv_model, small_vit):
     """CUP's features as column blocks (each weight's kernel norms computed once, consumers as transposed
     views) equal the norms taken member by member, residual groups, flattens and a ViT included."""
     torch.manual_seed(0)
-    model = make()
+    model = FlattenNet() if make is FlattenNet else small_vit(2, 4, 64, 128) if make == "small_vit" else tv_model(make)
     x = torch.randn(2, 3, 8, 8) if make is FlattenNet else torch.randn(1, 3, 32, 32)
     g = ppf.DependencyGraph(model, x)
     tensors = named_tensors(model)
@@ -187,15 +180,15 @@ def test_cup_keeps_the_largest_feature_norm_of_each_cluster():
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
-def test_ascp_merge_equals_the_reconstructed_model(arch):
-    model = randomise_bn(getattr(torchvision.models, arch)())
+def test_ascp_merge_equals_the_reconstructed_model(arch, tv_model):
+    model = randomise_bn(tv_model(arch))
     x = torch.randn(2, 3, 64, 64)
     g = ppf.DependencyGraph(model, x)
     ascp = METHODS["ascp"](g, g.prunable_groups)
     plan = ppf.Plan(g)
-    written = ascp.decide(plan, ascp.uniform(0.5))
+    ascp.decide(plan, ascp.uniform(0.5))
     tensors = named_tensors(model)
-    for name, value in written.items():
+    for name, value in plan.writes.items():
         tensors[name].data = value
     reconstructed = run(model, x)
     ppf.apply(plan)
@@ -203,8 +196,8 @@ def test_ascp_merge_equals_the_reconstructed_model(arch):
     assert any(e.assignment is not None for e in plan.entries.values())
 
 
-def test_ascp_representative_is_the_channel_nearest_its_centre():
-    model = randomise_bn(torchvision.models.resnet18())
+def test_ascp_representative_is_the_channel_nearest_its_centre(tv_model):
+    model = randomise_bn(tv_model("resnet18"))
     x = torch.randn(1, 3, 32, 32)
     g = ppf.DependencyGraph(model, x)
     crit = METHODS["ascp"](g, g.prunable_groups)
@@ -281,8 +274,8 @@ def test_bn_scale_and_random_scores():
 
 
 @pytest.mark.parametrize("method", ["l1", "cup", "ascp"])
-def test_min_channels_and_round_to(method):
-    model = torchvision.models.resnet18()
+def test_min_channels_and_round_to(method, tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(1, 3, 32, 32)
     report = ppf.prune(model, x, method, ratio=0.7, round_to=8, min_channels=24, ignored_layers=[model.fc])
     for _, before, after in report.widths:
@@ -290,17 +283,17 @@ def test_min_channels_and_round_to(method):
     assert run(model, x).shape == (1, 1000)
 
 
-def test_global_ratio_for_scores_and_cup():
+def test_global_ratio_for_scores_and_cup(tv_model):
     for method in ("l1", "cup"):
-        model = torchvision.models.resnet18()
+        model = tv_model("resnet18")
         report = ppf.prune(model, torch.randn(1, 3, 32, 32), method, global_ratio=0.4, ignored_layers=[model.fc])
         before, after = sum(b for _, b, _ in report.widths), sum(a for _, _, a in report.widths)
         assert after <= round(0.6 * before) + 1 and after >= 0.55 * before
         assert len({b - a for _, b, a in report.widths}) > 1  # not uniform
 
 
-def test_report_prints_and_plots(tmp_path):
-    model = torchvision.models.resnet18()
+def test_report_prints_and_plots(tmp_path, tv_model):
+    model = tv_model("resnet18")
     report = ppf.prune(model, torch.randn(1, 3, 32, 32), "cup", target_flops=0.45)
     text = str(report)
     assert "MACs" in text and "clustering" in text and "target_flops=0.45" in text
@@ -319,8 +312,8 @@ def assert_unchanged(model, state):
         torch.testing.assert_close(now[k], v, rtol=0, atol=0, equal_nan=True)
 
 
-def test_bad_options_name_the_valid_ones_and_modify_nothing():
-    model = torchvision.models.resnet18()
+def test_bad_options_name_the_valid_ones_and_modify_nothing(tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(1, 3, 32, 32)
     state = state_of(model)
     with pytest.raises(ValueError, match="unknown method 'cupp'; expected one of l1, l2, random, bn_scale, fpgm, cup, kcp, ascp"):
@@ -340,8 +333,8 @@ def test_bad_options_name_the_valid_ones_and_modify_nothing():
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_nan_weights_name_the_layer_and_modify_nothing(method):
-    model = torchvision.models.resnet18()
+def test_nan_weights_name_the_layer_and_modify_nothing(method, tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         model.layer2[0].conv2.weight[3, 1, 0, 0] = float("nan")
@@ -351,8 +344,8 @@ def test_nan_weights_name_the_layer_and_modify_nothing(method):
     assert_unchanged(model, state)
 
 
-def test_failure_during_apply_restores_reconstructed_weights(monkeypatch):
-    model = randomise_bn(torchvision.models.resnet18())
+def test_failure_during_apply_restores_reconstructed_weights(monkeypatch, tv_model):
+    model = randomise_bn(tv_model("resnet18"))
     x = torch.randn(1, 3, 32, 32)
     state = state_of(model)
 

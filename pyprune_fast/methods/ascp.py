@@ -27,8 +27,7 @@ from torch import Tensor
 from ..allocation import Ladder, Limits, fraction_ladder
 from ..cluster import kmeans
 from ..graph import Group, Member, dead_channels_are_exact
-from ..graph.rules import NORM_PARAMS, child, module_of
-from ..graph.trace import batchnorm_after
+from ..graph import NORM_PARAMS, batchnorm_after, child, module_of
 from ..plan import Plan
 from .base import Criterion, channel_view, check_finite, member_tensors
 
@@ -108,7 +107,7 @@ class ASCP(Criterion):
     def ladder(self) -> Ladder:
         return fraction_ladder(self.channels, self.limits)
 
-    def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
+    def decide(self, plan: Plan, widths: Tensor) -> None:
         ks = widths.tolist()
         todo = [i for i, (g, k) in enumerate(zip(self.groups, ks)) if k < g.channels]
         results = self._timed("clustering", kmeans, [self.features[i].float() for i in todo],
@@ -128,7 +127,8 @@ class ASCP(Criterion):
                 plan.merge(g, labels, rep)
             else:
                 plan.keep(g, rep)
-        return written
+        for name, value in written.items():
+            plan.write(name, value)
 
     def _reconstruct(self, group: Group, units: list[_Unit], labels: Tensor, rep: Tensor, centres: Tensor,
                      written: dict[str, Tensor]) -> None:

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from ..allocation import Ladder, Limits, ranking_ladder, uniform_widths
-from ..graph import DependencyGraph, Group, Member, named_tensors
-from ..graph.rules import module_of
+from ..graph import DependencyGraph, Group, Member, module_of, named_tensors
 from ..plan import Plan
 
 __all__ = ["Criterion", "Scored", "channel_view", "member_tensors", "producer_rows", "check_finite",
@@ -90,9 +89,9 @@ class Criterion:
     def ladder(self) -> Ladder:
         raise NotImplementedError
 
-    def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
-        """Put every group's change into `plan`; return new values for tensors that must be written
-        before the plan is applied (empty unless the method reconstructs weights)."""
+    def decide(self, plan: Plan, widths: Tensor) -> None:
+        """Put every group's change into `plan`, and (a method that reconstructs weights) the new values of
+        the tensors to write first (`plan.write`)."""
         raise NotImplementedError
 
 
@@ -111,9 +110,8 @@ class Scored(Criterion):
     def ladder(self) -> Ladder:
         return ranking_ladder(self.scores, self.channels, self.limits)
 
-    def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
+    def decide(self, plan: Plan, widths: Tensor) -> None:
         for g, s, w in zip(self.groups, self.scores, widths.tolist()):
             if w < g.channels:
                 plan.remove(g, torch.argsort(s, stable=True)[: g.channels - w])
-        return {}
 

@@ -101,7 +101,7 @@ class CUP(Criterion):
         cuts = torch.cat([torch.tensor([-1.0], dtype=torch.float64)] + self.heights).unique()  # sorted
         return Ladder(cuts.numel(), lambda i: self.at_threshold(float(cuts[i])), lambda i: max(float(cuts[i]), 0.0), "threshold")
 
-    def decide(self, plan: Plan, widths: Tensor) -> dict[str, Tensor]:
+    def decide(self, plan: Plan, widths: Tensor) -> None:
         for g, z, norms, w in zip(self.groups, self.trees, self.norms, widths.tolist()):
             if w >= g.channels:
                 continue
@@ -110,4 +110,3 @@ class CUP(Criterion):
             first = torch.full((w,), g.channels, dtype=torch.long).scatter_reduce(
                 0, labels[by_norm], torch.arange(g.channels), "amin")  # each cluster's largest-norm channel
             plan.keep(g, by_norm[first])
-        return {}

@@ -9,7 +9,7 @@ import torch
 
 from ..graph import DependencyGraph, named_tensors
 from ..plan import Plan
-from ..pruning import _apply_with
+from ..surgery import apply
 from .base import Schedule
 
 __all__ = ["ASCP", "DECAYS"]
@@ -54,12 +54,14 @@ class ASCP(Schedule):
         """Cluster (on rank 0) and write every channel's cluster centre; remember the clusters."""
         def make():
             d = self._decide("ascp", ratio=ratio, seed=self.seed, niter=self.niter)
-            return d.plan.to_dict(), d.written
+            return Plan.from_dict(d.graph, {}, d.plan.writes), d.plan.to_dict()  # the writes now, the merges later
 
-        self.last_plan, written = self._on_rank0(make)
-        self._write(written)
+        plan, clusters = self._shared(make)
+        if plan:
+            apply(plan)
+        self.last_plan = clusters
         now = named_tensors(self.model)
-        self.reference = {k: now[k].detach().clone() for k in written}
+        self.reference = {k: now[k].detach().clone() for k in plan.writes}
 
     def _step(self, epoch: int, optimizer) -> bool:
         ratio = self.rate(epoch)
@@ -80,7 +82,7 @@ class ASCP(Schedule):
                 self._reconstruct(self.target_ratio)
             graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
             plan = Plan.from_dict(graph, self.last_plan)
-            _apply_with(self.model, {}, plan, optimizer)
+            apply(plan, optimizer)
             self.done = True
             self._record(self.last_epoch if self.last_epoch is not None else -1, "merged by channel addition")
         return self.report()

@@ -18,10 +18,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..flops import profile, profile_trace
-from ..graph import DependencyGraph, named_tensors
-from ..graph.trace import first_change, map_tensors, shapes_of
+from ..graph import DependencyGraph, first_change, map_tensors, named_tensors, shapes_of
 from ..plan import Plan
-from ..pruning import Decision, _apply_with, decide
+from ..pruning import Decision, decide
+from ..surgery import apply
 
 __all__ = ["Schedule", "ScheduleReport", "rewrap", "unwrap"]
 
@@ -151,37 +151,33 @@ class Schedule:
         dist.broadcast_object_list(payload, src=0)
         return payload[0]
 
-    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[Plan, dict, str, bool]]) -> bool:
-        """`make()` (a Plan of the current model, tensors to write first, description, whether pruning
-        is over after it) on rank 0, applied all or nothing on every rank: under torch.distributed the
-        plan travels as Plan.to_dict() and is rebuilt on each rank's own graph. True when it changed
-        the model."""
-        if distributed():
-            def portable():
-                plan, written, what, last = make()
-                return plan.to_dict(), written, what, last
-            plan_dict, written, what, last = self._on_rank0(portable)
-            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
-            plan = Plan.from_dict(graph, plan_dict)
-        else:
-            plan, written, what, last = make()
+    def _apply_plan(self, epoch: int, optimizer, make: Callable[[], tuple[Plan, str, bool]]) -> bool:
+        """`make()` (a Plan of the current model, description, whether pruning is over after it) on rank 0,
+        applied all or nothing on every rank. True when it changed the model."""
+        plan, what, last = self._shared(make)
         self.done = self.done or last
         if not plan:
             return False
-        device = next(self.model.parameters()).device
-        _apply_with(self.model, {k: v.to(device) for k, v in written.items()}, plan, optimizer)
+        apply(plan, optimizer)
         self._record(epoch, what)
         return True
+
+    def _shared(self, make: Callable[[], tuple]) -> tuple:
+        """`make()` (a Plan of the current model, then anything else) on rank 0; under torch.distributed
+        the plan travels as Plan.to_dict() and its writes, and is rebuilt on each rank's own graph."""
+        if not distributed():
+            return make()
+
+        def portable():
+            plan, *rest = make()
+            return plan.to_dict(), plan.writes, *rest
+        plan_dict, writes, *rest = self._on_rank0(portable)
+        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        return Plan.from_dict(graph, plan_dict, writes), *rest
 
     def _record(self, epoch: int, what: str, **extra) -> None:
         self.events.append({"epoch": epoch, "macs_kept": self.macs_kept(), "what": what, **extra})
 
-    def _write(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Overwrite model tensors in place (same shapes)."""
-        named = named_tensors(self.model)
-        with torch.no_grad():
-            for k, v in tensors.items():
-                named[k].copy_(v)
 
     def report(self) -> ScheduleReport:
         graph = self._graph()

@@ -63,8 +63,8 @@ class CUPSS(Schedule):
             if landing:
                 widths = land(crit.heights, crit.channels, crit.limits, macs, target)
             plan = Plan(graph)
-            written = crit.decide(plan, widths)
-            return plan, written, f"cup, landed on {self.target}" if landing else f"cup, threshold={t:g}", landing
+            crit.decide(plan, widths)
+            return plan, f"cup, landed on {self.target}" if landing else f"cup, threshold={t:g}", landing
 
         changed = self._apply_plan(epoch, optimizer, make)
         if self.done and not changed:

@@ -39,6 +39,6 @@ class FRS(Schedule):
             ladder = crit.ladder()
             plan = Plan(graph)
             crit.decide(plan, ladder.widths(min(self.channels, ladder.steps - 1)))
-            return plan, {}, f"FRS, {self.channels} lowest-relevance channels", False
+            return plan, f"FRS, {self.channels} lowest-relevance channels", False
 
         return self._apply_plan(epoch, optimizer, make)

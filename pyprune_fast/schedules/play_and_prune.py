@@ -133,7 +133,7 @@ class PlayAndPrune(Schedule):
                 for i in sorted({i for i, _, _ in cands}):
                     plan.remove(self.groups[i], [c for j, c, _ in cands if j == i])
                 what = f"removed {len(cands)} channels, accuracy {accuracy:.4f}"
-                self._apply_plan(epoch, optimizer, lambda: (plan, {}, what, False))
+                self._apply_plan(epoch, optimizer, lambda: (plan, what, False))
                 self.events[-1].update(accuracy=accuracy, pruned=len(cands))
                 self._refresh()
                 return True
