@@ -11,7 +11,7 @@ _BUILD_INFO = _extension.load()
 
 from . import ops  # noqa: E402  (registers the fake kernels of the ops just loaded)
 from .flops import Profile, profile  # noqa: E402
-from .graph import DependencyGraph, Group, Member  # noqa: E402
+from .graph import DependencyGraph, Group, Member, register_rule  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .pruning import Decision, PruneReport, commit, decide, prune  # noqa: E402
 from .schedules import ASCP, CUPSS, FRS, PlayAndPrune, rewrap  # noqa: E402
@@ -21,7 +21,7 @@ from .surgery import apply  # noqa: E402
 __all__ = [
     "build_info", "ops", "DependencyGraph", "Group", "Member", "Plan", "apply", "profile", "Profile", "prune",
     "PruneReport", "save_pruned", "load_pruned", "decide", "commit", "Decision", "CUPSS", "ASCP", "FRS",
-    "PlayAndPrune", "rewrap",
+    "PlayAndPrune", "rewrap", "register_rule",
 ]
 
 

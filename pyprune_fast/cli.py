@@ -144,7 +144,7 @@ def _load_weights(model: nn.Module, path: str) -> None:
 def classifier_name(model: nn.Module, example_inputs: torch.Tensor) -> Optional[str]:
     """Name of the model's final classifier: the last nn.Linear whose out_features is the size of the
     last dim of an output (one shape-only pass finds the outputs); None when there is none."""
-    from .graph.trace import record
+    from .graph import record
 
     return _classifier(model, record(model, example_inputs).outputs)
 
@@ -255,7 +255,7 @@ def _stages(count: int) -> Stages:
 def _model_and_inputs(args: argparse.Namespace, stages: Stages) -> tuple[nn.Module, torch.Tensor, list[nn.Module]]:
     """Build the model (seeded; then --weights), check that it runs on its example input, and find the
     layers to ignore; every failure is a ValueError/TypeError/ImportError naming the problem."""
-    from .graph.trace import record
+    from .graph import record
 
     stages.start(f"build {args.model}")
     torch.manual_seed(args.seed)

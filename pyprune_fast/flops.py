@@ -10,14 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph.rules import module_of
-from .graph.trace import Node, Trace, record
+from .graph import Node, Trace, module_of, record, taxonomy
 from .nn.window_attention import shifted_window_attention, window_attention_args
 
 __all__ = ["MacsModel", "Profile", "profile", "profile_trace", "param_count"]
-
-_CONVS = ("conv1d", "conv2d", "conv3d")
-
 
 @dataclass
 class Profile:
@@ -39,7 +35,7 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     """(module or op, multiply-accumulates, the weight they scale with: a parameter name or None)."""
     args, name = node.args, node.name
     out = node.outputs[0] if node.outputs else None
-    if name in _CONVS:
+    if name in taxonomy.CONVS:
         w = args[1]
         return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:]), w.param
     if node.func is F.linear:
@@ -57,7 +53,7 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
         inner = a["qkv_weight"].shape[0] // 3  # qkv, q @ k.T and attn @ v (N = wh * ww each), proj
         return (module_of(module_of(a["proj_weight"].param)) or name, tokens * inner * (4 * C + 2 * wh * ww),
                 a["qkv_weight"].param)  # scales with the heads kept (qkv rows)
-    if name in ("matmul", "bmm", "__matmul__", "einsum") and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
+    if name in taxonomy.MATMULS and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
         return name, math.prod(out.shape) * args[0].shape[-1], None
     if name == "scaled_dot_product_attention":
         q, k = args[0], args[1]
@@ -67,7 +63,7 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
 
 def _proportional(node: Node) -> bool:
     """Whether the op's MACs are its weight's element count times a size pruning does not change."""
-    return node.name in _CONVS or node.func is F.linear
+    return node.name in taxonomy.CONVS or node.func is F.linear
 
 
 def param_count(model: nn.Module) -> int:

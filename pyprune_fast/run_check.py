@@ -3,7 +3,7 @@
 `apply` calls `check_inputs` before it changes the model and `check_runs` after, before it returns:
 the pruned model must run and give outputs of the shapes the graph recorded, or `apply` rolls back.
 Where the graph was traced on meta tensors the pass is on meta tensors too (shapes only, no
-arithmetic; a few ms for ResNet-50), with the graph tracer's own machinery.
+arithmetic; a few ms for ResNet-50), with the graph tracer's own machinery (`graph.output_shapes`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .graph import DependencyGraph
-from .graph.trace import (_attention_as_one_op, _eval, _OnMeta, _Recorder, _run, _Unchanged, has_hooks, leaves,
-                          named_tensors, op_name)
+from .graph import DependencyGraph, failed_op, has_hooks, leaves, output_shapes
 
 __all__ = ["check_inputs", "check_runs"]
 
@@ -41,28 +39,14 @@ def check_inputs(graph: DependencyGraph) -> Optional[Check]:
 def _failed_at(error: BaseException, modules) -> str:
     """'op in module' for the innermost recorded op and model module on the traceback of `error`."""
     names = {id(m): n for n, m in modules}
-    op, module = "?", None
-    tb = error.__traceback__
+    module, tb = None, error.__traceback__
     while tb is not None:
         owner_ = tb.tb_frame.f_locals.get("self")
         if isinstance(owner_, nn.Module) and id(owner_) in names:
             module = names[id(owner_)] or type(owner_).__name__
-        elif isinstance(owner_, _Recorder) and "func" in tb.tb_frame.f_locals:
-            op = op_name(tb.tb_frame.f_locals["func"])
         tb = tb.tb_next
+    op = failed_op(error) or "?"
     return op if module is None else f"{op} in {module}"
-
-
-def _output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
-    """Shapes of the outputs of one recorded forward pass (every module in eval mode, without grad),
-    on meta stand-ins of every tensor when `meta`; the model is left exactly as it was (as in tracing)."""
-    modules = list(model.named_modules())
-    with _Unchanged(modules, buffers=not meta), _attention_as_one_op(modules):
-        _eval(modules)
-        if meta:
-            with _OnMeta(modules) as on_meta:
-                return [v.shape for v in _run(model, on_meta.tensors, inputs, meta=True).outputs]
-        return [v.shape for v in _run(model, named_tensors(model, modules), inputs, meta=False).outputs]
 
 
 _HINT = ("Does the model's code hard-code a width (a view or reshape to fixed sizes)? Keep the layers whose "
@@ -76,7 +60,7 @@ def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
         return
     want = [v.shape for v in graph.trace.outputs]
     try:
-        got = _output_shapes(graph.model, check.inputs, check.meta)
+        got = output_shapes(graph.model, check.inputs, check.meta)
     except Exception as e:
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
                          f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e

@@ -101,7 +101,7 @@ def test_profile_counts_macs():
 def test_meta_linear_shortcut_leaves_a_width_mismatch_to_the_real_kernel():
     """The shortcut that makes a Linear's meta output without running it must not hide a mismatch
     (the pruned-model check relies on the meta pass failing where the real one would)."""
-    from pyprune_fast.graph.trace import _meta_output
+    from pyprune_fast.graph.meta import meta_output as _meta_output
 
     w = torch.empty(3, 6, device="meta")
     assert _meta_output(torch.nn.functional.linear, (torch.empty(2, 6, device="meta"), w), {}).shape == (2, 3)

@@ -12,7 +12,7 @@ from helpers import cpu_and_cuda
 from pyprune_fast.graph import DependencyGraph
 from pyprune_fast.methods import METHODS
 from pyprune_fast.methods.frs import FRS
-from pyprune_fast.relevance import ALPHA, BETA, EPS, class_weighted, layer_relevance, layer_scores, relevance_scores
+from pyprune_fast.methods.relevance import ALPHA, BETA, EPS, class_weighted, layer_relevance, layer_scores, relevance_scores
 
 
 def small_net(bn: bool, bias: bool = True, act: type = nn.ReLU) -> nn.Sequential:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .trace import named_tensors
+from .tensors import named_tensors
 
 if TYPE_CHECKING:
     from .dependency import DependencyGraph, Group

@@ -9,9 +9,10 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-from .rules import Context, child, propagate
+from .rules import Context, propagate
 from .spaces import Member, join_shared
-from .trace import first_change, named_tensors, record, shapes_of
+from .record import record
+from .tensors import child, first_change, named_tensors, shapes_of
 
 __all__ = ["DependencyGraph", "Group", "uncompiled"]
 
@@ -59,7 +60,7 @@ class Group:
 class DependencyGraph:
     """Channel groups of `model`, found by running it once on `example_inputs` (in eval mode, no grad).
     The model is left as it was: tensors, attributes, every module's `training` flag, hooks, grad mode;
-    forward hooks never see meta tensors (see `trace.record`).
+    forward hooks never see meta tensors (see `record.record`).
 
     Args:
         model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
+
+Role = Literal["producer", "consumer"]  # makes a channel's values / reads them
 
 _order = itertools.count()
 
@@ -28,7 +30,7 @@ class Member:
     dim: int
     offset: int = 0
     block: int = 1
-    role: str = "producer"
+    role: Role = "producer"
 
     def channel_sums(self, v, channels: int):
         """(channels,): a vector indexed along this member's dim, summed over each channel's positions."""
@@ -163,7 +165,7 @@ def lock_label(label: Optional[Label], reason: str) -> None:
         seg.space.lock(reason)
 
 
-def add_members(label: Label, name: str, dim: int, role: str) -> None:
+def add_members(label: Label, name: str, dim: int, role: Role) -> None:
     """Members for every segment of `label`, laid along dim `dim` of tensor `name`."""
     offset = 0
     for seg in label:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..graph.rules import module_of
+from ..graph import module_of
 from .base import Scored, channel_view, check_producers_finite, member_tensors, producer_rows
 
 __all__ = ["BNScale"]

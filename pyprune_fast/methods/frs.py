@@ -9,7 +9,7 @@ from typing import Iterable, Optional
 import torch
 
 from ..allocation import Limits
-from ..relevance import relevance_scores
+from .relevance import relevance_scores
 from .base import Scored
 
 __all__ = ["FRS"]

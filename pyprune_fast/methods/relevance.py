@@ -39,9 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .graph import DependencyGraph, Group
-from .graph.rules import module_of
-from .graph.trace import SIZE_READS, Trace, batchnorm_after, leaves, named_tensors, op_name, record
+from ..graph import (DependencyGraph, Group, Trace, batchnorm_after, leaves, module_of, named_tensors, op_name, record,
+                     taxonomy as ops)
 
 __all__ = ["layer_relevance", "layer_scores", "class_weighted", "relevance_scores"]
 
@@ -49,27 +48,10 @@ ALPHA, BETA, EPS = 2.0, 1.0, 1e-6
 PROGRESS_DELAY_S = 2.0
 
 _LAYERS = {torch.conv1d: 1, torch.conv2d: 1, torch.conv3d: 1, F.linear: -1}  # op -> output channel dim
-# Ops whose plain gradient is the LRP rule (see the module docstring).
-_PLAIN = {
-    "relu", "relu_", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "clone", "contiguous", "to", "float", "double", "half", "type", "type_as", "neg",
-    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "__isub__", "rsub",
-    "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind", "narrow", "select", "tensor_split",
-    "split_with_sizes", "__getitem__", "view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_",
-    "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "permute", "transpose", "swapaxes", "swapdims", "t", "T",
-    "mT", "movedim", "expand", "expand_as", "broadcast_to", "pad", "interpolate", "upsample",
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
-    "max_pool1d", "max_pool2d", "max_pool3d", "_max_pool1d", "_max_pool2d", "_max_pool3d",
-    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d",
-    "adaptive_max_pool2d", "adaptive_max_pool3d", "_adaptive_max_pool1d", "_adaptive_max_pool2d",
-    "_adaptive_max_pool3d", "mean", "sum", "amax", "amin",
-}
-_SCALING = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "__itruediv__", "true_divide"}
-_ACTIVATIONS = {
-    "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "gelu", "hardswish", "hardswish_", "hardsigmoid",
-    "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "mish", "softplus", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "clamp", "clamp_", "clamp_min", "clamp_max", "clip",
-}
+# Ops whose plain gradient is the LRP rule (see the module docstring), from the graph's op taxonomy.
+_PLAIN = (ops.RELUS | ops.DROPOUTS | ops.COPIES | {"neg", "stack", "__getitem__", "pad", "mean", "sum", "amax", "amin"}
+          | ops.SUMS | ops.CATS | ops.SPLITS | ops.RESHAPES | ops.PERMUTES | ops.EXPANDS | ops.POOLS | ops.MAX_POOLS)
+_SCALING = ops.PRODUCTS | ops.QUOTIENTS - {"__rtruediv__"}  # by a constant or a parameter (a number over x is not)
 
 
 def _stab(z: Tensor, negative: bool) -> Tensor:
@@ -139,7 +121,7 @@ class _LRP(TorchFunctionMode):
             return self._layer(func, args, kwargs)
         if func is F.batch_norm:
             return self._batch_norm(func, args, kwargs)
-        if name in _ACTIVATIONS and args and self._is_activation(args[0]):
+        if name in ops.ACTIVATIONS and args and self._is_activation(args[0]):
             x = args[0]
             with torch.no_grad():
                 a = func(x.detach().clone(), *args[1:], **kwargs)
@@ -150,7 +132,7 @@ class _LRP(TorchFunctionMode):
         if name in _SCALING:
             if sum(self._is_activation(t) for t in leaves((args, kwargs))) > 1:
                 self._fail(f"multiplies or divides two activations ({name})")
-        elif name not in _PLAIN and name not in SIZE_READS and any(self._is_activation(t) for t in leaves((args, kwargs))):
+        elif name not in _PLAIN and name not in ops.SIZE_READS and any(self._is_activation(t) for t in leaves((args, kwargs))):
             self._fail(f"calls {name}")
         return func(*args, **kwargs)
 

@@ -1,0 +1,72 @@
+"""Outputs of some ops on meta tensors made directly: their shape functions on meta are slow Python
+decompositions, and the recorder calls them for every op of a meta pass."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["attention_args", "meta_output"]
+
+# F.multi_head_attention_forward's leading positional arguments.
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+             "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias")
+
+
+def attention_args(args: tuple, kwargs: dict) -> dict:
+    """The arguments of an F.multi_head_attention_forward call, by name."""
+    return dict(zip(_MHA_ARGS, args), **kwargs)
+
+
+# On meta tensors some ops' shape functions are slow Python decompositions; for these the recorder
+# makes the output directly. Only ops whose output shape is plain (and that do not work in place).
+_SAME_SHAPE = {F.batch_norm, F.instance_norm, F.layer_norm, F.group_norm, F.gelu}
+
+
+def _params_fit(func: Callable, x: torch.Tensor, params: list) -> bool:
+    """Whether a norm's parameters and statistics fit its input: the channels (dim 1), or for layer_norm
+    the trailing dims."""
+    if func is F.layer_norm:
+        return all(tuple(p.shape) == tuple(x.shape[x.dim() - p.dim():]) for p in params)
+    return all(x.dim() > 1 and p.numel() == x.shape[1] for p in params)
+
+
+def meta_output(func: Callable, args: tuple, kwargs: dict):
+    """The output of func on meta inputs, made without running it; None where that is not plain."""
+    if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
+        return None
+    x = args[0]
+    if func in _SAME_SHAPE:
+        if not _params_fit(func, x, [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]):
+            return None  # a mismatch for the real kernel to report
+        if not x.is_contiguous():
+            return torch.empty_like(x)
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
+    if func is F.linear:
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+            return None  # a mismatch for the real kernel to report
+        return x.new_empty((*x.shape[:-1], w.shape[0]))
+    if func in (torch.conv1d, torch.conv2d, torch.conv3d) and not kwargs and x.dim() == args[1].dim():
+        w, spatial = args[1], x.dim() - 2
+        stride, padding, dilation, groups = (list(args) + [None, 1, 0, 1, 1][len(args) - 2:])[3:7]
+        if isinstance(padding, str) or x.shape[1] != w.shape[1] * groups:
+            return None  # 'same' padding, or a mismatch for the real kernel to report
+        stride, padding, dilation = ([a] * spatial if isinstance(a, int) else list(a) for a in (stride, padding, dilation))
+        out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
+               for i in range(spatial)]
+        return x.new_empty((x.shape[0], w.shape[0], *out))
+    if func is F.multi_head_attention_forward:
+        given = attention_args(args, kwargs)
+        if given.get("bias_k") is not None or given.get("add_zero_attn") or given.get("static_k") is not None:
+            return None
+        out = x.new_empty((*x.shape[:-1], given["out_proj_weight"].shape[0]))
+        if not given.get("need_weights", True):
+            return out, None
+        L, S = x.shape[0], given["key"].shape[0]
+        batch = () if x.dim() == 2 else (x.shape[1],)
+        heads = () if given.get("average_attn_weights", True) else (given["num_heads"],)
+        return out, x.new_empty((*batch, *heads, L, S))
+    return None

@@ -1,0 +1,191 @@
+"""Records the tensor operations one forward pass of a model executes.
+
+The recorder is a `TorchFunctionMode`: it sees every torch function, `torch.nn.functional` call and
+Tensor method the forward runs, in the order it runs them, so Python control flow is simply followed.
+`F.conv2d`, `F.batch_norm`, `F.multi_head_attention_forward` and the like are recorded as single ops
+(the mode is suspended while they run), with the parameters and buffers they read. torchvision's Swin
+window attention modules run as their `pyprune_fast.swin` subclasses while recording (same arithmetic),
+so that each is one op too (`window_attention.shifted_window_attention`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..nn.widths import pruned_class
+from .ir import Node, Trace, Value, leaves, map_tensors, op_name
+from .meta import meta_output
+from .tensors import Modules, named_tensors, shapes_of, tensor_slots
+from .taxonomy import SIZE_READS
+from .unchanged import Unchanged
+
+__all__ = ["failed_op", "has_hooks", "output_shapes", "record"]
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self, param_names: dict[int, str]):
+        super().__init__()
+        self.param_names = param_names
+        self.values: dict[int, Value] = {}
+        self.keep_alive: list[torch.Tensor] = []  # ids stay unique while we hold the tensors
+        self.nodes: list[Node] = []
+        self.params: dict[str, Value] = {}
+        self._ids = itertools.count()
+
+    def value_of(self, t: torch.Tensor) -> Value:
+        v = self.values.get(id(t))
+        if v is None:
+            name = self.param_names.get(id(t))
+            v = Value(tuple(t.shape), param=name, id=next(self._ids))
+            self.values[id(t)] = v
+            self.keep_alive.append(t)
+            if name is not None:
+                self.params[name] = v
+        return v
+
+    def new_value(self, t: torch.Tensor, node: Node) -> Value:
+        v = Value(tuple(t.shape), producer=node, id=next(self._ids))
+        self.values[id(t)] = v  # an in-place op makes the same tensor object a new value
+        self.keep_alive.append(t)
+        node.outputs.append(v)
+        return v
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = meta_output(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
+                and op_name(func) not in SIZE_READS):
+            return out
+        node = Node(func, map_tensors(self.value_of, tuple(args)), map_tensors(self.value_of, kwargs), [], None,
+                    id=len(self.nodes))
+        node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
+        self.nodes.append(node)
+        return out
+
+
+def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:
+    """One recorded forward pass; `tensors`: the model's parameters and buffers (as named_tensors gives them)."""
+    inputs = example_inputs
+    if meta:
+        inputs = map_tensors(lambda x: x.to("meta"), example_inputs)
+    recorder = _Recorder({id(t): n for n, t in tensors.items()})
+    in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
+    input_values = [recorder.value_of(x) for x in in_leaves]
+    with torch.no_grad(), recorder:
+        out = model(*inputs)
+    outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors))
+
+
+class _OnMeta:
+    """Puts meta stand-ins (same shapes, no data) in place of every parameter and buffer, and the
+    originals back on exit. Ops on meta tensors compute shapes only. `tensors`: the stand-ins by the
+    first qualified name of what they stand for (as named_tensors names them)."""
+
+    def __init__(self, modules: Modules):
+        self.modules = modules
+
+    def __enter__(self):
+        stand_in: dict[int, torch.Tensor] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.saved = []
+        for name, slots, k, t in tensor_slots(self.modules):
+            if id(t) not in stand_in:
+                m = torch.empty_like(t, device="meta")
+                m = nn.Parameter(m, t.requires_grad) if isinstance(t, nn.Parameter) else m
+                stand_in[id(t)] = self.tensors[name] = m
+            self.saved.append((slots, k, t))
+        for slots, k, t in self.saved:  # after the walk: its dicts are not changed under it
+            slots[k] = stand_in[id(t)]
+        return self
+
+    def __exit__(self, *exc):
+        for slots, k, t in self.saved:
+            slots[k] = t
+
+
+@contextmanager
+def _attention_as_one_op(modules: Modules):
+    """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
+    swapped = [(m, type(m), new) for _, m in modules if (new := pruned_class(m)) not in (None, type(m))]
+    try:
+        for m, _, new in swapped:
+            m.__class__ = new
+        yield
+    finally:
+        for m, cls, _ in swapped:
+            m.__class__ = cls
+
+
+def has_hooks(modules: Modules) -> bool:
+    """Whether a forward hook or pre-hook (a module's, or a global one) would run in a forward pass."""
+    from torch.nn.modules import module as mod
+
+    return bool(mod._global_forward_hooks or mod._global_forward_pre_hooks) or \
+        any(m._forward_hooks or m._forward_pre_hooks for _, m in modules)
+
+
+def _eval(modules: Modules) -> None:
+    """Every module in eval mode (its own flag; a user's train() override is not called)."""
+    for _, m in modules:
+        m.training = False
+
+
+def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
+    """Record one forward pass of `model` (every module in eval mode, without grad).
+
+    meta=True runs the pass on meta tensors (shapes only, no arithmetic): the model's tensors are
+    swapped for meta ones and back. If the model needs real values (`.item()`, data-dependent
+    branches), has forward hooks or pre-hooks (they never see meta tensors: they run, once, in the real
+    pass), or meta=False, the pass runs for real on `example_inputs`.
+
+    Nothing of the model changes: its parameters, buffers, plain attributes (tensors the forward
+    reassigns included), every module's own `training` flag and hook dicts, and grad mode are as before.
+    """
+    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    modules = list(model.named_modules())  # one walk, for every step below
+    with Unchanged(modules, buffers=False) as unchanged, _attention_as_one_op(modules):
+        _eval(modules)
+        if meta and not has_hooks(modules):
+            try:  # the model's tensors are meta stand-ins
+                with _OnMeta(modules) as on_meta:
+                    return _run(model, on_meta.tensors, example_inputs, meta=True)
+            except Exception:
+                unchanged.restore()  # what the failed pass changed is undone before a real one
+                _eval(modules)
+        with Unchanged(modules):
+            return _run(model, named_tensors(model, modules), example_inputs, meta=False)
+
+
+def output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
+    """Shapes of the outputs of one recorded forward pass (every module in eval mode, without grad), on
+    meta stand-ins of every tensor when `meta`, else for real; the model is left exactly as it was (as in
+    `record`). Errors of the forward pass propagate (`failed_op` names the op that raised)."""
+    modules = list(model.named_modules())
+    with Unchanged(modules, buffers=not meta), _attention_as_one_op(modules):
+        _eval(modules)
+        if meta:
+            with _OnMeta(modules) as on_meta:
+                return [v.shape for v in _run(model, on_meta.tensors, inputs, meta=True).outputs]
+        return [v.shape for v in _run(model, named_tensors(model, modules), inputs, meta=False).outputs]
+
+
+def failed_op(error: BaseException) -> Optional[str]:
+    """The name of the op a recorded pass (`record`, `output_shapes`) was running when it raised `error`
+    (the innermost on its traceback), or None."""
+    op, tb = None, error.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), _Recorder) and "func" in tb.tb_frame.f_locals:
+            op = op_name(tb.tb_frame.f_locals["func"])
+        tb = tb.tb_next
+    return op

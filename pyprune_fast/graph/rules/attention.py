@@ -1,0 +1,107 @@
+"""Attention modules recorded as one op: their heads form a group."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ...nn.window_attention import shifted_window_attention, window_attention_args
+from ..ir import Value
+from ..meta import attention_args
+from ..spaces import Member, Space, lock_label, union
+from ..tensors import child, module_of
+from .context import Context, fixed_outputs, param_names, producer
+from .registry import rule
+from ..ir import Node
+
+__all__ = ["attention", "window_attention"]
+
+
+@rule(F.multi_head_attention_forward)
+def attention(ctx: Context, node: Node) -> None:
+    """F.multi_head_attention_forward (nn.MultiheadAttention): its heads form a group.
+
+    Head h is the block of head_dim rows h*hd... in each of the q, k and v parts of in_proj_weight
+    (and in_proj_bias), and the same block of columns of out_proj.weight. The embedding dims of the
+    inputs stay fixed: the module ties them to embed_dim.
+    """
+    a = attention_args(node.args, node.kwargs)
+    ctx.lock_all([a["query"], a["key"], a["value"]], "nn.MultiheadAttention ties its embedding size to its inputs")
+    fixed_outputs(ctx, node)
+    w_in, w_out = a.get("in_proj_weight"), a.get("out_proj_weight")
+    simple = (isinstance(w_in, Value) and w_in.param and isinstance(w_out, Value) and w_out.param
+              and a.get("bias_k") is None and not a.get("add_zero_attn") and a.get("static_k") is None
+              and not a.get("use_separate_proj_weight"))
+    if not simple:
+        return
+    module = module_of(w_in.param)
+    space = _head_space(ctx, module, f"attention heads {module}", a["num_heads"], w_in, a.get("in_proj_bias"), w_out)
+    if module in ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+    if node.outputs[1:] and ctx.is_read(node.outputs[1]):  # a dead head attends uniformly
+        if a.get("average_attn_weights", True):
+            space.mark_inexact(f"the attention weights of {module}, averaged over its heads, are read")
+        else:
+            space.lock(f"the attention weights of {module} are read head by head")
+
+
+@rule(shifted_window_attention)
+def window_attention(ctx: Context, node: Node) -> None:
+    """Swin's shifted window attention (window_attention.shifted_window_attention): its heads form a group.
+
+    Head h is the block of head_dim rows h*hd... in each of the q, k and v thirds of `qkv.weight` (and
+    `qkv.bias`), the same block of columns of `proj.weight`, and entry h along the heads dim of the
+    relative position bias (a column of V1's bias table, an output of V2's `cpb_mlp`) and of V2's
+    `logit_scale`. The input's width stays fixed: the op reads it.
+    """
+    a = window_attention_args(node.args, node.kwargs)
+    w_qkv, w_proj, bias, scale = a["qkv_weight"], a["proj_weight"], a["relative_position_bias"], a["logit_scale"]
+    ctx.lock_all([a["input"]], "Swin window attention reads the width of its input")
+    fixed_outputs(ctx, node)
+    module = module_of(module_of(w_qkv.param))
+    if (w_qkv.param, w_proj.param) != (child(module, "qkv.weight"), child(module, "proj.weight")):
+        ctx.lock_all([v for v in (bias, scale) if v is not None], "Swin window attention with weights that are not "
+                     "its own qkv and proj")
+        return
+    space = _head_space(ctx, module, f"window attention heads {module}", a["num_heads"], w_qkv, a["qkv_bias"], w_proj)
+    for v, what in ((bias, "relative position bias"), (scale, "logit_scale")):
+        if v is not None:
+            space = _join_heads(ctx, space, v, f"the {what} of {module}")
+    if {module, module_of(w_qkv.param)} & ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+
+
+def _head_space(ctx: Context, module: str, origin: str, heads: int, w_in: Value, b_in, w_out: Value) -> Space:
+    """A new space of `heads` channels: head h is a block of head_dim rows in each of the q, k and v thirds
+    of w_in (and b_in), and the same block of columns of w_out."""
+    inner = w_in.shape[0] // 3
+    hd = inner // heads
+    space = ctx.new_space(heads, origin)
+    space.modules.add(module)
+    ctx.attention.add(module)
+    for name in param_names(w_in, b_in):
+        space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
+    space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))
+    return space
+
+
+def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
+    """Joins the heads dim of `v` (which broadcasts against the (windows, heads, N, N) scores) to the head
+    space: the space its label holds, or the parameter it is a view of. Returns the head space's root."""
+    d, lab = v.ndim - 3, ctx.of(v)
+    for other, label in lab.dims.items():
+        if other != d:
+            lock_label(label, f"{what} is read whole")
+    if d < 0 or v.shape[d] == 1:
+        return space  # the same for every head
+    label = lab.dims.get(d)
+    if label is not None and len(label) == 1 and label[0].block == 1:
+        root = union(label[0].space, space)
+        root.origin = space.origin  # the heads name the group, not the layer that made the bias
+        return root
+    if label is None and d in lab.params:
+        name, pd = lab.params[d]
+        space.add(producer(name, pd))
+        return space
+    lock_label(label, f"{what} is laid out along its heads in a way the graph cannot follow")
+    space.lock(f"{what} is computed in a way the graph cannot follow")
+    return space

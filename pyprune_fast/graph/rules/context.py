@@ -1,0 +1,141 @@
+"""The state the rules share while they walk a trace: channel labels per value, spaces, and what
+they learn on the way (depthwise convs, attention modules, fixed dims, dead channels made non-zero)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+from ..ir import Node, Trace, Value
+from ..spaces import Label, Labels, Member, Role, Segment, Space, add_members, lock_label
+
+__all__ = ["Context", "all_nonzero", "fixed_outputs", "generic", "mix", "param_names", "producer", "record_module",
+           "wrap", "zeroed"]
+
+
+class Context:
+    """What the rules know so far. The part a rule of one's own needs (see `register_rule`):
+
+    - `ctx.of(v).dims`: {dim: label} for the dims of Value `v` that carry channels (a label is a tuple of
+      segments; a dim without a label is fixed: its size may not change);
+    - `ctx.set(v, dims)`: give an output Value its labelled dims (outputs not set are fixed);
+    - `ctx.attach(label, param, dim, role)`: dim `dim` of parameter or buffer `param` (a Value) holds the
+      channels of `label` ("producer": it makes their values, "consumer": it reads them);
+    - `ctx.lock_all(values, reason)`: the channels of these Values may not change, for `reason`.
+    """
+
+    def __init__(self, trace: Trace, ignored_modules: set[str]):
+        self.trace = trace
+        self.ignored = ignored_modules
+        self.labels: dict[int, Labels] = {}
+        self.spaces: list[Space] = []
+        self.depthwise: set[str] = set()  # convs whose groups follow their channel count
+        self.per_channel_groupnorm: set[str] = set()
+        self.attention: set[str] = set()  # attention modules whose heads form a group
+        self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
+        # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
+        self.nonzero: dict[int, dict[Space, str]] = {}
+        self._read: Optional[set[int]] = None
+
+    def of(self, v: Value) -> Labels:
+        got = self.labels.get(v.id)
+        if got is None:
+            got = Labels(params={d: (v.param, d) for d in range(v.ndim)} if v.param else {})
+            self.labels[v.id] = got
+        return got
+
+    def set(self, v: Value, dims: dict[int, Label], params: Optional[dict] = None) -> None:
+        self.labels[v.id] = Labels(dims=dict(dims), params=dict(params or {}))
+
+    def new_space(self, size: int, origin: str, locked: Optional[str] = None) -> Space:
+        s = Space(size, origin, locked)
+        self.spaces.append(s)
+        return s
+
+    def lock_all(self, values, reason: str) -> None:
+        for v in values:
+            for label in self.of(v).dims.values():
+                lock_label(label, reason)
+
+    def attach(self, label: Optional[Label], param: Value, dim: int, role: Role = "producer") -> None:
+        """Dim `dim` of `param` holds the channels of `label`: it is cut with them. A tensor that is not a
+        parameter or buffer of the model (computed in forward) locks them."""
+        if not label:
+            return
+        if param.param is None:
+            lock_label(label, f"a tensor made inside forward holds these channels (dim {dim})")
+            return
+        add_members(label, param.param, dim, role)
+
+    def is_read(self, v: Value) -> bool:
+        """Whether a recorded op or the model's output reads `v`."""
+        if self._read is None:
+            self._read = {u.id for n in self.trace.nodes for u in n.tensor_inputs()}
+            self._read |= {u.id for u in self.trace.outputs}
+        return v.id in self._read
+
+    def dead_nonzero(self, v: Value, seg: Segment) -> Optional[str]:
+        """The op that made the dead channels of `seg` non-zero in `v`, or None where they are exact zeros."""
+        r = seg.space.root()
+        return next((why for s, why in self.nonzero.get(v.id, {}).items() if s.root() is r), None)
+
+    def inherited(self, values: Iterable[Value], out: Value) -> dict[Space, str]:
+        """`values`' non-zero dead channels that `out` carries: an op that keeps zeros zero."""
+        found = [item for v in values for item in self.nonzero.get(v.id, {}).items()]
+        if not found:
+            return {}
+        roots = {seg.space.root() for label in self.of(out).dims.values() for seg in label}
+        return {s: why for s, why in found if s.root() in roots}
+
+    def consume(self, v: Value, label: Optional[Label], reader: str) -> None:
+        """`reader` sums the channels of `label` in `v` with weights: dead ones that are not zero count."""
+        for seg in label or ():
+            why = self.dead_nonzero(v, seg)
+            if why is not None:
+                seg.space.mark_inexact(f"{reader} reads dead channels that {why} made non-zero")
+
+
+def all_nonzero(labels: Iterable[Label], why: str) -> dict[Space, str]:
+    return {seg.space: why for label in labels for seg in label}
+
+
+def mix(label: Optional[Label], reason: str) -> None:
+    """An op whose result depends on how many channels `label` holds, zeros or not."""
+    for seg in label or ():
+        seg.space.mark_inexact(reason)
+
+
+def zeroed(v) -> bool:
+    """Whether a weight or bias argument is absent or a parameter of the model (kill_channels zeroes those)."""
+    return v is None or isinstance(v, Value) and v.param is not None
+
+
+def wrap(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def param_names(*values) -> list[str]:
+    """Names of the parameters among `values` (a bias may be None, a weight computed in forward)."""
+    return [v.param for v in values if isinstance(v, Value) and v.param]
+
+
+def producer(name: str, dim: int = 0) -> Member:
+    return Member(name, dim, 0, 1, "producer")
+
+
+def record_module(label: Label, module: str) -> None:
+    for seg in label:
+        seg.space.root().modules.add(module)
+
+
+def generic(ctx: Context, node: Node) -> None:
+    """An op without a rule: the channels it reads can no longer change."""
+    ctx.lock_all(node.tensor_inputs(), f"{node.name} (no rule for this op; pass its module in ignored_layers "
+                                       f"or keep these channels)")
+    fixed_outputs(ctx, node)
+
+
+def fixed_outputs(ctx: Context, node: Node) -> None:
+    """Outputs whose every dim is fixed (new_zeros and the like: a shape given in numbers; any read of
+    a channel count locks by itself)."""
+    for out in node.outputs:
+        ctx.set(out, {})

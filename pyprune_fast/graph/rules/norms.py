@@ -1,0 +1,82 @@
+"""Norms: their parameters and statistics join the channels they normalise."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..ir import Node, Value
+from ..spaces import lock_label, add_members
+from ..tensors import module_of
+from .context import Context, all_nonzero, mix, param_names, record_module, zeroed
+from .registry import rule
+
+NORM_PARAMS = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))  # positions in F.batch_norm
+
+__all__ = ["NORM_PARAMS", "batch_norm", "group_norm", "layer_norm"]
+
+
+def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, what: str, shifts: bool,
+          mixes: bool = False) -> None:
+    """A norm whose `params` end with its weight and bias. `shifts`: a zero channel comes out non-zero
+    before the weight and bias (running statistics); `mixes`: its statistics are taken across channels."""
+    label = ctx.of(x).dims.get(channel_dim)
+    names = param_names(*params)
+    module = module_of(names[0]) if names else ""
+    if label:
+        if any(seg.block != 1 for seg in label):
+            lock_label(label, f"{what} {module} over a reshaped channel dim")
+        if any(isinstance(p, Value) and not p.param for p in params):
+            lock_label(label, f"{what} {module} with statistics or parameters made inside forward")
+        for name in names:
+            add_members(label, name, 0, "producer")
+        record_module(label, module)
+        if mixes:
+            mix(label, f"{what} {module} normalises across these channels")
+    else:
+        ctx.fixed.update((name, 0) for name in names)
+    out = node.outputs[0]
+    ctx.set(out, ctx.of(x).dims)
+    w, b = params[-2:]
+    why = f"{what} {module}"
+    if isinstance(w, Value) and w.param and zeroed(b):
+        nonzero = {}  # zero weight and bias: zero whatever comes in
+    elif shifts or mixes or not zeroed(b):
+        nonzero = all_nonzero([label or ()], why)
+    else:
+        nonzero = ctx.inherited([x], out)
+    nonzero.update(all_nonzero([lab for d, lab in ctx.of(x).dims.items() if d != channel_dim], why))
+    ctx.nonzero[out.id] = nonzero
+
+
+@rule(F.batch_norm, F.instance_norm)
+def batch_norm(ctx: Context, node: Node) -> None:
+    """F.batch_norm and F.instance_norm: the same arguments, the 6th saying whether the statistics are the
+    input's own (`training`, `use_input_stats`); running statistics shift a zero channel."""
+    x = node.arg(0, "input")
+    params = [node.arg(i, n) for i, n in NORM_PARAMS]
+    own = node.arg(5, "training", False) if node.func is F.batch_norm else node.arg(5, "use_input_stats", True)
+    _norm(ctx, node, x, 1, params, node.name, shifts=not own and not zeroed(params[0]))
+
+
+@rule(F.group_norm)
+def group_norm(ctx: Context, node: Node) -> None:
+    x, groups = node.arg(0, "input"), node.arg(1, "num_groups")
+    w, b = node.arg(2, "weight"), node.arg(3, "bias")
+    label = ctx.of(x).dims.get(1)
+    module = module_of(w.param if isinstance(w, Value) else None)
+    if groups == x.shape[1]:
+        ctx.per_channel_groupnorm.add(module)
+    elif groups != 1:
+        lock_label(label, f"{module} is a GroupNorm with {groups} groups: pruning would unbalance them")
+    _norm(ctx, node, x, 1, [w, b], "group_norm", shifts=False, mixes=groups != x.shape[1])
+
+
+@rule(F.layer_norm)
+def layer_norm(ctx: Context, node: Node) -> None:
+    x, shape = node.arg(0, "input"), node.arg(1, "normalized_shape")
+    w, b = node.arg(2, "weight"), node.arg(3, "bias")
+    if len(shape) != 1:
+        ctx.lock_all([x], "layer_norm over several dims")
+        ctx.set(node.outputs[0], {})
+        return
+    _norm(ctx, node, x, x.ndim - 1, [w, b], "layer_norm", shifts=True, mixes=True)

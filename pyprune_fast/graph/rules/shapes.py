@@ -1,0 +1,288 @@
+"""Ops that move values around (concat, permute, reshape, expand, pooling, pad, indexing, split) and
+reads of a size."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+
+from ..ir import Node, Value
+from ..spaces import Segment, add_members, lock_label, unify
+from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES, SIZE_READS, SPLITS
+from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
+from .registry import rule
+
+__all__ = ["cat", "expand", "getitem", "pad", "permute", "reshape", "roll", "size_read", "spatial", "split"]
+
+
+@rule(*CATS)
+def cat(ctx: Context, node: Node) -> None:
+    tensors = list(node.arg(0, "tensors"))
+    out = node.outputs[0]
+    dim = wrap(node.arg(1, "dim", 0), out.ndim)
+    dims, loose = {}, []
+    for d in range(out.ndim):
+        if d == dim:
+            continue
+        labels = [ctx.of(t).dims[d] for t in tensors if d in ctx.of(t).dims]
+        if labels:
+            label = unify(labels, f"{node.name} joins tensors whose channels are laid out differently")
+            if len(labels) < len(tensors):
+                loose.append(label)  # a parameter's (or fixed) values at the dead channels: any value
+                params = [ctx.of(t).params.get(d) for t in tensors if d not in ctx.of(t).dims]
+                for p in params:
+                    if p is None:
+                        lock_label(label, f"{node.name} joins channels with a tensor made inside forward")
+                    else:
+                        add_members(label, p[0], p[1], "producer")
+            dims[d] = label
+    if any(dim in ctx.of(t).dims for t in tensors):
+        segments = []
+        for t in tensors:
+            lab = ctx.of(t).dims.get(dim)
+            if lab is None:
+                space = ctx.new_space(t.shape[dim], "a concatenated tensor", locked="concatenated with fixed channels")
+                if dim in ctx.of(t).params:
+                    name, pd = ctx.of(t).params[dim]
+                    space.members.append(producer(name, pd))
+                lab = (Segment(space, t.shape[dim]),)
+            segments += lab
+        dims[dim] = tuple(segments)
+    ctx.set(out, dims)
+    ctx.nonzero[out.id] = {**ctx.inherited(tensors, out), **all_nonzero(loose, f"{node.name} with a parameter")}
+
+
+@rule(*PERMUTES)
+def permute(ctx: Context, node: Node) -> None:
+    x, out = node.args[0], node.outputs[0]
+    name = node.name
+    if name in ("permute",):
+        order = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        order = list(order) if order else list(node.kwargs.get("dims"))
+        order = [wrap(d, x.ndim) for d in order]
+    elif name in ("transpose", "swapaxes", "swapdims"):
+        a, b = wrap(node.arg(1, "dim0"), x.ndim), wrap(node.arg(2, "dim1"), x.ndim)
+        order = list(range(x.ndim))
+        order[a], order[b] = order[b], order[a]
+    elif name in ("t", "T", "numpy_T"):
+        order = list(range(x.ndim))[::-1]
+    elif name == "mT":
+        order = list(range(x.ndim))
+        order[-1], order[-2] = order[-2], order[-1]
+    elif name == "movedim":
+        src, dst = node.arg(1, "source"), node.arg(2, "destination")
+        src = [src] if isinstance(src, int) else list(src)
+        dst = [dst] if isinstance(dst, int) else list(dst)
+        src, dst = [wrap(s, x.ndim) for s in src], [wrap(d, x.ndim) for d in dst]
+        rest = [d for d in range(x.ndim) if d not in src]
+        order = [None] * x.ndim
+        for s, d in zip(src, dst):
+            order[d] = s
+        it = iter(rest)
+        order = [o if o is not None else next(it) for o in order]
+    else:
+        return generic(ctx, node)
+    lab = ctx.of(x)
+    ctx.set(out, {i: lab.dims[o] for i, o in enumerate(order) if o in lab.dims},
+            {i: lab.params[o] for i, o in enumerate(order) if o in lab.params})
+
+
+@rule(*RESHAPES)
+def reshape(ctx: Context, node: Node) -> None:
+    """view, reshape, flatten, unflatten, squeeze, unsqueeze: read from the shapes before and after."""
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    groups = _reshape_groups(x.shape, out.shape)
+    if groups is None:
+        ctx.lock_all([x], f"{node.name} from {list(x.shape)} to {list(out.shape)}")
+        ctx.set(out, {})
+        return
+    dims, params = {}, {}
+    for ia, jb in groups:
+        labelled = [k for k in ia if k in lab.dims]
+        ka = [k for k in ia if x.shape[k] != 1] or ia[:1]
+        kb = [j for j in jb if out.shape[j] != 1] or jb[:1]
+        if len(ka) == 1 and len(kb) == 1:  # one dim to one, give or take dims of size 1 (squeeze, unsqueeze)
+            if ka[0] in lab.dims:
+                dims[kb[0]] = lab.dims[ka[0]]
+            if ka[0] in lab.params:
+                params[kb[0]] = lab.params[ka[0]]
+            continue
+        if not labelled:
+            continue
+        k = labelled[0]
+        if len(labelled) == 1 and len(jb) == 1 and all(x.shape[m] == 1 for m in ia if m < k):
+            factor = math.prod(x.shape[m] for m in ia if m > k)  # merge: each channel spans `factor` positions more
+            dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k])
+            continue
+        if len(labelled) == 1 and len(ia) == 1 and len(lab.dims[k]) == 1:
+            seg = lab.dims[k][0]
+            sizes = [out.shape[j] for j in jb]
+            t = next((i for i, s in enumerate(sizes) if s != 1), None)
+            if t is not None and sizes[t] == seg.length and math.prod(sizes[t + 1:]) == seg.block:
+                dims[jb[t]] = (Segment(seg.space, seg.length, 1),)  # split back: undoes a flatten
+                continue
+        for m in labelled:
+            lock_label(lab.dims[m], f"{node.name} from {list(x.shape)} to {list(out.shape)} splits or mixes channels")
+    ctx.set(out, dims, params)
+
+
+def _reshape_groups(a, b):
+    """Pairs (dims of a, dims of b) whose sizes multiply to the same number, in order; None if none."""
+    i = j = 0
+    groups = []
+    try:
+        while i < len(a) or j < len(b):
+            ia, jb, pa, pb = [], [], 1, 1
+            if i < len(a):
+                ia.append(i)
+                pa *= a[i]
+                i += 1
+            if j < len(b):
+                jb.append(j)
+                pb *= b[j]
+                j += 1
+            while pa != pb:
+                if pa < pb:
+                    ia.append(i)
+                    pa *= a[i]
+                    i += 1
+                else:
+                    jb.append(j)
+                    pb *= b[j]
+                    j += 1
+            groups.append((ia, jb))
+    except IndexError:
+        return None
+    return groups
+
+
+@rule(*EXPANDS)
+def expand(ctx: Context, node: Node) -> None:
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    dims, params = {}, {}
+    for d in range(x.ndim):
+        od = d + out.ndim - x.ndim
+        if x.shape[d] == out.shape[od]:
+            if d in lab.dims:
+                dims[od] = lab.dims[d]
+            if d in lab.params:
+                params[od] = lab.params[d]
+        elif d in lab.dims:
+            lock_label(lab.dims[d], f"{node.name} repeats channels")
+    ctx.set(out, dims, params)
+
+
+@rule(*POOLS, *MAX_POOLS, "lp_pool2d", F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+def spatial(ctx: Context, node: Node) -> None:
+    """Pooling and interpolation (channels first): labels stay on the batch and channel dims."""
+    x = node.tensor_inputs()[0]
+    same_size_dims(ctx, node, set(range(2, x.ndim)))
+
+
+def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
+    """Ops that act along some dims only (pad, roll, pooling): labels stay on the other dims whose
+    size is unchanged; labels on `moved` dims are locked."""
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    keep = {}
+    for d, label in lab.dims.items():
+        if d in moved or out.ndim != x.ndim or x.shape[d] != out.shape[d]:
+            lock_label(label, f"{node.name} changes or moves along dim {d}")
+        else:
+            keep[d] = label
+    ctx.set(out, keep)
+    for extra in node.outputs[1:]:  # max_pool's indices
+        ctx.set(extra, {})
+
+
+@rule("pad")
+def pad(ctx: Context, node: Node) -> None:
+    same_size_dims(ctx, node, set())
+    if node.arg(2, "mode", "constant") == "constant" and node.arg(3, "value"):
+        out = node.outputs[0]
+        ctx.nonzero[out.id] = all_nonzero(ctx.of(out).dims.values(), f"{node.name} with {node.arg(3, 'value')}")
+
+
+@rule("roll")
+def roll(ctx: Context, node: Node) -> None:
+    x = node.tensor_inputs()[0]
+    dims = node.arg(2, "dims")
+    dims = [] if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+    same_size_dims(ctx, node, {wrap(d, x.ndim) for d in dims} if dims else set(range(x.ndim)))
+
+
+@rule("__getitem__")
+def getitem(ctx: Context, node: Node) -> None:
+    x, index, out = node.args[0], node.args[1], node.outputs[0]
+    lab = ctx.of(x)
+    if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
+        lock_label(lab.dims.get(0), "indexing the channel dim with a tensor")
+        shift = index.ndim - 1
+        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d},
+                {d + shift: v for d, v in lab.params.items() if d})
+        return
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Value, list)) for i in index):
+        ctx.lock_all([x], "indexing with a tensor or a list")
+        ctx.set(out, {})
+        return
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        fill = x.ndim - sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:k] + (slice(None),) * fill + index[k + 1:]
+    index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
+    dims, params, d, j = {}, {}, 0, 0
+    for i in index:
+        if i is None:
+            j += 1
+            continue
+        full = isinstance(i, slice) and i == slice(None) or (
+            isinstance(i, slice) and (i.start in (None, 0)) and i.stop is None and i.step in (None, 1))
+        if isinstance(i, int) or not full:
+            if d in lab.dims:
+                lock_label(lab.dims[d], "indexing or slicing along the channel dim")
+            if isinstance(i, int):
+                d += 1
+                continue
+        else:
+            if d in lab.dims:
+                dims[j] = lab.dims[d]
+            if d in lab.params:
+                params[j] = lab.params[d]
+        d += 1
+        j += 1
+    ctx.set(out, dims, params)
+
+
+@rule(*SPLITS)
+def split(ctx: Context, node: Node) -> None:
+    """split, chunk, unbind, narrow, select, tensor_split: fine along other dims, locks along channels."""
+    x = node.tensor_inputs()[0]
+    lab = ctx.of(x)
+    dim = node.arg(2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else node.arg(1, "dim", 0)
+    dim = wrap(dim, x.ndim)
+    if dim in lab.dims:
+        lock_label(lab.dims[dim], f"{node.name} cuts the channel dim at sizes fixed in the model's code")
+    for out in node.outputs:
+        if out.ndim == x.ndim:
+            ctx.set(out, {d: v for d, v in lab.dims.items() if d != dim})
+        else:  # the dim is gone
+            ctx.set(out, {(d if d < dim else d - 1): v for d, v in lab.dims.items() if d != dim})
+
+
+@rule(*SIZE_READS)
+def size_read(ctx: Context, node: Node) -> None:
+    """x.shape, x.size(), x.numel(): the code may compute other shapes from a channel count it read."""
+    x = node.args[0]
+    dim = node.arg(1, "dim") if node.name == "size" else None
+    lab = ctx.of(x)
+    for d, label in lab.dims.items():
+        if dim is None or wrap(dim, x.ndim) == d:
+            lock_label(label, f"the model's code reads this channel count ({node.name} of a {list(x.shape)} tensor) "
+                              "and may compute other shapes from it")
+
+
+rule(*NEW_TENSORS)(fixed_outputs)  # shapes given in numbers: any read of a channel count locks by itself
