@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .pruning import PruneReport
+    from .report import PruneReport
 
 __all__ = ["check_plot_path", "plot_widths", "short_names"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -13,51 +13,17 @@ from torch import nn
 
 from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
-from .graph import DependencyGraph, named_tensors
+from .graph import DependencyGraph
 from .methods import METHODS, Criterion
 from .plan import Plan
-from .plotting import plot_widths
 from .progress import Stages, choice
+from .report import GroupWidth, PruneReport
 from .surgery import apply
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
 COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0}
-
-
-@dataclass
-class PruneReport:
-    method: str
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    widths: list[tuple[str, int, int]] = field(default_factory=list)  # (group origin, before, after)
-    groups: int = 0
-    prunable_groups: int = 0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: trace, scores, clustering, allocation, surgery
-    allocation: str = ""  # e.g. "target_flops=0.5 (threshold 0.731)"
-
-    def __str__(self) -> str:
-        pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
-        lines = [
-            f"pyprune_fast.prune(method={self.method!r}, {self.allocation})",
-            f"  MACs   {self.macs_before / 1e9:8.3f} G -> {self.macs_after / 1e9:8.3f} G  ({pct(self.macs_after, self.macs_before)} kept)",
-            f"  params {self.params_before / 1e6:8.3f} M -> {self.params_after / 1e6:8.3f} M  ({pct(self.params_after, self.params_before)} kept)",
-            f"  groups {self.groups}, prunable {self.prunable_groups}, pruned {sum(b != a for _, b, a in self.widths)}",
-            "  time   " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timings.items())
-            + f" (total {sum(self.timings.values()) * 1e3:.1f} ms)",
-            "  widths (group: before -> after):",
-        ]
-        lines += [f"    {origin[:60]:<60} {b:>5} -> {a:<5}" for origin, b, a in self.widths]
-        return "\n".join(lines)
-
-    def plot(self, path) -> None:
-        """Write an image (PNG unless `path` ends otherwise) of the fraction of channels every group kept,
-        one row per group, named by its first layer; MACs and params in the title. A missing matplotlib
-        or a path that cannot be written raises ImportError/ValueError before anything is drawn."""
-        plot_widths(self, path)
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -215,10 +181,11 @@ def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.o
     else:
         after = profile(model, example_inputs)
         macs_after, params_after = after.macs, after.params
-    widths = [(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
-    return PruneReport(decision.method, decision.macs_before, macs_after, decision.params_before, params_after, widths,
-                       len(decision.graph.groups), len(decision.groups), {**decision.timings, "surgery": t1 - t0},
-                       decision.allocation)
+    widths = [GroupWidth(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
+    return PruneReport(method=decision.method, macs_before=decision.macs_before, macs_after=macs_after,
+                       params_before=decision.params_before, params_after=params_after, widths=widths,
+                       groups=len(decision.graph.groups), prunable_groups=len(decision.groups),
+                       timings={**decision.timings, "surgery": t1 - t0}, allocation=decision.allocation)
 
 
 def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
