@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     p.add_argument("--strict", action="store_true", help="exit 1 when any model fails")
     args = p.parse_args(argv)
+    if not 0 <= args.ratio < 1:
+        p.error(f"--ratio must be in [0, 1), got {args.ratio}")
 
     names = all_models()
     if args.models:

@@ -100,7 +100,13 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
     2. `dead_channel_check`: in the first prunable group of >= 4 channels whose dead channels are exact, zero a
        third of the channels (chosen with `seed`) on a copy, remove them, and compare outputs (rel. err < 1e-5);
     3. `ppf.prune(model, example_inputs, method="l1", ratio=ratio)`: the output keeps its shape and is finite.
+
+    A `model` that is not an nn.Module or a `ratio` outside [0, 1) raises (TypeError, ValueError) before anything runs.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"check_coverage: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ValueError(f"check_coverage: ratio must be a number in [0, 1), got {ratio!r}")
     t0 = time.perf_counter()
     res = CoverageResult()
     reasons: list[str] = []

@@ -41,3 +41,13 @@ class Broken(nn.Module):
 def test_a_failure_is_reported_not_raised():
     row = check_coverage(Broken(), torch.randn(1, 3, 8, 8))
     assert not row.ok and row.reason == "forward: RuntimeError: boom" and row.groups == 0 and row.seconds > 0
+
+
+@pytest.mark.parametrize("model, ratio, error", [(nn.Linear(3, 4), 1.0, ValueError), (nn.Linear(3, 4), True, ValueError),
+                                                 ("resnet18", 0.3, TypeError)])
+def test_bad_arguments_raise_before_anything(model, ratio, error):
+    state = {k: v.clone() for k, v in model.state_dict().items()} if isinstance(model, nn.Module) else {}
+    with pytest.raises(error, match="check_coverage: (ratio must be a number in \\[0, 1\\)|model must be a torch.nn.Module)"):
+        check_coverage(model, torch.randn(2, 3), ratio)
+    if state:
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
