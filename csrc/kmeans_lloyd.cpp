@@ -1,18 +1,47 @@
-// The batched Lloyd loop of kmeans_lloyd in ATen ops, for any device (see kmeans_lloyd.h). It follows
-// the CPU kernel step for step: an assignment, then up to niter times an update and an assignment, a
+// kmeans_lloyd's argument checks, and its batched Lloyd loop in ATen ops for any device (see kmeans_lloyd.h).
+// The loop follows the CPU kernel step for step: an assignment, then up to niter times an update and an assignment, a
 // problem stopping once no label changes; ties go to the lower centroid index, cluster sums run in point
 // order, empty clusters take the farthest points. Nothing here reads device memory from the host except
 // the convergence flags, once per `sync_every` iterations for all problems together.
 #include "kmeans_lloyd.h"
 
 #include <c10/core/DeviceGuard.h>
-#include <torch/library.h>
 
+#include <initializer_list>
 #include <map>
 #include <numeric>
 
 namespace pyprune_fast {
 namespace {
+
+// Every element of every tensor of the named lists finite (NaN propagates through aminmax: one pass each,
+// one host read for all the lists); otherwise a ValueError naming the first bad tensor, a bad entry and its value.
+void check_finite(const char* op, std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
+  std::vector<at::Tensor> flags;
+  std::vector<std::pair<const char*, size_t>> which;  // (list name, position) of each flag
+  std::vector<at::Tensor> tensors;
+  for (const auto& [name, ts] : lists) {
+    for (size_t i = 0; i < ts.size(); ++i) {
+      if (ts[i].numel() == 0) continue;
+      const auto [lo, hi] = at::aminmax(ts[i]);
+      flags.push_back(at::isfinite(lo).logical_and(at::isfinite(hi)));
+      which.emplace_back(name, i);
+      tensors.push_back(ts[i]);
+    }
+  }
+  if (flags.empty()) return;
+  const auto host = at::stack(flags).cpu();
+  for (size_t f = 0; f < flags.size(); ++f) {
+    if (host[f].item<bool>()) continue;
+    const auto t = tensors[f].cpu();
+    const auto where = at::logical_not(at::isfinite(t)).nonzero()[0];  // (row, column)
+    const int64_t r = where[0].item<int64_t>(), c = where[1].item<int64_t>();
+    const char* name = which[f].first;
+    const size_t i = which[f].second;
+    TORCH_CHECK_VALUE(false, op, ": ", name, "[", i, "] holds ", t[r][c].item<double>(), " at [", r, ", ", c,
+                      "] (problem ", i, "); values must be finite");
+  }
+}
 
 // The problems of one shape, stacked: row b of every tensor belongs to problem ids[b].
 struct Bucket {
@@ -122,13 +151,28 @@ void retire_converged(std::vector<Bucket>& buckets, Outputs& out) {
   buckets = std::move(left);
 }
 
-KmeansResult kmeans_lloyd_batched_op(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
-                                     int64_t sync_every) {
-  const BelowAutograd below_autograd;
-  return kmeans_lloyd_batched(xs, centroids, niter, spherical, sync_every);
-}
-
 }  // namespace
+
+c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter) {
+  const char* op = "kmeans_lloyd";
+  TORCH_CHECK_VALUE(xs.size() == centroids.size(), op, ": got ", xs.size(), " problems but ", centroids.size(),
+                    " centroid tensors");
+  TORCH_CHECK_VALUE(niter >= 0, op, ": niter must be >= 0, got ", niter);
+  const auto device = common_device(op, xs);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const auto &x = xs[i], &c = centroids[i];
+    TORCH_CHECK_VALUE(x.dim() == 2, op, ": xs[", i, "] must be 2-D (points x features), got ", x.dim(), "-D");
+    TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": xs[", i,
+                     "] must be float32 or float64, got ", x.scalar_type());
+    TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(), " but xs[", i,
+                     "] is ", x.scalar_type());
+    check_on_device(op, "centroids", i, c, device);
+    TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
+                      ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
+  }
+  check_finite(op, {{"xs", xs}, {"centroids", centroids}});
+  return device;
+}
 
 KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
                                   int64_t sync_every, AssignEpilogue epilogue) {
@@ -164,11 +208,6 @@ KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, i
     emit(b, rows, out);
   }
   return {out.labels, out.centroids, out.inertia};
-}
-
-// The batched loop in ATen ops alone, on any device: tests compare it with the CPU kernel and the reference.
-TORCH_LIBRARY_IMPL(pyprune_fast, CompositeExplicitAutograd, m) {
-  m.impl("_kmeans_lloyd_batched", &kmeans_lloyd_batched_op);
 }
 
 }  // namespace pyprune_fast

@@ -1,4 +1,5 @@
-// Every operator schema of pyprune_fast, in one place. Kernels live in cpu/ and cuda/.
+// Every public operator schema of pyprune_fast, in one place. Each op's checks are in <op>.cpp, its kernels in
+// cpu/<op>_kernel.cpp and cuda/<op>_kernel.cu; private ops for tests are in testing_ops.cpp.
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyprune_fast, m) {
@@ -20,10 +21,5 @@ TORCH_LIBRARY(pyprune_fast, m) {
   // Returns (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64).
   m.def(
       "kmeans_lloyd(Tensor[] xs, Tensor[] centroids, int niter, bool spherical) -> "
-      "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
-  // Private, for tests: kmeans_lloyd's batched loop (what the CUDA kernel runs) in ATen ops alone, on any
-  // device; the host reads the convergence flags every `sync_every` iterations (results do not depend on it).
-  m.def(
-      "_kmeans_lloyd_batched(Tensor[] xs, Tensor[] centroids, int niter, bool spherical, int sync_every=1) -> "
       "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
 }

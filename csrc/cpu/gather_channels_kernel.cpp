@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "channel_args.h"
+#include "gather_channels.h"
 #include "cpu/parallel_rows.h"
 
 namespace pyprune_fast {

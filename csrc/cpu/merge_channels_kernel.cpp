@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "channel_args.h"
+#include "merge_channels.h"
 #include "cpu/parallel_rows.h"
 
 namespace pyprune_fast {

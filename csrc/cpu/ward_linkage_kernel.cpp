@@ -20,6 +20,7 @@
 
 #include "checks.h"
 #include "cpu/parallel_rows.h"
+#include "ward_linkage.h"
 
 namespace pyprune_fast {
 namespace {
@@ -99,17 +100,6 @@ double row_min(const double* row, const double* pen, int64_t n) {
   }
   for (; i < n; ++i) m[0] = min_plus(m[0], row[i], pen[i]);
   return std::min(std::min(m[0], m[1]), std::min(m[2], m[3]));
-}
-
-void check_dists(at::TensorList dists) {
-  for (size_t i = 0; i < dists.size(); ++i) {
-    const auto& d = dists[i];
-    TORCH_CHECK_TYPE(at::isFloatingType(d.scalar_type()), kOp, ": dists[", i, "] must be a floating-point tensor, got ",
-                     d.scalar_type());
-    TORCH_CHECK_VALUE(d.dim() == 2, kOp, ": dists[", i, "] must be a 2-D distance matrix, got ", d.dim(), "-D");
-    TORCH_CHECK_VALUE(d.size(0) == d.size(1), kOp, ": dists[", i, "] must be square, got ", d.size(0), " x ",
-                      d.size(1));
-  }
 }
 
 [[noreturn]] void bad_entry(const at::Tensor& src, size_t index) {
@@ -243,9 +233,11 @@ void label(const std::vector<Merge>& merges, int64_t n, double* out) {
   }
 }
 
+}  // namespace
+
 std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
   const BelowAutograd below_autograd;
-  check_dists(dists);
+  check_ward_dists(dists);
   std::vector<at::Tensor> outs;
   std::vector<double> work;
   for (const auto& d : dists) {
@@ -279,24 +271,8 @@ std::vector<at::Tensor> ward_linkage_cpu(at::TensorList dists) {
   return outs;
 }
 
-// No CUDA kernel (the chain is sequential): say so rather than the dispatcher's generic error.
-std::vector<at::Tensor> ward_linkage_cuda(at::TensorList dists) {
-  const BelowAutograd below_autograd;
-  for (size_t i = 0; i < dists.size(); ++i) {
-    TORCH_CHECK_VALUE(dists[i].is_cpu(), kOp, ": dists[", i, "] is on ", dists[i].device(),
-                      "; the op runs on the CPU only, move the matrices there first (e.g. d.cpu())");
-  }
-  return ward_linkage_cpu(dists);
-}
-
-}  // namespace
-
 TORCH_LIBRARY_IMPL(pyprune_fast, CPU, m) {
   m.impl("ward_linkage", &ward_linkage_cpu);
-}
-
-TORCH_LIBRARY_IMPL(pyprune_fast, CUDA, m) {
-  m.impl("ward_linkage", &ward_linkage_cuda);
 }
 
 }  // namespace pyprune_fast

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <map>
 
-#include "channel_args.h"
+#include "gather_channels.h"
 #include "cuda/launch.cuh"
 
 namespace pyprune_fast {

@@ -7,7 +7,7 @@
 
 #include <map>
 
-#include "channel_args.h"
+#include "merge_channels.h"
 #include "cuda/launch.cuh"
 
 namespace pyprune_fast {

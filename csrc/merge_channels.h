@@ -1,22 +1,15 @@
-// Validation and preparation of the arguments of gather_channels and merge_channels_, shared by
-// every backend. Index checks run on the tensors' device and meet the host once per call.
+// merge_channels_' argument checks, shared by every backend: index checks run on the tensors' device and meet
+// the host once per call.
 #pragma once
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 #include "checks.h"
 
 namespace pyprune_fast {
-
-struct GatherArgs {
-  std::vector<at::Tensor> xs;       // contiguous
-  std::vector<at::Tensor> indices;  // int64, one per tensor
-  std::vector<int64_t> dims;        // wrapped
-};
-
-GatherArgs prepare_gather(at::TensorList xs, at::TensorList indices, at::IntArrayRef dims);
 
 // Cluster members in CSR form: members[offsets[g] : offsets[g + 1]] are the channels of cluster g,
 // ascending, so every backend sums them in the same order (bitwise deterministic results).
