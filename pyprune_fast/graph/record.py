@@ -21,6 +21,8 @@ from torch.overrides import TorchFunctionMode
 from ..nn.widths import pruned_class
 from .ir import Node, Trace, Value, leaves, map_tensors, op_name
 from .meta import meta_output
+from .one_op import one_op_class
+from .rules.registry import module_rule
 from .tensors import Modules, named_tensors, shapes_of, tensor_slots
 from .taxonomy import SIZE_READS
 from .unchanged import Unchanged
@@ -112,10 +114,17 @@ class _OnMeta:
             slots[k] = t
 
 
+def _one_op_class(m: nn.Module) -> Optional[type]:
+    """The class `m` runs as while recorded: the one-op subclass of a type with a registered rule, or Swin
+    window attention's subclass whose forward is one op; None when it runs as it is."""
+    return one_op_class(type(m)) if module_rule(m) is not None else pruned_class(m)
+
+
 @contextmanager
-def _attention_as_one_op(modules: Modules):
-    """Swin window attention modules swapped for the subclasses whose forward is one op, and back."""
-    swapped = [(m, type(m), new) for _, m in modules if (new := pruned_class(m)) not in (None, type(m))]
+def _as_one_op(modules: Modules):
+    """Modules of registered types and Swin window attention swapped for subclasses whose forward is one
+    op, and back."""
+    swapped = [(m, type(m), new) for _, m in modules if (new := _one_op_class(m)) not in (None, type(m))]
     try:
         for m, _, new in swapped:
             m.__class__ = new
@@ -154,7 +163,7 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
     modules = list(model.named_modules())  # one walk, for every step below
-    with Unchanged(modules, buffers=False) as unchanged, _attention_as_one_op(modules):
+    with Unchanged(modules, buffers=False) as unchanged, _as_one_op(modules):
         _eval(modules)
         if meta and not has_hooks(modules):
             try:  # the model's tensors are meta stand-ins
@@ -172,7 +181,7 @@ def output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
     meta stand-ins of every tensor when `meta`, else for real; the model is left exactly as it was (as in
     `record`). Errors of the forward pass propagate (`failed_op` names the op that raised)."""
     modules = list(model.named_modules())
-    with Unchanged(modules, buffers=not meta), _attention_as_one_op(modules):
+    with Unchanged(modules, buffers=not meta), _as_one_op(modules):
         _eval(modules)
         if meta:
             with _OnMeta(modules) as on_meta:

@@ -39,7 +39,9 @@ def register_rule(target, fn: Callable[[Context, Node], None]) -> None:
     `target` (replacing any rule it had).
 
     target: a `torch.library` custom op (its `CustomOpDef`, `torch.ops.ns.op` or one overload), a function
-        the recorder sees as one op, or an op name (a Tensor method such as "my_method").
+        the recorder sees as one op, an op name (a Tensor method such as "my_method"), or an nn.Module
+        subclass: each of its instances is then recorded as one op, with `node.args` = (the module, {its
+        parameters and buffers by local name: Value}, *the inputs of its forward).
     fn: reads the node (`node.args`, `node.kwargs`, `node.arg(i, name)`, `node.tensor_inputs()`,
         `node.outputs`: Values with `.shape` and, for the model's parameters and buffers, `.param`) and
         tells the Context which dims of the outputs carry which channels (see `Context`). Outputs it does
@@ -50,8 +52,8 @@ def register_rule(target, fn: Callable[[Context, Node], None]) -> None:
     if not callable(fn):
         raise TypeError(f"register_rule: fn must be a function (ctx, node) -> None, got {type(fn).__name__}")
     if not (isinstance(target, str) or callable(target)):
-        raise TypeError(f"register_rule: target must be an op name, a function or a torch.library op, got "
-                        f"{type(target).__name__}")
+        raise TypeError(f"register_rule: target must be an op name, a function, a torch.library op or an "
+                        f"nn.Module subclass, got {type(target).__name__}")
 
     def user_rule(ctx: Context, node: Node) -> None:
         fn(ctx, node)
