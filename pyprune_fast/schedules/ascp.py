@@ -12,7 +12,7 @@ from ..plan import Plan
 from ..surgery import apply
 from .base import Schedule
 
-__all__ = ["ASCP", "DECAYS"]
+__all__ = ["ASCPSchedule", "DECAYS"]
 
 # Fraction of the target rate reached at progress x in [0, 1]: the increments decay along the curve.
 DECAYS = {
@@ -22,7 +22,7 @@ DECAYS = {
 }
 
 
-class ASCP(Schedule):
+class ASCPSchedule(Schedule):
     """At the end of every epoch, k-means the filters of every group into (1 - P) * N clusters
     (BatchNorm-aware, see methods/ascp.py) and reconstruct every channel to its cluster's centre; the
     filters then train freely until the next epoch (soft). The rate P rises to `target_ratio` over

@@ -9,10 +9,10 @@ from ..methods.frs import FRS as RelevanceScores
 from ..plan import Plan
 from .base import Schedule
 
-__all__ = ["FRS"]
+__all__ = ["FRSSchedule"]
 
 
-class FRS(Schedule):
+class FRSSchedule(Schedule):
     """At the end of every `every`-th epoch before epoch `until` (epochs count from 0: after epochs
     every - 1, 2 * every - 1, ...), score every channel by its LRP relevance (see
     `pyprune_fast.relevance`: alpha=2 beta=1 from the true label, class-weighted, L2-normalised per
