@@ -109,3 +109,23 @@ def test_meta_linear_shortcut_leaves_a_width_mismatch_to_the_real_kernel():
     assert _meta_output(torch.nn.functional.linear, (wrong, w), {}) is None
     with pytest.raises(RuntimeError):
         torch.nn.functional.linear(wrong, w)
+
+
+class Clipped(nn.Module):
+    def __init__(self, low, high):
+        super().__init__()
+        self.conv1, self.conv2, self.bounds = nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3), (low, high)
+
+    def forward(self, x):
+        return self.conv2(torch.clip(self.conv1(x), *self.bounds))
+
+
+@pytest.mark.parametrize("low,high,exact", [(0.0, 6.0, True), (1.0, 2.0, False)])
+def test_clip_carries_channels_as_clamp_does(low, high, exact):
+    """clip is clamp under another name: channels pass through; bounds that exclude 0 make dead channels
+    non-zero, so the conv after it sees their removal."""
+    model = Clipped(low, high)
+    group = ppf.DependencyGraph(model, torch.randn(1, 3, 8, 8)).group_of(model.conv1)
+    assert group.prunable, group.reason
+    assert (group.inexact is None) == exact
+    assert exact or "clip" in group.inexact

@@ -162,6 +162,19 @@ def test_torchvision_models(arch):
         assert sum(m.name in layers and m.role == "producer" for m in g.members) == 3
 
 
+def test_every_activation_of_the_graph_taxonomy_passes_relevance_on():
+    """Softsign is an activation in the op taxonomy the graph, flops and relevance share: relevance passes it
+    on unchanged (value a, gradient a / x) as it does ReLU6's, so conv1's relevance is conv2's alpha-beta rule applied to the softsign's output."""
+    net = small_net(bn=False, act=lambda inplace=False: nn.Softsign()).double()
+    x, y = torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.randint(0, 4, (3,))
+    got = layer_relevance(net, x, y)
+    assert set(got) == {"conv1", "conv2", "fc"} and all(bool(r.isfinite().all()) for r in got.values())
+    with torch.no_grad():
+        a1 = F.softsign(F.conv2d(x, net.conv1.weight, net.conv1.bias, padding=1))
+        want = ref_alpha_beta(a1, net.conv2.weight, net.conv2.bias, got["conv2"], stride=2, padding=1)
+    torch.testing.assert_close(got["conv1"], want, rtol=1e-9, atol=1e-12)
+
+
 def test_unsupported_layer_names_module_and_cleans_up():
     net = nn.Sequential(OrderedDict(fc=nn.Linear(8, 8), norm=nn.LayerNorm(8), head=nn.Linear(8, 3)))
     net.train()
