@@ -28,8 +28,8 @@ def sdist(tmp_path_factory):
 
 def test_source_files_cover_the_build_and_the_tests():
     files = check_dist.source_files()
-    assert {"LICENSE", "CHANGELOG.md", "CMakeLists.txt", "setup.py", "csrc/checks.h", "csrc/cpu/parallel_rows.h",
-            "csrc/cuda/launch.cuh", "tests/helpers.py", "tests/cpp/smoke.cpp", "pyprune_fast/graph/trace.py",
+    assert {"LICENSE", "CHANGELOG.md", "ARCHITECTURE.md", "CMakeLists.txt", "setup.py", "csrc/checks.h", "csrc/cpu/parallel_rows.h",
+            "csrc/cuda/launch.cuh", "tests/helpers.py", "tests/cpp/smoke.cpp", "pyprune_fast/graph/rules/registry.py",
             "pyprune_fast/py.typed"} <= files
     assert not any(f.endswith((".so", ".pyc")) or f.endswith("_build_info.py") for f in files)
 

@@ -23,7 +23,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP_FILES = ["LICENSE", "README.md", "CHANGELOG.md", "CMakeLists.txt", "Makefile", "setup.py", "pyproject.toml", "MANIFEST.in"]
+TOP_FILES = ["LICENSE", "README.md", "CHANGELOG.md", "ARCHITECTURE.md", "CMakeLists.txt", "Makefile", "setup.py", "pyproject.toml", "MANIFEST.in"]
 SOURCE_DIRS = ["csrc", "pyprune_fast", "tests", "benchmarks", "examples", "tools"]
 GENERATED = re.compile(r"(^|/)(_build_info\.py|__pycache__/.*|[^/]*\.(so|o|pyc|pyo|png))$|^(build|dist|\.venv)/")
 
