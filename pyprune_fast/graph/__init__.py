@@ -9,6 +9,13 @@ a flatten into a Linear makes each channel a block of columns.
 Tracing records the ops the forward really executes, so Python control flow (data-dependent
 branches, loops) is followed as it ran for `example_inputs`. `torch.fx` symbolic tracing is not
 used: it cannot follow such control flow and gains nothing once every executed op is recorded.
+
+The package: `ir.py` (Value, Node, Trace), `record.py` (the recorder; `meta.py`: shortcuts on meta
+tensors, `unchanged.py`: the model put back, `one_op.py`: module types recorded as one op, `tensors.py`:
+tensors by name), `rules/` (one rule per op, registered by kind; `register_rule`), `taxonomy.py` (op
+kinds, shared with flops and relevance), `spaces.py` (channel spaces), `analyses.py`, `dependency.py`
+(DependencyGraph, Group), `channels.py` (questions about a group's channels). Code outside the graph
+imports only the names below.
 """
 
 from . import taxonomy
@@ -23,7 +30,8 @@ from .taxonomy import SIZE_READS
 from .tensors import Modules, child, first_change, module_of, named_tensors, shapes_of, tensor_slots
 from .unchanged import Unchanged
 
-__all__ = ["NORM_PARAMS", "SIZE_READS", "Context", "DependencyGraph", "Group", "Member", "Modules", "Node", "Role", "Trace",
-           "Unchanged", "Value", "batchnorm_after", "child", "dead_channels_are_exact", "failed_op", "first_change",
-           "has_hooks", "kill_channels", "leaves", "map_tensors", "module_of", "named_tensors", "op_name",
-           "output_shapes", "positions", "record", "register_rule", "shapes_of", "taxonomy", "tensor_slots", "uncompiled"]
+__all__ = ["NORM_PARAMS", "SIZE_READS", "Context", "DependencyGraph", "Group", "Member", "Modules", "Node", "Role",
+           "Trace", "Unchanged", "Value", "batchnorm_after", "child", "dead_channels_are_exact", "failed_op",
+           "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "module_of", "named_tensors",
+           "op_name", "output_shapes", "positions", "record", "register_rule", "shapes_of", "taxonomy", "tensor_slots",
+           "uncompiled"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ...nn.window_attention import shifted_window_attention, window_attention_args
-from ..ir import Value
+from ..ir import Node, Value
 from ..meta import attention_args
 from ..spaces import Member, Space, lock_label, union
 from ..tensors import child, module_of
 from .context import Context, fixed_outputs, param_names, producer
 from .registry import rule
-from ..ir import Node
 
 __all__ = ["attention", "window_attention"]
 

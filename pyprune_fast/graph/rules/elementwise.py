@@ -3,8 +3,6 @@ dead channels (exact zeros)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..ir import Node, Value
 from ..spaces import Label, Segment, Space, add_members, lock_label, unify
 from ..taxonomy import (ACTIVATIONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OTHER_ELEMENTWISE, PRODUCTS, QUOTIENTS,

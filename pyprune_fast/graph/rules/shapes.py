@@ -175,7 +175,8 @@ def expand(ctx: Context, node: Node) -> None:
     ctx.set(out, dims, params)
 
 
-@rule(*POOLS, *MAX_POOLS, "lp_pool2d", F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+@rule(*POOLS, *MAX_POOLS, "lp_pool2d", F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+      F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 def spatial(ctx: Context, node: Node) -> None:
     """Pooling and interpolation (channels first): labels stay on the batch and channel dims."""
     x = node.tensor_inputs()[0]
