@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from ..allocation import Ladder, Limits
-from ..cluster import flat_clusters
-from ..cluster import linkages as _linkages, row_norms as _row_norms
+from ..cluster import flat_clusters, linkages, row_norms
 from ..plan import Plan
 from .base import Criterion, check_finite, member_tensors
 
@@ -80,14 +79,14 @@ class CUP(Criterion):
         super().__init__(graph, groups, limits, seed)
         self.features, self.norms = self._timed("scores", self._features)
         # the features are checked (through their norms): the trees without cluster.linkage's second pass
-        self.trees = self._timed("clustering", _linkages, self.features, torch.float32)
+        self.trees = self._timed("clustering", linkages, self.features, torch.float32)
         self.heights = [z[:, 2].contiguous() for z in self.trees]
 
     def _features(self) -> tuple[list[tuple[Tensor, ...]], list[Tensor]]:
         """Every group's feature blocks (each weight's kernel norms computed once) and row norms."""
         cache: dict = {}
         features = [feature_blocks(self.tensors, g, cache) for g in self.groups]
-        norms = [_row_norms(f) for f in features]
+        norms = [row_norms(f) for f in features]
         for g, n in zip(self.groups, norms):
             check_finite(self.tensors, g, n)
         return features, norms
