@@ -23,9 +23,7 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
-from .graph import DependencyGraph, Group, positions
-from .graph import Modules, named_tensors, tensor_slots
-from .graph import Unchanged as _Unchanged
+from .graph import DependencyGraph, Modules, Unchanged, positions, tensor_slots
 from .nn.widths import kind_of
 from .plan import Plan
 from .run_check import check_inputs, check_runs
@@ -168,12 +166,12 @@ class _Swap:
 
     def guard(self, modules: Modules, buffers: bool) -> None:
         """Puts back on rollback, as they are now, every module's class and attributes (its parameter,
-        buffer and hook dicts, flags; buffer values changed in place if `buffers`: see trace._Unchanged),
+        buffer and hook dicts, flags; buffer values changed in place if `buffers`: see graph.Unchanged),
         grad mode and torch's function mode stack, whatever the steps between leave half done: the run
         check's stand-ins, a `with` whose exit was interrupted (a recorder left on the stack)."""
         classes = [(m, type(m)) for _, m in modules]
         depth = len(_get_current_function_mode_stack())
-        unchanged = _Unchanged(modules, buffers)
+        unchanged = Unchanged(modules, buffers)
         unchanged.__enter__()
 
         def restore():
