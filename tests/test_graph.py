@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import pyprune_fast as ppf
@@ -11,8 +10,8 @@ def members(group, name):
     return [m for m in group.members if m.name == name]
 
 
-def test_residual_branches_share_one_group():
-    model = torchvision.models.resnet18()
+def test_residual_branches_share_one_group(tv_model):
+    model = tv_model("resnet18")
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64))
     stem = g.group_of(model.conv1)
     assert stem is g.group_of(model.layer1[0].conv2) is g.group_of(model.layer1[1].conv2)
@@ -23,8 +22,8 @@ def test_residual_branches_share_one_group():
     assert g.group_of(model.layer2[0].conv2) is g.group_of(model.layer2[0].downsample[0])
 
 
-def test_output_and_ignored_layers_are_not_prunable():
-    model = torchvision.models.resnet18()
+def test_output_and_ignored_layers_are_not_prunable(tv_model):
+    model = tv_model("resnet18")
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64), ignored_layers=[model.layer1[0].conv1])
     assert not g.group_of(model.fc).prunable and "output" in g.group_of(model.fc).reason
     assert "ignored_layers" in g.group_of(model.layer1[0].conv1).reason
@@ -54,8 +53,8 @@ def test_concat_offsets_and_squeeze_excitation():
     assert g.group_of(model.se1).prunable
 
 
-def test_depthwise_and_se_in_mobilenet():
-    model = torchvision.models.mobilenet_v3_small()
+def test_depthwise_and_se_in_mobilenet(tv_model):
+    model = tv_model("mobilenet_v3_small")
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 64, 64))
     expand = model.features[4].block[0][0]   # 1x1 expansion conv
     depthwise = model.features[4].block[1][0]
@@ -65,23 +64,23 @@ def test_depthwise_and_se_in_mobilenet():
     assert grp is g.group_of(model.features[4].block[2].fc2)  # the SE scale multiplies these channels
 
 
-def test_reasons_for_unprunable_groups():
-    shufflenet = ppf.DependencyGraph(torchvision.models.shufflenet_v2_x0_5(), torch.randn(1, 3, 64, 64))
+def test_reasons_for_unprunable_groups(tv_model):
+    shufflenet = ppf.DependencyGraph(tv_model("shufflenet_v2_x0_5"), torch.randn(1, 3, 64, 64))
     reasons = " | ".join(g.reason for g in shufflenet.groups if g.reason)
     assert "reads this channel count" in reasons  # the channel shuffle computes its view from x.size()
-    regnet = ppf.DependencyGraph(torchvision.models.regnet_x_400mf(), torch.randn(1, 3, 64, 64))
+    regnet = ppf.DependencyGraph(tv_model("regnet_x_400mf"), torch.randn(1, 3, 64, 64))
     assert any("grouped conv" in (g.reason or "") for g in regnet.groups)
 
 
-def test_bad_model_input_is_a_clear_error():
+def test_bad_model_input_is_a_clear_error(tv_model):
     with pytest.raises(ValueError, match="running the model on example_inputs failed: RuntimeError"):
-        ppf.DependencyGraph(torchvision.models.resnet18(), torch.randn(1, 4, 32, 32))
+        ppf.DependencyGraph(tv_model("resnet18"), torch.randn(1, 4, 32, 32))
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ppf.DependencyGraph(lambda x: x, torch.randn(1))
 
 
-def test_tracing_leaves_the_model_as_it_was():
-    model = torchvision.models.resnet18().train()
+def test_tracing_leaves_the_model_as_it_was(tv_model):
+    model = tv_model("resnet18").train()
     params = {n: p for n, p in model.named_parameters()}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ppf.DependencyGraph(model, torch.randn(2, 3, 32, 32))

@@ -8,15 +8,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pyprune_fast as ppf
+from helpers import run
 from nets import BranchNet, FlattenNet
 from pyprune_fast import surgery
 from pyprune_fast.testing import dead_channels_are_exact, kill_channels
-
-
-def run(model, x):
-    model.eval()
-    with torch.no_grad():
-        return model(x)
 
 
 def rel_err(a, b):
@@ -40,8 +35,8 @@ def prune_third(model, x, exact_only=True):
     return before, run(model, x), len(chosen)
 
 
-def test_empty_plan_is_bitwise_identity():
-    model = torchvision.models.resnet18().eval()
+def test_empty_plan_is_bitwise_identity(tv_model):
+    model = tv_model("resnet18").eval()
     x = torch.randn(2, 3, 64, 64)
     before = run(model, x)
     g = ppf.DependencyGraph(model, x)
@@ -52,9 +47,9 @@ def test_empty_plan_is_bitwise_identity():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "googlenet"])
-def test_dead_channels_removed_without_changing_outputs(name):
+def test_dead_channels_removed_without_changing_outputs(name, tv_model):
     kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
-    model = getattr(torchvision.models, name)(**kwargs)
+    model = tv_model(name, **kwargs)
     before, after, groups = prune_third(model, torch.randn(2, 3, 64, 64))
     assert groups > 5
     assert rel_err(after, before) < 1e-5
@@ -97,8 +92,8 @@ def test_merge_identical_channels_by_addition():
     torch.testing.assert_close(run(model, x), before, rtol=1e-5, atol=1e-5)
 
 
-def test_merge_in_a_residual_group():
-    model = torchvision.models.resnet18().eval()
+def test_merge_in_a_residual_group(tv_model):
+    model = tv_model("resnet18").eval()
     x = torch.randn(2, 3, 64, 64)
     g = ppf.DependencyGraph(model, x)
     grp = g.group_of(model.layer1[0].conv1)
@@ -145,8 +140,8 @@ def trained(model, x, opt_cls):
 
 
 @pytest.mark.parametrize("phase", ["build", "swap"])
-def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phase):
-    model = torchvision.models.resnet18()
+def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phase, tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
     optimizer = trained(model, x, torch.optim.Adam)
     g = ppf.DependencyGraph(model, x)
@@ -182,8 +177,8 @@ def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phas
 
 
 @pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
-def test_optimizer_state_is_sliced_and_training_goes_on(opt_cls):
-    model = torchvision.models.resnet18()
+def test_optimizer_state_is_sliced_and_training_goes_on(opt_cls, tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
     optimizer = trained(model, x, opt_cls)
     w = model.layer1[0].conv1.weight
@@ -199,16 +194,16 @@ def test_optimizer_state_is_sliced_and_training_goes_on(opt_cls):
     optimizer.step()  # shapes of parameters, gradients and state agree
 
 
-def test_save_load_and_compile_pruned_model(tmp_path):
-    model = torchvision.models.resnet18()
+def test_save_load_and_compile_pruned_model(tmp_path, tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
     ppf.prune(model, x, ratio=0.4)
     y = run(model, x)
     ppf.save_pruned(model, tmp_path / "m.pt")
-    rebuilt = ppf.load_pruned(torchvision.models.resnet18, tmp_path / "m.pt")
+    rebuilt = ppf.load_pruned(functools.partial(tv_model, "resnet18"), tmp_path / "m.pt")
     assert torch.equal(run(rebuilt, x), y)
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    again = ppf.load_pruned(torchvision.models.resnet18, tmp_path / "m.pt")
+    again = ppf.load_pruned(functools.partial(tv_model, "resnet18"), tmp_path / "m.pt")
     again.load_state_dict(torch.load(tmp_path / "sd.pt"))
     assert torch.equal(run(again, x), y)
     compiled = torch.compile(rebuilt, backend="aot_eager")
@@ -217,21 +212,21 @@ def test_save_load_and_compile_pruned_model(tmp_path):
         ppf.load_pruned(lambda: nn.Linear(2, 2), tmp_path / "m.pt")
 
 
-def test_prune_ratio_and_global_ratio():
-    model = torchvision.models.mobilenet_v2()
+def test_prune_ratio_and_global_ratio(tv_model):
+    model = tv_model("mobilenet_v2")
     x = torch.randn(1, 3, 64, 64)
     report = ppf.prune(model, x, "l2", global_ratio=0.5)
     assert report.macs_after < report.macs_before and report.params_after < report.params_before
     assert all(after >= 1 for _, _, after in report.widths)
     assert run(model, x).shape == (1, 1000)
     assert "MACs" in str(report)
-    model = torchvision.models.resnet18()
+    model = tv_model("resnet18")
     report = ppf.prune(model, torch.randn(1, 3, 32, 32), ratio=0.5, ignored_layers=[model.conv1])
     assert model.conv1.out_channels == 64 and model.layer1[0].conv1.out_channels == 32
 
 
-def test_bad_input_modifies_nothing():
-    model = torchvision.models.resnet18()
+def test_bad_input_modifies_nothing(tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(1, 3, 32, 32)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for kwargs in ({"ratio": 1.0}, {"ratio": -0.1}, {"global_ratio": 1.5}, {}, {"ratio": 0.1, "global_ratio": 0.1}):
@@ -254,8 +249,8 @@ def test_bad_input_modifies_nothing():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_stale_graph_and_changed_model_are_refused():
-    model = torchvision.models.resnet18()
+def test_stale_graph_and_changed_model_are_refused(tv_model):
+    model = tv_model("resnet18")
     x = torch.randn(1, 3, 32, 32)
     g = ppf.DependencyGraph(model, x)
     plan = ppf.Plan(g).remove(g.group_of(model.layer1[0].conv1), [0])
@@ -279,9 +274,9 @@ def test_dtype_device_and_requires_grad_kept():
     assert run(model, torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 3)
 
 
-def test_training_goes_on_while_an_old_graph_is_alive():
+def test_training_goes_on_while_an_old_graph_is_alive(tv_model):
     """A `loss` still in scope holds the parameters' gradient accumulators at their old shapes."""
-    model = torchvision.models.resnet18()
+    model = tv_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss = model(x).sum()
@@ -294,10 +289,10 @@ def test_training_goes_on_while_an_old_graph_is_alive():
     assert model.fc.weight.grad.shape == model.fc.weight.shape == (1000, 256)
 
 
-def test_plan_round_trips_through_plain_lists_onto_a_twin_model():
+def test_plan_round_trips_through_plain_lists_onto_a_twin_model(tv_model):
     """What DDP ranks exchange: a plan as lists, rebuilt on another copy of the model."""
     torch.manual_seed(0)
-    a, b = torchvision.models.resnet18(), torchvision.models.resnet18()
+    a, b = tv_model("resnet18"), tv_model("resnet18")
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 32, 32)
     ga = ppf.DependencyGraph(a, x)
@@ -442,11 +437,9 @@ def test_a_model_with_hooks_is_checked_for_real():
     assert model.conv2.out_channels == 16 and "meta" not in seen
 
 
-def test_a_detector_traced_for_real_prunes_and_runs():
+def test_a_detector_traced_for_real_prunes_and_runs(tv_model):
     """A detector's outputs (boxes) depend on the data: the real check asks only that it runs."""
-    from torchvision.models import detection
-
-    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+    model = tv_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights_backbone=None).eval()
     images = [torch.rand(3, 128, 128)]
     report = ppf.prune(model, (images,), method="l1", ratio=0.3)
     assert report.macs_after < report.macs_before

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import detection, segmentation
 
 from pyprune_fast.graph import DependencyGraph
 
@@ -69,40 +68,32 @@ def _images():
     return ([torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))],)
 
 
-CLASSIFIERS = {
-    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
-    "mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
-    "vit": _small_vit,
-}
-SEGMENTATION = {
-    "deeplabv3_mobilenet_v3_large": lambda: segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                                                                       num_classes=3),
-    "lraspp_mobilenet_v3_large": lambda: segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                                                                 num_classes=3),
-    "fcn_resnet50": lambda: segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=3),
-}
+# keyword arguments of the torchvision models by name ("vit" is _small_vit)
+CLASSIFIERS = {"resnet18": {"num_classes": 10}, "mobilenet_v3_small": {"num_classes": 10}, "vit": None}
+SEGMENTATION = {name: {"weights_backbone": None, "num_classes": 3}
+                for name in ("deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "fcn_resnet50")}
 DETECTION = {  # small images, no resizing up, every box kept (random weights score low)
-    "fasterrcnn_mobilenet_v3_large_320_fpn": lambda: detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, box_score_thresh=0.0),
-    "fcos_resnet50_fpn": lambda: detection.fcos_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, score_thresh=0.0,
-        topk_candidates=8, detections_per_img=8),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": {"weights_backbone": None, "num_classes": 3, "min_size": 64,
+                                              "max_size": 96, "box_score_thresh": 0.0},
+    "fcos_resnet50_fpn": {"weights_backbone": None, "num_classes": 3, "min_size": 64, "max_size": 96,
+                          "score_thresh": 0.0, "topk_candidates": 8, "detections_per_img": 8},
 }
 
 
 @pytest.mark.parametrize("name, train", [(n, t) for n in CLASSIFIERS for t in (False, True)]
                          + [(n, n.startswith("deeplab")) for n in SEGMENTATION])
-def test_classification_and_segmentation(name, train):
+def test_classification_and_segmentation(name, train, tv_model):
     torch.manual_seed(0)
-    model = {**CLASSIFIERS, **SEGMENTATION}[name]().train(train)
+    model = _small_vit() if name == "vit" else tv_model(name, **{**CLASSIFIERS, **SEGMENTATION}[name])
+    model.train(train)
     check_graph_changes_nothing(model, torch.randn(2, 3, 32, 32))
 
 
 @pytest.mark.parametrize("name", list(DETECTION))
-def test_detection_still_runs(name):
+def test_detection_still_runs(name, tv_model):
     """Tracing used to leave AnchorGenerator's cell_anchors on the meta device ("Cannot copy out of meta tensor")."""
     torch.manual_seed(0)
-    model = DETECTION[name]().eval()
+    model = tv_model(name, **DETECTION[name]).eval()
     x = _images()
     with torch.no_grad():
         expected = model(*x)
@@ -117,14 +108,14 @@ def test_detection_still_runs(name):
             assert torch.equal(e[k], g[k]), k
 
 
-def test_own_training_flags_kept():
+def test_own_training_flags_kept(tv_model):
     """A frozen BatchNorm in a training model stays in eval; MC dropout in an eval model stays in train."""
-    model = torchvision.models.resnet18(num_classes=10).train()
+    model = tv_model("resnet18", num_classes=10).train()
     model.layer1[0].bn1.eval()
     check_graph_changes_nothing(model, torch.randn(2, 3, 32, 32))
     assert not model.layer1[0].bn1.training and model.layer1[0].bn2.training and model.training
 
-    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    model = tv_model("mobilenet_v3_small", num_classes=10).eval()
     dropout = model.classifier[2]
     assert isinstance(dropout, nn.Dropout)
     dropout.train()
@@ -164,10 +155,10 @@ def test_plain_tensor_attributes_restored():
     assert int(model.calls) == 1
 
 
-def test_hooks_never_see_meta_tensors():
+def test_hooks_never_see_meta_tensors(tv_model):
     """Hooks run only in a real pass (once, on the example inputs), never on meta tensors; the hook
     dicts and global hooks are as they were, and the graph is that of the model with its hooks."""
-    model = torchvision.models.resnet18(num_classes=10)
+    model = tv_model("resnet18", num_classes=10)
     seen = []
 
     def pre_hook(m, args):
