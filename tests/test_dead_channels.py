@@ -199,15 +199,15 @@ def small_convnext():
 
 
 @functools.cache
-def classifier(name):
+def classifier(name, tv_model):
     torch.manual_seed(0)
-    model = small_convnext() if name == "small_convnext" else getattr(torchvision.models, name)()
+    model = small_convnext() if name == "small_convnext" else tv_model(name)
     return randomize(model.double().eval())
 
 
 @pytest.mark.parametrize("name", list(CLASSIFIERS))
-def test_ordinary_classifiers_keep_their_exact_groups(name):
-    g = ppf.DependencyGraph(classifier(name), torch.randn(1, 3, 32, 32, dtype=torch.float64))
+def test_ordinary_classifiers_keep_their_exact_groups(name, tv_model):
+    g = ppf.DependencyGraph(classifier(name, tv_model), torch.randn(1, 3, 32, 32, dtype=torch.float64))
     inexact = [grp for grp in g.prunable_groups if not dead_channels_are_exact(g, grp)]
     assert (len(g.prunable_groups), len(g.prunable_groups) - len(inexact)) == CLASSIFIERS[name]
     assert all("layer_norm" in grp.inexact for grp in inexact)  # ConvNeXt's residual channels
@@ -216,10 +216,10 @@ def test_ordinary_classifiers_keep_their_exact_groups(name):
 @settings(max_examples=6, deadline=None)
 @given(name=st.sampled_from(["resnet18", "mobilenet_v3_small", "small_convnext"]), size=st.sampled_from([32, 48]),
        seed=st.integers(0, 2**31 - 1))
-def test_every_group_claimed_exact_is_exact(name, size, seed):
+def test_every_group_claimed_exact_is_exact(tv_model, name, size, seed):
     """Random channels of a random half of the groups claimed exact, killed then removed together."""
     gen = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(classifier(name))
+    model = copy.deepcopy(classifier(name, tv_model))
     x = torch.randn(1, 3, size, size, generator=gen, dtype=torch.float64)
     g = ppf.DependencyGraph(model, x)
     exact = [grp for grp in g.prunable_groups if dead_channels_are_exact(g, grp)]

@@ -18,15 +18,15 @@ from pyprune_fast.nn.widths import kind_of
 
 
 @pytest.fixture(scope="module")
-def saved():
+def saved(tv_model):
     """A pruned resnet18's file contents, and one unpruned resnet18 that every build_fn hands out."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18()
+    model = tv_model("resnet18")
     ppf.prune(model, torch.randn(1, 3, 32, 32), ratio=0.4)
     buf = io.BytesIO()
     ppf.save_pruned(model, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=True), torchvision.models.resnet18()
+    return torch.load(buf, weights_only=True), tv_model("resnet18")
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_a_damaged_archive_is_a_value_error(saved, tmp_path):
 def test_every_width_apply_sets_is_saved_and_accepted(module):
     """One table: what apply sets from a module's tensors is exactly what save_pruned writes."""
     kind = kind_of(module)
-    assert set(kind.sync(module, True, True)) - {"__class__"} == set(kind.widths)
+    assert set(kind.sync(module, True)) - {"__class__"} == set(kind.widths)
     assert (kind.heads is not None) == isinstance(module, (nn.MultiheadAttention, ShiftedWindowAttention))
 
 

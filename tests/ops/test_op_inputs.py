@@ -3,7 +3,6 @@ build without CUDA kernels, a clear error for CUDA tensors."""
 
 import pytest
 import torch
-import torchvision
 
 import pyprune_fast as ppf
 from pyprune_fast import _reference, cluster, ops
@@ -35,10 +34,10 @@ def tensors(out):
 
 
 @pytest.fixture(scope="module")
-def resnet18_filters():
+def resnet18_filters(tv_model):
     """The flattened filters of the convs of torchvision's resnet18 up to layer2 (10 problems, up to
     128 x 1152), as a user writes them: views of parameters that require grad."""
-    model = torchvision.models.resnet18()
+    model = tv_model("resnet18")
     parts = (model.conv1, model.layer1, model.layer2)
     return [m.weight.flatten(1) for part in parts for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
 
@@ -94,13 +93,13 @@ def test_compiled_with_a_parameter_the_ops_add_no_gradient():
     assert torch.equal(w.grad, torch.full_like(w, 3.0))
 
 
-def conv_pair():
-    model = torchvision.models.resnet18()
+def conv_pair(tv_model):
+    model = tv_model("resnet18")
     return model.layer1[0].conv1.weight, model.layer1[0].conv2.weight  # conv2 reads conv1's 64 channels
 
 
-def test_merge_channels_into_a_parameter_needs_no_grad():
-    _, w = conv_pair()
+def test_merge_channels_into_a_parameter_needs_no_grad(tv_model):
+    _, w = conv_pair(tv_model)
     before = w.detach().clone()
     assignment, keep = torch.arange(64) % 32, torch.arange(32)
     with pytest.raises(ValueError, match=r"merge_channels_: xs\[0\] requires grad and grad mode is on; .* "
@@ -116,8 +115,8 @@ def test_merge_channels_into_a_parameter_needs_no_grad():
     assert w._version > version, "autograd sees the edit, as it sees any in-place change"
 
 
-def test_gather_channels_of_parameters_with_weights_and_indices_requiring_nothing():
-    conv1, conv2 = conv_pair()
+def test_gather_channels_of_parameters_with_weights_and_indices_requiring_nothing(tv_model):
+    conv1, conv2 = conv_pair(tv_model)
     keep = torch.tensor([5, 0, 63])
     a, b = ops.gather_channels([conv1, conv2], keep, [0, 1])
     assert torch.equal(a, conv1.detach()[keep]) and torch.equal(b, conv2.detach()[:, keep])
