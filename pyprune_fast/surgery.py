@@ -195,10 +195,10 @@ def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return model.get_submodule(module_name), attr
 
 
-def sync_module_attributes(module: nn.Module, name: str, graph_depthwise: frozenset = frozenset(),
-                           per_channel_groupnorm: frozenset = frozenset()) -> dict:
-    """The shape attributes of `module` that its (new) parameters imply, as {attr: value} (nn/widths.py)."""
-    return kind_of(module).sync(module, name in graph_depthwise, name in per_channel_groupnorm)
+def sync_module_attributes(module: nn.Module, name: str, graph: Optional[DependencyGraph] = None) -> dict:
+    """The shape attributes of `module` (named `name` in `graph`'s model) that its (new) parameters imply, as
+    {attr: value} (nn/widths.py)."""
+    return kind_of(module).sync(module, graph is not None and graph.groups_follow_channels(name))
 
 
 def _holders(modules: Modules, tensors: list[torch.Tensor]) -> dict[int, list[tuple[str, dict, str]]]:
@@ -256,7 +256,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
         by_name = dict(modules)
         for module_name in sorted(synced):
             module = by_name[module_name]
-            attrs = sync_module_attributes(module, synced[module_name], graph.depthwise, graph.per_channel_groupnorm)
+            attrs = sync_module_attributes(module, synced[module_name], graph)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
         check_runs(graph, check)

@@ -92,9 +92,7 @@ class DependencyGraph:
         self.model = model
         self.trace = trace
         self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
-        self.depthwise = frozenset(ctx.depthwise)
-        self.per_channel_groupnorm = frozenset(ctx.per_channel_groupnorm)
-        self.attention = frozenset(ctx.attention)
+        self._groups_follow = frozenset(ctx.depthwise | ctx.per_channel_groupnorm)
         self.shapes = trace.shapes
         roots = []
         for s in ctx.spaces:
@@ -112,6 +110,11 @@ class DependencyGraph:
             self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
                                      r.inexact, r.reduced))
         self.stale = False
+
+    def groups_follow_channels(self, module: str) -> bool:
+        """Whether module `module`'s groups follow its channel count (a depthwise conv, a GroupNorm with one
+        channel a group): pruning its channels prunes its groups too."""
+        return module in self._groups_follow
 
     @property
     def prunable_groups(self) -> list[Group]:

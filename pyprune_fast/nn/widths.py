@@ -21,9 +21,9 @@ __all__ = ["Kind", "kind_of", "pruned_class", "heads_held"]
 
 @dataclass(frozen=True)
 class Kind:
-    """widths: the module's width attributes. sync(module, depthwise, per_channel_groups): the widths its
-    tensors imply, as {attr: value} ("__class__" too when it must change class to run); depthwise: a
-    conv's groups follow its channels, per_channel_groups: a GroupNorm's groups do. For modules with
+    """widths: the module's width attributes. sync(module, groups_follow): the widths its tensors imply, as
+    {attr: value} ("__class__" too when it must change class to run); groups_follow: its groups follow its
+    channel count (a depthwise conv, a GroupNorm with one channel a group). For modules with
     heads: heads(module), the class that runs it with fewer heads, and layout(module), what is wrong
     with its head rows (None when nothing is)."""
 
@@ -54,7 +54,7 @@ def _rows_not_multiple(what: str, rows: int, step: int, of: str) -> Optional[str
     return f"{what} has {rows} rows, not a multiple of {of}" if rows % step else None
 
 
-def _attention(m: nn.MultiheadAttention, depthwise: bool, per_channel: bool) -> dict:
+def _attention(m: nn.MultiheadAttention, groups_follow: bool) -> dict:
     if m.in_proj_weight is None:  # separate q, k, v projections: not resized
         return {}
     heads = m.in_proj_weight.shape[0] // (3 * m.head_dim)
@@ -70,7 +70,7 @@ def _attention_layout(m: nn.MultiheadAttention) -> Optional[str]:
     return _rows_not_multiple("in_proj_weight", m.in_proj_weight.shape[0], 3 * m.head_dim, f"3 x {m.head_dim}")
 
 
-def _window_attention(m: nn.Module, depthwise: bool, per_channel: bool) -> dict:
+def _window_attention(m: nn.Module, groups_follow: bool) -> dict:
     return {"num_heads": heads_held(m), "__class__": pruned_class(m)}  # fewer heads need our subclass to run
 
 
@@ -78,32 +78,32 @@ def _window_layout(m: nn.Module) -> Optional[str]:
     return _rows_not_multiple("qkv.weight", m.qkv.weight.shape[0], 3 * heads_held(m), f"3 x {heads_held(m)} heads")
 
 
-def _conv(m: nn.modules.conv._ConvNd, depthwise: bool, per_channel: bool) -> dict:
+def _conv(m: nn.modules.conv._ConvNd, groups_follow: bool) -> dict:
     w = m.weight
     if w is None:
         return {}
-    groups = w.shape[0] if depthwise else m.groups
+    groups = w.shape[0] if groups_follow else m.groups
     if m.transposed:  # its weight is (in_channels, out_channels / groups, *kernel)
         return {"in_channels": w.shape[0], "groups": groups, "out_channels": w.shape[1] * groups}
     return {"out_channels": w.shape[0], "groups": groups, "in_channels": w.shape[1] * groups}
 
 
-def _linear(m: nn.Linear, depthwise: bool, per_channel: bool) -> dict:
+def _linear(m: nn.Linear, groups_follow: bool) -> dict:
     return {"out_features": m.weight.shape[0], "in_features": m.weight.shape[1]}
 
 
-def _batch_norm(m: nn.modules.batchnorm._NormBase, depthwise: bool, per_channel: bool) -> dict:
+def _batch_norm(m: nn.modules.batchnorm._NormBase, groups_follow: bool) -> dict:
     ref = m.weight if m.weight is not None else m.running_mean
     return {"num_features": ref.shape[0]} if ref is not None else {}
 
 
-def _group_norm(m: nn.GroupNorm, depthwise: bool, per_channel: bool) -> dict:
+def _group_norm(m: nn.GroupNorm, groups_follow: bool) -> dict:
     if m.weight is None:
         return {}
-    return {"num_channels": m.weight.shape[0], **({"num_groups": m.weight.shape[0]} if per_channel else {})}
+    return {"num_channels": m.weight.shape[0], **({"num_groups": m.weight.shape[0]} if groups_follow else {})}
 
 
-def _layer_norm(m: nn.LayerNorm, depthwise: bool, per_channel: bool) -> dict:
+def _layer_norm(m: nn.LayerNorm, groups_follow: bool) -> dict:
     return {"normalized_shape": tuple(m.weight.shape)} if m.weight is not None else {}
 
 
@@ -120,7 +120,7 @@ _KINDS: tuple[tuple[type, Kind], ...] = (
 )
 
 
-_NO_WIDTHS = Kind((), lambda m, depthwise, per_channel: {})
+_NO_WIDTHS = Kind((), lambda m, groups_follow: {})
 
 
 def kind_of(module: nn.Module) -> Kind:

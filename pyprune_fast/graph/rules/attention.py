@@ -76,7 +76,6 @@ def _head_space(ctx: Context, module: str, origin: str, heads: int, w_in: Value,
     hd = inner // heads
     space = ctx.new_space(heads, origin)
     space.modules.add(module)
-    ctx.attention.add(module)
     for name in param_names(w_in, b_in):
         space.members += [Member(name, 0, part * inner, hd, "producer") for part in range(3)]
     space.members.append(Member(w_out.param, 1, 0, hd, "consumer"))

@@ -1,5 +1,5 @@
 """The state the rules share while they walk a trace: channel labels per value, spaces, and what
-they learn on the way (depthwise convs, attention modules, fixed dims, dead channels made non-zero)."""
+they learn on the way (depthwise convs, per-channel GroupNorms, fixed dims, dead channels made non-zero)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ class Context:
         self.spaces: list[Space] = []
         self.depthwise: set[str] = set()  # convs whose groups follow their channel count
         self.per_channel_groupnorm: set[str] = set()
-        self.attention: set[str] = set()  # attention modules whose heads form a group
         self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}
