@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .report import PruneReport
 
 __all__ = ["check_plot_path", "plot_widths", "short_names"]
 
@@ -55,9 +51,10 @@ def short_names(origins: list[str]) -> tuple[list[str], str]:
     return out, prefix
 
 
-def plot_widths(report: "PruneReport", path) -> None:
+def plot_widths(report, path) -> None:
     """Write an image (PNG unless the suffix says otherwise) of the fraction of its channels every group
-    kept, labelled with the group's first layer and "before -> after"; MACs and params in the title."""
+    kept, labelled with the group's first layer and "before -> after"; MACs and params in the title.
+    `report`: a PruneReport (report.py, which calls this; not imported here, so the two stay acyclic)."""
     path = check_plot_path(path)
     from matplotlib.figure import Figure  # no pyplot: the user's backend and figures are left alone
 
