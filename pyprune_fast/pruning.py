@@ -18,7 +18,7 @@ from .methods import METHODS, Criterion
 from .plan import Plan
 from .progress import Stages, choice
 from .report import GroupWidth, PruneReport
-from .surgery import apply
+from .surgery import apply, not_in_inference_mode
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
@@ -65,14 +65,6 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
     if not isinstance(common["seed"], numbers.Integral):
         raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
-
-
-def _not_in_inference_mode(caller: str) -> None:
-    """ValueError under torch.inference_mode(): the tensors pruning makes would be inference tensors,
-    which autograd refuses, so the pruned model could never be trained."""
-    if torch.is_inference_mode_enabled():
-        raise ValueError(f"{caller}: called inside torch.inference_mode(), where the pruned parameters would be "
-                         f"inference tensors that cannot be trained; call {caller} outside torch.inference_mode()")
 
 
 def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tensor, str]:
@@ -129,7 +121,7 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progres
     """Everything `prune` does short of changing the model: options as for `prune`, but no optimizer."""
     if "optimizer" in options:
         raise ValueError("decide: optimizer goes to commit(), not decide()")
-    _not_in_inference_mode("decide")
+    not_in_inference_mode("decide")
     show, checked = choice(progress), _check_options(method, options)
     with Stages(DECIDE_STAGES, show, f"decide {method}") as stages:
         return _decide(model, example_inputs, method, checked, stages)
@@ -163,7 +155,7 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
 def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None,
            progress: Optional[bool] = None) -> PruneReport:
     """Apply a Decision to its model (all or nothing) and report what happened."""
-    _not_in_inference_mode("commit")
+    not_in_inference_mode("commit")
     with Stages(COMMIT_STAGES, choice(progress), f"commit {decision.method}") as stages:
         return _commit(decision, example_inputs, optimizer, stages)
 
@@ -217,7 +209,7 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     recompiles for the new shapes. Inside `torch.inference_mode()` prune raises ValueError (the pruned
     parameters could not be trained): call it outside.
     """
-    _not_in_inference_mode("prune")
+    not_in_inference_mode("prune")
     optimizer = options.pop("optimizer", None)
     show, checked = choice(options.pop("progress", None)), _check_options(method, options)
     with Stages(DECIDE_STAGES + COMMIT_STAGES, show, f"prune {method}") as stages:

@@ -189,6 +189,14 @@ class _Swap:
             fn()
 
 
+def not_in_inference_mode(caller: str) -> None:
+    """ValueError under torch.inference_mode(): the tensors pruning makes would be inference tensors,
+    which autograd refuses, so the pruned model could never be trained."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(f"{caller}: called inside torch.inference_mode(), where the pruned parameters would be "
+                         f"inference tensors that cannot be trained; call {caller} outside torch.inference_mode()")
+
+
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     """The module holding parameter or buffer `name`, and the attribute it sits under."""
     module_name, _, attr = name.rpartition(".")
@@ -227,9 +235,7 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
-    if torch.is_inference_mode_enabled():
-        raise ValueError("apply: called inside torch.inference_mode(), where the pruned parameters would be "
-                         "inference tensors that cannot be trained; call apply outside torch.inference_mode()")
+    not_in_inference_mode("apply")
     graph: DependencyGraph = plan.graph
     tensors = graph.check_current()
     check = check_inputs(graph)

@@ -71,3 +71,23 @@ def digits(n_train: int = 1200):
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[perm], y[perm]
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+class Tied(nn.Module):
+    """Two branches with one conv weight (b.weight = a.weight), BatchNorms sharing their running statistics,
+    and two Linears with one weight. b, bn_b and fc_b hold nothing but the tied tensors, so nothing else
+    would set their widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.bn_a, self.bn_b = nn.BatchNorm2d(8), nn.BatchNorm2d(8, affine=False)
+        self.bn_b.running_mean, self.bn_b.running_var = self.bn_a.running_mean, self.bn_a.running_var
+        self.fc_a, self.fc_b = nn.Linear(8, 6), nn.Linear(8, 6, bias=False)
+        self.fc_b.weight = self.fc_a.weight
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = (torch.relu(self.bn_a(self.a(x))) + torch.relu(self.bn_b(self.b(x.flip(3))))).mean((2, 3))
+        return self.head(torch.relu(self.fc_a(y) + self.fc_b(2 * y)))

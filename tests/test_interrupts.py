@@ -15,7 +15,8 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack
 
 import pyprune_fast as ppf
-from test_surgery import Tied
+from helpers import trained
+from nets import Tied
 
 PACKAGE = os.path.dirname(ppf.__file__) + os.sep
 
@@ -148,29 +149,26 @@ class TiedWithHook(Tied):
         return super().forward(x)
 
 
-def trained(model, x, optimizer_cls, **kwargs):
+def with_grads(model, x, optimizer_cls, **kwargs):
     """The model after one optimizer step (so the optimizer has state), with fresh gradients."""
-    optimizer = optimizer_cls(model.parameters(), lr=0.01, **kwargs)
-    model.train()
-    model(x).sum().backward()
-    optimizer.step()
+    optimizer = trained(model, x, optimizer_cls, **kwargs)
     model(x).sum().backward()
     return model.eval(), optimizer
 
 
 def residual():
     x = torch.randn(2, 3, 5, 5)
-    return (*trained(Residual(), x, torch.optim.SGD, momentum=0.9), x)
+    return (*with_grads(Residual(), x, torch.optim.SGD, momentum=0.9), x)
 
 
 def attention():
     x = torch.randn(3, 2, 4)
-    return (*trained(Attention(), x, torch.optim.Adam), x)
+    return (*with_grads(Attention(), x, torch.optim.Adam), x)
 
 
 def tied():
     x = torch.randn(2, 3, 5, 5)
-    return (*trained(TiedWithHook(), x, torch.optim.SGD), x)
+    return (*with_grads(TiedWithHook(), x, torch.optim.SGD), x)
 
 
 def one_plan(graph):

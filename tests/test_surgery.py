@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pyprune_fast as ppf
-from helpers import run
-from nets import BranchNet, FlattenNet
+from helpers import run, trained
+from nets import BranchNet, FlattenNet, Tied
 from pyprune_fast import surgery
 from pyprune_fast.testing import dead_channels_are_exact, kill_channels
 
@@ -131,14 +131,6 @@ def assert_same(model, optimizer, snap):
     assert attrs == [(m.in_channels, m.out_channels) for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def trained(model, x, opt_cls):
-    optimizer = opt_cls(model.parameters(), lr=0.01, **({"momentum": 0.9} if opt_cls is torch.optim.SGD else {}))
-    model.train()
-    model(x).sum().backward()
-    optimizer.step()
-    return optimizer
-
-
 @pytest.mark.parametrize("phase", ["build", "swap"])
 def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phase, tv_model):
     model = tv_model("resnet18")
@@ -180,7 +172,7 @@ def test_failure_half_way_leaves_model_and_optimizer_untouched(monkeypatch, phas
 def test_optimizer_state_is_sliced_and_training_goes_on(opt_cls, tv_model):
     model = tv_model("resnet18")
     x = torch.randn(2, 3, 32, 32)
-    optimizer = trained(model, x, opt_cls)
+    optimizer = trained(model, x, opt_cls, **({"momentum": 0.9} if opt_cls is torch.optim.SGD else {}))
     w = model.layer1[0].conv1.weight
     key = "momentum_buffer" if opt_cls is torch.optim.SGD else "exp_avg"
     before = optimizer.state[w][key].clone()
@@ -329,7 +321,7 @@ def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, w
     torch.manual_seed(0)
     model = LeNet()
     x = torch.randn(batch, 1, 32, 32)
-    optimizer = trained(model, x, torch.optim.SGD)
+    optimizer = trained(model, x, torch.optim.SGD, momentum=0.9)
     g = ppf.DependencyGraph(model, x)
     snap = snapshot(model, optimizer)
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -478,26 +470,6 @@ def test_an_output_that_changes_shape_is_refused():
     with pytest.raises(ValueError, match=r"shapes \[\(2, 2\), \(2, 4, 4\), \(1,\)\], not \[\(2, 2\), \(2, 4, 4\), \(2,\)\]"):
         ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv), [0, 1, 2, 3]))
     assert model.conv.weight.shape[0] == 8 and model(x)["parts"][1].shape == (2,)
-
-
-class Tied(nn.Module):
-    """Two branches with one conv weight (b.weight = a.weight), BatchNorms sharing their running statistics,
-    and two Linears with one weight. b, bn_b and fc_b hold nothing but the tied tensors, so nothing else
-    would set their widths."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.b.weight = self.a.weight
-        self.bn_a, self.bn_b = nn.BatchNorm2d(8), nn.BatchNorm2d(8, affine=False)
-        self.bn_b.running_mean, self.bn_b.running_var = self.bn_a.running_mean, self.bn_a.running_var
-        self.fc_a, self.fc_b = nn.Linear(8, 6), nn.Linear(8, 6, bias=False)
-        self.fc_b.weight = self.fc_a.weight
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, x):
-        y = (torch.relu(self.bn_a(self.a(x))) + torch.relu(self.bn_b(self.b(x.flip(3))))).mean((2, 3))
-        return self.head(torch.relu(self.fc_a(y) + self.fc_b(2 * y)))
 
 
 def test_a_tied_parameter_or_buffer_changes_in_every_module_holding_it():

@@ -1,14 +1,9 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import cpu_and_cuda, device_dtypes
+from helpers import INT64, cpu_and_cuda, device_dtypes, index_values, run_apart, with_both_extremes
 from pyprune_fast import _reference, ops
 
 
@@ -126,36 +121,6 @@ def test_property_any_shape(data):
 
 # ---- adversarial inputs: int64 extremes, meta among real tensors, zero sizes ----
 
-INT64 = torch.iinfo(torch.int64)
-EXTREMES = [INT64.min, INT64.min + 1, -(2**31) - 1, -1, 2**31, INT64.max - 1, INT64.max]
-
-
-def index_values(channels):
-    """Channel indices, mostly in range, often one of the int64 extremes or anything at all."""
-    in_range = [st.integers(0, channels - 1)] if channels else []
-    return st.one_of(*in_range, st.sampled_from(EXTREMES), st.integers(INT64.min, INT64.max))
-
-
-def with_both_extremes(data, values):
-    """values, often with INT64_MIN and INT64_MAX put in (their span, 2^64 - 1, once wrapped to 0)."""
-    values = list(values)
-    if len(values) >= 2 and data.draw(st.booleans()):
-        i, j = data.draw(st.lists(st.integers(0, len(values) - 1), min_size=2, max_size=2, unique=True))
-        values[i], values[j] = INT64.min, INT64.max
-    return values
-
-
-def run_apart(path, *names):
-    """Runs the functions `names` of the test file `path` in one fresh interpreter: an input that crashes
-    the process (SIGSEGV, glibc abort) fails this test instead of killing the suite."""
-    import pyprune_fast
-
-    code = f"import runpy; f = runpy.run_path({str(path)!r}); [f[n]() for n in {names!r}]"
-    tests = Path(__file__).resolve().parents[1]  # where `helpers` is
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pyprune_fast.__file__).parents[1]), str(tests)])}
-    res = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, f"exit code {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
 
 
 def crash_cases():

@@ -3,8 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import cpu_and_cuda, device_dtypes, tolerance
-from test_gather_channels import INT64, index_values, run_apart, with_both_extremes
+from helpers import INT64, cpu_and_cuda, device_dtypes, index_values, run_apart, tolerance, with_both_extremes
 from pyprune_fast import _reference, ops
 
 
