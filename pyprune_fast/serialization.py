@@ -110,9 +110,9 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
 
 def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
     """The module's widths agree with its (resized) tensors, as `apply` would have set them."""
-    groups = "groups" if isinstance(m, nn.modules.conv._ConvNd) else "num_groups"
-    groups_follow = getattr(m, groups, None) != orig.get(groups)  # a conv made depthwise, a GroupNorm per channel
     kind = kind_of(m)
+    # a conv made depthwise, a GroupNorm per channel
+    groups_follow = kind.groups is not None and getattr(m, kind.groups) != orig.get(kind.groups)
     want = kind.sync(m, groups_follow)
     want.pop("__class__", None)
     for attr in kind.widths:

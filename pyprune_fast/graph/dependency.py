@@ -92,7 +92,7 @@ class DependencyGraph:
         self.model = model
         self.trace = trace
         self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
-        self._groups_follow = frozenset(ctx.depthwise | ctx.per_channel_groupnorm)
+        self._groups_follow = frozenset(ctx.groups_follow)
         self.shapes = trace.shapes
         roots = []
         for s in ctx.spaces:

@@ -167,13 +167,20 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
         _eval(modules)
         if meta and not has_hooks(modules):
             try:  # the model's tensors are meta stand-ins
-                with _OnMeta(modules) as on_meta:
-                    return _run(model, on_meta.tensors, example_inputs, meta=True)
+                return _pass(model, modules, example_inputs, meta=True)
             except Exception:
                 unchanged.restore()  # what the failed pass changed is undone before a real one
                 _eval(modules)
         with Unchanged(modules):
-            return _run(model, named_tensors(model, modules), example_inputs, meta=False)
+            return _pass(model, modules, example_inputs, meta=False)
+
+
+def _pass(model: nn.Module, modules: Modules, inputs: tuple, meta: bool) -> Trace:
+    """One recorded pass, on meta stand-ins of the model's tensors or on the tensors themselves."""
+    if meta:
+        with _OnMeta(modules) as on_meta:
+            return _run(model, on_meta.tensors, inputs, meta=True)
+    return _run(model, named_tensors(model, modules), inputs, meta=False)
 
 
 def output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
@@ -183,10 +190,7 @@ def output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
     modules = list(model.named_modules())
     with Unchanged(modules, buffers=not meta), _as_one_op(modules):
         _eval(modules)
-        if meta:
-            with _OnMeta(modules) as on_meta:
-                return [v.shape for v in _run(model, on_meta.tensors, inputs, meta=True).outputs]
-        return [v.shape for v in _run(model, named_tensors(model, modules), inputs, meta=False).outputs]
+        return [v.shape for v in _pass(model, modules, inputs, meta).outputs]
 
 
 def failed_op(error: BaseException) -> Optional[str]:

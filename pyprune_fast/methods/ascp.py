@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..allocation import Ladder, Limits, fraction_ladder
 from ..cluster import kmeans
-from ..graph import Group, Member, dead_channels_are_exact
+from ..graph import Group, Member
 from ..graph import NORM_PARAMS, batchnorm_after, child, module_of
 from ..plan import Plan
 from .base import Criterion, channel_view, check_finite, member_tensors
@@ -123,7 +123,7 @@ class ASCP(Criterion):
                 0, labels[order], torch.arange(g.channels), "amin")  # each cluster's first place in that order
             rep = order[first]
             self._reconstruct(g, self.units[i], labels, rep, centres, written)
-            if dead_channels_are_exact(self.graph, g) and g.merges_exactly:
+            if g.merges_exactly:  # no op mixes or counts these channels
                 plan.merge(g, labels, rep)
             else:
                 plan.keep(g, rep)

@@ -23,12 +23,14 @@ __all__ = ["Kind", "kind_of", "pruned_class", "heads_held"]
 class Kind:
     """widths: the module's width attributes. sync(module, groups_follow): the widths its tensors imply, as
     {attr: value} ("__class__" too when it must change class to run); groups_follow: its groups follow its
-    channel count (a depthwise conv, a GroupNorm with one channel a group). For modules with
+    channel count (a depthwise conv, a GroupNorm with one channel a group); groups: the attribute holding
+    the group count, for kinds that have one. For modules with
     heads: heads(module), the class that runs it with fewer heads, and layout(module), what is wrong
     with its head rows (None when nothing is)."""
 
     widths: tuple[str, ...]
-    sync: Callable[[nn.Module, bool, bool], dict]
+    sync: Callable[[nn.Module, bool], dict]
+    groups: Optional[str] = None
     heads: Optional[Callable[[nn.Module], type]] = None
     layout: Optional[Callable[[nn.Module], Optional[str]]] = None
 
@@ -112,10 +114,10 @@ _WINDOW_ATTENTION = Kind(("num_heads",), _window_attention, heads=pruned_class, 
 _KINDS: tuple[tuple[type, Kind], ...] = (
     (nn.MultiheadAttention, Kind(("num_heads",), _attention, heads=lambda m: PrunedMultiheadAttention,
                                  layout=_attention_layout)),
-    (nn.modules.conv._ConvNd, Kind(("in_channels", "out_channels", "groups"), _conv)),
+    (nn.modules.conv._ConvNd, Kind(("in_channels", "out_channels", "groups"), _conv, groups="groups")),
     (nn.Linear, Kind(("in_features", "out_features"), _linear)),
     (nn.modules.batchnorm._NormBase, Kind(("num_features",), _batch_norm)),
-    (nn.GroupNorm, Kind(("num_groups", "num_channels"), _group_norm)),
+    (nn.GroupNorm, Kind(("num_groups", "num_channels"), _group_norm, groups="num_groups")),
     (nn.LayerNorm, Kind(("normalized_shape",), _layer_norm)),
 )
 

@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from ..graph import DependencyGraph, named_tensors
+from ..graph import named_tensors
 from ..plan import Plan
 from ..surgery import apply
 from .base import Schedule
@@ -80,7 +80,7 @@ class ASCPSchedule(Schedule):
         if not self.done:
             if not self._reconstruction_is_current():
                 self._reconstruct(self.target_ratio)
-            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            graph = self._graph()
             plan = Plan.from_dict(graph, self.last_plan)
             apply(plan, optimizer)
             self.done = True

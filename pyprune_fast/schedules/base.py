@@ -172,7 +172,7 @@ class Schedule:
             plan, *rest = make()
             return plan.to_dict(), plan.writes, *rest
         plan_dict, writes, *rest = self._on_rank0(portable)
-        graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        graph = self._graph()
         return Plan.from_dict(graph, plan_dict, writes), *rest
 
     def _record(self, epoch: int, what: str, **extra) -> None:

@@ -6,7 +6,6 @@ import numbers
 
 from ..allocation import land
 from ..flops import MacsModel
-from ..graph import DependencyGraph
 from ..methods.cup import CUP
 from ..plan import Plan
 from .base import Schedule
@@ -54,7 +53,7 @@ class CUPSS(Schedule):
             return False
 
         def make():  # one trace and one clustering of the current model, for the cut and the landing
-            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            graph = self._graph()
             crit = CUP(graph, graph.prunable_groups)
             macs = MacsModel(graph, crit.groups)
             t = self.threshold(epoch)

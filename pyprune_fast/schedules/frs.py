@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-from ..graph import DependencyGraph
 from ..methods.frs import FRS as RelevanceScores
 from ..plan import Plan
 from .base import Schedule
@@ -34,7 +33,7 @@ class FRSSchedule(Schedule):
         if epoch >= self.until or (epoch + 1) % self.every:
             return False
         def make():
-            graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+            graph = self._graph()
             crit = RelevanceScores(graph, graph.prunable_groups, data=self.data, batches=self.batches)
             ladder = crit.ladder()
             plan = Plan(graph)

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from ..graph import DependencyGraph, dead_channels_are_exact, kill_channels, named_tensors, positions
+from ..graph import dead_channels_are_exact, kill_channels, named_tensors, positions
 from ..methods.base import channel_view, member_tensors
 from ..plan import Plan
 from .base import Schedule
@@ -54,7 +54,7 @@ class PlayAndPrune(Schedule):
     def _refresh(self) -> None:
         """The graph of the current model (after a change of shapes), its groups and their weights; then
         `_rescore`."""
-        self.graph = DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        self.graph = self._graph()
         tensors = named_tensors(self.model)
         self.groups = [g for g in self.graph.prunable_groups if dead_channels_are_exact(self.graph, g)]
         self.weights = [[m for m, _ in member_tensors(tensors, g, "producer", min_ndim=2)] for g in self.groups]

@@ -25,13 +25,12 @@ from typing import Callable
 
 from ..ir import Node
 from ..spaces import lock_label
-from ..tensors import child, module_of
 from . import attention, elementwise, layers, norms, reductions, shapes  # noqa: F401  (they register their rules)
 from .context import Context, all_nonzero, generic
 from .norms import NORM_PARAMS
 from .registry import register, rule, rule_for
 
-__all__ = ["NORM_PARAMS", "Context", "child", "module_of", "propagate", "register_rule", "rule"]
+__all__ = ["NORM_PARAMS", "Context", "propagate", "register_rule", "rule"]
 
 
 def register_rule(target, fn: Callable[[Context, Node], None]) -> None:

@@ -28,8 +28,7 @@ class Context:
         self.ignored = ignored_modules
         self.labels: dict[int, Labels] = {}
         self.spaces: list[Space] = []
-        self.depthwise: set[str] = set()  # convs whose groups follow their channel count
-        self.per_channel_groupnorm: set[str] = set()
+        self.groups_follow: set[str] = set()  # modules whose groups follow their channels: depthwise convs, per-channel GroupNorms
         self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}

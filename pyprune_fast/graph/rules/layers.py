@@ -37,7 +37,7 @@ def conv(ctx: Context, node: Node) -> None:
         for name in param_names(w, b):
             add_members(lx, name, 0, "producer")
         record_module(lx, module)
-        ctx.depthwise.add(module)
+        ctx.groups_follow.add(module)
         if module in ctx.ignored:
             lock_label(lx, f"{module} is in ignored_layers")
         ctx.set(out, {1: lx})

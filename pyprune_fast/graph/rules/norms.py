@@ -65,7 +65,7 @@ def group_norm(ctx: Context, node: Node) -> None:
     label = ctx.of(x).dims.get(1)
     module = module_of(w.param if isinstance(w, Value) else None)
     if groups == x.shape[1]:
-        ctx.per_channel_groupnorm.add(module)
+        ctx.groups_follow.add(module)
     elif groups != 1:
         lock_label(label, f"{module} is a GroupNorm with {groups} groups: pruning would unbalance them")
     _norm(ctx, node, x, 1, [w, b], "group_norm", shifts=False, mixes=groups != x.shape[1])
