@@ -1,155 +1,309 @@
-"""Coverage of pyprune_fast over every image-classification model in torchvision.
+"""Coverage of pyprune_fast over the model zoos users bring (see benchmarks/zoo.py), with Torch-Pruning as peer.
 
-For each model (random init, eval mode, torch.manual_seed(0), input torch.randn(1, 3, S, S)),
-`pyprune_fast.testing.check_coverage` builds the DependencyGraph, removes a third of one group's
-channels after zeroing them (the output must not change: rel. err < 1e-5), prunes the model with
-ppf.prune(method="l1", ratio=--ratio) and checks the output keeps its shape and is finite; the whole
-is timed.
+For each model (random init, eval mode, seed 0, small inputs), `pyprune_fast.testing.check_coverage` builds the
+DependencyGraph (timed on one CPU thread), removes a third of one group's channels after zeroing them (the
+output must not change: rel. err < 1e-5), prunes the model with ppf.prune(method="l1", ratio=--ratio) and
+checks that it runs and that every output keeps its shape. --peer also prunes a fresh copy with Torch-Pruning's
+MagnitudePruner (L1, the same ratio; the layers whose outputs are the model's outputs ignored) and records its
+MACs cut (by its own counter) and whether the pruned model runs with the same output shapes.
 
-  python benchmarks/coverage.py [--models resnet18,vit_b_16] [--size 224] [--ratio 0.3] [--csv out.csv] [--strict]
+  python benchmarks/coverage.py [--zoo torchvision|timm|hf|dense|yolo|all] [--models a,b] [--limit N]
+                                [--size 224] [--ratio 0.3] [--peer] [--budget 600] [--csv out.csv] [--strict]
 
-vit/swin/maxvit models always run at 224 (fixed position embeddings / window grids); inception_v3
-runs at 299 when --size is left at its default, and at no less than 75 otherwise.
+One table line per model, then per zoo: models, runs after pruning, same output shapes, median MACs cut (ours;
+ours and the peer's where both run), models below 20% cut, graph build times, and the top lock reasons
+(`pyprune_fast.testing.lock_kind`, by groups and by models). A model that fails to build is skipped (with its
+reason); any other failure is a row. --size applies to torchvision classifiers (vit/swin/maxvit always run at
+224, inception_v3 at 299 when --size is left at its default and at no less than 75 otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import json
+import math
 import os
+import signal
+import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import table_header, table_line, write_csv  # noqa: E402
+from zoo import DEFAULT_SIZE, ZOOS, Builder, torchvision_models, zoo_models  # noqa: E402
 
-from pyprune_fast.testing import CoverageResult, check_coverage  # noqa: E402
+from pyprune_fast.testing import OUTPUT_LOCK, SAME, CoverageResult, check_coverage, compare_shapes  # noqa: E402
+from pyprune_fast.testing import _call, _forward, _leaves  # noqa: E402
 
-DEFAULT_SIZE = 224
-FIXED_224 = ("vit_", "swin_", "maxvit_")
+LOW_CUT = 0.2  # a model whose MACs fall by less than this is listed
+GRAPH_SECONDS = 1.0  # the issue's target for graph construction below 100 M parameters
+LARGE_PARAMS = 100e6
+
+
+class ModelTimeout(BaseException):
+    """A model ran past its time budget (a BaseException, so that no stage's `except Exception` swallows it)."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: int):
+    """Raise ModelTimeout in the main thread after `seconds` (0: no budget); SIGALRM, so Python code only."""
+    def on_alarm(signum, frame):
+        raise ModelTimeout(f"over the {seconds} s budget")
+
+    old = signal.signal(signal.SIGALRM, on_alarm) if seconds else None
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        if old is not None:
+            signal.signal(signal.SIGALRM, old)
 
 
 @dataclass
 class Row(CoverageResult):
-    """One model's `check_coverage` result, with its name and input side."""
+    """One model's `check_coverage` result, with its zoo, name, size and the peer's."""
 
+    zoo: str = ""
     model: str = ""
-    size: int = 0
+    params: float = math.nan  # millions
+    built: bool = True  # False: skipped (`reason` says why it did not build)
+    peer_macs_cut: float = math.nan
+    peer_runs: bool = False
+    peer_shapes: str = ""
+    peer_reason: str = ""
 
 
-def all_models() -> list[str]:
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
-def input_size(name: str, size: int) -> int:
-    """The input side to use for `name` when asked for `size`."""
-    if name.startswith(FIXED_224):
-        return 224
-    if name == "inception_v3":
-        return 299 if size == DEFAULT_SIZE else max(size, 75)
-    return size
+def output_layers(model: torch.nn.Module, x: Any) -> list[torch.nn.Module]:
+    """The leaf modules whose output shares storage with one of the model's outputs (the classifier, say)."""
+    seen: dict[torch.nn.Module, set[int]] = {}
 
+    def hook(m, inputs, out):
+        seen.setdefault(m, set()).update(t.untyped_storage().data_ptr() for _, t, _ in _leaves(out))
 
-def build_model(name: str) -> torch.nn.Module:
-    import torchvision
-
-    kwargs: dict[str, Any] = {"weights": None}
-    if name in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=False)
-    return torchvision.models.get_model(name, **kwargs).eval()
-
-
-def check_model(name: str, size: int = DEFAULT_SIZE, ratio: float = 0.3) -> Row:
-    """Build torchvision's `name` (seed 0) and run `check_coverage` on it; never raises."""
-    t0 = time.perf_counter()
-    row = Row(model=name, size=input_size(name, size))
-    torch.manual_seed(0)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
     try:
-        model = build_model(name)
+        with torch.no_grad():
+            out = _call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    ptrs = {t.untyped_storage().data_ptr() for _, t, _ in _leaves(out)} - {0}
+    return [m for m, p in seen.items() if p & ptrs and any(True for _ in m.parameters(recurse=False))]
+
+
+def run_peer(row: Row, builder: Builder, ratio: float) -> None:
+    """Torch-Pruning's MagnitudePruner (L1, `ratio` of every group, output layers ignored) on a fresh model."""
+    import torch_pruning as tp
+
+    try:
+        model, x = builder()
+        y_ref = _forward(model, x)
+        macs0, _ = tp.utils.count_ops_and_params(model, x)
+        pruner = tp.pruner.MagnitudePruner(model, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=output_layers(model, x),
+                                           global_pruning=False)
+        pruner.step()
     except Exception as e:
-        row.reason = f"build: {type(e).__name__}: {' '.join(str(e).split())}"
-        row.seconds = time.perf_counter() - t0
+        row.peer_reason = f"prune: {_err(e)}"
+        return
+    try:
+        y = _forward(model, x)
+        row.peer_runs = True
+        row.peer_shapes = compare_shapes(y_ref, y)
+        macs1, _ = tp.utils.count_ops_and_params(model, x)
+        row.peer_macs_cut = 1 - macs1 / macs0 if macs0 else math.nan
+        row.peer_reason = "ok" if row.peer_shapes.startswith(SAME) else f"output shapes {row.peer_shapes}"
+    except Exception as e:
+        row.peer_reason = row.peer_reason or f"forward after prune: {_err(e)}"
+
+
+def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer: bool = False,
+                budget: int = 0) -> Row:
+    """Build `name` with `builder` and run `check_coverage` on it (and the peer); never raises."""
+    t0 = time.perf_counter()
+    row = Row(zoo=zoo, model=name)
+    try:
+        with time_budget(budget):
+            model, x = builder()
+    except (Exception, ModelTimeout) as e:
+        row.built, row.reason, row.seconds = False, f"build: {_err(e)}", time.perf_counter() - t0
         return row
-    result = check_coverage(model, torch.randn(1, 3, row.size, row.size), ratio)
-    del model
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    with time_budget(budget):
+        result = check_coverage(model, x, ratio)
+    del model, x
     gc.collect()
-    row = Row(**asdict(result), model=name, size=row.size)
+    row = Row(**{f.name: getattr(result, f.name) for f in fields(CoverageResult)}, zoo=zoo, model=name, params=params)
+    if peer:
+        try:
+            with time_budget(budget):
+                run_peer(row, builder, ratio)
+        except ModelTimeout as e:
+            row.peer_reason = f"unexpected: {_err(e)}"
+        gc.collect()
     row.seconds = time.perf_counter() - t0
     return row
 
 
-COLUMNS = [("model", "<22", ""), ("size", ">4", ""), ("groups", ">6", ""), ("prunable", ">8", ""), ("GMACs", ">8", ".3f"),
-           ("pruned", ">8", ".3f"), ("sec", ">7", ".1f"), ("dead", ">4", ""), (" result", "", "")]
+COLUMNS = [("model", "<34", ""), ("Mparam", ">7", ".1f"), ("groups", ">6", ""), ("prun", ">4", ""),
+           ("GMACs", ">8", ".3f"), ("cut%", ">5", ".0f"), ("graph_s", ">7", ".2f"), ("sec", ">6", ".1f"),
+           ("dead", ">4", ""), ("runs", ">4", ""), ("shape", ">5", ""), ("TPcut%", ">6", ".0f"), ("TP", ">4", ""),
+           (" result | top lock", "", "")]
 
 
-def format_row(r: Row, width: int = 90) -> str:
-    reason = r.reason if len(r.reason) <= width else r.reason[: width - 3] + "..."
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def format_row(r: Row, peer: bool = False, width: int = 110) -> str:
+    text = r.reason if not r.ok else f"ok | {r.top_lock or '-'}"
+    text = text if len(text) <= width else text[: width - 3] + "..."
     dead = "ok" if r.dead_check == "ok" else "skip" if r.dead_check.startswith("skipped") else "-" if not r.dead_check else "FAIL"
-    return table_line(COLUMNS, [r.model, r.size, r.groups, r.prunable_groups, r.macs_before, r.macs_after, r.seconds,
-                                dead, " " + reason])
+    shape = "-" if not r.shapes else "same" if r.shapes == SAME else "data" if r.shapes.startswith(SAME) else "DIFF"
+    tp = ("ok" if r.peer_reason == "ok" else "FAIL" if r.peer_reason else "-") if peer else ""
+    return table_line(COLUMNS, [r.model, r.params, r.groups, r.prunable_groups, r.macs_before, 100 * r.macs_cut,
+                                r.graph_seconds, r.seconds, dead, _yes(r.runs_after_prune), shape,
+                                100 * r.peer_macs_cut, tp, " " + text])
 
 
-def _short(reason: str) -> str:
-    """A reason without its numbers, to group failures by kind."""
-    first = reason.split(";")[0]
-    return first[:70]
+def _median(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    return f"{100 * statistics.median(values):.1f}%" if values else "-"
+
+
+def summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
+    """The zoo's numbers, as printed (and as a dict, for the all-zoos table)."""
+    built = [r for r in rows if r.built]
+    ran = [r for r in built if r.runs_after_prune]
+    both = [r for r in ran if r.peer_runs]
+    small = [r for r in built if r.params < LARGE_PARAMS / 1e6 and not math.isnan(r.graph_seconds)]
+    graph_times = sorted(r.graph_seconds for r in small)
+    s = {
+        "zoo": zoo, "models": len(built), "skipped": len(rows) - len(built), "ok": sum(r.ok for r in built),
+        "runs": len(ran), "same_shapes": sum(r.shapes.startswith(SAME) for r in built),
+        "dead_ok": sum(r.dead_check == "ok" for r in built), "median_cut": _median([r.macs_cut for r in ran]),
+        "below_20": sum(r.macs_cut < LOW_CUT for r in ran),
+        "graph_median_s": f"{statistics.median(graph_times):.2f}" if graph_times else "-",
+        "graph_over_1s": sum(t > GRAPH_SECONDS for t in graph_times),
+    }
+    if peer:
+        s.update(peer_runs=sum(r.peer_runs for r in built), peer_same=sum(r.peer_shapes.startswith(SAME) for r in built),
+                 both_median_cut=f"{_median([r.macs_cut for r in both])} vs {_median([r.peer_macs_cut for r in both])}"
+                 f" ({len(both)})")
+    return s
+
+
+def lock_table(rows: list[Row], n: int = 10) -> list[tuple[str, int, int, int]]:
+    """The `n` lock kinds that lock the most groups over `rows` (the model's output aside): (kind, groups,
+    channels, models)."""
+    groups, channels, models = Counter(), Counter(), Counter()
+    for r in rows:
+        for kind, (g, c) in r.locks.items():
+            if kind != OUTPUT_LOCK:
+                groups[kind] += g
+                channels[kind] += c
+                models[kind] += 1
+    return [(k, g, channels[k], models[k]) for k, g in groups.most_common(n)]
+
+
+def print_summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
+    s = summary(zoo, rows, peer)
+    print(f"\n== {zoo}: {s['models']} models ({s['skipped']} skipped: did not build), {s['ok']} pass every check, "
+          f"{s['runs']} run after pruning, {s['same_shapes']} keep their output shapes, {s['dead_ok']} dead-channel "
+          f"checks ok; median MACs cut {s['median_cut']}, {s['below_20']} below {LOW_CUT:.0%}; graph build median "
+          f"{s['graph_median_s']} s, {s['graph_over_1s']} over {GRAPH_SECONDS:g} s (< 100 M params)")
+    if peer:
+        print(f"   Torch-Pruning: {s['peer_runs']} run after pruning, {s['peer_same']} keep their output shapes; "
+              f"median MACs cut where both run, ours vs peer: {s['both_median_cut']}")
+    for r in rows:
+        if not r.built:
+            print(f"   skipped {r.model}: {r.reason}")
+    print("   top lock reasons (groups, channels, models):")
+    for kind, g, c, m in lock_table(rows):
+        print(f"   {g:>6} {c:>8} {m:>4}  {kind}")
+    low = [f"{r.model} ({100 * r.macs_cut:.0f}%)" for r in rows if r.runs_after_prune and r.macs_cut < LOW_CUT]
+    if low:
+        print(f"   below {LOW_CUT:.0%} cut: {', '.join(low)}")
+    return s
+
+
+def select(zoos: list[str], models: str, limit: int, size: int) -> list[tuple[str, str, Builder]]:
+    """(zoo, name, builder) for every model of `zoos`, filtered by the comma-separated `models` and `limit` per zoo;
+    ValueError naming the models of `models` that no selected zoo has."""
+    wanted = [m.strip() for m in models.split(",") if m.strip()]
+    chosen, known = [], set()
+    for zoo in zoos:
+        entries = torchvision_models(size) if zoo == "torchvision" else zoo_models(zoo)
+        known.update(n for n, _ in entries)
+        entries = [e for e in entries if not wanted or e[0] in wanted]
+        chosen += [(zoo, n, b) for n, b in entries[: limit or None]]
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise ValueError(f"unknown models: {', '.join(unknown)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="", help="comma-separated model names (default: every torchvision classifier)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="input side (default 224)")
+    p.add_argument("--zoo", default="torchvision", choices=[*ZOOS, "all"], help="which zoo (default torchvision)")
+    p.add_argument("--models", default="", help="comma-separated model names (default: every model of the zoo)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many models per zoo (default: all)")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="torchvision classifiers' input side (default 224)")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of every prunable group to remove (default 0.3)")
+    p.add_argument("--peer", action="store_true", help="also prune with Torch-Pruning (L1, the same ratio)")
+    p.add_argument("--budget", type=int, default=600, help="seconds per model and per library (0: none; default 600)")
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     p.add_argument("--strict", action="store_true", help="exit 1 when any model fails")
     args = p.parse_args(argv)
     if not 0 <= args.ratio < 1:
         p.error(f"--ratio must be in [0, 1), got {args.ratio}")
-
-    names = all_models()
-    if args.models:
-        wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-        unknown = [m for m in wanted if m not in names]
-        if unknown:
-            p.error(f"unknown models: {', '.join(unknown)}")
-        names = wanted
+    if args.limit < 0 or args.budget < 0:
+        p.error("--limit and --budget must be >= 0")
+    zoos = list(ZOOS) if args.zoo == "all" else [args.zoo]
+    try:
+        chosen = select(zoos, args.models, args.limit, args.size)
+    except ValueError as e:
+        p.error(str(e))
 
     try:
         from tqdm import tqdm
 
-        it = tqdm(names, file=sys.stderr, dynamic_ncols=True)
+        it = tqdm(chosen, file=sys.stderr, dynamic_ncols=True)
     except ImportError:
-        it = names
+        it = chosen
     print(table_header(COLUMNS), flush=True)
-    rows = []
-    for i, name in enumerate(it):
+    rows: list[Row] = []
+    for zoo, name, builder in it:
         if hasattr(it, "set_description"):
             it.set_description(name)
-        else:
-            print(f"[{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
-        row = check_model(name, args.size, args.ratio)
+        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget)
         rows.append(row)
-        print(format_row(row), flush=True)
+        print(format_row(row, args.peer), flush=True)
 
-    passed = sum(r.ok for r in rows)
-    print(f"\n{passed} of {len(rows)} models passed ({sum(r.seconds for r in rows):.0f} s)")
-    failures = Counter(_short(r.reason) for r in rows if not r.ok)
-    if failures:
-        print("failures by reason:")
-        for reason, n in failures.most_common():
-            models = ", ".join(r.model for r in rows if not r.ok and _short(r.reason) == reason)
-            print(f"  {n:>3}  {reason}  [{models}]")
+    for zoo in zoos:
+        print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer)
+    if len(zoos) > 1:
+        print("\n== all zoos: top lock reasons (groups, channels, models):")
+        for kind, g, c, m in lock_table(rows):
+            print(f"   {g:>6} {c:>8} {m:>4}  {kind}")
+    failed = [r for r in rows if r.built and not r.ok]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} models passed or were skipped ({sum(r.seconds for r in rows):.0f} s)")
     if args.csv:
-        write_csv(args.csv, [{"model": r.model, "size": r.size, **{fl.name: getattr(r, fl.name) for fl in fields(CoverageResult)}}
-                             for r in rows])
-    return 1 if args.strict and passed < len(rows) else 0
+        write_csv(args.csv, [{f.name: json.dumps(v) if isinstance(v := getattr(r, f.name), dict) else v
+                              for f in fields(Row)} for r in rows])
+    return 1 if args.strict and failed else 0
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -15,41 +18,82 @@ from torch import nn
 from . import DependencyGraph, Plan, apply, prune  # public names: the package is loaded before this module
 from .graph import dead_channels_are_exact, kill_channels
 
-__all__ = ["kill_channels", "dead_channels_are_exact", "CoverageResult", "check_coverage", "dead_channel_check"]
+__all__ = ["kill_channels", "dead_channels_are_exact", "CoverageResult", "check_coverage", "dead_channel_check",
+           "compare_shapes", "lock_kind", "lock_kinds"]
 
 DEAD_TOL = 1e-5  # largest |change| / max |output| allowed when dead channels are removed
+OUTPUT_LOCK = "the model's output"  # every model locks its output's channels: not a coverage gap
+SAME, SAME_EXCEPT_DATA = "same", "same except data-dependent dims"
 
 
 @dataclass
 class CoverageResult:
-    """What `check_coverage` found; `reason` is "ok" or the failed stages, separated by "; "."""
+    """What `check_coverage` found; `reason` is "ok" or the failed stages, separated by "; ".
+
+    `shapes` is "same", "same except data-dependent dims" (a detector's box counts), "differs: ..." or ""
+    (not compared); `locks` maps `lock_kind`s to [groups, channels] locked for them; `top_lock` is the kind
+    that locks the most channels, the model's output aside."""
 
     groups: int = 0
     prunable_groups: int = 0
+    locked_groups: int = 0
     macs_before: float = math.nan  # GMACs
     macs_after: float = math.nan  # GMACs
+    macs_cut: float = math.nan  # 1 - macs_after / macs_before
+    graph_seconds: float = math.nan  # DependencyGraph construction on one CPU thread
     seconds: float = 0.0
     dead_check: str = ""  # "ok", "skipped: ...", or the failure
+    runs_after_prune: bool = False
+    shapes: str = ""
+    top_lock: str = ""
+    locks: dict[str, list[int]] = field(default_factory=dict)
     ok: bool = False
     reason: str = ""
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
-    """The logits of a model's output (a tensor, or the first tensor of a tuple / namedtuple / dict)."""
+Leaf = tuple[str, torch.Tensor, bool]  # (path in the output, tensor, whether its dim 0 depends on the data)
+
+
+def _leaves(out: Any, path: str = "output", data_dependent: bool = False) -> Iterator[Leaf]:
+    """Every tensor of a model's output (tensors, tuples, lists, dicts, ModelOutputs) with its path. In a
+    dict holding "boxes" and "labels" (torchvision's detections) dim 0 of every tensor is a count that depends on the data."""
     if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)) and out:
-        return _first_tensor(out[0])
-    raise TypeError(f"model output is a {type(out).__name__}, not a tensor")
+        yield path, out, data_dependent
+    elif isinstance(out, Mapping):
+        data_dependent = data_dependent or {"boxes", "labels"} <= out.keys()
+        for k, v in out.items():
+            yield from _leaves(v, f"{path}[{k!r}]", data_dependent)
+    elif isinstance(out, (tuple, list)):
+        for i, v in enumerate(out):
+            yield from _leaves(v, f"{path}[{i}]", data_dependent)
+
+
+def compare_shapes(before: list[Leaf], after: list[Leaf]) -> str:
+    """"same", "same except data-dependent dims", or "differs: <the first difference>" between two outputs'
+    leaves (see `_leaves`): same paths in the same order, same shapes but for data-dependent dims."""
+    paths0, paths1 = [p for p, _, _ in before], [p for p, _, _ in after]
+    if paths0 != paths1:
+        extra = sorted(set(paths0) ^ set(paths1))[:3]
+        return f"differs: output structure ({len(paths1)} tensors vs {len(paths0)}; {', '.join(extra) or 'order'})"
+    for (path, t0, dd), (_, t1, _) in zip(before, after):
+        s0, s1 = tuple(t0.shape), tuple(t1.shape)
+        same = (len(s0) == len(s1) and s0[1:] == s1[1:]) if dd else s0 == s1
+        if not same:
+            return f"differs: {path} {s1} != {s0}"
+    return SAME_EXCEPT_DATA if any(dd for _, _, dd in before) else SAME
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    """`model` run on example inputs: a dict of keyword inputs, a tuple (or list) of positional ones, or one."""
+    if isinstance(x, Mapping):
+        return model(**x)
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
 @torch.no_grad()
-def _forward(model: nn.Module, x: Any) -> torch.Tensor:
+def _forward(model: nn.Module, x: Any) -> list[Leaf]:
     model.eval()
-    args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    return _first_tensor(model(*args)).detach().clone()
+    return [(p, t.detach().clone(), dd) for p, t, dd in _leaves(_call(model, x))]
 
 
 def _err(e: BaseException) -> str:
@@ -57,9 +101,38 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+def lock_kind(reason: str) -> str:
+    """A lock reason without the names and numbers of one model, to count reasons over models:
+    "layer4.0.conv2 is a grouped conv (groups=32): ..." -> "<module> is a grouped conv: ..."."""
+    s = re.sub(r"\(no rule for this op.*", "has no rule", reason)
+    s = re.sub(r"\[[^\]]*\]", "[..]", s)
+    while (t := re.sub(r"\s*\([^()]*\)", "", s)) != s:  # innermost parentheses first
+        s = t
+    s = re.sub(r"\b(?!nn\.)[A-Za-z_]\w*(?:\.\w+)+|\b\w*\d\w*\b", "<module>", s)
+    s = " ".join(s.split())
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def lock_kinds(graph: DependencyGraph) -> dict[str, list[int]]:
+    """{`lock_kind`: [groups, channels]} over the graph's locked groups, most channels first."""
+    groups, channels = Counter(), Counter()
+    for g in graph.groups:
+        if not g.prunable:
+            kind = lock_kind(g.reason)
+            groups[kind] += 1
+            channels[kind] += g.channels
+    return {k: [groups[k], c] for k, c in channels.most_common()}
+
+
+def _rel_err(y0: torch.Tensor, y1: torch.Tensor) -> float:
+    y0, y1 = y0.double(), y1.double()
+    return ((y1 - y0).abs().max() / y0.abs().max().clamp_min(1e-30)).item() if y0.numel() else 0.0
+
+
 def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: int = 0) -> str:
-    """Kill a third of one group's channels on a copy of `model`, remove them, and compare outputs.
-    Returns "ok", "skipped: ..." or "dead-channel check: ..." (a failure). `graph` is of `model`."""
+    """Kill a third of one group's channels on a copy of `model`, remove them, and compare outputs (every
+    tensor whose shape does not depend on the data). Returns "ok", "skipped: ..." or "dead-channel check: ..."
+    (a failure). `graph` is of `model`."""
     group = next((g for g in graph.prunable_groups if g.channels >= 4 and dead_channels_are_exact(graph, g)), None)
     if group is None:
         return "skipped: no prunable group of >= 4 channels with exact dead channels"
@@ -85,23 +158,57 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
         return f"dead-channel check: {_err(e)}"
     finally:
         del dead
-    if y1.shape != y0.shape:
-        return f"dead-channel check: output shape {tuple(y1.shape)} != {tuple(y0.shape)}"
-    rel = ((y1 - y0).abs().max() / y0.abs().max().clamp_min(1e-30)).item()
+    shapes = compare_shapes(y0, y1)
+    if not shapes.startswith(SAME):
+        return f"dead-channel check: output shapes {shapes}"
+    pairs = [(p, t0, t1) for (p, t0, dd), (_, t1, _) in zip(y0, y1) if not dd]
+    if not pairs:
+        return "skipped: every output's shape depends on the data"
+    rel, path = max((_rel_err(t0, t1), p) for p, t0, t1 in pairs)
     if not rel < DEAD_TOL:  # also catches nan
-        return f"dead-channel check: rel err {rel:.3g} (group {group.index}: {group.origin}, {channels.numel()}/{group.channels} killed)"
+        return (f"dead-channel check: rel err {rel:.3g} in {path} (group {group.index}: {group.origin}, "
+                f"{channels.numel()}/{group.channels} killed)")
     return "ok"
+
+
+def _graph(model: nn.Module, x: Any, res: CoverageResult) -> DependencyGraph:
+    """The model's DependencyGraph, built on one CPU thread (timed into `res`), its groups counted into `res`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        graph = DependencyGraph(model, x, ignored_layers=[])
+        res.graph_seconds = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(threads)
+    res.groups, res.prunable_groups = len(graph.groups), len(graph.prunable_groups)
+    res.locked_groups = res.groups - res.prunable_groups
+    res.locks = lock_kinds(graph)
+    res.top_lock = next((k for k in res.locks if k != OUTPUT_LOCK), "")
+    return graph
+
+
+def _not_finite(before: list[Leaf], after: list[Leaf]) -> str:
+    """The first floating output that was finite before pruning and is not after, or ""."""
+    for (path, t0, _), (_, t1, _) in zip(before, after):
+        if t0.is_floating_point() and torch.isfinite(t0).all() and not torch.isfinite(t1).all():
+            return path
+    return ""
 
 
 def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, seed: int = 0) -> CoverageResult:
     """Check that pruning works on `model`; never raises (but on KeyboardInterrupt), prunes `model` in place.
 
-    1. build the DependencyGraph (ignored_layers=[]) and count its groups and prunable groups;
+    1. build the DependencyGraph (ignored_layers=[], on one CPU thread, timed), count its groups, prunable
+       and locked, and the kinds of lock (`lock_kinds`);
     2. `dead_channel_check`: in the first prunable group of >= 4 channels whose dead channels are exact, zero a
        third of the channels (chosen with `seed`) on a copy, remove them, and compare outputs (rel. err < 1e-5);
-    3. `ppf.prune(model, example_inputs, method="l1", ratio=ratio)`: the output keeps its shape and is finite.
+    3. `ppf.prune(model, example_inputs, method="l1", ratio=ratio)`: the pruned model runs, every output tensor
+       keeps its shape (but for dims that depend on the data, such as a detector's box counts) and outputs
+       that were finite stay finite.
 
-    A `model` that is not an nn.Module or a `ratio` outside [0, 1) raises (TypeError, ValueError) before anything runs.
+    `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs. A `model` that is not
+    an nn.Module or a `ratio` outside [0, 1) raises (TypeError, ValueError) before anything runs.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"check_coverage: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -118,8 +225,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
             return res
         graph = None
         try:
-            graph = DependencyGraph(model, example_inputs, ignored_layers=[])
-            res.groups, res.prunable_groups = len(graph.groups), len(graph.prunable_groups)
+            graph = _graph(model, example_inputs, res)
         except Exception as e:
             reasons.append(f"graph: {_err(e)}")
         if graph is not None:
@@ -134,19 +240,24 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
         try:
             report = prune(model, example_inputs, method="l1", ratio=ratio)
             res.macs_before, res.macs_after = report.macs_before / 1e9, report.macs_after / 1e9
+            res.macs_cut = 1 - report.macs_after / report.macs_before if report.macs_before else math.nan
             if not res.groups:
                 res.groups, res.prunable_groups = report.groups, report.prunable_groups
+                res.locked_groups = res.groups - res.prunable_groups
         except Exception as e:
             reasons.append(f"prune: {_err(e)}")
             return res
         try:
             y = _forward(model, example_inputs)
-            if y.shape != y_ref.shape:
-                reasons.append(f"pruned output shape {tuple(y.shape)} != {tuple(y_ref.shape)}")
-            elif not torch.isfinite(y).all():
-                reasons.append("pruned output is not finite")
+            res.runs_after_prune = True
         except Exception as e:
             reasons.append(f"forward after prune: {_err(e)}")
+            return res
+        res.shapes = compare_shapes(y_ref, y)
+        if not res.shapes.startswith(SAME):
+            reasons.append(f"pruned output shapes {res.shapes}")
+        elif _not_finite(y_ref, y):
+            reasons.append(f"pruned output is not finite ({_not_finite(y_ref, y)})")
         return res
     except BaseException as e:  # MemoryError inside a model: report it, never crash the caller
         if isinstance(e, KeyboardInterrupt):
