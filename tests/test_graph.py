@@ -67,7 +67,7 @@ def test_depthwise_and_se_in_mobilenet(tv_model):
 def test_reasons_for_unprunable_groups(tv_model):
     shufflenet = ppf.DependencyGraph(tv_model("shufflenet_v2_x0_5"), torch.randn(1, 3, 64, 64))
     reasons = " | ".join(g.reason for g in shufflenet.groups if g.reason)
-    assert "reads this channel count" in reasons  # the channel shuffle computes its view from x.size()
+    assert "splits or mixes channels" in reasons  # the channel shuffle views (B, C) as (B, 2, C // 2)
     regnet = ppf.DependencyGraph(tv_model("regnet_x_400mf"), torch.randn(1, 3, 64, 64))
     assert any("grouped conv" in (g.reason or "") for g in regnet.groups)
 

@@ -22,6 +22,7 @@ from ..nn.widths import pruned_class
 from .ir import Node, Trace, Value, leaves, map_tensors, op_name
 from .meta import meta_output
 from .one_op import one_op_class
+from .sizes import size_comparison, tracked
 from .rules.registry import module_rule
 from .tensors import Modules, named_tensors, shapes_of, tensor_slots
 from .taxonomy import SIZE_READS
@@ -70,7 +71,13 @@ class _Recorder(TorchFunctionMode):
                     id=len(self.nodes))
         node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
         self.nodes.append(node)
+        if node.name in SIZE_READS:  # numbers that remember the sizes they came from
+            return tracked(out, node.args[0], node.name, node.args, self.compared)
         return out
+
+    def compared(self, a, b, symbol: str) -> None:
+        """The model's code compared a size it read: recorded as a `size_comparison` op."""
+        self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
 
 
 def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:

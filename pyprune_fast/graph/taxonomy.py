@@ -50,7 +50,7 @@ SPREADS = {"std", "var"}
 NEW_TENSORS = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}  # shapes given in numbers
 LIKES = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like"}
 
-SIZE_READS = {"size", "shape", "numel"}  # recorded with no outputs: code may compute other shapes from them
+SIZE_READS = {"size", "shape", "numel", "__len__"}  # recorded with no outputs; they return `sizes.Size` numbers
 
 # Multiply-accumulates.
 CONVS = {"conv1d", "conv2d", "conv3d"}

@@ -29,6 +29,7 @@ from . import attention, elementwise, layers, norms, reductions, shapes  # noqa:
 from .context import Context, all_nonzero, generic
 from .norms import NORM_PARAMS
 from .registry import register, rule, rule_for
+from .shapes import same_channels, size_uses
 
 __all__ = ["NORM_PARAMS", "Context", "propagate", "register_rule", "rule"]
 
@@ -63,12 +64,18 @@ def register_rule(target, fn: Callable[[Context, Node], None]) -> None:
 
 
 def propagate(ctx: Context) -> None:
-    """Runs every node's rule in execution order, then locks what the model outputs."""
+    """Runs every node's rule in execution order (and judges the sizes it was given: `shapes.size_uses`),
+    then locks what the model outputs."""
     for node in ctx.trace.nodes:
         rule_for(node, generic)(ctx, node)
+        size_uses(ctx, node)
         for out in node.outputs:  # rules that keep zeros zero leave this to the default
             if out.id not in ctx.nonzero:
                 ctx.nonzero[out.id] = ctx.inherited(node.tensor_inputs(), out)
+    for a, b, reason in ctx.same_channels:
+        if not same_channels(a, b):
+            lock_label(a, reason)
+            lock_label(b, reason)
     for v in ctx.trace.outputs:
         for label in ctx.of(v).dims.values():
             lock_label(label, "the model's output")

@@ -32,6 +32,8 @@ class Context:
         self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}
+        # (label, label, reason): channel counts the code used as sizes of these channels; locked unless joined
+        self.same_channels: list[tuple[Label, Label, str]] = []
         self._read: Optional[set[int]] = None
 
     def of(self, v: Value) -> Labels:

@@ -8,12 +8,13 @@ import math
 import torch.nn.functional as F
 
 from ..ir import Node, Value
-from ..spaces import Segment, add_members, lock_label, unify
+from ..sizes import Tracked, reads_in, size_comparison
+from ..spaces import Label, Segment, add_members, lock_label, same_layout, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES, SIZE_READS, SPLITS
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
 from .registry import rule
 
-__all__ = ["cat", "expand", "getitem", "pad", "permute", "reshape", "roll", "size_read", "spatial", "split"]
+__all__ = ["cat", "compare", "expand", "getitem", "pad", "permute", "reshape", "roll", "same_channels", "size_read", "size_uses", "spatial", "split"]
 
 
 @rule(*CATS)
@@ -276,14 +277,77 @@ def split(ctx: Context, node: Node) -> None:
 
 @rule(*SIZE_READS)
 def size_read(ctx: Context, node: Node) -> None:
-    """x.shape, x.size(), x.numel(): the code may compute other shapes from a channel count it read."""
-    x = node.args[0]
-    dim = node.arg(1, "dim") if node.name == "size" else None
-    lab = ctx.of(x)
-    for d, label in lab.dims.items():
-        if dim is None or wrap(dim, x.ndim) == d:
-            lock_label(label, f"the model's code reads this channel count ({node.name} of a {list(x.shape)} tensor) "
-                              "and may compute other shapes from it")
+    """x.shape, x.size(), x.numel(), len(x): nothing yet. They return `sizes.Size` numbers; what the code
+    does with a channel count is judged where it is used (`size_uses`, `size_comparison`)."""
+
+
+_SHAPED = {"view", "reshape", "expand", "broadcast_to"}  # ops whose numbers are the output's sizes, in order
+
+
+def _shape_arg(node: Node) -> list:
+    """The sizes an op of `_SHAPED` was given, one per output dim, or [] (for another op)."""
+    if node.name not in _SHAPED or not node.outputs:
+        return []
+    rest = list(node.args[1:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = list(rest[0])
+    rest = rest or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
+    return rest if len(rest) == node.outputs[0].ndim else []
+
+
+def _read_labels(ctx: Context, number) -> list:
+    return [ctx.of(v).dims[d] for v, d in number.reads if d in ctx.of(v).dims]
+
+
+def _describe(number) -> str:
+    shapes = ", ".join(f"dim {d} of a {list(v.shape)} tensor" for v, d in number.reads)
+    return f"{int(number) if isinstance(number, int) else number} ({shapes})"
+
+
+def same_channels(a: Label, b: Label) -> bool:
+    """Whether two labels hold the same channels, laid out alike (their spaces joined)."""
+    return same_layout(a, b) and all(x.space.root() is y.space.root() for x, y in zip(a, b))
+
+
+def size_uses(ctx: Context, node: Node) -> None:
+    """Channel counts the code read, used as arguments of `node`. A count given unchanged as the size of
+    an output dim that holds the same channels (`x.view(B, C, -1)`) stays right when they are pruned:
+    checked once every op is seen (`ctx.same_channels`). Any other use (`C // groups`, a size of other
+    channels, an argument of another op) fixes the count: its channels are locked."""
+    if node.name in SIZE_READS or node.func is size_comparison:
+        return
+    shape = _shape_arg(node)
+    numbers = [(n, j) for j, n in enumerate(shape) if isinstance(n, Tracked)]
+    numbers += [(n, None) for n in reads_in(() if shape else (node.args, node.kwargs))]
+    for n, j in numbers:
+        labels = _read_labels(ctx, n)
+        if not labels:
+            continue  # a batch or spatial size
+        out = ctx.of(node.outputs[0]).dims.get(j) if j is not None else None
+        if n.pure and out is not None:
+            ctx.same_channels.append((labels[0], out, f"{node.name} is given the size {_describe(n)} for channels "
+                                                      "it does not hold"))
+            continue
+        reason = (f"the model's code computes an argument of {node.name} from this channel count "
+                  f"{_describe(n)}; teach it with ppf.register_rule or keep these channels")
+        for label in labels + ([out] if out else []):
+            lock_label(label, reason)
+
+
+@rule(size_comparison)
+def compare(ctx: Context, node: Node) -> None:
+    """The code compared a size it read (`if C == 64`, `assert C == D`): the channel counts involved are
+    fixed, unless both sides are counts of the same channels (checked once every op is seen)."""
+    a, b, symbol = node.args
+    la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
+    if not la and not lb:
+        return
+    reason = f"the model's code compares this channel count ({_describe(a)} {symbol} {b})"
+    if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
+        ctx.same_channels.append((la[0], lb[0], reason))
+        return
+    for label in la + lb:
+        lock_label(label, reason)
 
 
 rule(*NEW_TENSORS)(fixed_outputs)  # shapes given in numbers: any read of a channel count locks by itself

@@ -1,0 +1,151 @@
+"""Sizes the model's code reads (`x.shape`, `x.size(d)`, `x.numel()`, `len(x)`), followed as numbers.
+
+While a forward pass is recorded, a size read returns `Size` numbers instead of plain ints: each
+remembers which (Value, dim) pairs it was computed from, and arithmetic on it keeps that (`C // 4`,
+`H * W`, `math.ceil(C / 2)`). A rule can then tell what the code did with a channel count: shape a
+`view` that stays consistent when the channels are pruned (`x.view(B, C, -1)`), compute some other
+size from it (a channel shuffle's `C // groups`), or nothing at all (an assert message). Comparing a
+channel count (`if C == 64`) is recorded as a `size_comparison` op: the code may branch on it.
+
+A number that leaves through `int()` or numpy is no longer followed; the run check after apply
+(`run_check.py`) is the net for such code.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable, Optional
+
+__all__ = ["Reads", "Size", "SizeFloat", "Tracked", "reads_in", "size_comparison", "tracked"]
+
+Reads = frozenset  # frozenset[tuple[Value, int]]: the (value, dim) sizes a number was computed from
+
+
+class Tracked:
+    """Mixin of `Size` and `SizeFloat`: `reads`, `pure` (a size as read, no arithmetic) and `log`, called
+    with (a, b, symbol) for every comparison."""
+
+    __slots__ = ()
+    reads: Reads
+    pure: bool
+    log: Optional[Callable]
+
+    def _wrap(self, value: Any, reads: Reads) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        cls = Size if isinstance(value, int) else SizeFloat
+        return cls._make(value, reads, False, self.log)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Size):
+        return int(x)
+    if isinstance(x, SizeFloat):
+        return float(x)
+    return x
+
+
+def _reads(*xs: Any) -> Reads:
+    return frozenset().union(*(x.reads for x in xs if isinstance(x, Tracked)))
+
+
+def _binary(op, reflected: bool = False):
+    def method(self, other):
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        a, b = (_plain(other), _plain(self)) if reflected else (_plain(self), _plain(other))
+        return self._wrap(op(a, b), _reads(self, other))
+    return method
+
+
+def _unary(op):
+    def method(self, *args):
+        return self._wrap(op(_plain(self), *args), self.reads)
+    return method
+
+
+def _compare(op, symbol: str):
+    def method(self, other):
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        if self.log is not None:
+            self.log(self, other, symbol)
+        return op(_plain(self), _plain(other))
+    return method
+
+
+_ARITHMETIC = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "floordiv": operator.floordiv,
+               "truediv": operator.truediv, "mod": operator.mod, "pow": operator.pow}
+_COMPARISONS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _add_methods(cls: type) -> type:
+    for name, op in _ARITHMETIC.items():
+        setattr(cls, f"__{name}__", _binary(op))
+        setattr(cls, f"__r{name}__", _binary(op, reflected=True))
+    for name, symbol in _COMPARISONS.items():
+        setattr(cls, f"__{name}__", _compare(getattr(operator, name), symbol))
+    for name, op in (("neg", operator.neg), ("pos", operator.pos), ("abs", abs), ("floor", math.floor),
+                     ("ceil", math.ceil), ("trunc", math.trunc), ("round", round)):
+        setattr(cls, f"__{name}__", _unary(op))
+    cls.__hash__ = lambda self: hash(_plain(self))
+    return cls
+
+
+@_add_methods
+class Size(Tracked, int):
+    """An int read from (or computed from) tensor sizes."""
+
+    @classmethod
+    def _make(cls, value: int, reads: Reads, pure: bool, log: Optional[Callable]) -> "Size":
+        s = int.__new__(cls, value)
+        s.reads, s.pure, s.log = reads, pure, log
+        return s
+
+
+@_add_methods
+class SizeFloat(Tracked, float):
+    """A float computed from tensor sizes (`C / 2`)."""
+
+    @classmethod
+    def _make(cls, value: float, reads: Reads, pure: bool, log: Optional[Callable]) -> "SizeFloat":
+        s = float.__new__(cls, value)
+        s.reads, s.pure, s.log = reads, pure, log
+        return s
+
+
+def tracked(out: Any, value, name: str, args: tuple, log: Callable) -> Any:
+    """The result `out` of size read `name` on the tensor recorded as `value`, as `Size` numbers."""
+    import torch
+
+    if name in ("shape", "size") and isinstance(out, torch.Size):
+        return torch.Size([Size._make(s, frozenset({(value, d)}), True, log) for d, s in enumerate(out)])
+    if name == "size" and isinstance(out, int):
+        d = args[1] if len(args) > 1 else None
+        if isinstance(d, int):
+            d = d + value.ndim if d < 0 else d
+            return Size._make(out, frozenset({(value, d)}), True, log)
+    if name == "__len__" and isinstance(out, int) and value.ndim:
+        return Size._make(out, frozenset({(value, 0)}), True, log)
+    if name == "numel" and isinstance(out, int):
+        return Size._make(out, frozenset((value, d) for d in range(value.ndim)), False, log)
+    return out
+
+
+def size_comparison(a: Any, b: Any, symbol: str) -> bool:
+    """Recorded in place of a comparison the model's code made of a size it read (`a symbol b`)."""
+    return getattr(operator, {v: k for k, v in _COMPARISONS.items()}[symbol])(_plain(a), _plain(b))
+
+
+def reads_in(obj: Any) -> list[Tracked]:
+    """The tracked numbers anywhere in an op's arguments (nested sequences, dicts and slices)."""
+    if isinstance(obj, Tracked):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [r for o in obj for r in reads_in(o)]
+    if isinstance(obj, dict):
+        return [r for o in obj.values() for r in reads_in(o)]
+    if isinstance(obj, slice):
+        return reads_in((obj.start, obj.stop, obj.step))
+    return []

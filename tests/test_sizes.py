@@ -1,0 +1,154 @@
+"""Sizes the model's code reads lock only what they must (graph/sizes.py, rules/shapes.size_uses): a batch or
+spatial size, a shape printed in a message, or a channel count given back as the size of the same channels
+locks nothing; a channel count the code computes with, compares, or gives to other channels locks them."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyprune_fast as ppf
+from pyprune_fast.graph.sizes import Size, SizeFloat
+
+X = torch.randn(2, 3, 8, 8)
+
+
+class Net(nn.Module):
+    """conv(3->16) -> `mid(y)` -> conv(16->8) -> mean -> linear(8->4); `mid` is what each test varies."""
+
+    def __init__(self, mid):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1), nn.Linear(8, 4)
+        self.mid = mid
+
+    def forward(self, x):
+        y = self.mid(self.c1(x))
+        z = self.c2(y)
+        return self.fc(z.mean((2, 3)).view(z.size(0), -1))
+
+
+def same_size_views(y):
+    B, C, H, W = y.shape
+    assert H > 0 and W > 0, f"an empty image {tuple(y.shape)}"  # a message and a spatial test: nothing locked
+    return y.view(B, C, H * W).reshape(B, C, H, W).expand(B, C, H, W)
+
+
+def tf_same_padding(y):
+    h, w = y.shape[-2:]  # TensorFlow "SAME" padding reads spatial sizes only
+    return F.pad(y, [0, max(3 - w % 2, 0), 0, max(3 - h % 2, 0)])[..., :h, :w]
+
+
+def shuffle(y):
+    B, C, H, W = y.size()
+    return y.view(B, 2, C // 2, H, W).transpose(1, 2).reshape(B, C, H, W)
+
+
+def branch(y):
+    return y * 2 if y.shape[1] == 16 else y
+
+
+def numel_view(y):
+    return y.reshape(y.shape[0], y.numel() // y.shape[0]).view(y.shape)  # numel: the channel count is in it
+
+
+def zeros_of_width(y):
+    return y + torch.zeros(1, y.size(1), 1, 1)  # a tensor sized by the count, made in forward
+
+
+class OtherCount(nn.Module):
+    """View the 8 channels of c2 with the 16 of c1: after pruning c1 the sizes disagree."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 1)
+
+    def forward(self, x):
+        a, b = self.c1(x), self.c2(x)
+        return a.view(a.size(0), b.size(1), -1).mean() + b.mean()
+
+
+class JoinedLater(nn.Module):
+    """An SE-style gate viewed with the input's channel count, joined to those channels by the product after."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16, 16), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        B, C = y.shape[:2]
+        gate = self.fc(y.mean((2, 3))).view(B, C, 1, 1)
+        return self.c2(y * gate.sigmoid()).mean()
+
+
+def c1_group(model):
+    g = ppf.DependencyGraph(model, X)
+    return g, g.group_of(model.c1)
+
+
+@pytest.mark.parametrize("mid", [same_size_views, tf_same_padding], ids=lambda f: f.__name__)
+def test_reads_that_keep_counts_right_lock_nothing(mid):
+    model = Net(mid).eval()
+    g, grp = c1_group(model)
+    assert grp.prunable, grp.reason
+    y = model(X).shape
+    ppf.prune(model, X, ratio=0.5)
+    assert model.c1.out_channels == 8 and model(X).shape == y
+
+
+@pytest.mark.parametrize("mid,reason", [
+    (shuffle, "splits or mixes channels"),
+    (branch, "compares this channel count (16 (dim 1 of a [2, 16, 8, 8] tensor) == 16)"),
+    (numel_view, "reshape"),
+    (zeros_of_width, "computes an argument of zeros from this channel count 16"),
+], ids=["shuffle", "branch", "numel", "zeros"])
+def test_counts_the_code_computes_with_lock(mid, reason):
+    g, grp = c1_group(Net(mid).eval())
+    assert not grp.prunable and reason in grp.reason
+    assert g.group_of(g.model.c2).prunable  # the other channels are free
+
+
+def test_a_count_given_to_other_channels_locks_both():
+    model = OtherCount().eval()
+    g = ppf.DependencyGraph(model, X)
+    assert "for channels it does not hold" in g.group_of(model.c1).reason
+    assert g.group_of(model.c2).reason  # the count fixes both
+
+
+def test_a_count_joined_later_to_its_channels_is_followed():
+    model = JoinedLater().eval()
+    g, grp = c1_group(model)
+    assert grp.prunable and grp is g.group_of(model.fc)
+    ppf.prune(model, X, ratio=0.5)
+    assert model.c1.out_channels == model.fc.out_features == 8
+    model(X)
+
+
+def test_comparing_counts_of_the_same_channels_locks_nothing():
+    def same(y):
+        assert y.size(1) == y.shape[1]
+        return y
+
+    assert c1_group(Net(same).eval())[1].prunable
+
+
+def test_size_numbers_act_as_numbers():
+    c = Size._make(16, frozenset({("v", 1)}), True, None)
+    h = Size._make(7, frozenset({("v", 2)}), True, None)
+    assert isinstance(c, int) and c == 16 and hash(c) == hash(16)
+    for value, expected in ((c // 4, 4), (c * h, 112), (3 + c, 19), (c - h, 9), (-c, -16), (abs(-c), 16),
+                            (c % 5, 1), (2 ** Size._make(3, frozenset(), True, None), 8), (math.ceil(c / 3), 6),
+                            (round(c / 3), 5), (math.floor(h / 2), 3)):
+        assert value == expected and isinstance(value, Size) and not value.pure
+    assert (c * h).reads == {("v", 1), ("v", 2)}
+    q = c / 3
+    assert isinstance(q, SizeFloat) and q == pytest.approx(16 / 3)
+    assert c * 0.5 == 8.0 and isinstance(c * 0.5, SizeFloat)
+    assert f"{c}" == "16" and str(c) == "16" and repr(c) == "16" and list(range(c))[-1] == 15
+    assert torch.zeros(c, h).shape == (16, 7)
+    log = []
+    d = Size._make(16, frozenset({("v", 1)}), True, lambda a, b, symbol: log.append((a, b, symbol)))
+    assert (d < 17, d >= c, d != 3, 4 < d) == (True, True, True, True)
+    assert [(int(a), int(b), s) for a, b, s in log] == [(16, 17, "<"), (16, 16, ">="), (16, 3, "!="), (16, 4, ">")]
