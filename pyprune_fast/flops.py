@@ -32,31 +32,30 @@ class Profile:
 
 
 def _macs(node: Node) -> tuple[str, int, Optional[str]]:
-    """(module or op, multiply-accumulates, the weight they scale with: a parameter name or None)."""
-    args, name = node.args, node.name
+    """(module or op, multiply-accumulates, the weight they scale with: a parameter name or None). Arguments
+    are read by position or keyword (timm calls `F.linear(x, weight=..., bias=...)`)."""
+    name = node.name
     out = node.outputs[0] if node.outputs else None
-    if name in taxonomy.CONVS:
-        w = args[1]
+    if name in taxonomy.CONVS or node.func is F.linear:
+        w = node.arg(1, "weight")  # every output element: one MAC per weight element of its row
         return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:]), w.param
-    if node.func is F.linear:
-        w = args[1]
-        return module_of(w.param) or name, math.prod(out.shape) * w.shape[1], w.param
     if node.func is F.multi_head_attention_forward:
-        q, k = args[0], args[1]  # (L, N, E), (S, N, E)
+        q, k = node.arg(0, "query"), node.arg(1, "key")  # (L, N, E), (S, N, E)
         (L, N, E), S = q.shape, k.shape[0]
-        w = args[5]  # in_proj_weight: every term scales with its rows (heads) and columns (embedding)
+        w = node.arg(5, "in_proj_weight")  # every term scales with its rows (heads) and columns (embedding)
         return module_of(w.param) or name, N * (L * 3 * E * E + 2 * L * S * E + L * E * E), w.param
     if node.func is shifted_window_attention:
-        a = window_attention_args(args, node.kwargs)
+        a = window_attention_args(node.args, node.kwargs)
         (B, H, W, C), (wh, ww) = a["input"].shape, a["window_size"]
         tokens = B * -(-H // wh) * wh * -(-W // ww) * ww  # after padding to whole windows
         inner = a["qkv_weight"].shape[0] // 3  # qkv, q @ k.T and attn @ v (N = wh * ww each), proj
         return (module_of(module_of(a["proj_weight"].param)) or name, tokens * inner * (4 * C + 2 * wh * ww),
                 a["qkv_weight"].param)  # scales with the heads kept (qkv rows)
-    if name in taxonomy.MATMULS and out is not None and len(args) >= 2 and hasattr(args[0], "shape"):
-        return name, math.prod(out.shape) * args[0].shape[-1], None
+    x = node.arg(0, "input")  # einsum's is its equation: not counted
+    if name in taxonomy.MATMULS and out is not None and len(node.tensor_inputs()) >= 2 and hasattr(x, "shape"):
+        return name, math.prod(out.shape) * x.shape[-1], None
     if name == "scaled_dot_product_attention":
-        q, k = args[0], args[1]
+        q, k = node.arg(0, "query"), node.arg(1, "key")
         return name, 2 * math.prod(q.shape) * k.shape[-2], None
     return name, 0, None
 

@@ -1,25 +1,28 @@
 """Does a pruned model still run? One forward pass on the graph's example inputs.
 
 `apply` calls `check_inputs` before it changes the model and `check_runs` after, before it returns:
-the pruned model must run and give outputs of the shapes the graph recorded, or `apply` rolls back.
-Where the graph was traced on meta tensors the pass is on meta tensors too (shapes only, no
-arithmetic; a few ms for ResNet-50), with the graph tracer's own machinery (`graph.output_shapes`).
+the pruned model must run and give as many outputs (every tensor it returns, however nested) of the
+shapes the graph recorded, or `apply` rolls back. Where the graph was traced on meta tensors the pass is
+on meta tensors too (shapes only, no arithmetic; a few ms for ResNet-50), with the graph tracer's own
+machinery (`graph.output_shapes`), and every size is compared. A real pass (a model that needs values:
+a detector's boxes) may give sizes that depend on the data and so on the pruned weights (how many boxes
+are kept): there every output's dim count and the sizes of its channel dims are compared.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
 
-from .graph import DependencyGraph, failed_op, has_hooks, leaves, output_shapes
+from .graph import DependencyGraph, failed_op, has_hooks, leaves, model_inputs, output_shapes
 
 __all__ = ["check_inputs", "check_runs"]
 
 
 class Check(NamedTuple):
-    inputs: tuple
+    inputs: Any  # the graph's example inputs, as `graph.model_inputs` takes them
     meta: bool  # run on meta stand-ins of every tensor
 
 
@@ -30,8 +33,7 @@ def check_inputs(graph: DependencyGraph) -> Optional[Check]:
     inputs are meta tensors themselves."""
     meta = graph.trace.meta and not has_hooks(list(graph.model.named_modules()))
     given = graph.example_inputs
-    given = tuple(given) if isinstance(given, (tuple, list)) else (given,)
-    if not meta and any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves(given)):
+    if not meta and any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves(model_inputs(given))):
         return None
     return Check(given, meta)
 
@@ -53,9 +55,19 @@ _HINT = ("Does the model's code hard-code a width (a view or reshape to fixed si
          "channels reach it out of the plan (ignored_layers).")
 
 
+def _same_shapes(got: list[tuple], want: list[tuple], dims: Optional[list[frozenset]]) -> bool:
+    """Whether outputs of shapes `got` match the recorded `want`: as many, each with as many dims, and the
+    same sizes in every dim (dims None) or in output i's `dims[i]` (its channel dims)."""
+    if len(got) != len(want) or any(len(g) != len(w) for g, w in zip(got, want)):
+        return False
+    if dims is None:
+        return got == want
+    return all(g[d] == w[d] for g, w, ds in zip(got, want, dims) for d in ds)
+
+
 def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
-    """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and, on meta, gives
-    outputs of the shapes the graph recorded."""
+    """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and gives outputs of the
+    shapes the graph recorded (on a real pass: their dim counts and channel sizes; see the module)."""
     if check is None:
         return
     want = [v.shape for v in graph.trace.outputs]
@@ -64,6 +76,6 @@ def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
     except Exception as e:
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
                          f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e
-    if check.meta and got != want:  # a real pass may give data-dependent shapes (a detector's boxes)
+    if not _same_shapes(got, want, None if check.meta else graph.output_channel_dims):
         raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
                          f"was changed. {_HINT}")

@@ -11,7 +11,7 @@ from torch import nn
 
 from .rules import Context, propagate
 from .spaces import Member, join_shared
-from .record import record
+from .record import model_inputs, record
 from .tensors import child, first_change, named_tensors, shapes_of
 
 __all__ = ["DependencyGraph", "Group", "uncompiled"]
@@ -64,7 +64,8 @@ class DependencyGraph:
 
     Args:
         model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).
-        example_inputs: a tensor or a tuple of positional inputs, on the model's device.
+        example_inputs: a tensor, a tuple or list of positional inputs, or a dict of keyword inputs
+            (`{"pixel_values": x}`), on the model's device (see `record.model_inputs`); TypeError for others.
         ignored_layers: modules whose output channels must not be pruned (the classifier, say).
         meta: record the forward pass on meta tensors (shapes only; falls back to a real pass when the
             model needs real values). meta=False always runs it for real.
@@ -75,6 +76,7 @@ class DependencyGraph:
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
         model = uncompiled(model)
+        model_inputs(example_inputs)  # a TypeError for inputs of the wrong kind, not a failed run
         names = {m: n for n, m in model.named_modules()}
         ignored = set()
         for m in ignored_layers:
@@ -92,6 +94,8 @@ class DependencyGraph:
         self.model = model
         self.trace = trace
         self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
+        # per output of the trace, the dims that hold channels (locked): what a real run check compares
+        self.output_channel_dims = [frozenset(ctx.of(v).dims) for v in trace.outputs]
         self._groups_follow = frozenset(ctx.groups_follow)
         self.shapes = trace.shapes
         roots = []

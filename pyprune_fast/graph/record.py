@@ -11,6 +11,7 @@ so that each is one op too (`window_attention.shifted_window_attention`).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -28,7 +29,7 @@ from .tensors import Modules, named_tensors, shapes_of, tensor_slots
 from .taxonomy import SIZE_READS
 from .unchanged import Unchanged
 
-__all__ = ["failed_op", "has_hooks", "output_shapes", "record"]
+__all__ = ["failed_op", "has_hooks", "model_inputs", "output_shapes", "record"]
 
 
 class _Recorder(TorchFunctionMode):
@@ -80,17 +81,36 @@ class _Recorder(TorchFunctionMode):
         self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
 
 
-def _run(model: nn.Module, tensors: dict[str, torch.Tensor], example_inputs: tuple, meta: bool) -> Trace:
-    """One recorded forward pass; `tensors`: the model's parameters and buffers (as named_tensors gives them)."""
-    inputs = example_inputs
+def model_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    """The (positional, keyword) arguments of the model call `example_inputs` stands for: a tensor (the one
+    input), a tuple or list (the positional inputs: `([img1, img2],)` passes one list of images), or a
+    mapping with str keys (keyword inputs: `{"input_ids": ids, "attention_mask": mask}`, a Hugging Face
+    BatchEncoding). TypeError for anything else."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, Mapping):
+        key = next((k for k in example_inputs if not isinstance(k, str)), None)
+        if key is not None:
+            raise TypeError(f"example_inputs: a dict's keys name the model's keyword arguments (str), got {key!r}")
+        return (), dict(example_inputs)
+    raise TypeError("example_inputs must be a tensor, a tuple or list of positional inputs, or a dict of keyword "
+                    f"inputs, got {type(example_inputs).__name__}")
+
+
+def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple, dict], meta: bool) -> Trace:
+    """One recorded forward pass on `inputs` ((args, kwargs), as model_inputs gives them); `tensors`: the
+    model's parameters and buffers (as named_tensors gives them). Every tensor the model returns, however
+    nested (tuples, lists, dicts, Hugging Face ModelOutputs), is an output of the trace."""
     if meta:
-        inputs = map_tensors(lambda x: x.to("meta"), example_inputs)
+        inputs = map_tensors(lambda x: x.to("meta"), inputs)
     recorder = _Recorder({id(t): n for n, t in tensors.items()})
-    in_leaves = [x for x in leaves(inputs) if isinstance(x, torch.Tensor)]
-    input_values = [recorder.value_of(x) for x in in_leaves]
+    input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
+    args, kwargs = inputs
     with torch.no_grad(), recorder:
-        out = model(*inputs)
-    outputs = [recorder.values[id(o)] for o in leaves(out) if isinstance(o, torch.Tensor) and id(o) in recorder.values]
+        out = model(*args, **kwargs)
+    outputs = [recorder.value_of(o) for o in leaves(out) if isinstance(o, torch.Tensor)]  # seen by no op: as given
     return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors))
 
 
@@ -156,7 +176,8 @@ def _eval(modules: Modules) -> None:
 
 
 def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace:
-    """Record one forward pass of `model` (every module in eval mode, without grad).
+    """Record one forward pass of `model` (every module in eval mode, without grad) on `example_inputs`: a
+    tensor, a tuple or list of positional inputs, or a dict of keyword inputs (see `model_inputs`).
 
     meta=True runs the pass on meta tensors (shapes only, no arithmetic): the model's tensors are
     swapped for meta ones and back. If the model needs real values (`.item()`, data-dependent
@@ -166,34 +187,35 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
     Nothing of the model changes: its parameters, buffers, plain attributes (tensors the forward
     reassigns included), every module's own `training` flag and hook dicts, and grad mode are as before.
     """
-    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
+    inputs = model_inputs(example_inputs)
     modules = list(model.named_modules())  # one walk, for every step below
     with Unchanged(modules, buffers=False) as unchanged, _as_one_op(modules):
         _eval(modules)
         if meta and not has_hooks(modules):
             try:  # the model's tensors are meta stand-ins
-                return _pass(model, modules, example_inputs, meta=True)
+                return _pass(model, modules, inputs, meta=True)
             except Exception:
                 unchanged.restore()  # what the failed pass changed is undone before a real one
                 _eval(modules)
         with Unchanged(modules):
-            return _pass(model, modules, example_inputs, meta=False)
+            return _pass(model, modules, inputs, meta=False)
 
 
-def _pass(model: nn.Module, modules: Modules, inputs: tuple, meta: bool) -> Trace:
-    """One recorded pass, on meta stand-ins of the model's tensors or on the tensors themselves."""
+def _pass(model: nn.Module, modules: Modules, inputs: tuple[tuple, dict], meta: bool) -> Trace:
+    """One recorded pass on `inputs` ((args, kwargs)), on meta stand-ins of the model's tensors or on the
+    tensors themselves."""
     if meta:
         with _OnMeta(modules) as on_meta:
             return _run(model, on_meta.tensors, inputs, meta=True)
     return _run(model, named_tensors(model, modules), inputs, meta=False)
 
 
-def output_shapes(model: nn.Module, inputs: tuple, meta: bool) -> list[tuple]:
-    """Shapes of the outputs of one recorded forward pass (every module in eval mode, without grad), on
-    meta stand-ins of every tensor when `meta`, else for real; the model is left exactly as it was (as in
-    `record`). Errors of the forward pass propagate (`failed_op` names the op that raised)."""
+def output_shapes(model: nn.Module, example_inputs: Any, meta: bool) -> list[tuple]:
+    """Shapes of the outputs of one recorded forward pass (every module in eval mode, without grad), in the
+    order of `Trace.outputs`, on meta stand-ins of every tensor when `meta`, else for real; the model is
+    left exactly as it was (as in `record`). Errors of the forward pass propagate (`failed_op` names the
+    op that raised)."""
+    inputs = model_inputs(example_inputs)
     modules = list(model.named_modules())
     with Unchanged(modules, buffers=not meta), _as_one_op(modules):
         _eval(modules)
