@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import table_header, table_line, write_csv  # noqa: E402
 from zoo import DEFAULT_SIZE, ZOOS, Builder, torchvision_models, zoo_models  # noqa: E402
 
-from pyprune_fast.testing import OUTPUT_LOCK, SAME, CoverageResult, check_coverage, compare_shapes  # noqa: E402
-from pyprune_fast.testing import _call, _forward, _leaves  # noqa: E402
+from pyprune_fast.testing import (OUTPUT_LOCK, SAME, CoverageResult, call_model, check_coverage, compare_shapes,  # noqa: E402
+                                  forward_leaves, output_leaves)
 
 LOW_CUT = 0.2  # a model whose MACs fall by less than this is listed
 GRAPH_SECONDS = 1.0  # the target for graph construction below 100 M parameters
@@ -90,16 +90,16 @@ def output_layers(model: torch.nn.Module, x: Any) -> list[torch.nn.Module]:
     seen: dict[torch.nn.Module, set[int]] = {}
 
     def hook(m, inputs, out):
-        seen.setdefault(m, set()).update(t.untyped_storage().data_ptr() for _, t, _ in _leaves(out))
+        seen.setdefault(m, set()).update(t.untyped_storage().data_ptr() for _, t, _ in output_leaves(out))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
     try:
         with torch.no_grad():
-            out = _call(model, x)
+            out = call_model(model, x)
     finally:
         for h in handles:
             h.remove()
-    ptrs = {t.untyped_storage().data_ptr() for _, t, _ in _leaves(out)} - {0}
+    ptrs = {t.untyped_storage().data_ptr() for _, t, _ in output_leaves(out)} - {0}
     return [m for m, p in seen.items() if p & ptrs and any(True for _ in m.parameters(recurse=False))]
 
 
@@ -109,7 +109,7 @@ def run_peer(row: Row, builder: Builder, ratio: float) -> None:
 
     try:
         model, x = builder()
-        y_ref = _forward(model, x)
+        y_ref = forward_leaves(model, x)
         macs0, _ = tp.utils.count_ops_and_params(model, x)
         pruner = tp.pruner.MagnitudePruner(model, example_inputs=x, importance=tp.importance.MagnitudeImportance(p=1),
                                            pruning_ratio=ratio, ignored_layers=output_layers(model, x),
@@ -119,7 +119,7 @@ def run_peer(row: Row, builder: Builder, ratio: float) -> None:
         row.peer_reason = f"prune: {_err(e)}"
         return
     try:
-        y = _forward(model, x)
+        y = forward_leaves(model, x)
         row.peer_runs = True
         row.peer_shapes = compare_shapes(y_ref, y)
         macs1, _ = tp.utils.count_ops_and_params(model, x)

@@ -2,7 +2,7 @@
 
 Random weights, torch.manual_seed(0) before building and before drawing the inputs, offline (configs and
 YAML files only), small inputs where the model allows. Example inputs follow the library's convention: a
-tensor, or a tuple of positional inputs (Hugging Face models take `pixel_values` first).
+tensor, a tuple of positional inputs, or a dict of keyword inputs (Hugging Face models: {"pixel_values": x}).
 
   torchvision  every torchvision classifier (vit/swin/maxvit at 224, inception_v3 at 299 by default)
   timm         the smallest model (by parameter count) of every timm family (a module of timm.list_modules())
@@ -14,6 +14,7 @@ tensor, or a tuple of positional inputs (Hugging Face models take `pixel_values`
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -134,9 +135,15 @@ def _config_channels(config) -> int:
     return int(getattr(config, "num_channels", None) or (getattr(sub, "num_channels", 3) if sub is not None else 3))
 
 
+def hf_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`x` as the keyword input a transformers model takes first (pixel_values; Perceiver's inputs, ImageGPT's
+    input_ids)."""
+    return {next(iter(inspect.signature(model.forward).parameters)): x}
+
+
 def hf_pixel_model(model: nn.Module, size: int, channels: int = 3) -> tuple[nn.Module, Any]:
-    """A transformers vision model and its example inputs: (pixel_values,) of `size` (seed 0)."""
-    return _built(model, lambda: (torch.randn(1, channels, size, size),))
+    """A transformers vision model and its example inputs: {"pixel_values": an image of `size`} (seed 0)."""
+    return _built(model, lambda: hf_inputs(model, torch.randn(1, channels, size, size)))
 
 
 def _hf_classifier(model_type: str, class_names: str | tuple[str, ...]) -> tuple[nn.Module, Any]:
@@ -149,7 +156,7 @@ def _hf_classifier(model_type: str, class_names: str | tuple[str, ...]) -> tuple
     torch.manual_seed(0)
     model = AutoModelForImageClassification.from_config(config)
     if model_type == "imagegpt":  # its pixels are colour-cluster tokens
-        return _built(model, lambda: (torch.randint(0, config.vocab_size - 1, (1, config.n_positions)),))
+        return _built(model, lambda: hf_inputs(model, torch.randint(0, config.vocab_size - 1, (1, config.n_positions))))
     return hf_pixel_model(model, _config_image_size(config), _config_channels(config))
 
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from . import DependencyGraph, Plan, apply, prune  # public names: the package is loaded before this module
-from .graph import dead_channels_are_exact, kill_channels
+from .graph import dead_channels_are_exact, kill_channels, model_inputs
 
 __all__ = ["kill_channels", "dead_channels_are_exact", "CoverageResult", "check_coverage", "dead_channel_check",
-           "compare_shapes", "lock_kind", "lock_kinds"]
+           "call_model", "forward_leaves", "output_leaves", "compare_shapes", "lock_kind", "lock_kinds"]
 
 DEAD_TOL = 1e-5  # largest |change| / max |output| allowed when dead channels are removed
 OUTPUT_LOCK = "the model's output"  # every model locks its output's channels: not a coverage gap
@@ -54,7 +54,7 @@ class CoverageResult:
 Leaf = tuple[str, torch.Tensor, bool]  # (path in the output, tensor, whether its dim 0 depends on the data)
 
 
-def _leaves(out: Any, path: str = "output", data_dependent: bool = False) -> Iterator[Leaf]:
+def output_leaves(out: Any, path: str = "output", data_dependent: bool = False) -> Iterator[Leaf]:
     """Every tensor of a model's output (tensors, tuples, lists, dicts, ModelOutputs) with its path. In a
     dict holding "boxes" and "labels" (torchvision's detections) dim 0 of every tensor is a count that depends on the data."""
     if isinstance(out, torch.Tensor):
@@ -62,15 +62,15 @@ def _leaves(out: Any, path: str = "output", data_dependent: bool = False) -> Ite
     elif isinstance(out, Mapping):
         data_dependent = data_dependent or {"boxes", "labels"} <= out.keys()
         for k, v in out.items():
-            yield from _leaves(v, f"{path}[{k!r}]", data_dependent)
+            yield from output_leaves(v, f"{path}[{k!r}]", data_dependent)
     elif isinstance(out, (tuple, list)):
         for i, v in enumerate(out):
-            yield from _leaves(v, f"{path}[{i}]", data_dependent)
+            yield from output_leaves(v, f"{path}[{i}]", data_dependent)
 
 
 def compare_shapes(before: list[Leaf], after: list[Leaf]) -> str:
     """"same", "same except data-dependent dims", or "differs: <the first difference>" between two outputs'
-    leaves (see `_leaves`): same paths in the same order, same shapes but for data-dependent dims."""
+    leaves (see `output_leaves`): same paths in the same order, same shapes but for data-dependent dims."""
     paths0, paths1 = [p for p, _, _ in before], [p for p, _, _ in after]
     if paths0 != paths1:
         extra = sorted(set(paths0) ^ set(paths1))[:3]
@@ -83,17 +83,17 @@ def compare_shapes(before: list[Leaf], after: list[Leaf]) -> str:
     return SAME_EXCEPT_DATA if any(dd for _, _, dd in before) else SAME
 
 
-def _call(model: nn.Module, x: Any) -> Any:
-    """`model` run on example inputs: a dict of keyword inputs, a tuple (or list) of positional ones, or one."""
-    if isinstance(x, Mapping):
-        return model(**x)
-    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+def call_model(model: nn.Module, x: Any) -> Any:
+    """`model` run on example inputs: a tensor, a tuple (or list) of positional inputs or a dict of keyword ones."""
+    args, kwargs = model_inputs(x)
+    return model(*args, **kwargs)
 
 
 @torch.no_grad()
-def _forward(model: nn.Module, x: Any) -> list[Leaf]:
+def forward_leaves(model: nn.Module, x: Any) -> list[Leaf]:
+    """The leaves of `model`'s output on `x` (eval mode, no grad), detached copies."""
     model.eval()
-    return [(p, t.detach().clone(), dd) for p, t, dd in _leaves(_call(model, x))]
+    return [(p, t.detach().clone(), dd) for p, t, dd in output_leaves(call_model(model, x))]
 
 
 def _err(e: BaseException) -> str:
@@ -145,7 +145,7 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
         if (grp.channels, grp.origin) != (group.channels, group.origin):
             return f"dead-channel check: group {group.index} differs on a copy ({grp.origin}, {grp.channels} channels)"
         kill_channels(g1, grp, channels)
-        y0 = _forward(dead, x)
+        y0 = forward_leaves(dead, x)
         g2 = DependencyGraph(dead, x, ignored_layers=[])
         grp = g2.groups[group.index]
         if (grp.channels, grp.origin) != (group.channels, group.origin):
@@ -153,7 +153,7 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
         plan = Plan(g2)
         plan.remove(grp, channels)
         apply(plan)
-        y1 = _forward(dead, x)
+        y1 = forward_leaves(dead, x)
     except Exception as e:
         return f"dead-channel check: {_err(e)}"
     finally:
@@ -219,7 +219,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
     reasons: list[str] = []
     try:
         try:
-            y_ref = _forward(model, example_inputs)
+            y_ref = forward_leaves(model, example_inputs)
         except Exception as e:
             reasons.append(f"forward: {_err(e)}")
             return res
@@ -248,7 +248,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
             reasons.append(f"prune: {_err(e)}")
             return res
         try:
-            y = _forward(model, example_inputs)
+            y = forward_leaves(model, example_inputs)
             res.runs_after_prune = True
         except Exception as e:
             reasons.append(f"forward after prune: {_err(e)}")

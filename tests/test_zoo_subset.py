@@ -10,7 +10,7 @@ import torchvision
 import transformers
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel
 
-from pyprune_fast.testing import compare_shapes, check_coverage, lock_kind, _leaves
+from pyprune_fast.testing import compare_shapes, check_coverage, lock_kind, output_leaves
 
 
 def _timm(name, size, **kwargs):
@@ -20,13 +20,13 @@ def _timm(name, size, **kwargs):
 def _hf_resnet():
     config = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic",
                                        num_labels=10)
-    return transformers.ResNetForImageClassification(config), (torch.randn(1, 3, 32, 32),)
+    return transformers.ResNetForImageClassification(config), {"pixel_values": torch.randn(1, 3, 32, 32)}
 
 
 def _hf_vit():
     config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
                                     num_attention_heads=4, intermediate_size=128, num_labels=10)
-    return transformers.ViTForImageClassification(config), (torch.randn(1, 3, 32, 32),)
+    return transformers.ViTForImageClassification(config), {"pixel_values": torch.randn(1, 3, 32, 32)}
 
 
 def _detector():
@@ -67,17 +67,17 @@ def test_zoo_model(name):
 def test_detection_counts_are_data_dependent():
     det = [{"boxes": torch.zeros(5, 4), "labels": torch.zeros(5), "scores": torch.zeros(5), "masks": torch.zeros(5, 1, 8, 8)}]
     fewer = [{k: v[:2] for k, v in det[0].items()}]
-    assert compare_shapes(list(_leaves(det)), list(_leaves(fewer))) == "same except data-dependent dims"
+    assert compare_shapes(list(output_leaves(det)), list(output_leaves(fewer))) == "same except data-dependent dims"
     wider = [{**fewer[0], "masks": torch.zeros(2, 1, 8, 9)}]
-    assert compare_shapes(list(_leaves(det)), list(_leaves(wider))) == "differs: output[0]['masks'] (2, 1, 8, 9) != (5, 1, 8, 8)"
+    assert compare_shapes(list(output_leaves(det)), list(output_leaves(wider))) == "differs: output[0]['masks'] (2, 1, 8, 9) != (5, 1, 8, 8)"
 
 
 def test_every_output_shape_is_compared():
     out = (torch.zeros(1, 10), {"feats": [torch.zeros(1, 8, 4, 4)]})
-    assert compare_shapes(list(_leaves(out)), list(_leaves(out))) == "same"
+    assert compare_shapes(list(output_leaves(out)), list(output_leaves(out))) == "same"
     narrower = (torch.zeros(1, 10), {"feats": [torch.zeros(1, 6, 4, 4)]})
-    assert compare_shapes(list(_leaves(out)), list(_leaves(narrower))) == "differs: output[1]['feats'][0] (1, 6, 4, 4) != (1, 8, 4, 4)"
-    assert compare_shapes(list(_leaves(out)), list(_leaves(out[:1]))).startswith("differs: output structure")
+    assert compare_shapes(list(output_leaves(out)), list(output_leaves(narrower))) == "differs: output[1]['feats'][0] (1, 6, 4, 4) != (1, 8, 4, 4)"
+    assert compare_shapes(list(output_leaves(out)), list(output_leaves(out[:1]))).startswith("differs: output structure")
 
 
 @pytest.mark.parametrize("reason, kind", [
