@@ -20,14 +20,22 @@ __all__ = ["Limits", "Ladder", "uniform_widths", "ranking_ladder", "fraction_lad
 
 @dataclass(frozen=True)
 class Limits:
-    """Every group keeps at least min(min_channels, its size) channels, rounded up to a multiple of round_to."""
+    """Every group keeps at least min(min_channels, its size) channels, rounded up to a multiple of round_to
+    and of its entry in `steps` (per group, in the order of the widths: its divisions, so that each keeps
+    as many channels, at least one; a group's size keeps it whole; empty: 1 for every group)."""
 
     min_channels: int = 1
     round_to: int = 1
+    steps: tuple[int, ...] = ()
 
     def __call__(self, widths: Tensor, channels: Tensor) -> Tensor:
         w = torch.maximum(widths, channels.clamp_max(self.min_channels))
-        w = torch.div(w + self.round_to - 1, self.round_to, rounding_mode="floor") * self.round_to
+        step = torch.tensor(self.round_to)
+        if self.steps:
+            if len(self.steps) != len(widths):
+                raise ValueError(f"Limits: {len(widths)} widths for {len(self.steps)} groups")
+            step = torch.lcm(torch.tensor(self.steps, dtype=torch.long), step)
+        w = torch.div(w + step - 1, step, rounding_mode="floor") * step
         return torch.minimum(w, channels)
 
 

@@ -112,7 +112,7 @@ class MacsModel:
             for m in g.members:
                 if m.name in index:
                     r = rows.setdefault((m.name, m.dim), len(rows))
-                    entries.append((r, gi, m.block))
+                    entries.append((r, gi, m.block / m.divisions))  # a per-group local index: see Member
         self.total = self.fixed + sum(weighted.values())
         self.macs = torch.tensor([float(weighted[n]) for n in names], dtype=torch.float64)
         self.row_size = torch.tensor([float(graph.shapes[n][d]) for n, d in rows], dtype=torch.float64)

@@ -36,6 +36,22 @@ def _indices(name: str, values: IndexLike) -> torch.Tensor:
     return t.to(torch.int64).cpu()
 
 
+def _check_divisions(op: str, group: Group, kept: torch.Tensor) -> None:
+    """ValueError unless `kept` (channels of `group`) keeps as many channels in each of the group's divisions
+    and, for a uniform group, the same local positions in each (see Group.divisions)."""
+    if group.divisions == 1:
+        return
+    n = group.channels // group.divisions
+    per = torch.zeros(group.channels, dtype=torch.bool).index_fill_(0, kept, True).view(group.divisions, n)
+    counts = per.sum(1)
+    if bool((counts == counts[0]).all()) and not (group.uniform and not bool((per == per[0]).all())):
+        return
+    shown = ", ".join(map(str, counts.tolist()[:16])) + (", ..." if group.divisions > 16 else "")
+    need = "the same local positions" if group.uniform else "as many channels"
+    raise ValueError(f"Plan.{op}: group {group.index} ({group.origin}) is read in {group.divisions} equal divisions "
+                     f"of {n} channels and must keep {need} in each; it keeps {shown} channels per division")
+
+
 class Plan:
     """Channels to remove (`remove`) or to merge by channel addition (`merge`), group by group, and
     new values for tensors to write first (`write`: a method that reconstructs weights, as ASCP).
@@ -74,6 +90,7 @@ class Plan:
     def _keep(self, op: str, group: Group, kept: torch.Tensor) -> "Plan":
         if kept.numel() == 0:
             raise ValueError(f"Plan.{op}: removing all {group.channels} channels of group {group.index}; at least one must stay")
+        _check_divisions(op, group, kept)
         self.entries[group.index] = Entry(group, kept)
         return self
 
@@ -105,6 +122,14 @@ class Plan:
             k = _indices("merge", keep)
             if k.numel() != clusters or k.min() < 0 or k.max() >= group.channels or not torch.equal(a[k], torch.arange(clusters)):
                 raise ValueError("Plan.merge: keep must name, for every cluster g, a channel c with assignment[c] == g")
+        if group.uniform:
+            raise ValueError(f"Plan.merge: group {group.index} ({group.origin}) is read by position within "
+                             f"{group.divisions} groups (a grouped conv): remove or keep its channels instead")
+        n = group.channels // group.divisions
+        if not torch.equal(torch.arange(group.channels) // n, k[a] // n):
+            raise ValueError(f"Plan.merge: group {group.index} ({group.origin}) is read in {group.divisions} equal "
+                             f"divisions of {n} channels: every cluster must lie within one division")
+        _check_divisions("merge", group, k)
         self.entries[group.index] = Entry(group, k.sort().values, a, k)
         return self
 

@@ -46,16 +46,22 @@ def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
     for (name, dim), found in on_dim.items():
         size = shapes[name][dim]
         m, entry = found[0]
-        if len(found) == 1 and m.offset == 0 and entry.group.channels * m.block == size:
-            keep[name][dim] = positions(entry.keep, 0, m.block)  # the common case: one group spans the dim
+        if len(found) == 1 and m.offset == 0 and entry.group.channels // m.divisions * m.block == size:
+            keep[name][dim] = positions(_local(m, entry.keep, entry.group.channels), 0, m.block)  # one group spans the dim
             continue
         mask = torch.ones(size, dtype=torch.bool)
         for m, entry in found:
             removed = torch.ones(entry.group.channels, dtype=torch.bool)
             removed[entry.keep] = False
-            mask[positions(removed.nonzero().squeeze(1), m.offset, m.block)] = False
+            mask[positions(_local(m, removed.nonzero().squeeze(1), entry.group.channels), m.offset, m.block)] = False
         keep[name][dim] = mask.nonzero().squeeze(1)
     return keep, merges
+
+
+def _local(m, channels: torch.Tensor, total: int) -> torch.Tensor:
+    """The channels whose positions `m`'s dim holds: all of them, or for a per-group local index (see Member)
+    those of the first division, whose local positions every division shares (Plan checks that)."""
+    return channels if m.divisions == 1 else channels[channels < total // m.divisions]
 
 
 def _gather_all(tensors: dict, keep: dict) -> dict:

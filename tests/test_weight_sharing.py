@@ -155,8 +155,8 @@ def _head_outputs(model, images):
 def test_detector_shared_heads(name):
     """RetinaNet's and FCOS's heads run the same convs on every FPN level: each head layer is one group
     over all levels (not one per level). RetinaNet's head groups prune: removing dead channels there
-    leaves the head's outputs unchanged. FCOS's stay locked, each with a reason (GroupNorm with 32
-    groups after every head conv). An L1 prune of either gives a detector that runs."""
+    leaves the head's outputs unchanged. FCOS's prune in 32 equal divisions (a GroupNorm with 32 groups
+    after every head conv), their dead channels inexact. An L1 prune of either gives a detector that runs."""
     from torchvision.models import detection
 
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_detector_shared_heads(name):
         "every FPN level feeds the same head: one group"
     hidden = [held[0] for n, held in zip(head_convs, outputs) if ".conv." in f".{n}"]
     if name == "fcos_resnet50_fpn":
-        assert hidden and all(not h.prunable and "GroupNorm with 32 groups" in h.reason for h in hidden)
+        assert hidden and all(h.prunable and h.divisions == 32 and "normalises" in h.inexact for h in hidden)
     else:
         assert hidden and all(h.prunable and dead_channels_are_exact(g, h) for h in hidden)
         for gr in hidden:

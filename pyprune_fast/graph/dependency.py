@@ -31,7 +31,12 @@ class Group:
     which op would see the removal of dead channels (channels that are exactly zero), or is None when
     removing them leaves every output unchanged; `reduced` says which op reads the channels other than
     through weights (a sum or norm over them), so that merging identical channels by adding their
-    weights (channel addition) would change outputs, or is None."""
+    weights (channel addition) would change outputs, or is None.
+
+    `divisions`: an op reads the channels in this many equal contiguous divisions that must stay equal (a
+    grouped conv's groups, a GroupNorm's groups; the lcm where several do), so pruning removes as many
+    channels from each division and `groups`/`num_groups` stay as they are. `uniform`: it also removes the
+    same local positions from every division (a grouped conv reads its input by position within a group)."""
 
     index: int
     channels: int
@@ -41,6 +46,8 @@ class Group:
     reason: Optional[str]
     inexact: Optional[str] = None
     reduced: Optional[str] = None
+    divisions: int = 1
+    uniform: bool = False
 
     @property
     def merges_exactly(self) -> bool:
@@ -54,6 +61,8 @@ class Group:
 
     def __repr__(self) -> str:
         state = "prunable" if self.prunable else f"not prunable: {self.reason}"
+        if self.prunable and self.divisions > 1:
+            state += f" in {self.divisions} equal divisions" + (", the same positions in each" if self.uniform else "")
         return f"Group({self.index}: {self.channels} channels of {self.origin}, {len(self.members)} members, {state})"
 
 
@@ -112,7 +121,7 @@ class DependencyGraph:
             if reason is None and r.size < 2:
                 reason = "it has a single channel"
             self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
-                                     r.inexact, r.reduced))
+                                     r.inexact, r.reduced, r.divisions, r.uniform))
         self.stale = False
 
     def groups_follow_channels(self, module: str) -> bool:

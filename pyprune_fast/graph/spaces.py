@@ -10,6 +10,7 @@ A dim of an activation is *labelled* with its segments, in order (a concat gives
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -24,6 +25,11 @@ class Member:
 
     role: "producer" when the tensor makes the channel's values (conv weight rows, BatchNorm
     parameters, biases), "consumer" when it reads them (the next layer's input columns).
+    divisions: > 1 for a per-group local index (a grouped conv's input columns): the channels fall into
+    `divisions` equal divisions, dim `dim` holds one division's positions (channel c at local position
+    c mod (channels / divisions)), and division j is read only by the j-th of `divisions` equal slices
+    of dim 0. Only groups that remove the same local positions in every division (`uniform`) have such
+    members; the dim is then cut at those positions.
     """
 
     name: str
@@ -31,9 +37,15 @@ class Member:
     offset: int = 0
     block: int = 1
     role: Role = "producer"
+    divisions: int = 1
 
     def channel_sums(self, v, channels: int):
-        """(channels,): a vector indexed along this member's dim, summed over each channel's positions."""
+        """(channels,): a vector indexed along this member's dim, summed over each channel's positions;
+        for a per-group local index (divisions > 1), `v` is (divisions, positions along the dim): the
+        sums over each division's slice of dim 0."""
+        if self.divisions > 1:
+            local = channels // self.divisions
+            return v.narrow(1, self.offset, local * self.block).reshape(channels, self.block).sum(1)
         if self.offset == 0 and self.block == 1 and v.numel() == channels:
             return v
         return v.narrow(0, self.offset, channels * self.block).view(channels, self.block).sum(1)
@@ -46,6 +58,9 @@ class Space:
         self.size = size
         self.origin = origin  # what made it, for messages: "conv2d layer1.0.conv1", "model input"
         self.locked = locked
+        self.divisions = 1  # pruning removes as many channels from each of this many equal divisions
+        self.uniform = False  # ... and the same local positions from every division
+        self.why_divided: Optional[str] = None  # the op that asked for divisions, for messages
         self.inexact: Optional[str] = None  # why removing dead channels (exact zeros) can change outputs
         self.reduced: Optional[str] = None  # why merging identical channels (channel addition) can change outputs
         self.members: list[Member] = []
@@ -67,6 +82,16 @@ class Space:
         r = self.root()
         if r.locked is None:
             r.locked = reason
+
+    def divide(self, divisions: int, uniform: bool, why: str) -> None:
+        """An op (`why`) reads these channels in `divisions` equal divisions (a grouped conv, a GroupNorm) that
+        must stay equal: pruning removes as many channels from each, and, if `uniform`, the same local
+        positions. Several ops' divisions combine (their lcm); locks when the channels do not divide."""
+        r = self.root()
+        r.divisions = math.lcm(r.divisions, divisions)
+        r.uniform = r.uniform or uniform
+        r.why_divided = r.why_divided or why
+        _check_divisions(r, why)
 
     def mark_inexact(self, reason: str) -> None:
         """Dead channels of this space are not free to remove: `reason` says which op sees them."""
@@ -97,8 +122,22 @@ def union(a: Space, b: Space) -> Space:
     ra.locked = ra.locked or rb.locked
     ra.inexact = ra.inexact or rb.inexact
     ra.reduced = ra.reduced or rb.reduced
+    ra.divisions = math.lcm(ra.divisions, rb.divisions)
+    ra.uniform = ra.uniform or rb.uniform
+    ra.why_divided = ra.why_divided or rb.why_divided
     rb.members = []
+    _check_divisions(ra, rb.why_divided or ra.why_divided)
     return ra
+
+
+def _check_divisions(r: Space, why: Optional[str]) -> None:
+    """Locks root `r` when its divisions cannot hold: sizes that do not divide, or one channel a division."""
+    if r.divisions == 1:
+        return
+    if r.size % r.divisions:
+        r.lock(f"{why} needs {r.divisions} equal divisions of {r.size} channels, which do not divide")
+    elif r.size == r.divisions:
+        r.lock(f"{why} divides its {r.size} channels into {r.divisions} groups of one: they go in whole groups")
 
 
 def join_shared(spaces: list[Space], fixed: set[tuple[str, int]]) -> None:
@@ -165,11 +204,11 @@ def lock_label(label: Optional[Label], reason: str) -> None:
         seg.space.lock(reason)
 
 
-def add_members(label: Label, name: str, dim: int, role: Role) -> None:
-    """Members for every segment of `label`, laid along dim `dim` of tensor `name`."""
+def add_members(label: Label, name: str, dim: int, role: Role, divisions: int = 1) -> None:
+    """Members for every segment of `label`, laid along dim `dim` of tensor `name` (`divisions`: see Member)."""
     offset = 0
     for seg in label:
-        seg.space.add(Member(name, dim, offset, seg.block, role))
+        seg.space.add(Member(name, dim, offset, seg.block, role, divisions))
         offset += seg.span
 
 

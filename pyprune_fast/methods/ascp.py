@@ -13,7 +13,9 @@
    the same activations.
 
 Groups whose channels pass through a norm that mixes channels (LayerNorm, GroupNorm) cannot be merged
-exactly; there the representative stays and the other channels are removed.
+exactly; there the representative stays and the other channels are removed. Groups read in divisions
+(a grouped conv, a GroupNorm with several groups: Group.divisions) stay whole, as locked ones: k-means
+clusters would cross the divisions.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class ASCP(Criterion):
     name = "ascp"
     allocations = ("ratio", "target_flops")
     options = {"niter": 25}
+    divides = False
 
     def __init__(self, graph, groups, limits=Limits(), seed=0, niter: int = 25):
         super().__init__(graph, groups, limits, seed)

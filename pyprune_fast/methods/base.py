@@ -4,6 +4,7 @@ views of each channel's slice of the group's tensors."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -13,14 +14,21 @@ from ..allocation import Ladder, Limits, ranking_ladder, uniform_widths
 from ..graph import DependencyGraph, Group, Member, module_of, named_tensors
 from ..plan import Plan
 
-__all__ = ["Criterion", "Scored", "channel_view", "member_tensors", "producer_rows", "check_finite",
+__all__ = ["Criterion", "Scored", "channel_view", "lowest", "member_tensors", "producer_rows", "check_finite",
            "check_producers_finite"]
 
 
 def channel_view(t: Tensor, m: Member, channels: int) -> Tensor:
-    """(channels, block, *other dims of t): each channel's slice of the member's tensor."""
-    s = t.narrow(m.dim, m.offset, channels * m.block).movedim(m.dim, 0)
-    return s.reshape(channels, m.block, *s.shape[1:])
+    """(channels, block, *other dims of t): each channel's slice of the member's tensor. For a per-group
+    local index (m.divisions > 1: a grouped conv's input columns) dim 0 is cut to the channel's division's
+    rows, and the result is a copy."""
+    if m.divisions == 1:
+        s = t.narrow(m.dim, m.offset, channels * m.block).movedim(m.dim, 0)
+        return s.reshape(channels, m.block, *s.shape[1:])
+    n = channels // m.divisions  # channel j * n + a: local position a, rows of division j
+    s = t.narrow(m.dim, m.offset, n * m.block).movedim(m.dim, 0)  # (n * block, rows, ...)
+    s = s.reshape(n, m.block, m.divisions, s.shape[1] // m.divisions, *s.shape[2:]).movedim(2, 0)
+    return s.reshape(channels, m.block, *s.shape[3:])
 
 
 def member_tensors(tensors: dict[str, Tensor], group: Group, role: str, min_ndim: int = 1,
@@ -70,9 +78,14 @@ class Criterion:
     name: ClassVar[str] = ""
     allocations: ClassVar[tuple[str, ...]] = ("ratio", "global_ratio", "target_flops")
     options: ClassVar[dict[str, Any]] = {}  # method-specific options with their defaults
+    # whether decide chooses within a group's divisions (Group.divisions); a criterion that cannot keeps such
+    # groups whole (its limits' step is their size), as it would locked ones
+    divides: ClassVar[bool] = True
 
     def __init__(self, graph: DependencyGraph, groups: list[Group], limits: Limits = Limits(), seed: int = 0):
-        self.graph, self.groups, self.limits, self.seed = graph, groups, limits, seed
+        self.graph, self.groups, self.seed = graph, groups, seed
+        steps = tuple(g.divisions if self.divides or g.divisions == 1 else g.channels for g in groups)
+        self.limits = replace(limits, steps=steps)
         self.channels = torch.tensor([g.channels for g in groups], dtype=torch.long)
         self.tensors = named_tensors(graph.model)
         self.timings: dict[str, float] = {}
@@ -113,5 +126,22 @@ class Scored(Criterion):
     def decide(self, plan: Plan, widths: Tensor) -> None:
         for g, s, w in zip(self.groups, self.scores, widths.tolist()):
             if w < g.channels:
-                plan.remove(g, torch.argsort(s, stable=True)[: g.channels - w])
+                plan.remove(g, lowest(g, s, g.channels - w))
+
+
+def lowest(group: Group, scores: Tensor, count: int) -> Tensor:
+    """The `count` lowest-scoring channels of `group`, within its divisions (Group.divisions): count / divisions
+    from each, and for a uniform group the same local positions in each (scores summed over the divisions)."""
+    d = group.divisions
+    if count % d:
+        raise ValueError(f"prune: group {group.index} ({group.origin}) is read in {d} equal divisions; "
+                         f"{count} channels to remove is not a multiple of {d}")
+    if d == 1:
+        return torch.argsort(scores, stable=True)[:count]
+    per = scores.reshape(d, -1)
+    starts = torch.arange(d, device=scores.device)[:, None] * per.shape[1]
+    if group.uniform:
+        local = torch.argsort(per.sum(0), stable=True)[: count // d]
+        return (starts + local[None]).reshape(-1)
+    return (starts + torch.argsort(per, dim=1, stable=True)[:, : count // d]).reshape(-1)
 

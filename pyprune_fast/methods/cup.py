@@ -13,6 +13,12 @@ distances sum the blocks' Gram matrices (see ops.pairwise_distance). The tree is
 height `threshold` (scipy's fcluster "distance"), or into the number of clusters a ratio or MACs
 target asks for ("maxclust"). In every cluster the channel whose feature row has the largest norm
 stays; the others go (no merging).
+
+A group read in d divisions (a grouped conv, a GroupNorm with several groups: Group.divisions) is
+clustered by local position: the points are its n = channels / d local positions, each the features of
+its d channels side by side; a cluster keeps one local position in every division, so divisions stay
+equal and the same positions go from each (what a grouped conv's input needs; stricter than a GroupNorm
+needs). Every merge of that tree gives up d channels.
 """
 
 from __future__ import annotations
@@ -52,10 +58,14 @@ def _slice_norms(t: Tensor, m, channels: int, cache: dict) -> Tensor:
     if norms is None:
         norms = cache[(m.name, a, b)] = _pair_norms(t, a, b)
     at = 0 if m.dim == a else 1
-    s = norms.narrow(at, m.offset, channels * m.block)
+    n = channels // m.divisions  # positions along the dim: fewer for a per-group local index (see Member)
+    s = norms.narrow(at, m.offset, n * m.block)
     if m.block > 1:  # a channel spans `block` indices (a flatten into a Linear, a head)
-        s = torch.linalg.vector_norm(s.unflatten(at, (channels, m.block)), dim=at + 1)
-    return s if at == 0 else s.T
+        s = torch.linalg.vector_norm(s.unflatten(at, (n, m.block)), dim=at + 1)
+    s = s if at == 0 else s.T
+    if m.divisions > 1:  # channel j * n + a: column a of division j's rows
+        s = s.reshape(n, m.divisions, -1).transpose(0, 1).reshape(channels, -1)
+    return s
 
 
 def feature_blocks(tensors: dict[str, Tensor], group, cache: Optional[dict] = None) -> tuple[Tensor, ...]:
@@ -80,12 +90,15 @@ class CUP(Criterion):
         self.features, self.norms = self._timed("scores", self._features)
         # the features are checked (through their norms): the trees without cluster.linkage's second pass
         self.trees = self._timed("clustering", linkages, self.features, torch.float32)
-        self.heights = [z[:, 2].contiguous() for z in self.trees]
+        # a height for every channel given up: each merge of a divided group's tree gives up `divisions`
+        self.heights = [z[:, 2].repeat_interleave(g.divisions).contiguous() for g, z in zip(groups, self.trees)]
 
     def _features(self) -> tuple[list[tuple[Tensor, ...]], list[Tensor]]:
-        """Every group's feature blocks (each weight's kernel norms computed once) and row norms."""
+        """Every group's feature blocks (each weight's kernel norms computed once) and row norms, by local
+        position for a divided group (see the module's docstring)."""
         cache: dict = {}
-        features = [feature_blocks(self.tensors, g, cache) for g in self.groups]
+        features = [tuple(b.reshape(g.divisions, g.channels // g.divisions, -1).transpose(0, 1).flatten(1)
+                          for b in feature_blocks(self.tensors, g, cache)) for g in self.groups]
         norms = [row_norms(f) for f in features]
         for g, n in zip(self.groups, norms):
             check_finite(self.tensors, g, n)
@@ -104,8 +117,9 @@ class CUP(Criterion):
         for g, z, norms, w in zip(self.groups, self.trees, self.norms, widths.tolist()):
             if w >= g.channels:
                 continue
-            labels = flat_clusters(z, n_clusters=w, n=g.channels)
+            n, k = norms.numel(), w // g.divisions  # local positions, clusters of them
+            labels = flat_clusters(z, n_clusters=k, n=n)
             by_norm = torch.argsort(norms, descending=True, stable=True)
-            first = torch.full((w,), g.channels, dtype=torch.long).scatter_reduce(
-                0, labels[by_norm], torch.arange(g.channels), "amin")  # each cluster's largest-norm channel
-            plan.keep(g, by_norm[first])
+            first = torch.full((k,), n, dtype=torch.long).scatter_reduce(
+                0, labels[by_norm], torch.arange(n), "amin")  # each cluster's largest-norm position
+            plan.keep(g, (torch.arange(g.divisions)[:, None] * n + by_norm[first]).flatten())

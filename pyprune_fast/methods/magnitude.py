@@ -17,16 +17,16 @@ def _norms(tensors: dict[str, torch.Tensor], groups: list[Group], p: int) -> lis
     if not groups:
         return []
     params = {n: t for n, t in tensors.items() if isinstance(t, torch.nn.Parameter) and t.is_floating_point()}
-    needed: dict[str, set[int]] = defaultdict(set)
+    needed: dict[str, set[tuple[int, int]]] = defaultdict(set)  # name -> (dim, divisions of dim 0)
     for g in groups:
         for m in g.members:
             if m.name in params:  # buffers (running statistics) carry no importance
-                needed[m.name].add(m.dim)
+                needed[m.name].add((m.dim, m.divisions))
     with torch.no_grad():
         along = _sums_along(params, needed, p)
         totals, device = [], _device(params)
         for g in groups:
-            parts = [m.channel_sums(along[(m.name, m.dim)], g.channels) for m in g.members if m.name in params]
+            parts = [m.channel_sums(along[(m.name, m.dim, m.divisions)], g.channels) for m in g.members if m.name in params]
             totals.append(torch.stack(parts).sum(0) if parts else torch.zeros(g.channels, device=device))
         flat = torch.cat(totals).to("cpu", torch.float32)  # one transfer for all groups
     return list((flat if p == 1 else flat.sqrt()).split([g.channels for g in groups]))
@@ -36,8 +36,10 @@ def _device(params: dict[str, torch.Tensor]) -> torch.device:
     return next(iter(params.values())).device if params else torch.device("cpu")
 
 
-def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p: int) -> dict[tuple, torch.Tensor]:
-    """Sum of |t|^p over all dims but d, for every needed (parameter name, d), as float32 on the parameters' device.
+def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[tuple[int, int]]], p: int) -> dict[tuple, torch.Tensor]:
+    """Sum of |t|^p over all dims but d, for every needed (parameter name, d, divisions), as float32 on the
+    parameters' device; with divisions > 1 (a per-group local index, see Member), one row of sums for each
+    of that many equal slices of dim 0: (divisions, size of d).
 
     Vectors (BatchNorm scales, biases, layer scales: one dim holds every element) are their own sums:
     all of them in one op. Any other tensor: |t|^p goes into one reused float32 buffer (fresh large
@@ -46,13 +48,13 @@ def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p:
     matrix-vector products used before).
     """
     along = {}
-    is_vector = {n: all(params[n].numel() == params[n].shape[d] for d in dims) for n, dims in needed.items()}
+    is_vector = {n: all(params[n].numel() == params[n].shape[d] and k == 1 for d, k in dims) for n, dims in needed.items()}
     vectors = [n for n in needed if is_vector[n]]
     if vectors:
         flat = torch.cat([params[n].detach().reshape(-1).float() for n in vectors])
         flat = flat.abs() if p == 1 else flat * flat
         for name, v in zip(vectors, flat.split([params[n].numel() for n in vectors])):
-            along.update({(name, d): v for d in needed[name]})
+            along.update({(name, d, k): v for d, k in needed[name]})
     others = [n for n in needed if not is_vector[n]]
     buf = torch.empty(max((params[n].numel() for n in others), default=0), device=_device(params))
     for name in others:
@@ -63,12 +65,14 @@ def _sums_along(params: dict[str, torch.Tensor], needed: dict[str, set[int]], p:
         else:
             a.copy_(t)
             a.abs_() if p == 1 else a.mul_(a)
-        for d in needed[name]:
+        for d, k in needed[name]:
             before, size, after = math.prod(t.shape[:d]), t.shape[d], math.prod(t.shape[d + 1:])
-            if before == 1:
-                along[(name, d)] = a.view(size, after).sum(1)
+            if k > 1:  # one row per slice of dim 0 (d > 0)
+                along[(name, d, k)] = a.view(k, before // k, size, after).sum(3).sum(1)
+            elif before == 1:
+                along[(name, d, k)] = a.view(size, after).sum(1)
             else:
-                along[(name, d)] = a.view(before, size * after).sum(0).view(size, after).sum(1)
+                along[(name, d, k)] = a.view(before, size * after).sum(0).view(size, after).sum(1)
     return along
 
 

@@ -56,7 +56,8 @@ class PlayAndPrune(Schedule):
         `_rescore`."""
         self.graph = self._graph()
         tensors = named_tensors(self.model)
-        self.groups = [g for g in self.graph.prunable_groups if dead_channels_are_exact(self.graph, g)]
+        # channels go one by one: groups read in divisions (a grouped conv's) stay whole
+        self.groups = [g for g in self.graph.prunable_groups if dead_channels_are_exact(self.graph, g) and g.divisions == 1]
         self.weights = [[m for m, _ in member_tensors(tensors, g, "producer", min_ndim=2)] for g in self.groups]
         self._rescore()
 

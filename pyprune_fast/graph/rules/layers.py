@@ -43,21 +43,34 @@ def conv(ctx: Context, node: Node) -> None:
         ctx.set(out, {1: lx})
         ctx.nonzero[out.id] = {} if zeroed(b) else all_nonzero([lx], f"the bias of {module}")  # zero weights
     else:
-        reason = f"{module} is a grouped conv (groups={groups}): its channels go in whole groups"
-        lock_label(lx, reason)
-        ctx.fixed.update([(w.param, 1)] + [(name, 0) for name in param_names(w, b)])
-        ctx.set(out, {1: (Segment(ctx.new_space(cout, f"{node.name} {module}", locked=reason), cout),)})
+        # grouped: group j's rows read the j-th division of the input channels by local position, so both
+        # spaces prune within `groups` equal divisions, the input at the same local positions in each
+        if lx and (len(lx) != 1 or lx[0].block != 1):
+            lock_label(lx, f"{module} is a grouped conv (groups={groups}) over a concatenated or reshaped "
+                           f"channel dim: its channels go in whole groups")
+            lx = None
+        ctx.consume(x, lx, f"{node.name} {module}")
+        label = _layer(ctx, f"{node.name} {module}", module, w, b, lx, groups)
+        ctx.set(out, {1: label})
+        ctx.nonzero[out.id] = {} if zeroed(b) else all_nonzero([label], f"the bias of {module}")
 
 
-def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Optional[Label]) -> Label:
+def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Optional[Label],
+           groups: int = 1) -> Label:
     """A conv or Linear: its weight's dim 1 reads the input's channels; dim 0 (and the bias) make a new
-    space of output channels. Returns the output's channel label."""
+    space of output channels. Returns the output's channel label. A grouped conv (`groups` > 1) divides
+    both spaces into `groups` divisions (see Space.divide); its dim 1 is a per-group local index."""
+    why = f"{module}, a grouped conv (groups={groups}),"
     if input_label:
-        add_members(input_label, w.param, 1, "consumer")
+        add_members(input_label, w.param, 1, "consumer", groups)
         record_module(input_label, module)
+        if groups > 1:
+            input_label[0].space.divide(groups, True, why)
     else:
         ctx.fixed.add((w.param, 1))
     space = ctx.new_space(w.shape[0], origin)
+    if groups > 1:
+        space.divide(groups, False, why)
     space.modules.add(module)
     space.members += [producer(name) for name in param_names(w, b)]
     if module in ctx.ignored:

@@ -67,8 +67,17 @@ def group_norm(ctx: Context, node: Node) -> None:
     if groups == x.shape[1]:
         ctx.groups_follow.add(module)
     elif groups != 1:
-        lock_label(label, f"{module} is a GroupNorm with {groups} groups: pruning would unbalance them")
+        for seg in _whole(label, f"{module} is a GroupNorm with {groups} groups over a concatenated channel dim"):
+            seg.space.divide(groups, False, f"{module}, a GroupNorm with {groups} groups,")
     _norm(ctx, node, x, 1, [w, b], "group_norm", shifts=False, mixes=groups != x.shape[1])
+
+
+def _whole(label, reason: str) -> tuple:
+    """`label` when one space holds the whole dim; otherwise locks it (reason) and returns no segment."""
+    if label and len(label) > 1:
+        lock_label(label, reason)
+        return ()
+    return label or ()
 
 
 @rule(F.layer_norm)
