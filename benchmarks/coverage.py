@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
 import math
 import os
@@ -239,6 +240,11 @@ def print_summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
     return s
 
 
+def csv_row(r: Row) -> dict[str, Any]:
+    """`r`'s fields, its lock kinds as JSON."""
+    return {f.name: json.dumps(v) if isinstance(v := getattr(r, f.name), dict) else v for f in fields(Row)}
+
+
 def select(zoos: list[str], models: str, limit: int, size: int) -> list[tuple[str, str, Builder]]:
     """(zoo, name, builder) for every model of `zoos`, filtered by the comma-separated `models` and `limit` per zoo;
     ValueError naming the models of `models` that no selected zoo has."""
@@ -291,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget)
         rows.append(row)
         print(format_row(row, args.peer), flush=True)
+        if args.csv:  # after every model: a run cut short keeps its rows
+            with contextlib.redirect_stdout(io.StringIO()):  # write_csv says "wrote": once, at the end
+                write_csv(args.csv, [csv_row(r) for r in rows])
 
     for zoo in zoos:
         print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer)
@@ -301,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in rows if r.built and not r.ok]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} models passed or were skipped ({sum(r.seconds for r in rows):.0f} s)")
     if args.csv:
-        write_csv(args.csv, [{f.name: json.dumps(v) if isinstance(v := getattr(r, f.name), dict) else v
-                              for f in fields(Row)} for r in rows])
+        print(f"wrote {args.csv}")
     return 1 if args.strict and failed else 0
 
 
