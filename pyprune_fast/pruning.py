@@ -23,7 +23,7 @@ from .surgery import apply, not_in_inference_mode
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
-COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0}
+COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False}
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -64,6 +64,8 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
             raise ValueError(f"prune: {k} must be an int >= 1, got {common[k]!r}")
     if not isinstance(common["seed"], numbers.Integral):
         raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
+    if not isinstance(common["prune_embedding"], bool):
+        raise ValueError(f"prune: prune_embedding must be True or False, got {common['prune_embedding']!r}")
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
 
 
@@ -131,7 +133,8 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     cls, alloc, value, common, method_options = checked
     t0 = time.perf_counter()
     stages.start("trace")
-    graph = DependencyGraph(model, example_inputs, common["ignored_layers"])  # unwraps a compiled model
+    graph = DependencyGraph(model, example_inputs, common["ignored_layers"],  # unwraps a compiled model
+                            prune_embedding=common["prune_embedding"])
     model = graph.model
     before = profile_trace(graph.trace, model)
     groups = graph.prunable_groups

@@ -18,7 +18,7 @@ from torch import nn
 
 from .graph import shapes_of
 from .nn.widths import kind_of
-from .surgery import _Swap, owner
+from .surgery import CODE_SIZES, _Swap, owner
 
 __all__ = ["save_pruned", "load_pruned"]
 
@@ -35,7 +35,7 @@ def _heads_pruned(m: nn.Module) -> bool:
 def _shape_attrs(model: nn.Module) -> dict[str, dict]:
     out = {}
     for name, m in model.named_modules():
-        attrs = {a: getattr(m, a) for a in kind_of(m).widths}
+        attrs = {a: getattr(m, a) for a in (*kind_of(m).widths, *getattr(m, CODE_SIZES, ()))}
         if _heads_pruned(m):
             attrs["pruned_heads"] = True
         if attrs:
@@ -83,7 +83,8 @@ def _check_shapes(shapes: dict, state: dict, current: dict) -> None:
 
 
 def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
-    """Only the width attributes of each module's type, ints between 1 and the module's original value."""
+    """Only the width attributes of each module's type, or other int attributes of the module (sizes in its
+    code that apply changed, such as `num_heads`), ints between 1 and the module's original value."""
     for name, given in attrs.items():
         if name not in modules:
             raise ValueError(f"load_pruned: attrs names a module {name!r} that the model from build_fn does not have")
@@ -91,9 +92,9 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
         allowed = kind_of(m).widths + (("pruned_heads",) if kind_of(m).heads is not None else ())
         for attr, value in _dict(given, f"attrs[{name!r}]").items():
             key = f"attrs[{name!r}][{attr!r}]"
-            if attr not in allowed:
-                raise ValueError(f"load_pruned: {key} is not a width of a {type(m).__name__} "
-                                 f"(allowed: {', '.join(allowed)})")
+            if attr not in allowed and type(getattr(m, attr, None)) is not int:
+                raise ValueError(f"load_pruned: {key} is neither a width of a {type(m).__name__} "
+                                 f"({', '.join(allowed)}) nor an int attribute of it")
             if attr == "pruned_heads":
                 if value is not True:
                     raise ValueError(f"load_pruned: {key} must be True, got {value!r}")
@@ -187,6 +188,9 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
                     swap.setattr(module, "__class__", kind_of(module).heads(module))
                 else:
                     swap.setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+            code = tuple(sorted(a for a in given if a not in kind_of(module).widths and a != "pruned_heads"))
+            if code:  # sizes of the model's code that apply changed: a later save_pruned keeps them
+                swap.setitem(vars(module), CODE_SIZES, code)
         for name in sorted(touched):
             _check_consistent(name, modules[name], orig[name])
         model.load_state_dict(state)

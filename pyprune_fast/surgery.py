@@ -28,7 +28,7 @@ from .nn.widths import kind_of
 from .plan import Plan
 from .run_check import check_inputs, check_runs
 
-__all__ = ["apply", "owner", "sync_module_attributes"]
+__all__ = ["CODE_SIZES", "apply", "owner", "sync_module_attributes"]
 
 
 def _selections(plan: Plan, shapes: dict[str, tuple]) -> tuple[dict, dict]:
@@ -226,6 +226,16 @@ def _holders(modules: Modules, tensors: list[torch.Tensor]) -> dict[int, list[tu
     return out
 
 
+CODE_SIZES = "_pyprune_fast_sizes"  # on a module: its int attributes that apply changed (save_pruned keeps them)
+
+
+def _code_sizes(plan: Plan) -> list[tuple[str, str, int]]:
+    """(module, attribute, new value) for the int attributes of the model's code that size the channels of a
+    planned group (Group.sizes): the channels kept times the attribute's block."""
+    return [(module, attr, len(entry.keep) * block) for entry in plan.entries.values()
+            for module, attr, block in entry.group.sizes]
+
+
 def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
     """Prune the model of `plan.graph` as `plan` says, all or nothing; returns the model.
 
@@ -271,6 +281,11 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
             attrs = sync_module_attributes(module, synced[module_name], graph)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
+        for module_name, attr, value in _code_sizes(plan):
+            module = by_name[module_name]
+            swap.setattr(module, attr, value)
+            changed = getattr(module, CODE_SIZES, ())
+            swap.setitem(vars(module), CODE_SIZES, tuple(sorted({*changed, attr})))
         check_runs(graph, check)
         swap.setattr(graph, "stale", True)
         return model

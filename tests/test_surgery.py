@@ -11,6 +11,7 @@ import pyprune_fast as ppf
 from helpers import run, trained
 from nets import BranchNet, FlattenNet, Tied
 from pyprune_fast import surgery
+from pyprune_fast.graph.spaces import Segment
 from pyprune_fast.testing import dead_channels_are_exact, kill_channels
 
 
@@ -300,22 +301,46 @@ def test_plan_round_trips_through_plain_lists_onto_a_twin_model(tv_model):
         ppf.Plan.from_dict(ppf.DependencyGraph(b, x), {10_000: data[g1.index]})
 
 
-class LeNet(nn.Module):
-    """LeNet-5 as commonly written: the flatten hard-codes conv2's 16 channels."""
+class Flatten400(nn.Module):
+    """LeNet-5's flatten as commonly written: it hard-codes conv2's 16 channels."""
 
+    def forward(self, x):
+        return x.view(-1, 16 * 5 * 5)
+
+
+def _wrong_flatten_rule(ctx, node):
+    """A user's rule that is wrong: it says the flatten follows conv2's channels (the run check is the net)."""
+    x = node.args[2]
+    ctx.set(node.outputs[0], {1: tuple(Segment(s.space, s.length, s.block * 25) for s in ctx.of(x).dims[1])})
+
+
+ppf.register_rule(Flatten400, _wrong_flatten_rule)
+
+
+class LeNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
         self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+        self.flatten = Flatten400()
 
     def forward(self, x):
         x = nn.functional.max_pool2d(self.conv1(x).relu(), 2)
         x = nn.functional.max_pool2d(self.conv2(x).relu(), 2)
-        x = x.view(-1, 16 * 5 * 5)
-        return self.fc3(self.fc2(self.fc1(x).relu()).relu())
+        return self.fc3(self.fc2(self.fc1(self.flatten(x)).relu()).relu())
 
 
-@pytest.mark.parametrize("batch, words", [(1, r"view in LeNet: .*invalid for input of size 200"),
+def test_a_width_fixed_in_the_code_locks_its_channels():
+    class Literal(LeNet):
+        def forward(self, x):
+            x = nn.functional.max_pool2d(self.conv2(nn.functional.max_pool2d(self.conv1(x).relu(), 2)).relu(), 2)
+            return self.fc1(x.view(-1, 16 * 5 * 5))
+
+    g = ppf.DependencyGraph(Literal(), torch.randn(1, 1, 32, 32))
+    assert "view is given the size 400 for the channels of conv2d conv2, a number fixed" in g.group_of(g.model.conv2).reason
+
+
+@pytest.mark.parametrize("batch, words", [(1, r"Flatten400 in flatten: .*invalid for input of size 200"),
                                           (2, r"linear in fc1: .*\[1, 400\] X \[200, 120\]")])
 def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, words):
     torch.manual_seed(0)

@@ -36,7 +36,11 @@ class Group:
     `divisions`: an op reads the channels in this many equal contiguous divisions that must stay equal (a
     grouped conv's groups, a GroupNorm's groups; the lcm where several do), so pruning removes as many
     channels from each division and `groups`/`num_groups` stay as they are. `uniform`: it also removes the
-    same local positions from every division (a grouped conv reads its input by position within a group)."""
+    same local positions from every division (a grouped conv reads its input by position within a group).
+
+    `sizes`: (module, attribute, block) for each int attribute of the model's code that sizes these channels
+    (timm's `attn.num_heads`, block 1; `attn.attn_dim`, block head_dim): surgery sets it to the channels
+    kept times block."""
 
     index: int
     channels: int
@@ -48,6 +52,7 @@ class Group:
     reduced: Optional[str] = None
     divisions: int = 1
     uniform: bool = False
+    sizes: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def merges_exactly(self) -> bool:
@@ -78,12 +83,17 @@ class DependencyGraph:
         ignored_layers: modules whose output channels must not be pruned (the classifier, say).
         meta: record the forward pass on meta tensors (shapes only; falls back to a real pass when the
             model needs real values). meta=False always runs it for real.
+        prune_embedding: let the embedding width of a transformer (the width its attention heads are read
+            from: patch embedding, class and position embeddings, every LayerNorm, projections and MLPs of
+            the residual stream) be pruned; a big change to a model, so it is locked by default.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
-                 meta: bool = True):
+                 meta: bool = True, prune_embedding: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(prune_embedding, bool):
+            raise TypeError(f"DependencyGraph: prune_embedding must be True or False, got {prune_embedding!r}")
         model = uncompiled(model)
         model_inputs(example_inputs)  # a TypeError for inputs of the wrong kind, not a failed run
         names = {m: n for n, m in model.named_modules()}
@@ -107,10 +117,16 @@ class DependencyGraph:
         self.output_channel_dims = [frozenset(ctx.of(v).dims) for v in trace.outputs]
         self._groups_follow = frozenset(ctx.groups_follow)
         self.shapes = trace.shapes
+        sizes: dict = {}  # root -> the attributes that size its channels (spaces may have joined since)
+        for space, attributes in ctx.sizes.items():
+            sizes.setdefault(space.root(), []).extend(attributes)
+        if not prune_embedding:
+            for space, heads in ctx.embeddings.items():
+                space.lock(f"it is the embedding width of a transformer ({heads}): prune_embedding=True prunes it")
         roots = []
         for s in ctx.spaces:
             r = s.root()
-            if r not in roots:
+            if r not in roots and r not in ctx.replaced:
                 roots.append(r)
         self.groups: list[Group] = []
         for r in roots:
@@ -121,7 +137,7 @@ class DependencyGraph:
             if reason is None and r.size < 2:
                 reason = "it has a single channel"
             self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
-                                     r.inexact, r.reduced, r.divisions, r.uniform))
+                                     r.inexact, r.reduced, r.divisions, r.uniform, tuple(sizes.get(r, ()))))
         self.stale = False
 
     def groups_follow_channels(self, module: str) -> bool:

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..nn.widths import pruned_class
+from ..nn.widths import kind_of, pruned_class
 from .ir import Node, Trace, Value, leaves, map_tensors, op_name
 from .meta import meta_output
-from .one_op import one_op_class
-from .sizes import size_comparison, tracked
+from .one_op import module_call, one_op_class
+from .sizes import attributes_tracked, size_comparison, tracked
 from .rules.registry import module_rule
 from .tensors import Modules, named_tensors, shapes_of, tensor_slots
 from .taxonomy import SIZE_READS
@@ -41,6 +41,7 @@ class _Recorder(TorchFunctionMode):
         self.nodes: list[Node] = []
         self.params: dict[str, Value] = {}
         self._ids = itertools.count()
+        self.listening = False  # comparisons of sizes are recorded (model code runs)
 
     def value_of(self, t: torch.Tensor) -> Value:
         v = self.values.get(id(t))
@@ -62,9 +63,13 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = meta_output(func, args, kwargs)
-        if out is None:
-            out = func(*args, **kwargs)
+        self.listening = False  # comparisons inside torch functions are not the model's code
+        try:
+            out = meta_output(func, args, kwargs)
+            if out is None:
+                out = func(*args, **kwargs)
+        finally:
+            self.listening = True
         if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
                 and op_name(func) not in SIZE_READS):
             return out
@@ -77,8 +82,9 @@ class _Recorder(TorchFunctionMode):
         return out
 
     def compared(self, a, b, symbol: str) -> None:
-        """The model's code compared a size it read: recorded as a `size_comparison` op."""
-        self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
+        """The model's code compared a size it read: recorded as a `size_comparison` op (while the pass runs)."""
+        if self.listening:
+            self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
 
 
 def model_inputs(example_inputs: Any) -> tuple[tuple, dict]:
@@ -108,8 +114,12 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
     recorder = _Recorder({id(t): n for n, t in tensors.items()})
     input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     args, kwargs = inputs
-    with torch.no_grad(), recorder:
-        out = model(*args, **kwargs)
+    with torch.no_grad(), recorder, attributes_tracked(model, recorder.compared, lambda m: kind_of(m).widths):
+        recorder.listening = True
+        try:
+            out = model(*args, **kwargs)
+        finally:
+            recorder.listening = False
     outputs = [recorder.value_of(o) for o in leaves(out) if isinstance(o, torch.Tensor)]  # seen by no op: as given
     return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors))
 
@@ -227,7 +237,9 @@ def failed_op(error: BaseException) -> Optional[str]:
     (the innermost on its traceback), or None."""
     op, tb = None, error.__traceback__
     while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), _Recorder) and "func" in tb.tb_frame.f_locals:
-            op = op_name(tb.tb_frame.f_locals["func"])
+        local = tb.tb_frame.f_locals
+        if isinstance(local.get("self"), _Recorder) and "func" in local:
+            args = local.get("args") or (None,)
+            op = type(args[0]).__name__ if local["func"] is module_call else op_name(local["func"])
         tb = tb.tb_next
     return op

@@ -6,6 +6,8 @@ remembers which (Value, dim) pairs it was computed from, and arithmetic on it ke
 `view` that stays consistent when the channels are pruned (`x.view(B, C, -1)`), compute some other
 size from it (a channel shuffle's `C // groups`), or nothing at all (an assert message). Comparing a
 channel count (`if C == 64`) is recorded as a `size_comparison` op: the code may branch on it.
+Modules' int attributes (`self.num_heads`, YOLO's `self.c`) are `Size` numbers too while recorded, so a
+rule can tell that a view's size comes from one (and surgery can update it with the channels).
 
 A number that leaves through `int()` or numpy is no longer followed; the run check after apply
 (`run_check.py`) is the net for such code.
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import math
 import operator
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
-__all__ = ["Reads", "Size", "SizeFloat", "Tracked", "reads_in", "size_comparison", "tracked"]
+__all__ = ["Reads", "Size", "SizeFloat", "Tracked", "attribute_reads", "attributes_tracked", "reads_in", "size_comparison",
+           "tracked"]
 
-Reads = frozenset  # frozenset[tuple[Value, int]]: the (value, dim) sizes a number was computed from
+Reads = frozenset  # of (Value, dim) sizes and (module name, attribute, synced) ints a number was computed from
 
 
 class Tracked:
@@ -131,6 +135,36 @@ def tracked(out: Any, value, name: str, args: tuple, log: Callable) -> Any:
     if name == "numel" and isinstance(out, int):
         return Size._make(out, frozenset((value, d) for d in range(value.ndim)), False, log)
     return out
+
+
+@contextmanager
+def attributes_tracked(model, log: Callable, synced: Callable[[Any], tuple]):
+    """Every module's int attributes (`self.num_heads`, `self.c`) as `Size` numbers that remember
+    (module name, attribute, synced), for one recorded pass; the plain ints are put back on exit. `synced`:
+    the attribute is one that `synced(module)` names, a width surgery sets from the tensors' shapes (a
+    conv's `out_channels`), so it follows the channels whatever the code does with it."""
+    from torch import jit
+
+    swapped = []
+    for name, m in model.named_modules():
+        if isinstance(m, jit.ScriptModule):
+            continue
+        d, skip = vars(m), synced(m)
+        swapped += [(d, k, v, Size._make(v, frozenset({(name, k, k in skip)}), True, log)) for k, v in d.items()
+                    if type(v) is int]
+    try:
+        for d, k, _, size in swapped:
+            d[k] = size
+        yield
+    finally:
+        for d, k, v, size in swapped:
+            if d.get(k) is size:
+                d[k] = v
+
+
+def attribute_reads(number: Tracked) -> list[tuple[str, str, bool]]:
+    """The (module, attribute, synced) a number was computed from (see `attributes_tracked`)."""
+    return [r for r in number.reads if isinstance(r[0], str)]
 
 
 def size_comparison(a: Any, b: Any, symbol: str) -> bool:

@@ -29,7 +29,7 @@ from . import attention, elementwise, layers, norms, reductions, shapes  # noqa:
 from .context import Context, all_nonzero, generic
 from .norms import NORM_PARAMS
 from .registry import register, rule, rule_for
-from .shapes import same_channels, size_uses
+from .shapes import settle_sizes, size_uses
 
 __all__ = ["NORM_PARAMS", "Context", "propagate", "register_rule", "rule"]
 
@@ -72,10 +72,7 @@ def propagate(ctx: Context) -> None:
         for out in node.outputs:  # rules that keep zeros zero leave this to the default
             if out.id not in ctx.nonzero:
                 ctx.nonzero[out.id] = ctx.inherited(node.tensor_inputs(), out)
-    for a, b, reason in ctx.same_channels:
-        if not same_channels(a, b):
-            lock_label(a, reason)
-            lock_label(b, reason)
+    settle_sizes(ctx)
     for v in ctx.trace.outputs:
         for label in ctx.of(v).dims.values():
             lock_label(label, "the model's output")

@@ -1,4 +1,4 @@
-"""Attention modules recorded as one op: their heads form a group."""
+"""Attention: modules recorded as one op (their heads form a group), matmul and scaled_dot_product_attention."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from ...nn.window_attention import shifted_window_attention, window_attention_args
 from ..ir import Node, Value
 from ..meta import attention_args
-from ..spaces import Member, Space, lock_label, union
+from ..spaces import Label, Member, Space, add_members, lock_label, union, unify
+from ..taxonomy import MATMULS
 from ..tensors import child, module_of
-from .context import Context, fixed_outputs, param_names, producer
+from .context import Context, fixed_outputs, generic, mix, param_names, producer
 from .registry import rule
 
-__all__ = ["attention", "window_attention"]
+__all__ = ["attention", "matmul", "scaled_dot_product_attention", "window_attention"]
 
 
 @rule(F.multi_head_attention_forward)
@@ -103,3 +104,93 @@ def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
     lock_label(label, f"{what} is laid out along its heads in a way the graph cannot follow")
     space.lock(f"{what} is computed in a way the graph cannot follow")
     return space
+
+
+def _batch_dims(ctx: Context, node: Node, operands: list, out: Value, what: str) -> dict:
+    """Labels of the broadcast batch dims (all but the last two) of a matmul-like op's output: the
+    operands' labels there are joined; a fixed size meeting them locks them."""
+    dims = {}
+    for d in range(out.ndim - 2):
+        labels, fixed = [], False
+        for v in operands:
+            od = d - (out.ndim - v.ndim)
+            if od < 0 or (v.shape[od] == 1 and out.shape[d] != 1):
+                continue
+            if od in ctx.of(v).dims:
+                labels.append(ctx.of(v).dims[od])
+            else:
+                fixed = fixed or v.shape[od] > 1
+        if labels:
+            label = unify(labels, f"{what} pairs channels laid out differently")
+            if fixed:
+                lock_label(label, f"{what} pairs these channels with fixed ones")
+            dims[d] = label
+    return dims
+
+
+def _zero_where(ctx: Context, label: Label, sources: list) -> bool:
+    """Whether the dead channels of `label` are exact zeros in one of `sources` that carries them (so a
+    product with it is zero there)."""
+    roots = {seg.space.root() for seg in label}
+    for v in sources:
+        carried = {seg.space.root() for lab in ctx.of(v).dims.values() for seg in lab}
+        if roots <= carried and all(ctx.dead_nonzero(v, seg) is None for seg in label):
+            return True
+    return False
+
+
+@rule(*(MATMULS - {"einsum"}))
+def matmul(ctx: Context, node: Node) -> None:
+    """a @ b, torch.matmul, bmm (both operands at least 2-d): batch dims broadcast and are joined, a's rows
+    and b's columns keep their labels, and the contracted dims (a's last, b's second to last) are joined:
+    a channel dropped from both drops a term of the sum (exact where either side's dead entries are zero).
+    A parameter on the contracted dim reads the channels like a weight."""
+    a, b, out = node.arg(0, "input"), node.arg(1, "other", node.arg(1, "mat2")), node.outputs[0]
+    if not (isinstance(a, Value) and isinstance(b, Value)) or a.ndim < 2 or b.ndim < 2:
+        return generic(ctx, node)
+    la, lb = ctx.of(a), ctx.of(b)
+    dims = _batch_dims(ctx, node, [a, b], out, node.name)
+    if a.ndim - 2 in la.dims:
+        dims[out.ndim - 2] = la.dims[a.ndim - 2]
+    if b.ndim - 1 in lb.dims:
+        dims[out.ndim - 1] = lb.dims[b.ndim - 1]
+    ka, kb = la.dims.get(a.ndim - 1), lb.dims.get(b.ndim - 2)
+    if ka and kb:
+        unify([ka, kb], f"{node.name} contracts channels laid out differently")
+        if not any(_zero_where(ctx, ka, [v]) for v in (a, b)):
+            mix(ka, f"{node.name} sums products of these channels, both non-zero where dead")
+    for label, other, dim in ((ka, b, b.ndim - 2), (kb, a, a.ndim - 1)):
+        if label and not (ka and kb):
+            param = ctx.of(other).params.get(dim)
+            if param is None:
+                lock_label(label, f"{node.name} contracts these channels with fixed ones")
+            else:
+                ctx.consume(a if other is b else b, label, node.name)
+                add_members(label, param[0], param[1], "consumer")
+    for v, lab in ((a, la), (b, lb)):  # a parameter's other dims stay as they are
+        ctx.fixed.update(p for d, p in lab.params.items() if d not in lab.dims)
+    ctx.set(out, dims)
+    ctx.nonzero[out.id] = {seg.space: node.name for label in dims.values() for seg in label
+                           if not _zero_where(ctx, label, [a, b])}
+
+
+@rule(F.scaled_dot_product_attention)
+def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
+    """F.scaled_dot_product_attention(q, k, v): the batch dims (heads among them) of q, k and v are joined and
+    kept; v's last dim keeps its label. q's and k's last dim (their scale reads its size) and the sequence
+    dims stay fixed, and so does every labelled dim of the mask. A dead head's output is zero where its v is."""
+    q, k, v, mask = (node.arg(i, n) for i, n in enumerate(("query", "key", "value", "attn_mask")))
+    out = node.outputs[0]
+    if node.arg(6, "enable_gqa", False) or not all(isinstance(t, Value) for t in (q, k, v)):
+        return generic(ctx, node)
+    for t, dims in ((q, (-1, -2)), (k, (-1, -2)), (v, (-2,))):
+        for d in dims:
+            lock_label(ctx.of(t).dims.get(t.ndim + d), "scaled_dot_product_attention reads this dim whole")
+    if isinstance(mask, Value):
+        ctx.lock_all([mask], "scaled_dot_product_attention's mask")
+    dims = _batch_dims(ctx, node, [q, k, v], out, node.name)
+    if v.ndim - 1 in ctx.of(v).dims:
+        dims[out.ndim - 1] = ctx.of(v).dims[v.ndim - 1]
+    ctx.set(out, dims)
+    ctx.nonzero[out.id] = {seg.space: node.name for label in dims.values() for seg in label
+                           if not _zero_where(ctx, label, [v])}

@@ -3,9 +3,11 @@ they learn on the way (depthwise convs, per-channel GroupNorms, fixed dims, dead
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterable, Optional
 
 from ..ir import Node, Trace, Value
+from ..taxonomy import SIZE_READS
 from ..spaces import Label, Labels, Member, Role, Segment, Space, add_members, lock_label
 
 __all__ = ["Context", "all_nonzero", "fixed_outputs", "generic", "mix", "param_names", "producer", "record_module",
@@ -34,7 +36,12 @@ class Context:
         self.nonzero: dict[int, dict[Space, str]] = {}
         # (label, label, reason): channel counts the code used as sizes of these channels; locked unless joined
         self.same_channels: list[tuple[Label, Label, str]] = []
-        self._read: Optional[set[int]] = None
+        self.sized_by: list[tuple[Label, str, str, int]] = []  # (label, module, attribute, block): attribute = span
+        self.attribute_uses: Counter = Counter()  # (module, attribute) -> how often the code used its value
+        self.sizes: dict[Space, list[tuple[str, str, int]]] = {}  # root -> attributes that follow its channels
+        self.embeddings: dict[Space, str] = {}  # widths attention heads are read from -> which heads
+        self._read: Optional[Counter] = None
+        self.replaced: set[Space] = set()  # spaces whose channels a coarser space holds now (no groups)
 
     def of(self, v: Value) -> Labels:
         got = self.labels.get(v.id)
@@ -66,12 +73,17 @@ class Context:
             return
         add_members(label, param.param, dim, role)
 
+    def readers(self, v: Value) -> int:
+        """How many recorded ops read `v`'s values (the model's output counts as one; reads of its size do not)."""
+        if self._read is None:
+            self._read = Counter(u.id for n in self.trace.nodes if n.name not in SIZE_READS
+                                 for u in set(n.tensor_inputs()))
+            self._read.update(u.id for u in self.trace.outputs)
+        return self._read[v.id]
+
     def is_read(self, v: Value) -> bool:
         """Whether a recorded op or the model's output reads `v`."""
-        if self._read is None:
-            self._read = {u.id for n in self.trace.nodes for u in n.tensor_inputs()}
-            self._read |= {u.id for u in self.trace.outputs}
-        return v.id in self._read
+        return self.readers(v) > 0
 
     def dead_nonzero(self, v: Value, seg: Segment) -> Optional[str]:
         """The op that made the dead channels of `seg` non-zero in `v`, or None where they are exact zeros."""

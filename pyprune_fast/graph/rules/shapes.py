@@ -4,17 +4,19 @@ reads of a size."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch.nn.functional as F
 
 from ..ir import Node, Value
-from ..sizes import Tracked, reads_in, size_comparison
-from ..spaces import Label, Segment, add_members, lock_label, same_layout, unify
+from ..sizes import Tracked, attribute_reads, reads_in, size_comparison
+from ..spaces import Label, Member, Segment, add_members, lock_label, same_layout, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES, SIZE_READS, SPLITS
+from ..tensors import module_of
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
 from .registry import rule
 
-__all__ = ["cat", "compare", "expand", "getitem", "pad", "permute", "reshape", "roll", "same_channels", "size_read", "size_uses", "spatial", "split"]
+__all__ = ["cat", "compare", "expand", "getitem", "pad", "permute", "reshape", "roll", "same_channels", "settle_sizes", "size_read", "size_uses", "spatial", "split"]
 
 
 @rule(*CATS)
@@ -99,7 +101,7 @@ def reshape(ctx: Context, node: Node) -> None:
         ctx.lock_all([x], f"{node.name} from {list(x.shape)} to {list(out.shape)}")
         ctx.set(out, {})
         return
-    dims, params = {}, {}
+    dims, params, nonzero = {}, {}, {}
     for ia, jb in groups:
         labelled = [k for k in ia if k in lab.dims]
         ka = [k for k in ia if x.shape[k] != 1] or ia[:1]
@@ -124,9 +126,47 @@ def reshape(ctx: Context, node: Node) -> None:
             if t is not None and sizes[t] == seg.length and math.prod(sizes[t + 1:]) == seg.block:
                 dims[jb[t]] = (Segment(seg.space, seg.length, 1),)  # split back: undoes a flatten
                 continue
+            if _fresh(ctx, x, seg) and len(nonunit := [j for j in jb if out.shape[j] != 1]) >= 2:
+                dims[nonunit[-2]] = label = _coarsen(ctx, x, seg, [out.shape[j] for j in nonunit], len(nonunit) - 2)
+                if ctx.dead_nonzero(x, seg) is not None:
+                    nonzero[label[0].space] = ctx.dead_nonzero(x, seg)
+                continue
         for m in labelled:
             lock_label(lab.dims[m], f"{node.name} from {list(x.shape)} to {list(out.shape)} splits or mixes channels")
     ctx.set(out, dims, params)
+    if nonzero:  # dead channels of a coarsened space
+        ctx.nonzero[out.id] = {**ctx.inherited([x], out), **nonzero}
+
+
+def _fresh(ctx: Context, x: Value, seg: Segment) -> bool:
+    """Whether `seg`, on `x`, is the whole of a space that only its layer has touched (its members make its
+    values) and that only one op reads: a space that may be re-expressed in coarser units."""
+    s = seg.space.root()
+    return (seg.block == 1 and seg.length == s.size and s.locked is None and ctx.readers(x) == 1
+            and all(m.role == "producer" for m in s.members) and x.producer is not None
+            and any(s.modules & {module_of(v.param)} for v in x.producer.tensor_inputs() if v.param))
+
+
+def _coarsen(ctx: Context, x: Value, seg: Segment, sizes: list[int], t: int) -> Label:
+    """A view that splits a layer's channels into dims of `sizes` (attention heads: (3, heads, head_dim) or
+    (heads, head_dim)): its channels are pruned in whole units from now on. A new space of sizes[t] channels
+    (heads) takes the old one's place: each of its channels is a block of the positions of the dims after t
+    (head_dim), repeated for every index of the dims before t (q, k and v). The width the layer reads (a
+    transformer's embedding) is noted in `ctx.embeddings`. Returns the label of dim t."""
+    old = seg.space.root()
+    inner, outer = math.prod(sizes[t + 1:]), math.prod(sizes[:t])
+    new = ctx.new_space(sizes[t], f"{sizes[t]} heads of {old.origin}")
+    new.modules |= old.modules
+    new.members += [Member(m.name, m.dim, m.offset + p * sizes[t] * inner * m.block, m.block * inner, m.role)
+                    for m in old.members for p in range(outer)]
+    old.members = []
+    ctx.replaced.add(old)
+    layer = x.producer
+    feed = layer.tensor_inputs()[0] if layer.tensor_inputs() else None
+    if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:  # the width the heads are read from
+        for s in ctx.of(feed).dims[feed.ndim - 1]:
+            ctx.embeddings.setdefault(s.space, f"the input of {new.origin}")
+    return (Segment(new, sizes[t]),)
 
 
 def _reshape_groups(a, b):
@@ -295,13 +335,17 @@ def _shape_arg(node: Node) -> list:
     return rest if len(rest) == node.outputs[0].ndim else []
 
 
-def _read_labels(ctx: Context, number) -> list:
-    return [ctx.of(v).dims[d] for v, d in number.reads if d in ctx.of(v).dims]
+def _read_labels(ctx: Context, number: Tracked) -> list:
+    """Labels of the channel dims a number was read from."""
+    return [ctx.of(r[0]).dims[r[1]] for r in number.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
 
 
 def _describe(number) -> str:
-    shapes = ", ".join(f"dim {d} of a {list(v.shape)} tensor" for v, d in number.reads)
-    return f"{int(number) if isinstance(number, int) else number} ({shapes})"
+    if not isinstance(number, Tracked):
+        return repr(number)
+    sources = ", ".join(f"{r[0] or 'the model'}.{r[1]}" if isinstance(r[0], str) else f"dim {r[1]} of a "
+                        f"{list(r[0].shape)} tensor" for r in sorted(number.reads, key=lambda r: repr((getattr(r[0], 'id', r[0]), r[1]))))
+    return f"{int(number) if isinstance(number, int) else number} ({sources})"
 
 
 def same_channels(a: Label, b: Label) -> bool:
@@ -310,44 +354,93 @@ def same_channels(a: Label, b: Label) -> bool:
 
 
 def size_uses(ctx: Context, node: Node) -> None:
-    """Channel counts the code read, used as arguments of `node`. A count given unchanged as the size of
-    an output dim that holds the same channels (`x.view(B, C, -1)`) stays right when they are pruned:
-    checked once every op is seen (`ctx.same_channels`). Any other use (`C // groups`, a size of other
-    channels, an argument of another op) fixes the count: its channels are locked."""
+    """The sizes the code gave `node` (`sizes.Size` numbers, or plain ints). Where a view's size is that of
+    an output dim holding channels (`_sized`), it must follow them: a count of the same channels (`x.view(B,
+    C, -1)`; checked once every op is seen, `settle_sizes`) or a module attribute surgery updates with them
+    (`self.num_heads`). A plain number there, or a channel count used any other way (`C // groups`, an
+    argument of another op), fixes the channels it names: they are locked."""
     if node.name in SIZE_READS or node.func is size_comparison:
         return
     shape = _shape_arg(node)
-    numbers = [(n, j) for j, n in enumerate(shape) if isinstance(n, Tracked)]
-    numbers += [(n, None) for n in reads_in(() if shape else (node.args, node.kwargs))]
-    for n, j in numbers:
-        labels = _read_labels(ctx, n)
-        if not labels:
-            continue  # a batch or spatial size
-        out = ctx.of(node.outputs[0]).dims.get(j) if j is not None else None
-        if n.pure and out is not None:
-            ctx.same_channels.append((labels[0], out, f"{node.name} is given the size {_describe(n)} for channels "
-                                                      "it does not hold"))
-            continue
-        reason = (f"the model's code computes an argument of {node.name} from this channel count "
-                  f"{_describe(n)}; teach it with ppf.register_rule or keep these channels")
-        for label in labels + ([out] if out else []):
+    out_dims = ctx.of(node.outputs[0]).dims if shape else {}
+    for j, n in enumerate(shape):
+        if j in out_dims:
+            _sized(ctx, node, n, out_dims[j])
+        elif isinstance(n, Tracked):
+            _used(ctx, node, n)
+    for n in reads_in(() if shape else (node.args, node.kwargs)):
+        _used(ctx, node, n)
+
+
+def _used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> None:
+    """A number used where its value is fixed: the channel counts in it (and `also`) can no longer change."""
+    ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))
+    labels = _read_labels(ctx, n) + ([also] if also else [])
+    if labels:
+        reason = (f"the model's code computes an argument of {node.name} from a channel count: {_describe(n)}; "
+                  "teach it with ppf.register_rule or keep these channels")
+        for label in labels:
             lock_label(label, reason)
+
+
+def _sized(ctx: Context, node: Node, n, label: Label) -> None:
+    """Number `n` is the size of an output dim of `node` that holds `label`'s channels."""
+    if not isinstance(n, Tracked) and n == -1:
+        return  # inferred from the input's size
+    what = f"{node.name} is given the size {_describe(n)} for the channels of {label[0].space.root().origin}"
+    if not isinstance(n, Tracked):
+        lock_label(label, f"{what}, a number fixed in the model's code")
+        return
+    labels, attributes = _read_labels(ctx, n), attribute_reads(n)
+    if n.pure and labels:
+        ctx.same_channels.append((labels[0], label, f"{what}, which are other channels"))
+    elif n.pure and attributes and attributes[0][2]:
+        return  # a width surgery sets from the tensors' shapes
+    elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
+        ctx.attribute_uses.update(a[:2] for a in attributes)
+        ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
+    else:
+        _used(ctx, node, n, also=label)
 
 
 @rule(size_comparison)
 def compare(ctx: Context, node: Node) -> None:
     """The code compared a size it read (`if C == 64`, `assert C == D`): the channel counts involved are
-    fixed, unless both sides are counts of the same channels (checked once every op is seen)."""
+    fixed, unless both sides are counts of the same channels (checked once every op is seen). A module
+    attribute compared is not updated with channels (`settle_sizes`)."""
     a, b, symbol = node.args
+    for n in (a, b):
+        if isinstance(n, Tracked):
+            ctx.attribute_uses.update(r[:2] for r in attribute_reads(n))
     la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
     if not la and not lb:
         return
-    reason = f"the model's code compares this channel count ({_describe(a)} {symbol} {b})"
+    reason = f"the model's code compares a channel count: {_describe(a)} {symbol} {_describe(b)}"
     if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
         ctx.same_channels.append((la[0], lb[0], reason))
         return
     for label in la + lb:
         lock_label(label, reason)
+
+
+def settle_sizes(ctx: Context) -> None:
+    """Once every op is seen: channel counts used as sizes of channels must name the same channels, and a
+    module attribute that sizes channels must size only those (one group, one block size) and have no other
+    use; else those channels are locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
+    for a, b, reason in ctx.same_channels:
+        if not same_channels(a, b):
+            lock_label(a, reason)
+            lock_label(b, reason)
+    bound: dict[tuple[str, str], list] = {}
+    for label, module, attribute, block in ctx.sized_by:
+        bound.setdefault((module, attribute), []).append((label, block))
+    for (module, attribute), uses in bound.items():
+        roots = {label[0].space.root() for label, _ in uses}
+        if len(roots) > 1 or len({block for _, block in uses}) > 1 or ctx.attribute_uses[(module, attribute)] > len(uses):
+            for label, _ in uses:
+                lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
+        else:
+            ctx.sizes.setdefault(roots.pop(), []).append((module, attribute, uses[0][1]))
 
 
 rule(*NEW_TENSORS)(fixed_outputs)  # shapes given in numbers: any read of a channel count locks by itself

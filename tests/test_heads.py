@@ -1,0 +1,186 @@
+"""Attention heads made by a reshape (timm's Attention, Hugging Face self-attention), matmul and
+scaled_dot_product_attention, the module attributes that size heads (updated by apply, kept by
+save_pruned), and the embedding width, pruned only when asked (prune_embedding=True)."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+
+import pyprune_fast as ppf
+from pyprune_fast.testing import kill_channels
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                             num_classes=10).eval()
+
+
+def hf_vit():
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+                                 image_size=32, patch_size=8, num_labels=5)
+    return transformers.ViTForImageClassification(cfg).eval()
+
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def heads_groups(g):
+    return [grp for grp in g.groups if "heads of" in grp.origin]
+
+
+def test_timm_heads_are_groups_whose_attributes_follow():
+    model = tiny_vit()
+    g = ppf.DependencyGraph(model, X)
+    heads = heads_groups(g)
+    assert len(heads) == 2 and all(h.prunable and h.channels == 6 for h in heads)
+    assert {s[1:] for s in heads[0].sizes} == {("num_heads", 1), ("attn_dim", 64)}
+    qkv = [m for m in heads[0].members if m.name == "blocks.0.attn.qkv.weight"]
+    assert sorted((m.offset, m.block) for m in qkv) == [(0, 64), (384, 64), (768, 64)]  # q, k and v parts
+    y = model(X).shape
+    ppf.prune(model, X, ratio=0.5)
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features, attn.proj.in_features) == (3, 192, 576, 192)
+    assert model(X).shape == y
+
+
+def test_pruned_heads_save_and_load(tmp_path):
+    model = tiny_vit()
+    ppf.prune(model, X, ratio=0.5)
+    ppf.save_pruned(model, tmp_path / "vit.pt")
+    loaded = ppf.load_pruned(tiny_vit, tmp_path / "vit.pt")
+    assert loaded.blocks[1].attn.num_heads == 3
+    torch.testing.assert_close(loaded(X), model(X))
+    ppf.save_pruned(loaded, tmp_path / "again.pt")  # what load_pruned set is saved again
+    assert ppf.load_pruned(tiny_vit, tmp_path / "again.pt").blocks[1].attn.attn_dim == 192
+
+
+def test_hugging_face_heads_join_q_k_and_v():
+    model = hf_vit()
+    inputs = {"pixel_values": X}
+    g = ppf.DependencyGraph(model, inputs)
+    heads = heads_groups(g)
+    assert len(heads) == 2 and all(h.prunable and h.channels == 4 for h in heads)
+    names = {m.name.rsplit(".", 2)[-2] for m in heads[0].members}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
+    y = model(**inputs).logits.shape
+    ppf.prune(model, inputs, ratio=0.5)
+    q = next(m for n, m in model.named_modules() if n.endswith("0.attention.q_proj"))
+    assert q.out_features == 32 and model(**inputs).logits.shape == y
+
+
+def test_dead_heads_are_removed_exactly():
+    model = tiny_vit()
+    g = ppf.DependencyGraph(model, X)
+    heads = heads_groups(g)[0]
+    assert heads.inexact is None
+    kill_channels(g, heads, torch.tensor([1, 4]))
+    y = model(X)
+    g = ppf.DependencyGraph(model, X)
+    ppf.apply(ppf.Plan(g).remove(heads_groups(g)[0], [1, 4]))
+    torch.testing.assert_close(model(X), y, rtol=1e-5, atol=1e-5)
+    assert model.blocks[0].attn.num_heads == 4
+
+
+def test_embedding_width_is_pruned_only_when_asked():
+    model = tiny_vit()
+    embedding = ppf.DependencyGraph(model, X).group_of(model.patch_embed.proj)
+    assert "embedding width of a transformer" in embedding.reason and "prune_embedding=True" in embedding.reason
+    assert ppf.DependencyGraph(model, X, prune_embedding=True).group_of(model.patch_embed.proj).prunable
+    y = model(X).shape
+    ppf.prune(model, X, ratio=0.5, prune_embedding=True)
+    assert model.patch_embed.proj.out_channels == 192 and model.pos_embed.shape[-1] == 192 and model(X).shape == y
+    with pytest.raises(ValueError, match="prune_embedding must be True or False"):
+        ppf.prune(tiny_vit(), X, ratio=0.5, prune_embedding=1)
+    with pytest.raises(TypeError, match="prune_embedding must be True or False"):
+        ppf.DependencyGraph(model, X, prune_embedding="yes")
+
+
+class Attention(nn.Module):
+    """q, k, v projections and an output projection; `fused`: F.scaled_dot_product_attention, else matmuls."""
+
+    def __init__(self, fused: bool, heads: int = 0):
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(16, 32), nn.Linear(16, 32), nn.Linear(16, 24), nn.Linear(24, 16)
+        self.fused, self.heads = fused, heads
+
+    def split(self, t):
+        return t.view(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2) if self.heads else t
+
+    def forward(self, x):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        if self.heads:
+            out = out.transpose(1, 2).flatten(2)
+        return self.o(out)
+
+
+def test_matmul_joins_what_it_contracts():
+    model = Attention(fused=False)
+    g = ppf.DependencyGraph(model, torch.randn(2, 5, 16))
+    assert g.group_of(model.q) is g.group_of(model.k) and g.group_of(model.q).prunable  # q . k sums over them
+    assert g.group_of(model.v).prunable and g.group_of(model.v) is not g.group_of(model.q)
+    x = torch.randn(2, 5, 16)
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.q.out_features, model.k.out_features, model.v.out_features) == (16, 16, 12)
+    assert model(x).shape == (2, 5, 16)
+
+
+def test_sdpa_keeps_the_width_its_scale_reads():
+    model = Attention(fused=True)
+    g = ppf.DependencyGraph(model, torch.randn(2, 5, 16))
+    assert "scaled_dot_product_attention reads this dim whole" in g.group_of(model.q).reason
+    assert g.group_of(model.v).prunable  # v's width passes through
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_heads_through_matmul_and_sdpa(fused):
+    model, x = Attention(fused, heads=4), torch.randn(2, 5, 16)
+    g = ppf.DependencyGraph(model, x)
+    heads = g.group_of(model.q)
+    assert heads.prunable and heads.channels == 4 and heads is g.group_of(model.v)
+    ppf.apply(ppf.Plan(g).remove(heads, [0, 3]))
+    assert (model.q.out_features, model.v.out_features, model.o.in_features) == (16, 12, 12)
+    assert model(x).shape == (2, 5, 16)
+
+
+class UsedTwice(nn.Module):
+    """A heads count that sizes the heads and also a tensor made in forward: it cannot follow them."""
+
+    def __init__(self, compare: bool):
+        super().__init__()
+        self.qkv, self.proj, self.num_heads, self.compare = nn.Linear(8, 24), nn.Linear(8, 8), 2, compare
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1)
+        if self.compare:
+            return self.proj(out) if self.num_heads > 1 else out
+        return self.proj(out) + torch.zeros(self.num_heads * 4)
+
+
+@pytest.mark.parametrize("compare", [False, True])
+def test_an_attribute_used_otherwise_locks_its_heads(compare):
+    model = UsedTwice(compare)
+    g = ppf.DependencyGraph(model, torch.randn(2, 3, 8))
+    heads = heads_groups(g)[0]
+    assert "num_heads sizes these channels and is used otherwise too" in heads.reason
+
+
+def test_a_saved_heads_count_out_of_range_is_refused(tmp_path):
+    model = tiny_vit()
+    ppf.prune(model, X, ratio=0.5)
+    ppf.save_pruned(model, tmp_path / "vit.pt")
+    payload = torch.load(tmp_path / "vit.pt", weights_only=True)
+    payload["attrs"]["blocks.0.attn"]["num_heads"] = 100
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"attrs\['blocks.0.attn'\]\['num_heads'\] = 100 must be an int between 1 and the original 6"):
+        ppf.load_pruned(tiny_vit, tmp_path / "bad.pt")
