@@ -606,14 +606,32 @@ def _random_plan(rng: random.Random, graph) -> tuple[Optional[object], int]:
         return None, 0
     plan = ppf.Plan(graph)
     for g in rng.sample(groups, rng.randint(1, len(groups))):
-        if rng.random() < 0.2:
-            clusters = rng.randint(1, g.channels - 1)
-            assignment = list(range(clusters)) + [rng.randrange(clusters) for _ in range(g.channels - clusters)]
-            rng.shuffle(assignment)
-            plan.merge(g, assignment)
+        if rng.random() < 0.2 and not g.uniform:
+            plan.merge(g, _random_assignment(rng, g))
         else:
-            plan.keep(g, rng.sample(range(g.channels), rng.randint(1, g.channels - 1)))
+            plan.keep(g, _random_keep(rng, g))
     return plan, len(plan.entries)
+
+
+def _random_keep(rng: random.Random, g) -> list[int]:
+    """Some (not all) random channels of group `g`: as many in each of its divisions, at the same local
+    positions where it is uniform (see Group.divisions)."""
+    n = g.channels // g.divisions
+    k = rng.randint(1, n - 1)
+    picks = [rng.sample(range(n), k)] * g.divisions if g.uniform else [rng.sample(range(n), k) for _ in range(g.divisions)]
+    return sorted(j * n + i for j, local in enumerate(picks) for i in local)
+
+
+def _random_assignment(rng: random.Random, g) -> list[int]:
+    """A random clustering of group `g`'s channels into fewer clusters, as many in each division, none across."""
+    n = g.channels // g.divisions
+    clusters = rng.randint(1, n - 1)
+    assignment = []
+    for j in range(g.divisions):
+        ids = list(range(clusters)) + [rng.randrange(clusters) for _ in range(n - clusters)]
+        rng.shuffle(ids)
+        assignment += [j * clusters + c for c in ids]
+    return assignment
 
 
 def _optimizer(rng: random.Random, model: nn.Module, x: torch.Tensor):
@@ -689,7 +707,7 @@ def _check_exact(rng: random.Random, model: nn.Module, x: torch.Tensor, summary:
     if not exact:
         return
     g = rng.choice(exact)
-    dead = torch.tensor(sorted(rng.sample(range(g.channels), rng.randint(1, g.channels - 1))))
+    dead = torch.tensor(sorted(set(range(g.channels)) - set(_random_keep(rng, g))))
     kill_channels(graph, g, dead)
     plan = ppf.Plan(graph).remove(g, dead)
     with torch.no_grad():

@@ -129,15 +129,25 @@ def _rel_err(y0: torch.Tensor, y1: torch.Tensor) -> float:
     return ((y1 - y0).abs().max() / y0.abs().max().clamp_min(1e-30)).item() if y0.numel() else 0.0
 
 
+def _a_third(group, gen: torch.Generator) -> torch.Tensor:
+    """About a third of `group`'s channels, at random: as many in each of its divisions (at least one), at the
+    same local positions where the group is uniform (see Group.divisions)."""
+    n = group.channels // group.divisions
+    k = max(1, n // 3)
+    shared = torch.randperm(n, generator=gen)[:k]
+    local = [shared if group.uniform else torch.randperm(n, generator=gen)[:k] for _ in range(group.divisions)]
+    return torch.cat([j * n + idx for j, idx in enumerate(local)]).sort().values
+
+
 def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: int = 0) -> str:
     """Kill a third of one group's channels on a copy of `model`, remove them, and compare outputs (every
     tensor whose shape does not depend on the data). Returns "ok", "skipped: ..." or "dead-channel check: ..."
     (a failure). `graph` is of `model`."""
-    group = next((g for g in graph.prunable_groups if g.channels >= 4 and dead_channels_are_exact(graph, g)), None)
+    group = next((g for g in graph.prunable_groups if g.channels >= 4 and g.channels // g.divisions >= 2
+                  and dead_channels_are_exact(graph, g)), None)
     if group is None:
         return "skipped: no prunable group of >= 4 channels with exact dead channels"
-    gen = torch.Generator().manual_seed(seed)
-    channels = torch.randperm(group.channels, generator=gen)[: group.channels // 3].sort().values
+    channels = _a_third(group, torch.Generator().manual_seed(seed))
     dead = copy.deepcopy(model)
     try:
         g1 = DependencyGraph(dead, x, ignored_layers=[])
