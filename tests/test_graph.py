@@ -128,3 +128,15 @@ def test_clip_carries_channels_as_clamp_does(low, high, exact):
     assert group.prunable, group.reason
     assert (group.inexact is None) == exact
     assert exact or "clip" in group.inexact
+
+
+def test_batchnorm_after_reads_keyword_arguments():
+    """A conv called with weight= (timm's style) still pairs with the BatchNorm after it."""
+    from pyprune_fast.graph import batchnorm_after, record
+
+    class KeywordConv(torch.nn.Conv2d):
+        def forward(self, x):
+            return torch.nn.functional.conv2d(input=x, weight=self.weight, bias=self.bias, padding=1)
+
+    model = torch.nn.Sequential(KeywordConv(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    assert set(batchnorm_after(record(model, torch.randn(1, 3, 8, 8)))) == {"0.weight"}

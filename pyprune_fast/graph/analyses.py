@@ -20,14 +20,14 @@ def batchnorm_after(trace: Trace) -> dict[str, Node]:
     fold: dict[str, Node] = {}
     keep: set[str] = set()  # a weight used twice folds only if every use does
     for node in trace.nodes:
-        if node.name not in CONVS and node.name != "linear" or len(node.args) < 2 \
-                or getattr(node.args[1], "param", None) is None:
+        weight = node.arg(1, "weight") if node.name in CONVS or node.name == "linear" else None
+        if getattr(weight, "param", None) is None:
             continue
         out = node.outputs[0]
         r = readers.get(out.id, [])
-        if len(r) == 1 and r[0].name == "batch_norm" and r[0].args[0] is out and out.id not in outputs \
+        if len(r) == 1 and r[0].name == "batch_norm" and r[0].arg(0, "input") is out and out.id not in outputs \
                 and (node.name != "linear" or out.ndim == 2):
-            fold[node.args[1].param] = r[0]
+            fold[weight.param] = r[0]
         else:
-            keep.add(node.args[1].param)
+            keep.add(weight.param)
     return {w: bn for w, bn in fold.items() if w not in keep}
