@@ -27,19 +27,27 @@ Reads = frozenset  # of (Value, dim) sizes and (module name, attribute, synced) 
 
 
 class Tracked:
-    """Mixin of `Size` and `SizeFloat`: `reads`, `pure` (a size as read, no arithmetic) and `log`, called
-    with (a, b, symbol) for every comparison."""
+    """Mixin of `Size` and `SizeFloat`: `reads`, `pure` (a size as read, no arithmetic), `log`, called
+    with (a, b, symbol) for every comparison, and `formula` (env -> the number recomputed with the reads in
+    env taking other values; see `at`)."""
 
     __slots__ = ()
     reads: Reads
     pure: bool
     log: Optional[Callable]
+    formula: Optional[Callable[[dict], Any]]
 
-    def _wrap(self, value: Any, reads: Reads) -> Any:
+    def at(self, env: dict) -> Any:
+        """This number recomputed as if the reads in `env` (read -> value) had read other sizes."""
+        if self.formula is None:  # a size as read
+            return env.get(next(iter(self.reads)), _plain(self))
+        return self.formula(env)
+
+    def _wrap(self, value: Any, reads: Reads, formula: Callable[[dict], Any]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
         cls = Size if isinstance(value, int) else SizeFloat
-        return cls._make(value, reads, False, self.log)
+        return cls._make(value, reads, False, self.log, formula)
 
 
 def _plain(x: Any) -> Any:
@@ -50,6 +58,10 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _at(x: Any, env: dict) -> Any:
+    return x.at(env) if isinstance(x, Tracked) else x
+
+
 def _reads(*xs: Any) -> Reads:
     return frozenset().union(*(x.reads for x in xs if isinstance(x, Tracked)))
 
@@ -58,14 +70,14 @@ def _binary(op, reflected: bool = False):
     def method(self, other):
         if not isinstance(other, (int, float)):
             return NotImplemented
-        a, b = (_plain(other), _plain(self)) if reflected else (_plain(self), _plain(other))
-        return self._wrap(op(a, b), _reads(self, other))
+        a, b = (other, self) if reflected else (self, other)
+        return self._wrap(op(_plain(a), _plain(b)), _reads(self, other), lambda env: op(_at(a, env), _at(b, env)))
     return method
 
 
 def _unary(op):
     def method(self, *args):
-        return self._wrap(op(_plain(self), *args), self.reads)
+        return self._wrap(op(_plain(self), *args), self.reads, lambda env: op(self.at(env), *args))
     return method
 
 
@@ -102,9 +114,9 @@ class Size(Tracked, int):
     """An int read from (or computed from) tensor sizes."""
 
     @classmethod
-    def _make(cls, value: int, reads: Reads, pure: bool, log: Optional[Callable]) -> "Size":
+    def _make(cls, value: int, reads: Reads, pure: bool, log: Optional[Callable], formula=None) -> "Size":
         s = int.__new__(cls, value)
-        s.reads, s.pure, s.log = reads, pure, log
+        s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
         return s
 
 
@@ -113,9 +125,9 @@ class SizeFloat(Tracked, float):
     """A float computed from tensor sizes (`C / 2`)."""
 
     @classmethod
-    def _make(cls, value: float, reads: Reads, pure: bool, log: Optional[Callable]) -> "SizeFloat":
+    def _make(cls, value: float, reads: Reads, pure: bool, log: Optional[Callable], formula=None) -> "SizeFloat":
         s = float.__new__(cls, value)
-        s.reads, s.pure, s.log = reads, pure, log
+        s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
         return s
 
 
@@ -133,7 +145,9 @@ def tracked(out: Any, value, name: str, args: tuple, log: Callable) -> Any:
     if name == "__len__" and isinstance(out, int) and value.ndim:
         return Size._make(out, frozenset({(value, 0)}), True, log)
     if name == "numel" and isinstance(out, int):
-        return Size._make(out, frozenset((value, d) for d in range(value.ndim)), False, log)
+        reads = [(value, d) for d in range(value.ndim)]
+        return Size._make(out, frozenset(reads), False, log,
+                          lambda env: math.prod(env.get(r, s) for r, s in zip(reads, value.shape)))
     return out
 
 

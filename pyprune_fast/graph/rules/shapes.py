@@ -394,6 +394,8 @@ def _sized(ctx: Context, node: Node, n, label: Label) -> None:
     labels, attributes = _read_labels(ctx, n), attribute_reads(n)
     if n.pure and labels:
         ctx.same_channels.append((labels[0], label, f"{what}, which are other channels"))
+    elif len(label) == 1 and (counted := _linear_count(ctx, n, label[0].block)) is not None:
+        ctx.same_channels.append((counted, label, f"{what}, which are other channels"))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
     elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
@@ -401,6 +403,22 @@ def _sized(ctx: Context, node: Node, n, label: Label) -> None:
         ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
     else:
         _used(ctx, node, n, also=label)
+
+
+def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
+    """Where `n` is computed from one channel count C and sizes pruning leaves alone, as C * block (`C * H * W`
+    for a dim merging C channels of H * W positions each), the label of C's channels laid out with that
+    block; else None. Checked by recomputing `n` for other values of C."""
+    counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
+    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)):  # a synced width changes with its channels
+        return None
+    try:
+        if any(n.at({counts[0]: c}) != c * block for c in (1, 2, 3)):
+            return None
+    except (ArithmeticError, ValueError, TypeError):
+        return None
+    v, d = counts[0]
+    return tuple(Segment(seg.space, seg.length, seg.block * block) for seg in ctx.of(v).dims[d])
 
 
 @rule(size_comparison)
