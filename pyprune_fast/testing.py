@@ -103,12 +103,14 @@ def _err(e: BaseException) -> str:
 
 def lock_kind(reason: str) -> str:
     """A lock reason without the names and numbers of one model, to count reasons over models:
-    "layer4.0.conv2 is a grouped conv (groups=32): ..." -> "<module> is a grouped conv: ..."."""
+    "layer4.0.conv2 is a grouped conv (groups=32): ..." -> "<module> is a grouped conv: ..." (a module named without
+    a dot, such as "conv1", keeps its name)."""
     s = re.sub(r"\(no rule for this op.*", "has no rule", reason)
     s = re.sub(r"\[[^\]]*\]", "[..]", s)
     while (t := re.sub(r"\s*\([^()]*\)", "", s)) != s:  # innermost parentheses first
         s = t
-    s = re.sub(r"\b(?!nn\.)[A-Za-z_]\w*(?:\.\w+)+|\b\w*\d\w*\b", "<module>", s)
+    s = re.sub(r"\b(?!nn\.)[A-Za-z_]\w*(?:\.\w+)+", "<module>", s)  # dotted names; op names such as conv2d stay
+    s = re.sub(r"\b\d+\b", "N", s)
     s = " ".join(s.split())
     return s if len(s) <= 80 else s[:77] + "..."
 

@@ -87,6 +87,9 @@ def test_every_output_shape_is_compared():
      "the model's code compares this channel count"),
     ("roi_align (no rule for this op; pass its module in ignored_layers or keep these channels)", "roi_align has no rule"),
     ("view from [1, 196, 768] to [1, 14, 14, 768] splits or mixes channels", "view from [..] to [..] splits or mixes channels"),
+    ("max_pool2d (no rule for this op; pass its module in ignored_layers or keep these channels)", "max_pool2d has no rule"),
+    ("backbone.body.layer1.0.bn1 is a GroupNorm with 32 groups: pruning would unbalance them",
+     "<module> is a GroupNorm with N groups: pruning would unbalance them"),
 ])
 def test_lock_kind_drops_names_and_numbers(reason, kind):
     assert lock_kind(reason) == kind
