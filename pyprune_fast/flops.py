@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .graph import Node, Trace, module_of, record, taxonomy
+from .graph.rules.computed import Weight, weight_source
 from .nn.window_attention import shifted_window_attention, window_attention_args
 
 __all__ = ["MacsModel", "Profile", "profile", "profile_trace", "param_count"]
@@ -38,7 +39,10 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     out = node.outputs[0] if node.outputs else None
     if name in taxonomy.CONVS or node.func is F.linear:
         w = node.arg(1, "weight")  # every output element: one MAC per weight element of its row
-        return module_of(w.param) or name, math.prod(out.shape) * math.prod(w.shape[1:]), w.param
+        return _weighted(name, w, math.prod(out.shape) * math.prod(w.shape[1:]))
+    if name in taxonomy.CONV_TRANSPOSES:
+        x, w = node.arg(0, "input"), node.arg(1, "weight")  # every input element: one MAC per weight element of its row
+        return _weighted(name, w, math.prod(x.shape) * math.prod(w.shape[1:]))
     if node.func is F.multi_head_attention_forward:
         q, k = node.arg(0, "query"), node.arg(1, "key")  # (L, N, E), (S, N, E)
         (L, N, E), S = q.shape, k.shape[0]
@@ -60,9 +64,16 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     return name, 0, None
 
 
+def _weighted(name: str, w, macs: int) -> tuple[str, int, Optional[str]]:
+    """A layer's row: its MACs scale with its weight, or with the parameter a computed weight is made from."""
+    source = weight_source(w)
+    param = source.name if isinstance(source, Weight) else None
+    return module_of(param) or name, macs, param
+
+
 def _proportional(node: Node) -> bool:
     """Whether the op's MACs are its weight's element count times a size pruning does not change."""
-    return node.name in taxonomy.CONVS or node.func is F.linear
+    return node.name in taxonomy.CONVS or node.name in taxonomy.CONV_TRANSPOSES or node.func is F.linear
 
 
 def param_count(model: nn.Module) -> int:

@@ -3,7 +3,7 @@ method's name), read by the graph's rules, the MAC count (`flops`) and LRP relev
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "CATS", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "LIKES", "MATH", "MATMULS",
+__all__ = ["ACTIVATIONS", "CATS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "LIKES", "MATH", "MATMULS",
            "MAX_POOLS", "NEW_TENSORS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS", "PRODUCTS", "QUOTIENTS", "REDUCTIONS",
            "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
 
@@ -54,4 +54,5 @@ SIZE_READS = {"size", "shape", "numel", "__len__"}  # recorded with no outputs; 
 
 # Multiply-accumulates.
 CONVS = {"conv1d", "conv2d", "conv3d"}
+CONV_TRANSPOSES = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 MATMULS = {"matmul", "bmm", "__matmul__", "einsum"}

@@ -7,6 +7,7 @@ from ..ir import Node, Value
 from ..spaces import Label, Segment, Space, add_members, lock_label, unify
 from ..taxonomy import (ACTIVATIONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OTHER_ELEMENTWISE, PRODUCTS, QUOTIENTS,
                         RELUS, SUMS)
+from .computed import on_weight_chain
 from .context import Context, all_nonzero, generic, mix, wrap
 from .registry import rule
 
@@ -87,7 +88,8 @@ def elementwise(ctx: Context, node: Node) -> None:
             elif v.shape[od] > 1:
                 fixed.append(v)
         if not labels:
-            ctx.fixed.update(params)
+            if not on_weight_chain(ctx, out):  # else a layer's weight computed from them: its rule decides
+                ctx.fixed.update(params)
             continue
         label = unify(labels, f"{node.name} adds tensors whose channels are concatenated differently")
         if fixed:

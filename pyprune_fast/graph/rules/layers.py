@@ -1,99 +1,173 @@
-"""Convs and Linear layers: a weight reads the input's channels and makes a new space of output channels."""
+"""Convs, transposed convs, Linear layers and embeddings: a weight reads the input's channels and makes a new
+space of output channels. A weight computed in forward from a parameter (weight standardisation) is followed
+back to it (`computed.weight_source`); one that cannot be locks, with the reason."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..ir import Node, Value
-from ..spaces import Label, Segment, add_members, lock_label
+from ..sizes import Tracked, attribute_reads
+from ..spaces import Label, Member, Segment, add_members, lock_label
 from ..tensors import module_of
+from .computed import Weight, layer_weight, params_in
 from .context import Context, all_nonzero, param_names, producer, record_module, zeroed
 from .registry import rule
 
-__all__ = ["conv", "linear"]
+__all__ = ["conv", "embedding", "linear"]
 
 
-@rule(torch.conv1d, torch.conv2d, torch.conv3d)
+@rule(torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torch.conv_transpose2d,
+      torch.conv_transpose3d)
 def conv(ctx: Context, node: Node) -> None:
+    """conv and conv_transpose. A conv's weight is (out, in / groups, *k); a transposed conv's is (in,
+    out / groups, *k): its dim 0 reads the input, dim 1 makes the output (a per-group local index)."""
+    transposed = "transpose" in node.name
     x, w, b = node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias")
     groups = node.arg(6, "groups", 1)
     out = node.outputs[0]
     lx = ctx.of(x).dims.get(1)
-    module = module_of(w.param)
-    cin, cout = x.shape[1], w.shape[0]
-    if w.param is None:
-        ctx.lock_all([x], f"{node.name} with a weight computed in forward")
+    cin, cout = x.shape[1], out.shape[1]
+    weight = _weight(ctx, node, w, x, cout)
+    if weight is None:
         return
+    module = module_of(weight.name)
+    what = f"{node.name} {module}"
     if groups == 1:
-        ctx.consume(x, lx, f"{node.name} {module}")
-        label = _layer(ctx, f"{node.name} {module}", module, w, b, lx)
-        ctx.set(out, {1: label})
-        ctx.nonzero[out.id] = {} if zeroed(b) else all_nonzero([label], f"the bias of {module}")
+        ctx.consume(x, lx, what)
+        label = _layer(ctx, what, module, weight, w, b, lx, transposed=transposed)
     elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
-        # depthwise: output channel c reads input channel c only, so both are one space
-        for name in param_names(w, b):
-            add_members(lx, name, 0, "producer")
-        record_module(lx, module)
-        ctx.groups_follow.add(module)
-        if module in ctx.ignored:
-            lock_label(lx, f"{module} is in ignored_layers")
-        ctx.set(out, {1: lx})
-        ctx.nonzero[out.id] = {} if zeroed(b) else all_nonzero([lx], f"the bias of {module}")  # zero weights
+        label = _depthwise(ctx, node, module, weight, b, lx)
     else:
-        # grouped: group j's rows read the j-th division of the input channels by local position, so both
-        # spaces prune within `groups` equal divisions, the input at the same local positions in each
+        # grouped: group j's weights read the j-th division of the input channels and make the j-th division
+        # of the output's, so both spaces prune within `groups` equal divisions; the local index (a conv's
+        # dim 1, a transposed conv's dim 1 too) is cut at the same positions in every division
         if lx and (len(lx) != 1 or lx[0].block != 1):
             lock_label(lx, f"{module} is a grouped conv (groups={groups}) over a concatenated or reshaped "
                            f"channel dim: its channels go in whole groups")
             lx = None
-        ctx.consume(x, lx, f"{node.name} {module}")
-        label = _layer(ctx, f"{node.name} {module}", module, w, b, lx, groups)
-        ctx.set(out, {1: label})
-        ctx.nonzero[out.id] = {} if zeroed(b) else all_nonzero([label], f"the bias of {module}")
+        ctx.consume(x, lx, what)
+        label = _layer(ctx, what, module, weight, w, b, lx, groups, transposed)
+    ctx.set(out, {1: label})
+    ctx.nonzero[out.id] = _made_nonzero(weight, b, module, label)
 
 
-def _layer(ctx: Context, origin: str, module: str, w: Value, b, input_label: Optional[Label],
-           groups: int = 1) -> Label:
+def _weight(ctx: Context, node: Node, w: Value, x: Value, channels: int) -> Optional[Weight]:
+    """The parameter behind a layer's weight; None when it cannot be followed: the input's channels are then
+    locked and the output gets a locked space (so the layer shows in the graph, with the reason)."""
+    source = layer_weight(ctx, w)
+    if isinstance(source, Weight):
+        return source
+    names = params_in(w)
+    module = module_of(names[0]) if names else "a layer"
+    reason = f"{node.name} in {module} reads a weight computed in forward that cannot be followed: {source}"
+    ctx.lock_all([x], reason)
+    space = ctx.new_space(channels, f"{node.name} {module}", locked=reason)
+    space.modules.add(module)
+    out = node.outputs[0]
+    ctx.set(out, {out.ndim - 1 if node.func is F.linear else 1: (Segment(space, channels),)})
+    return None
+
+
+def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Label) -> Label:
+    """Output channel c reads input channel c only, so both are one space. `groups` read from a module
+    attribute (timm's BlurPool2d: groups=self.channels) is updated with the channels."""
+    for name in (weight.name, *param_names(b)):
+        add_members(lx, name, 0, "producer")
+    for name, dim in weight.per_row:
+        add_members(lx, name, dim, "producer")
+    record_module(lx, module)
+    ctx.groups_follow.add(module)
+    if module in ctx.ignored:
+        lock_label(lx, f"{module} is in ignored_layers")
+    groups = node.arg(6, "groups", 1)
+    if isinstance(groups, Tracked) and groups.pure:
+        for owner, attribute, synced in attribute_reads(groups):
+            if not synced:  # a width attribute surgery sets from the tensors already needs no binding
+                ctx.sized_by.append((lx, owner, attribute, 1))
+    return lx
+
+
+def _made_nonzero(weight: Weight, b, module: str, label: Label) -> dict:
+    """Dead channels come out of a layer as zeros (their weight rows are zero) unless a bias shifts them or
+    the weight is computed (a standardisation may not map zero rows to zero)."""
+    if weight.computed:
+        return all_nonzero([label], f"the weight of {module}, computed in forward")
+    return {} if zeroed(b) else all_nonzero([label], f"the bias of {module}")
+
+
+def _layer(ctx: Context, origin: str, module: str, weight: Weight, w: Value, b, input_label: Optional[Label],
+           groups: int = 1, transposed: bool = False) -> Label:
     """A conv or Linear: its weight's dim 1 reads the input's channels; dim 0 (and the bias) make a new
-    space of output channels. Returns the output's channel label. A grouped conv (`groups` > 1) divides
-    both spaces into `groups` divisions (see Space.divide); its dim 1 is a per-group local index."""
+    space of output channels (transposed: the other way round). Returns the output's channel label. A
+    grouped conv (`groups` > 1) divides both spaces into `groups` divisions (see Space.divide); its weight's
+    dim 1 is a per-group local index. A computed weight's columns are standardised over: inexact."""
+    made, read = (1, 0) if transposed else (0, 1)
     why = f"{module}, a grouped conv (groups={groups}),"
     if input_label:
-        add_members(input_label, w.param, 1, "consumer", groups)
+        add_members(input_label, weight.name, read, "consumer", 1 if transposed else groups)
         record_module(input_label, module)
         if groups > 1:
-            input_label[0].space.divide(groups, True, why)
+            input_label[0].space.divide(groups, not transposed, why)
+        if weight.computed:
+            for seg in input_label:
+                seg.space.mark_inexact(f"the weight of {module} is computed in forward over each filter's inputs")
+                seg.space.mark_reduced(f"the weight of {module} is computed in forward over each filter's inputs")
     else:
-        ctx.fixed.add((w.param, 1))
-    space = ctx.new_space(w.shape[0], origin)
+        ctx.fixed.add((weight.name, read))
+    channels = w.shape[made] * (groups if transposed else 1)
+    space = ctx.new_space(channels, origin)
     if groups > 1:
-        space.divide(groups, False, why)
+        space.divide(groups, transposed, why)
     space.modules.add(module)
-    space.members += [producer(name) for name in param_names(w, b)]
+    space.members.append(Member(weight.name, made, 0, 1, "producer", groups if transposed else 1))
+    space.members += [Member(name, dim, 0, 1, "producer") for name, dim in weight.per_row]
+    space.members += [producer(name) for name in param_names(b)]
     if module in ctx.ignored:
         space.lock(f"{module} is in ignored_layers")
-    return (Segment(space, w.shape[0]),)
+    return (Segment(space, channels),)
 
 
 @rule(F.linear)
 def linear(ctx: Context, node: Node) -> None:
     x, w, b = node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias")
     out = node.outputs[0]
-    if w.param is None:
-        ctx.lock_all([x], "linear with a weight computed in forward")
+    weight = _weight(ctx, node, w, x, w.shape[0])
+    if weight is None:
         return
-    module = module_of(w.param)
+    module = module_of(weight.name)
     lx = ctx.of(x).dims.get(x.ndim - 1)
     ctx.consume(x, lx, f"linear {module}")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
-    label = _layer(ctx, f"linear {module}", module, w, b, lx)
+    label = _layer(ctx, f"linear {module}", module, weight, w, b, lx)
     ctx.set(out, {**dims, out.ndim - 1: label})
     nonzero = ctx.inherited([x], out)
     if b is not None:
         nonzero.update(all_nonzero(dims.values(), f"the bias of {module}"))
-    if not zeroed(b):
-        nonzero.update(all_nonzero([label], f"the bias of {module}"))
+    nonzero.update(_made_nonzero(weight, b, module, label))
     ctx.nonzero[out.id] = nonzero
+
+
+@rule(F.embedding)
+def embedding(ctx: Context, node: Node) -> None:
+    """F.embedding (nn.Embedding): the output's last dim is a new space, made by the weight's dim 1 (its
+    rows are picked by the indices, which hold no channels)."""
+    idx, w = node.arg(0, "input"), node.arg(1, "weight")
+    out = node.outputs[0]
+    ctx.lock_all([idx], f"{node.name} reads them as indices")
+    if w.param is None:
+        ctx.set(out, {})
+        return
+    module = module_of(w.param)
+    space = ctx.new_space(w.shape[1], f"embedding {module}")
+    space.modules.add(module)
+    space.members.append(producer(w.param, 1))
+    if module in ctx.ignored:
+        space.lock(f"{module} is in ignored_layers")
+    ctx.fixed.add((w.param, 0))
+    label = (Segment(space, w.shape[1]),)
+    ctx.set(out, {out.ndim - 1: label})
+    ctx.nonzero[out.id] = {}  # a dead channel's column is zero: every row picked is

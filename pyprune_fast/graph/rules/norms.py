@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from ..ir import Node, Value
 from ..spaces import lock_label, add_members
 from ..tensors import module_of
+from .computed import on_weight_chain
 from .context import Context, all_nonzero, mix, param_names, record_module, zeroed
 from .registry import rule
 
@@ -32,7 +33,7 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
         record_module(label, module)
         if mixes:
             mix(label, f"{what} {module} normalises across these channels")
-    else:
+    elif not on_weight_chain(ctx, node.outputs[0]):  # else a layer's weight computed with them: its rule decides
         ctx.fixed.update((name, 0) for name in names)
     out = node.outputs[0]
     ctx.set(out, ctx.of(x).dims)

@@ -1,0 +1,237 @@
+"""Rules for transposed convs, embeddings, stack, unfold, norms over channels, and layers whose weight is
+computed in forward from a parameter (weight standardisation), or whose groups come from an attribute."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyprune_fast as ppf
+from pyprune_fast.testing import dead_channel_check
+
+
+def pruned_runs(model, x, ratio=0.5):
+    """Prunes `model` by `ratio`; returns (MACs before, after), the output shape unchanged."""
+    y0 = model(x)
+    before = ppf.profile(model, x).macs
+    ppf.prune(model, x, ratio=ratio)
+    assert model(x).shape == y0.shape
+    return before, ppf.profile(model, x).macs
+
+
+class TinyUNet(nn.Module):
+    """Down with convs, up with ConvTranspose2d (plain and depthwise), a skip concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.smooth = nn.ConvTranspose2d(32, 32, 3, padding=1, groups=32)
+        self.head = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x):
+        e = torch.relu(self.enc(x))
+        u = torch.relu(self.up(torch.relu(self.down(e))))
+        return self.head(self.smooth(torch.cat([e, u], 1)))
+
+
+def test_conv_transpose_groups_and_prune():
+    model, x = TinyUNet().eval(), torch.randn(1, 3, 16, 16)
+    g = ppf.DependencyGraph(model, x)
+    up = g.group_of(model.down)  # up reads down's channels on its weight's dim 0
+    assert up.prunable and ("up.weight", 0, "consumer") in {(m.name, m.dim, m.role) for m in up.members}
+    made = next(gr for gr in g.groups if any(m.name == "up.weight" and m.dim == 1 for m in gr.members))
+    assert made.prunable and {m.name for m in made.members} >= {"up.bias", "smooth.weight", "head.weight"}
+    assert dead_channel_check(model, x, g) == "ok"
+    before, after = pruned_runs(model, x)
+    assert model.up.in_channels == model.up.weight.shape[0] == 16 and model.up.out_channels == 8
+    assert model.smooth.groups == model.smooth.out_channels == 16
+    assert after < before
+
+
+def test_conv_transpose_macs():
+    model, x = nn.ConvTranspose2d(4, 6, 3, stride=2), torch.randn(2, 4, 5, 5)
+    assert ppf.profile(model, x).macs == 2 * 4 * 5 * 5 * 6 * 3 * 3
+
+
+class TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.fc(self.emb(idx)))).mean(1)
+
+
+def test_embedding_produces_its_columns():
+    model, idx = TokenNet().eval(), torch.randint(0, 50, (2, 7))
+    g = ppf.DependencyGraph(model, idx)
+    group = g.group_of(model.fc)
+    assert group.prunable
+    emb = next(gr for gr in g.groups if any(m.name == "emb.weight" for m in gr.members))
+    assert emb.prunable and {(m.name, m.dim, m.role) for m in emb.members} == {
+        ("emb.weight", 1, "producer"), ("fc.weight", 1, "consumer")}
+    assert dead_channel_check(model, idx, g) == "ok"
+    pruned_runs(model, idx)
+    assert model.emb.embedding_dim == model.emb.weight.shape[1] == 8 == model.fc.in_features
+
+
+class StackNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        s = torch.stack([self.a(x), self.b(x)], 1)  # (N, 2, 8, H, W)
+        return self.fc(s.mean((1, 3, 4)))
+
+
+def test_stack_joins_the_inputs_channels():
+    model, x = StackNet().eval(), torch.randn(2, 3, 6, 6)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.a)
+    assert group.prunable and group is g.group_of(model.b)
+    pruned_runs(model, x)
+    assert model.a.out_channels == model.b.out_channels == 4
+
+
+class UnfoldNet(nn.Module):
+    """F.unfold makes (N, C * 9, L): each channel a block of 9 positions read by a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8 * 9, 5)
+
+    def forward(self, x):
+        cols = F.unfold(torch.relu(self.conv(x)), 3, padding=1)
+        return self.fc(cols.transpose(1, 2)).sum(1)
+
+
+def test_unfold_makes_blocks_of_the_window():
+    model, x = UnfoldNet().eval(), torch.randn(2, 3, 5, 5)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv)
+    assert group.prunable and ("fc.weight", 1, 0, 9) in {(m.name, m.dim, m.offset, m.block) for m in group.members}
+    assert dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    assert model.fc.in_features == 4 * 9
+
+
+class WindowsNet(nn.Module):
+    """Tensor.unfold along a spatial dim keeps the channels; along channels it locks them."""
+
+    def __init__(self, along):
+        super().__init__()
+        self.along = along
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x).unfold(self.along, 2, 2).sum(-1)
+
+
+def test_tensor_unfold_keeps_or_locks():
+    x = torch.randn(1, 3, 6, 6)
+    model = WindowsNet(2).eval()
+    assert ppf.DependencyGraph(model, x).group_of(model.conv).prunable is False  # the model's output
+    kept = nn.Sequential(WindowsNet(3), nn.Conv2d(8, 4, 1)).eval()
+    assert ppf.DependencyGraph(kept, x).group_of(kept[0].conv).prunable
+    locked = nn.Sequential(WindowsNet(1), nn.Conv2d(4, 4, 1)).eval()
+    assert "unfold" in ppf.DependencyGraph(locked, x).group_of(locked[0].conv).reason
+
+
+class GRN(nn.Module):
+    """ConvNeXtV2's global response norm, written with linalg.vector_norm over the spatial dims."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, c, 1, 1)), nn.Parameter(torch.randn(1, c, 1, 1))
+
+    def forward(self, x):
+        gx = torch.linalg.vector_norm(x, ord=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+def test_norms_over_channels():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), GRN(8), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    group = ppf.DependencyGraph(model, x).group_of(model[0])
+    assert group.prunable and group.inexact is not None  # the mean across channels sees dead ones
+    normed = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)).eval()
+    g = ppf.DependencyGraph(normed, x)
+    assert g.group_of(normed[0]).inexact is None
+    pruned_runs(model, x)
+    assert model[1].gamma.shape[1] == 4
+
+
+class StdConv(nn.Conv2d):
+    """Weight standardisation written out: (w - mean) / std over each filter, times a per-filter gain."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.ones(self.out_channels, 1, 1, 1))
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w * self.gain * 0.5, self.bias, self.stride, self.padding)
+
+
+class MixedConv(nn.Conv2d):
+    """A weight mixed across filters: cannot be followed."""
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight - self.weight.mean(0, keepdim=True), self.bias)
+
+
+def test_computed_weight_is_followed():
+    model = nn.Sequential(StdConv(3, 8, 3, padding=1), nn.ReLU(), StdConv(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    first = g.group_of(model[0])
+    assert first.prunable and "0.gain" in {m.name for m in first.members}
+    assert ("2.weight", 1, "consumer") in {(m.name, m.dim, m.role) for m in first.members}
+    assert first.inexact is not None  # standardisation over each filter's inputs
+    before, after = pruned_runs(model, x)
+    assert model[2].weight.shape == (4, 4, 3, 3) and model[0].gain.shape[0] == 4 and after < before
+
+
+def test_computed_weight_not_followed_locks_with_a_reason():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), MixedConv(8, 6, 1), nn.Conv2d(6, 4, 1)).eval()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 4, 4))
+    locked = g.group_of(model[0])
+    assert not locked.prunable and "in 1 " in locked.reason and "sub combines the filters" in locked.reason
+    out = next(gr for gr in g.groups if "1" in gr.modules and gr.channels == 6)
+    assert not out.prunable and "sub combines the filters" in out.reason
+
+
+@pytest.mark.parametrize("name", ["resnetv2_50x1_bit", "nf_resnet26", "convnextv2_atto", "tresnet_m"])
+def test_timm_models_prune_and_run(name):
+    timm = pytest.importorskip("timm")
+    model, x = timm.create_model(name, pretrained=False).eval(), torch.randn(1, 3, 64, 64)
+    g = ppf.DependencyGraph(model, x)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    held = {m.name for gr in g.groups for m in gr.members if m.dim == 0 and m.role == "producer"}
+    assert all(f"{n}.weight" in held for n in layers)  # every conv: prunable or locked with a reason
+    assert len(g.prunable_groups) > 10
+    before, after = pruned_runs(model, x, 0.3)
+    assert after < 0.8 * before
+
+
+def test_hf_bit_weight_standardized():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BitForImageClassification(transformers.BitConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[64, 64, 128, 128], embedding_size=32, num_groups=8)).eval()
+    x = {"pixel_values": torch.randn(1, 3, 64, 64)}
+    g = ppf.DependencyGraph(model, x)
+    assert len(g.prunable_groups) > 5
+    before = ppf.profile(model, x).macs
+    ppf.prune(model, x, ratio=0.3)
+    assert ppf.profile(model, x).macs < 0.8 * before
+    assert model(**x).logits.shape == (1, model.config.num_labels)
