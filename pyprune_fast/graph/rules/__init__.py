@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..ir import Node
 from ..spaces import lock_label
-from . import attention, elementwise, layers, norms, reductions, shapes  # noqa: F401  (they register their rules)
+from . import attention, elementwise, layers, norms, reductions, shapes, stacking  # noqa: F401  (they register their rules)
 from .context import Context, all_nonzero, generic
 from .norms import NORM_PARAMS
 from .registry import register, rule, rule_for
