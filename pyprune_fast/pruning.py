@@ -23,7 +23,8 @@ from .surgery import apply, not_in_inference_mode
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
-COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False}
+COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False,
+          "keep_outputs": "all"}
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -134,7 +135,7 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     t0 = time.perf_counter()
     stages.start("trace")
     graph = DependencyGraph(model, example_inputs, common["ignored_layers"],  # unwraps a compiled model
-                            prune_embedding=common["prune_embedding"])
+                            prune_embedding=common["prune_embedding"], keep_outputs=common["keep_outputs"])
     model = graph.model
     before = profile_trace(graph.trace, model)
     groups = graph.prunable_groups
@@ -199,8 +200,11 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
         threshold: CUP only, the Ward height at which every group's tree is cut (absolute units).
     Other options: min_channels (each group keeps at least this many, default 1), round_to (widths
     rounded up to a multiple, e.g. 8 for fast kernels), ignored_layers (modules whose outputs are not
-    pruned; the model's output dimension never is), optimizer (its per-parameter state is sliced
-    along), seed (for random, k-means++), and for "ascp" niter (k-means iterations, default 25).
+    pruned; the channels of the outputs keep_outputs keeps never are), keep_outputs (the tensors the model
+    returns that keep their shape: "all" (default), a list of their numbers in `graph.ir.leaves` order
+    (`[0]`: the first), or a predicate on their paths (`lambda path: path[0] == 0`); see DependencyGraph),
+    optimizer (its per-parameter state is sliced along), seed (for random, k-means++), and for "ascp"
+    niter (k-means iterations, default 25).
     progress: a bar on stderr over the stages (trace, scores / clustering, allocation, choosing channels,
     surgery, recount); None (default) shows it when stderr is a terminal and the call runs longer than
     2 s, True always, False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 (or 1)

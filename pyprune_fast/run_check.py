@@ -6,7 +6,8 @@ shapes the graph recorded, or `apply` rolls back. Where the graph was traced on 
 on meta tensors too (shapes only, no arithmetic; a few ms for ResNet-50), with the graph tracer's own
 machinery (`graph.output_shapes`), and every size is compared. A real pass (a model that needs values:
 a detector's boxes) may give sizes that depend on the data and so on the pruned weights (how many boxes
-are kept): there every output's dim count and the sizes of its channel dims are compared.
+are kept): there every output's dim count and the sizes of its channel dims are compared. An output the
+graph was told need not keep its shape (`keep_outputs`) may change the sizes of its channel dims.
 """
 
 from __future__ import annotations
@@ -55,19 +56,28 @@ _HINT = ("Does the model's code hard-code a width (a view or reshape to fixed si
          "channels reach it out of the plan (ignored_layers).")
 
 
-def _same_shapes(got: list[tuple], want: list[tuple], dims: Optional[list[frozenset]]) -> bool:
-    """Whether outputs of shapes `got` match the recorded `want`: as many, each with as many dims, and the
-    same sizes in every dim (dims None) or in output i's `dims[i]` (its channel dims)."""
+def _compared(graph: DependencyGraph, i: int, meta: bool) -> set[int]:
+    """The dims of output i whose sizes must stay: on meta every dim but the channel dims of an output not
+    kept; on a real pass (other sizes may depend on the data) the channel dims of a kept output."""
+    channels, ndim = graph.output_channel_dims[i], len(graph.trace.outputs[i].shape)
+    kept = i in graph.kept_outputs
+    if meta:
+        return set(range(ndim)) - (set() if kept else channels)
+    return set(channels) if kept else set()
+
+
+def _same_shapes(got: list[tuple], want: list[tuple], graph: DependencyGraph, meta: bool) -> bool:
+    """Whether outputs of shapes `got` match those the graph recorded (`want`): as many, each with as many
+    dims, and the same sizes in the dims `_compared` names."""
     if len(got) != len(want) or any(len(g) != len(w) for g, w in zip(got, want)):
         return False
-    if dims is None:
-        return got == want
-    return all(g[d] == w[d] for g, w, ds in zip(got, want, dims) for d in ds)
+    return all(g[d] == w[d] for i, (g, w) in enumerate(zip(got, want)) for d in _compared(graph, i, meta))
 
 
 def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
     """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and gives outputs of the
-    shapes the graph recorded (on a real pass: their dim counts and channel sizes; see the module)."""
+    shapes the graph recorded (on a real pass: their dim counts and channel sizes; outputs not kept may change
+    their channel sizes; see the module)."""
     if check is None:
         return
     want = [v.shape for v in graph.trace.outputs]
@@ -76,6 +86,6 @@ def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
     except Exception as e:
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
                          f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e
-    if not _same_shapes(got, want, None if check.meta else graph.output_channel_dims):
+    if not _same_shapes(got, want, graph, check.meta):
         raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
                          f"was changed. {_HINT}")

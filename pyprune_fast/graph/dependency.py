@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -14,7 +15,9 @@ from .spaces import Member, join_shared
 from .record import model_inputs, record
 from .tensors import child, first_change, named_tensors, shapes_of
 
-__all__ = ["DependencyGraph", "Group", "uncompiled"]
+__all__ = ["DependencyGraph", "Group", "KeepOutputs", "uncompiled"]
+
+KeepOutputs = Union[str, Callable[[tuple], bool], Sequence[int]]  # "all", a predicate on paths, leaf numbers
 
 
 def uncompiled(model: nn.Module) -> nn.Module:
@@ -22,6 +25,43 @@ def uncompiled(model: nn.Module) -> nn.Module:
     module in place; the compiled wrapper still runs it (recompiling for the new shapes)."""
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded by anything that compiled
     return model._orig_mod if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule) else model
+
+
+def _check_keep(keep: Any) -> None:
+    """TypeError or ValueError unless `keep` is a keep_outputs value (see DependencyGraph)."""
+    if isinstance(keep, str):
+        if keep != "all":
+            raise ValueError(f"keep_outputs must be 'all', a list of output numbers or a predicate on output paths, "
+                             f"got {keep!r}")
+    elif isinstance(keep, (list, tuple)):
+        bad = next((k for k in keep if not isinstance(k, numbers.Integral) or isinstance(k, bool)), None)
+        if bad is not None:
+            raise TypeError(f"keep_outputs: a list holds output numbers (int), got {bad!r}")
+    elif not callable(keep):
+        raise TypeError(f"keep_outputs must be 'all', a list of output numbers or a predicate on output paths, got "
+                        f"{type(keep).__name__}")
+
+
+def _kept(keep: KeepOutputs, paths: list[tuple]) -> tuple[int, ...]:
+    """The numbers of the outputs (of paths `paths`) that `keep` keeps; ValueError where it keeps none or
+    names one the model does not return."""
+    n = len(paths)
+    if isinstance(keep, str):
+        return tuple(range(n))
+    if callable(keep):
+        chosen = [keep(p) for p in paths]
+        bad = next((c for c in chosen if not isinstance(c, bool)), None)
+        if bad is not None:
+            raise TypeError(f"keep_outputs: the predicate must return True or False, got {bad!r}")
+        kept = tuple(i for i, c in enumerate(chosen) if c)
+    else:
+        bad = next((k for k in keep if not -n <= k < n), None)
+        if bad is not None:
+            raise ValueError(f"keep_outputs: the model returns {n} tensors (numbered 0 to {n - 1}), got {bad}")
+        kept = tuple(sorted({int(k) % n for k in keep}))
+    if not kept:
+        raise ValueError(f"keep_outputs keeps none of the model's {n} output tensors (paths {paths}); keep at least one")
+    return kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,14 +126,22 @@ class DependencyGraph:
         prune_embedding: let the embedding width of a transformer (the width its attention heads are read
             from: patch embedding, class and position embeddings, every LayerNorm, projections and MLPs of
             the residual stream) be pruned; a big change to a model, so it is locked by default.
+        keep_outputs: the tensors the model returns that must keep their shape (their channels are locked; the
+            run check after pruning compares them); the others may change their channel count (the neck
+            feature maps YOLO returns next to its detections). "all" (default); a list of numbers, counting
+            the tensors the model returns in `graph.ir.leaves` order (depth first, tuples and lists by position,
+            dicts by insertion order; negative from the end): `[0]` keeps only the first; or a predicate on
+            each tensor's path, the tuple of indices and keys that reaches it (`lambda path: path[0] == 0`
+            keeps everything in `out[0]`). `trace.output_paths` lists the paths. Keeping none is a ValueError.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
-                 meta: bool = True, prune_embedding: bool = False):
+                 meta: bool = True, prune_embedding: bool = False, keep_outputs: KeepOutputs = "all"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(prune_embedding, bool):
             raise TypeError(f"DependencyGraph: prune_embedding must be True or False, got {prune_embedding!r}")
+        _check_keep(keep_outputs)
         model = uncompiled(model)
         model_inputs(example_inputs)  # a TypeError for inputs of the wrong kind, not a failed run
         names = {m: n for n, m in model.named_modules()}
@@ -106,14 +154,15 @@ class DependencyGraph:
             trace = record(model, example_inputs, meta=meta)
         except Exception as e:
             raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
+        self.kept_outputs = _kept(keep_outputs, trace.output_paths)  # numbers into trace.outputs
         ctx = Context(trace, ignored)
-        propagate(ctx)
+        propagate(ctx, self.kept_outputs)
         join_shared(ctx.spaces, ctx.fixed)
 
         self.model = model
         self.trace = trace
         self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
-        # per output of the trace, the dims that hold channels (locked): what a real run check compares
+        # per output of the trace, the dims that hold channels (locked where kept): what a run check reads
         self.output_channel_dims = [frozenset(ctx.of(v).dims) for v in trace.outputs]
         self._groups_follow = frozenset(ctx.groups_follow)
         self.shapes = trace.shapes

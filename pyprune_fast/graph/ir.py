@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["Node", "Trace", "Value", "leaves", "map_tensors", "op_name"]
+__all__ = ["Node", "Trace", "Value", "leaf_paths", "leaves", "map_tensors", "op_name"]
 
 
 @dataclass(eq=False)
@@ -56,6 +56,7 @@ class Trace:
     params: dict[str, Value] = field(default_factory=dict)  # parameter/buffer name -> its Value
     meta: bool = True  # recorded on meta tensors
     shapes: dict[str, tuple] = field(default_factory=dict)  # every parameter/buffer (read or not) -> its shape
+    output_paths: list[tuple] = field(default_factory=list)  # per output, its path in what the model returned
 
 
 # Leaves that are neither containers nor tensors: kept as they are, without a call per leaf.
@@ -80,6 +81,16 @@ def leaves(obj: Any) -> list:
     if isinstance(obj, dict):
         return [leaf for v in obj.values() for leaf in leaves(v)]
     return [obj]
+
+
+def leaf_paths(obj: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, leaf) for every leaf of `obj`, in the order of `leaves`: a path is the tuple of indices and keys
+    that reach the leaf (`(1, "feats", 0)` for `obj[1]["feats"][0]`; `()` for `obj` itself)."""
+    if isinstance(obj, (tuple, list)):
+        return [item for i, o in enumerate(obj) for item in leaf_paths(o, (*path, i))]
+    if isinstance(obj, dict):
+        return [item for k, v in obj.items() for item in leaf_paths(v, (*path, k))]
+    return [(path, obj)]
 
 
 def op_name(func: Callable) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..nn.widths import kind_of, pruned_class
-from .ir import Node, Trace, Value, leaves, map_tensors, op_name
+from .ir import Node, Trace, Value, leaf_paths, leaves, map_tensors, op_name
 from .meta import meta_output
 from .one_op import module_call, one_op_class
 from .sizes import attributes_tracked, size_comparison, tracked
@@ -120,8 +120,10 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
             out = model(*args, **kwargs)
         finally:
             recorder.listening = False
-    outputs = [recorder.value_of(o) for o in leaves(out) if isinstance(o, torch.Tensor)]  # seen by no op: as given
-    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors))
+    returned = [(path, o) for path, o in leaf_paths(out) if isinstance(o, torch.Tensor)]
+    outputs = [recorder.value_of(o) for _, o in returned]  # seen by no op: as given
+    return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors),
+                 [path for path, _ in returned])
 
 
 class _OnMeta:

@@ -21,7 +21,7 @@ attention, elementwise ops, shapes, reductions. `register_rule` adds a user's ow
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Collection, Optional
 
 from ..ir import Node
 from ..spaces import lock_label
@@ -63,9 +63,10 @@ def register_rule(target, fn: Callable[[Context, Node], None]) -> None:
     register(target, user_rule)
 
 
-def propagate(ctx: Context) -> None:
+def propagate(ctx: Context, kept: Optional[Collection[int]] = None) -> None:
     """Runs every node's rule in execution order (and judges the sizes it was given: `shapes.size_uses`),
-    then locks what the model outputs."""
+    then locks the channels of the model's outputs that keep their shape: those numbered in `kept` (indices
+    into `ctx.trace.outputs`), every one where None."""
     for node in ctx.trace.nodes:
         rule_for(node, generic)(ctx, node)
         size_uses(ctx, node)
@@ -73,6 +74,8 @@ def propagate(ctx: Context) -> None:
             if out.id not in ctx.nonzero:
                 ctx.nonzero[out.id] = ctx.inherited(node.tensor_inputs(), out)
     settle_sizes(ctx)
-    for v in ctx.trace.outputs:
+    for i, v in enumerate(ctx.trace.outputs):
+        if kept is not None and i not in kept:
+            continue
         for label in ctx.of(v).dims.values():
             lock_label(label, "the model's output")
