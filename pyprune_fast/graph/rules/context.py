@@ -41,6 +41,7 @@ class Context:
         self.sizes: dict[Space, list[tuple[str, str, int]]] = {}  # root -> attributes that follow its channels
         self.embeddings: dict[Space, str] = {}  # widths attention heads are read from -> which heads
         self._read: Optional[Counter] = None
+        self._last_read: Optional[dict[int, int]] = None
         self.replaced: set[Space] = set()  # spaces whose channels a coarser space holds now (no groups)
 
     def of(self, v: Value) -> Labels:
@@ -80,6 +81,13 @@ class Context:
                                  for u in set(n.tensor_inputs()))
             self._read.update(u.id for u in self.trace.outputs)
         return self._read[v.id]
+
+    def read_after(self, value_id: int, node: Node) -> bool:
+        """Whether an op after `node` (or the model's output) reads the values of the Value with id `value_id`."""
+        if self._last_read is None:
+            self._last_read = {u.id: n.id for n in self.trace.nodes if n.name not in SIZE_READS for u in n.tensor_inputs()}
+            self._last_read.update((u.id, len(self.trace.nodes)) for u in self.trace.outputs)
+        return self._last_read.get(value_id, -1) > node.id
 
     def is_read(self, v: Value) -> bool:
         """Whether a recorded op or the model's output reads `v`."""

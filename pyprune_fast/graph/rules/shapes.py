@@ -3,6 +3,7 @@ reads of a size."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from ..ir import Node, Value
 from ..sizes import Tracked, attribute_reads, reads_in, size_comparison
-from ..spaces import Label, Member, Segment, add_members, lock_label, same_layout, unify
+from ..spaces import Label, Member, Segment, Space, add_members, lock_label, same_layout, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES, SIZE_READS, SPLITS
 from ..tensors import module_of
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
@@ -93,7 +94,10 @@ def permute(ctx: Context, node: Node) -> None:
 
 @rule(*RESHAPES)
 def reshape(ctx: Context, node: Node) -> None:
-    """view, reshape, flatten, unflatten, squeeze, unsqueeze: read from the shapes before and after."""
+    """view, reshape, flatten, unflatten, squeeze, unsqueeze: read from the shapes before and after. A view
+    that splits one space into several dims re-expresses it in coarser units (`_coarsen`) where it may
+    (`_own`): a 4-d (B, C, h, w) has its channels on C (`_image`), anything else on the second-to-last
+    non-1 dim (attention heads)."""
     x, out = node.tensor_inputs()[0], node.outputs[0]
     lab = ctx.of(x)
     groups = _reshape_groups(x.shape, out.shape)
@@ -126,8 +130,16 @@ def reshape(ctx: Context, node: Node) -> None:
             if t is not None and sizes[t] == seg.length and math.prod(sizes[t + 1:]) == seg.block:
                 dims[jb[t]] = (Segment(seg.space, seg.length, 1),)  # split back: undoes a flatten
                 continue
-            if _fresh(ctx, x, seg) and len(nonunit := [j for j in jb if out.shape[j] != 1]) >= 2:
-                dims[nonunit[-2]] = label = _coarsen(ctx, x, seg, [out.shape[j] for j in nonunit], len(nonunit) - 2)
+            nonunit = [j for j in jb if out.shape[j] != 1]
+            if _image(out, nonunit) and _own(ctx, x, seg, node) is None:  # a Linear's features viewed as (C, h, w)
+                dims[nonunit[0]] = label = _coarsen(ctx, seg, [out.shape[j] for j in nonunit], 0, "channels")
+            elif len(nonunit) >= 2 and _fresh(ctx, x, seg, node):  # attention heads
+                dims[nonunit[-2]] = label = _coarsen(ctx, seg, [out.shape[j] for j in nonunit], len(nonunit) - 2,
+                                                        "heads")
+                _note_embedding(ctx, x, label[0].space)
+            else:
+                label = None
+            if label is not None:
                 if ctx.dead_nonzero(x, seg) is not None:
                     nonzero[label[0].space] = ctx.dead_nonzero(x, seg)
                 continue
@@ -138,35 +150,82 @@ def reshape(ctx: Context, node: Node) -> None:
         ctx.nonzero[out.id] = {**ctx.inherited([x], out), **nonzero}
 
 
-def _fresh(ctx: Context, x: Value, seg: Segment) -> bool:
-    """Whether `seg`, on `x`, is the whole of a space that only its layer has touched (its members make its
-    values) and that only one op reads: a space that may be re-expressed in coarser units."""
+def _image(out: Value, split_dims: list[int]) -> bool:
+    """Whether a view splits channels into the last three dims of a 4-d output, (B, C, h, w): an image whose
+    channel dim is the first of them (a decoder's Linear viewed as feature maps). Any other split into two
+    or more dims is read as attention heads, (..., heads, head_dim) or (..., 3, heads, head_dim)."""
+    return out.ndim == 4 and split_dims == [1, 2, 3]
+
+
+def _own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
+    """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
+    coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
+    layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
+    it is read later, no size bound to it), so every member of the space can be re-laid."""
     s = seg.space.root()
-    return (seg.block == 1 and seg.length == s.size and s.locked is None and ctx.readers(x) == 1
-            and all(m.role == "producer" for m in s.members) and x.producer is not None
-            and any(s.modules & {module_of(v.param)} for v in x.producer.tensor_inputs() if v.param))
+    if s.locked is not None:
+        return s.locked
+    if seg.block != 1 or seg.length != s.size:
+        return f"they are part of the channels of {s.origin}"
+    if not any(m.role == "producer" for m in s.members):
+        return "no layer makes them"
+    if s.divisions > 1 or any(m.divisions > 1 for m in s.members):
+        return f"{s.why_divided or 'a grouped conv'} divides them"
+    if ctx.readers(x) != 1:
+        return "other ops read them too"
+    pending = [label for a, b, _ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
+    if s in ctx.embeddings or any(sg.space.root() is s for label in pending for sg in label):
+        return "a size in the model's code names them"
+    for value_id, labels in ctx.labels.items():
+        if value_id != x.id and any(sg.space.root() is s for label in labels.dims.values() for sg in label) \
+                and ctx.read_after(value_id, node):
+            return "another tensor holding them is read later"
+    return None
 
 
-def _coarsen(ctx: Context, x: Value, seg: Segment, sizes: list[int], t: int) -> Label:
-    """A view that splits a layer's channels into dims of `sizes` (attention heads: (3, heads, head_dim) or
-    (heads, head_dim)): its channels are pruned in whole units from now on. A new space of sizes[t] channels
-    (heads) takes the old one's place: each of its channels is a block of the positions of the dims after t
-    (head_dim), repeated for every index of the dims before t (q, k and v). The width the layer reads (a
-    transformer's embedding) is noted in `ctx.embeddings`. Returns the label of dim t."""
-    old = seg.space.root()
-    inner, outer = math.prod(sizes[t + 1:]), math.prod(sizes[:t])
-    new = ctx.new_space(sizes[t], f"{sizes[t]} heads of {old.origin}")
+def _fresh(ctx: Context, x: Value, seg: Segment, node: Node) -> bool:
+    """Whether `seg`, on `x`, is a space that may be re-expressed (`_own`) straight out of its layer (an
+    attention projection, whose input is the width heads are read from)."""
+    return (_own(ctx, x, seg, node) is None and x.producer is not None
+            and any(seg.space.root().modules & {module_of(v.param)} for v in x.producer.tensor_inputs() if v.param))
+
+
+def _take_over(old: Space, new: Space, starts: list[int], inner: int = 1) -> None:
+    """`new` holds channels of `old`: its channel c is old channels start + c * inner ... + inner, for each
+    of `starts` (one channel of `new` spans inner * len(starts) old ones). Members, modules and flags follow."""
     new.modules |= old.modules
-    new.members += [Member(m.name, m.dim, m.offset + p * sizes[t] * inner * m.block, m.block * inner, m.role)
-                    for m in old.members for p in range(outer)]
+    new.inexact, new.reduced = old.inexact, old.reduced
+    new.members += [Member(m.name, m.dim, m.offset + start * m.block, m.block * inner, m.role)
+                    for m in old.members for start in starts]
+
+
+def _retire(ctx: Context, old: Space) -> None:
+    """`old`'s channels are held by other spaces now (`_take_over`): no group of its own."""
     old.members = []
     ctx.replaced.add(old)
+
+
+def _coarsen(ctx: Context, seg: Segment, sizes: list[int], t: int, what: str) -> Label:
+    """A view that splits a layer's channels into dims of `sizes`: attention heads ((3, heads, head_dim) or
+    (heads, head_dim), t the heads' dim) or an image ((C, h, w), t = 0). Its channels are pruned in whole
+    units from now on: a new space of sizes[t] channels takes the old one's place, each of its channels a
+    block of the positions of the dims after t (head_dim, h * w), repeated for every index of the dims
+    before t (q, k and v). `what` names the units for messages. Returns the label of dim t."""
+    old = seg.space.root()
+    inner, outer = math.prod(sizes[t + 1:]), math.prod(sizes[:t])
+    new = ctx.new_space(sizes[t], f"{sizes[t]} {what} of {old.origin}")
+    _take_over(old, new, [p * sizes[t] * inner for p in range(outer)], inner)
+    _retire(ctx, old)
+    return (Segment(new, sizes[t]),)
+
+
+def _note_embedding(ctx: Context, x: Value, heads: Space) -> None:
+    """The width the layer making `x` reads (a transformer's embedding) is noted in `ctx.embeddings`."""
     layer = x.producer
     feed = layer.tensor_inputs()[0] if layer.tensor_inputs() else None
-    if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:  # the width the heads are read from
+    if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:
         for s in ctx.of(feed).dims[feed.ndim - 1]:
-            ctx.embeddings.setdefault(s.space, f"the input of {new.origin}")
-    return (Segment(new, sizes[t]),)
+            ctx.embeddings.setdefault(s.space, f"the input of {heads.origin}")
 
 
 def _reshape_groups(a, b):
@@ -258,6 +317,9 @@ def roll(ctx: Context, node: Node) -> None:
 
 @rule("__getitem__")
 def getitem(ctx: Context, node: Node) -> None:
+    """x[...]: labels follow the dims kept. Along channels, an int takes single channels out (locks); a
+    slice takes the segments between its ends where they fall on segment boundaries and follow the
+    channels (`_slice`); else it locks. The numbers in the index are judged here (`_sizes_judged`)."""
     x, index, out = node.args[0], node.args[1], node.outputs[0]
     lab = ctx.of(x)
     if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
@@ -270,49 +332,252 @@ def getitem(ctx: Context, node: Node) -> None:
     if any(isinstance(i, (Value, list)) for i in index):
         ctx.lock_all([x], "indexing with a tensor or a list")
         ctx.set(out, {})
+        _sizes_judged(ctx, node, set())
         return
     if Ellipsis in index:
         k = index.index(Ellipsis)
         fill = x.ndim - sum(1 for i in index if i is not None and i is not Ellipsis)
         index = index[:k] + (slice(None),) * fill + index[k + 1:]
     index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
-    dims, params, d, j = {}, {}, 0, 0
+    dims, params, d, j, judged = {}, {}, 0, 0, set()
     for i in index:
         if i is None:
             j += 1
             continue
-        full = isinstance(i, slice) and i == slice(None) or (
-            isinstance(i, slice) and (i.start in (None, 0)) and i.stop is None and i.step in (None, 1))
-        if isinstance(i, int) or not full:
+        if isinstance(i, int):
             if d in lab.dims:
-                lock_label(lab.dims[d], "indexing or slicing along the channel dim")
-            if isinstance(i, int):
-                d += 1
-                continue
-        else:
-            if d in lab.dims:
-                dims[j] = lab.dims[d]
-            if d in lab.params:
-                params[j] = lab.params[d]
+                lock_label(lab.dims[d], f"{node.name} takes single channels out of the channel dim")
+            d += 1
+            continue
+        if d in lab.dims:
+            part = _slice(ctx, node, lab.dims[d], i.start, i.stop, i.step)
+            judged |= {id(n) for n in reads_in(i)}
+            if part:
+                dims[j] = part
+        elif d in lab.params and i.start in (None, 0) and i.stop is None and i.step in (None, 1):
+            params[j] = lab.params[d]
         d += 1
         j += 1
     ctx.set(out, dims, params)
+    _sizes_judged(ctx, node, judged)
+
+
+def _sizes_judged(ctx: Context, node: Node, judged: set) -> None:
+    """The numbers in `node`'s arguments that its rule did not judge as channel positions (ids in `judged`)
+    are used otherwise: a channel count among them locks its channels (`_used`)."""
+    for n in reads_in((node.args, node.kwargs)):
+        if id(n) not in judged:
+            _used(ctx, node, n)
+
+
+def _span(label: Label) -> int:
+    return sum(seg.span for seg in label)
+
+
+def _segments(label: Label, a: int, b: int) -> Optional[Label]:
+    """The segments of `label` at positions [a, b), or None where a or b falls inside a segment."""
+    cuts, part, pos = {0}, [], 0
+    for seg in label:
+        if a <= pos and pos + seg.span <= b:
+            part.append(seg)
+        pos += seg.span
+        cuts.add(pos)
+    return tuple(part) if a in cuts and b in cuts else None
+
+
+def _position(n, length: int, default: int) -> int:
+    """Where slice bound `n` falls along a dim of `length` positions (None: `default`; negative: from the end)."""
+    if n is None:
+        return default
+    n = int(n)
+    return min(max(n + length if n < 0 else n, 0), length)
+
+
+def _slice(ctx: Context, node: Node, label: Label, start, stop, step) -> Optional[Label]:
+    """The label of positions [start:stop] of a channel dim holding `label`: the segments between, where
+    both ends fall on segment boundaries and each end follows the channels before it when they are pruned
+    (`_bound`); else the channels are locked and None."""
+    length = _span(label)
+    a, b = _position(start, length, 0), _position(stop, length, length)
+    what = f"{node.name} slices the channel dim at [{a}:{b}] of {length}"
+    part = _segments(label, a, min(max(a, b), length)) if step in (None, 1) else None
+    if part is None:
+        lock_label(label, f"{what}, inside the channels of {label[0].space.root().origin}" if step in (None, 1)
+                   else f"{node.name} slices the channel dim with step {step}")
+        return None
+    for n, pos in ((start, a), (stop, b)):
+        _bound(ctx, node, n, label, pos)
+    return part
+
+
+def _narrow(ctx: Context, node: Node, label: Label, start, length) -> Optional[Label]:
+    """The label of `length` positions from `start` of a channel dim holding `label` (narrow): the segments
+    there, where start follows the channels before it (`_bound`) and length sizes the segments taken
+    (`_sized`); else the channels are locked and None."""
+    a = _position(start, _span(label), 0)
+    part = _segments(label, a, a + int(length))
+    if part is None:
+        lock_label(label, f"{node.name} takes [{a}:{a + int(length)}] of the channel dim, inside the channels of "
+                   f"{label[0].space.root().origin}")
+        return None
+    _bound(ctx, node, start, label, a)
+    if part:
+        _sized(ctx, node, length, part)
+    return part
+
+
+def _bound(ctx: Context, node: Node, n, label: Label, pos: int) -> None:
+    """Slice bound `n` falls at position `pos` of a channel dim holding `label`, a segment boundary. It must
+    stay there when the channels are pruned: the start or the end of the dim (None, 0, a number at or past
+    the end: slicing clamps, and pruning only shrinks), or a number that sizes the segments before it
+    (`_sized`: a count of the same channels, a module attribute bound to them). A plain number elsewhere fixes
+    the segments on its side; a negative one counts from the end, fixing those after it."""
+    length = _span(label)
+    if n is None or (not isinstance(n, Tracked) and (n == 0 or n >= length)):
+        return
+    if n >= length and _attribute(n):
+        ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))  # an attribute past the end: not bound here
+        return
+    if n < 0 and isinstance(n, Tracked):
+        _used(ctx, node, n, also=label)
+    elif n < 0:
+        lock_label(_segments(label, pos, length), f"{node.name} slices the channel dim at {n} from its end, a number "
+                   "fixed in the model's code")
+    elif pos == 0:  # a number that happens to be 0
+        _used(ctx, node, n, also=label)
+    else:
+        _sized(ctx, node, n, _segments(label, 0, pos))
 
 
 @rule(*SPLITS)
 def split(ctx: Context, node: Node) -> None:
-    """split, chunk, unbind, narrow, select, tensor_split: fine along other dims, locks along channels."""
+    """split, chunk, tensor_split, narrow, unbind, select. Along channels each part follows its own channels
+    (`_parts`); select and unbind take single channels out, and lock. The numbers given are judged here."""
     x = node.tensor_inputs()[0]
     lab = ctx.of(x)
     dim = node.arg(2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else node.arg(1, "dim", 0)
     dim = wrap(dim, x.ndim)
-    if dim in lab.dims:
-        lock_label(lab.dims[dim], f"{node.name} cuts the channel dim at sizes fixed in the model's code")
-    for out in node.outputs:
+    parts, judged, label = [None] * len(node.outputs), set(), lab.dims.get(dim)
+    if label is not None:
+        if node.name in ("select", "unbind"):
+            lock_label(label, f"{node.name} takes single channels out of the channel dim")
+        else:
+            parts, judged = _parts(ctx, node, x, dim, label)
+    for out, part in zip(node.outputs, parts):
         if out.ndim == x.ndim:
-            ctx.set(out, {d: v for d, v in lab.dims.items() if d != dim})
+            dims = {d: v for d, v in lab.dims.items() if d != dim}
+            if part:
+                dims[dim] = part
+            ctx.set(out, dims)
+            ctx.nonzero[out.id] = {**ctx.inherited([x], out), **_carried(ctx, x, label, part)}
         else:  # the dim is gone
             ctx.set(out, {(d if d < dim else d - 1): v for d, v in lab.dims.items() if d != dim})
+    _sizes_judged(ctx, node, judged)
+
+
+def _carried(ctx: Context, x: Value, label: Optional[Label], part: Optional[Label]) -> dict:
+    """The dead channels of `label` (on `x`) that may not be zero, in the spaces of `part` that took over its
+    space (`_recut`)."""
+    why = ctx.dead_nonzero(x, label[0]) if label and len(label) == 1 else None
+    return {seg.space: why for seg in part or () if why and seg.space.root() is not label[0].space.root()}
+
+
+_SIZES_ARG = ("split_size_or_sections", "split_size", "split_sizes", "chunks", "indices_or_sections", "sections",
+              "indices")  # keyword names of the second argument of split, chunk, tensor_split
+
+
+def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[list, set]:
+    """The labels of the parts split, chunk, tensor_split or narrow cut a channel dim holding `label` into
+    (None for a part whose channels are locked), and the ids of the numbers judged.
+
+    Cuts on segment boundaries (a concatenation split back into its parts): each part takes its segments,
+    and each size given must follow them (`_sized`); equal parts computed from the size (chunk, tensor_split
+    into k) have their spaces joined, so they stay equal. Cuts inside one space that only this op reads
+    from here on (`_own`): equal parts (chunk, tensor_split into k, split with sizes that follow) re-express
+    it as one space of L / k channels, channel c at positions c, L/k + c, ... (each part pruned alike);
+    unequal parts whose sizes are module attributes, as one space per part, each attribute bound to it.
+    Anything else locks the channels."""
+    name, lengths = node.name, [out.shape[dim] for out in node.outputs]
+    if name == "narrow":
+        return [_narrow(ctx, node, label, node.arg(2, "start"), node.arg(3, "length"))], set(map(id, reads_in(node.args)))
+    given = node.args[1] if len(node.args) > 1 else next(node.kwargs[k] for k in _SIZES_ARG if k in node.kwargs)
+    if not isinstance(given, (int, tuple, list)):
+        lock_label(label, f"{name} cuts the channel dim at sizes given as a {type(given).__name__}")
+        return [None] * len(lengths), set()
+    counted = name in ("chunk", "tensor_split") and isinstance(given, int)  # into k parts: sizes from the size
+    if name == "tensor_split" and not counted:  # at indices: each index bounds the segments before it
+        starts = [0, *itertools.accumulate(lengths)]
+        parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
+        if all(p is not None for p in parts):
+            for n, pos in zip(given, starts[1:-1]):
+                _bound(ctx, node, n, label, pos)
+            return parts, {id(n) for n in reads_in(given)}
+        lock_label(label, f"{name} cuts the channel dim inside the channels of {label[0].space.root().origin}")
+        return [None] * len(lengths), set()
+    sizes = [None] * len(lengths) if counted else (list(given) if isinstance(given, (tuple, list)) else [given] * len(lengths))
+    judged = set() if counted else {id(n) for n in reads_in(given)}
+    starts = [0, *itertools.accumulate(lengths)]
+    parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
+    if all(parts):
+        if counted:
+            unify(parts, f"{name} cuts these channels into parts that must stay equal, laid out differently")
+        for n, part in zip(sizes, parts):
+            if n is not None:
+                _sized(ctx, node, n, part)
+        return parts, judged
+    seg = label[0]
+    why = "they are several spaces" if len(label) > 1 else _own(ctx, x, seg, node)
+    equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg) for n in sizes)
+    if why is None and counted and not equal:
+        why = "the parts are unequal"
+    if why is None and not equal and not all(_attribute(n) for n in sizes):
+        plain = any(not isinstance(n, Tracked) for n in sizes)
+        why = f"its sizes {', '.join(_describe(n) for n in sizes)} are " + (
+            "numbers fixed in the model's code" if plain else "neither module attributes nor counts of these channels")
+    if why is None and 0 in lengths:
+        why = "a part is empty"
+    if why is not None:
+        lock_label(label, f"{name} cuts the channels of {seg.space.root().origin} into {lengths}, and {why}")
+        return [None] * len(lengths), judged
+    parts = _recut(ctx, node, seg, lengths, equal)
+    for n, part in zip(sizes, parts):
+        if isinstance(n, Tracked) and attribute_reads(n):
+            _sized(ctx, node, n, part)
+    return parts, judged
+
+
+def _attribute(n) -> bool:
+    """Whether number `n` is a module attribute as read, one surgery may set (not a width it sets itself)."""
+    return isinstance(n, Tracked) and n.pure and len(attribute_reads(n)) == 1 and not attribute_reads(n)[0][2]
+
+
+def _follows(ctx: Context, n, seg: Segment) -> bool:
+    """Whether size `n` of equal parts of `seg`'s space stays right when the space is pruned (whole parts): a
+    module attribute (bound to the parts) or a number computed from counts of the same channels alone."""
+    if not isinstance(n, Tracked):
+        return False
+    if _attribute(n):
+        return True
+    root = seg.space.root()
+    return bool(n.reads) and not attribute_reads(n) and all(
+        r[1] in ctx.of(r[0]).dims and all(s.space.root() is root for s in ctx.of(r[0]).dims[r[1]]) for r in n.reads)
+
+
+def _recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: bool) -> list[Label]:
+    """Re-expresses `seg`'s space (`_own`) as the parts of `lengths`: one space of lengths[0] channels that
+    every part holds (channel c at positions start + c of each part) when `equal`, else one space per part."""
+    old = seg.space.root()
+    starts = [0, *itertools.accumulate(lengths)][:-1]
+    if equal:
+        new = ctx.new_space(lengths[0], f"{len(lengths)} equal parts of {old.origin} ({node.name})")
+        _take_over(old, new, starts)
+        spaces = [new] * len(lengths)
+    else:
+        spaces = [ctx.new_space(n, f"part {i} of {old.origin} ({node.name})") for i, n in enumerate(lengths)]
+        for space, start in zip(spaces, starts):
+            _take_over(old, space, [start])
+    _retire(ctx, old)
+    return [(Segment(space, n),) for space, n in zip(spaces, lengths)]
 
 
 @rule(*SIZE_READS)
@@ -321,6 +586,7 @@ def size_read(ctx: Context, node: Node) -> None:
     does with a channel count is judged where it is used (`size_uses`, `size_comparison`)."""
 
 
+_JUDGE_OWN_SIZES = {"__getitem__", *SPLITS}  # rules that judge the numbers they are given themselves
 _SHAPED = {"view", "reshape", "expand", "broadcast_to"}  # ops whose numbers are the output's sizes, in order
 
 
@@ -359,7 +625,7 @@ def size_uses(ctx: Context, node: Node) -> None:
     C, -1)`; checked once every op is seen, `settle_sizes`) or a module attribute surgery updates with them
     (`self.num_heads`). A plain number there, or a channel count used any other way (`C // groups`, an
     argument of another op), fixes the channels it names: they are locked."""
-    if node.name in SIZE_READS or node.func is size_comparison:
+    if node.name in SIZE_READS or node.name in _JUDGE_OWN_SIZES or node.func is size_comparison:
         return
     shape = _shape_arg(node)
     out_dims = ctx.of(node.outputs[0]).dims if shape else {}

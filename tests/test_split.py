@@ -1,0 +1,270 @@
+"""Splits and slices of the channel dim (chunk, split, tensor_split, narrow, x[:, a:b]) and a Linear's features
+viewed as an image: each part follows its own channels, a space cut into equal parts is pruned alike in every
+part, sizes given as module attributes are updated with the parts, and what cannot follow locks with a reason
+naming the op."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyprune_fast as ppf
+from pyprune_fast.testing import dead_channel_check
+
+
+def conv_bn(cin, cout, k=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class GLU(nn.Module):
+    """fc1 -> halves -> a * sigmoid(b) -> fc2: fc1's two halves are one space of 32 channels, cut by chunk,
+    tensor_split, or split at a size computed from the count (or at a plain int, which locks)."""
+
+    def __init__(self, how="chunk"):
+        super().__init__()
+        self.how = how
+        self.fc1, self.fc2 = nn.Linear(16, 64), nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        a, b = {"chunk": lambda: h.chunk(2, -1), "tensor_split": lambda: h.tensor_split(2, dim=-1),
+                "count": lambda: h.split(h.shape[-1] // 2, -1), "plain": lambda: torch.split(h, 32, -1)}[self.how]()
+        return self.fc2(a * torch.sigmoid(b))
+
+
+class C2f(nn.Module):
+    """YOLO's C2f: cv1 (conv, BN, SiLU) chunked in two; a residual bottleneck on the second half; every part
+    concatenated into cv2. Before a head that keeps the output's channels."""
+
+    def __init__(self, c=8, n=2):
+        super().__init__()
+        self.cv1 = conv_bn(3, 2 * c)
+        self.m = nn.ModuleList(nn.Sequential(conv_bn(c, c, 3), conv_bn(c, c, 3)) for _ in range(n))
+        self.cv2 = conv_bn((2 + n) * c, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(y[-1] + m(y[-1]) for m in self.m)
+        return self.head(self.cv2(torch.cat(y, 1)))
+
+
+class AttributeSplit(nn.Module):
+    """conv's channels split at sizes that are module attributes: (self.c, self.c) into equal parts, or
+    (self.a, self.b) into unequal ones."""
+
+    def __init__(self, equal):
+        super().__init__()
+        self.equal = equal
+        self.c, self.a, self.b = 12, 8, 16
+        self.conv = conv_bn(3, 24)
+        self.left, self.right = nn.Conv2d(12 if equal else 8, 6, 3, padding=1), nn.Conv2d(12 if equal else 16, 6, 1)
+        self.out = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        left, right = self.conv(x).split((self.c, self.c) if self.equal else (self.a, self.b), 1)
+        return self.out(torch.cat([self.left(left), self.right(right)], 1))
+
+
+class Slices(nn.Module):
+    """Two convs concatenated, then sliced back on the boundary: by an attribute (self.ca), by the end of
+    the dim (GhostNet's out[:, :self.oup] with oup the whole width), by a plain int (fixes the first part)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.ca, self.oup = how, 8, 20
+        self.a, self.b = conv_bn(3, 8), conv_bn(3, 12)
+        self.head = nn.Conv2d(20, 4, 1)
+        self.fa, self.fb = nn.Conv2d(8, 4, 1), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        if self.how == "end":
+            return self.head(y[:, :self.oup, :, :])
+        if self.how == "attribute":
+            return self.fa(y[:, :self.ca]) + self.fb(y[:, self.ca:])
+        return self.fa(y[:, :8]) + self.fb(y.narrow(1, 8, 12))
+
+
+class Decoder(nn.Module):
+    """A Linear's 32 * 4 * 4 features viewed as a 32-channel image (the width an attribute or inferred),
+    then a transposed conv."""
+
+    def __init__(self, view):
+        super().__init__()
+        self.view, self.ch = view, 32
+        self.fc = nn.Linear(16, 32 * 4 * 4)
+        self.up = nn.ConvTranspose2d(32, 3, 2, stride=2)
+
+    def forward(self, z):
+        h = F.relu(self.fc(z))
+        h = h.view(z.shape[0], self.ch, 4, 4) if self.view == "attribute" else h.view(z.shape[0], -1, 4, 4)
+        return self.up(h)
+
+
+class FixedCat(nn.Module):
+    """The model's input concatenated with a conv's channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = conv_bn(3, 8), nn.Conv2d(11, 4, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([x, self.conv(x)], 1))
+
+
+class Inside(nn.Module):
+    """Cuts that cannot follow: a slice inside a conv's channels, select, and chunk of a tensor read twice."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.fc = conv_bn(3, 8), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "slice":
+            return self.fc(y[:, :5])
+        if self.how == "select":
+            return y.select(1, 0)
+        a, b = y.chunk(2, 1)
+        return torch.cat([a * b, y[:, :2]], 1)
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def group_with(g, name):
+    return next(grp for grp in g.groups if any(m.name == name for m in grp.members))
+
+
+def pruned_runs(model, x, **options):
+    shape = model(x).shape
+    report = ppf.prune(model, x, ratio=0.5, progress=False, **options)
+    assert model(x).shape == shape
+    return report
+
+
+def exact(model, x, keep):
+    """dead_channel_check on the group of `keep`'s weight: the outputs of layers outside it are ignored."""
+    names = {m.name for m in group_with(ppf.DependencyGraph(model, x), f"{keep}.weight").members}
+    ignored = [m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and f"{n}.weight" not in names]
+    return dead_channel_check(model, x, ppf.DependencyGraph(model, x, ignored_layers=ignored))
+
+
+@pytest.mark.parametrize("how", ["chunk", "tensor_split", "count"])
+def test_glu_halves_are_pruned_alike(how):
+    model, x = GLU(how), torch.randn(4, 16)
+    g = ppf.DependencyGraph(model, x)
+    grp = group_with(g, "fc1.weight")
+    assert grp.prunable and grp.channels == 32 and "2 equal parts" in grp.origin
+    rows = sorted((m.offset, m.block) for m in grp.members if m.name == "fc1.weight")
+    assert rows == [(0, 1), (32, 1)]
+    assert exact(model, x, "fc1") == "ok"
+    pruned_runs(model, x)
+    assert (model.fc1.out_features, model.fc2.in_features) == (32, 16)
+
+
+def test_glu_split_at_a_plain_int_locks():
+    g = ppf.DependencyGraph(GLU("plain"), torch.randn(4, 16))
+    assert "split cuts the channels of linear fc1 into [32, 32], and its sizes 32, 32 are numbers fixed" in \
+        group_with(g, "fc1.weight").reason
+
+
+def test_c2f_chunk_and_cat_of_the_same_space_twice():
+    model = C2f()
+    g = ppf.DependencyGraph(model, X)
+    grp = group_with(g, "cv1.0.weight")
+    assert grp.prunable and grp.channels == 8
+    cv2 = sorted(m.offset for m in grp.members if m.name == "cv2.0.weight" and m.dim == 1)
+    assert cv2 == [0, 8, 16, 24]  # the half-space: cv1's halves and the residual outputs of both bottlenecks
+    assert exact(model, X, "cv1.0") == "ok"
+    pruned_runs(model, X)
+    assert (model.cv1[0].out_channels, model.cv2[0].in_channels, model.m[0][0][0].in_channels) == (8, 16, 4)
+
+
+@pytest.mark.parametrize("equal", [True, False])
+def test_split_sizes_from_attributes_follow(equal):
+    model = AttributeSplit(equal)
+    g = ppf.DependencyGraph(model, X)
+    parts = [next(grp for grp in g.groups if grp.origin.endswith("(split)") and any(
+        m.name == name and m.dim == 1 for m in grp.members)) for name in ("left.weight", "right.weight")]
+    assert all(p.prunable for p in parts)
+    if equal:
+        assert parts[0] is parts[1] and {s[1:] for s in parts[0].sizes} == {("c", 1)}
+    else:
+        assert [p.channels for p in parts] == [8, 16] and [p.sizes[0][1] for p in parts] == ["a", "b"]
+    assert exact(model, X, "conv.0") == "ok"
+    pruned_runs(model, X)
+    assert model.conv[0].out_channels == 12
+    assert (model.c if equal else (model.a, model.b)) == (6 if equal else (4, 8))
+
+
+@pytest.mark.parametrize("how", ["end", "attribute", "plain"])
+def test_slices_on_segment_boundaries(how):
+    model = Slices(how)
+    g = ppf.DependencyGraph(model, X)
+    a, b = group_with(g, "a.0.weight"), group_with(g, "b.0.weight")
+    if how == "plain":  # the int 8 and narrow's length 12 fix both parts
+        assert "__getitem__ is given the size 8" in a.reason and "narrow is given the size 12" in b.reason
+        return
+    assert a.prunable and b.prunable
+    if how == "attribute":
+        assert a.sizes and a.sizes[0][1] == "ca"
+    pruned_runs(model, X)
+    if how == "attribute":
+        assert (model.ca, model.fa.in_channels, model.fb.in_channels) == (4, 4, 6)
+
+
+@pytest.mark.parametrize("view", ["attribute", "inferred"])
+def test_linear_viewed_as_an_image(view):
+    model, z = Decoder(view), torch.randn(2, 16)
+    g = ppf.DependencyGraph(model, z)
+    grp = group_with(g, "fc.weight")
+    assert grp.prunable and grp.channels == 32 and grp.origin.startswith("32 channels of")
+    assert {(m.offset, m.block) for m in grp.members if m.name == "fc.weight"} == {(0, 16)}
+    assert {(m.name, m.dim) for m in grp.members} >= {("fc.bias", 0), ("up.weight", 0)}
+    assert dead_channel_check(model, z, g) == "ok"
+    pruned_runs(model, z)
+    assert (model.fc.out_features, model.up.in_channels) == (16 * 16, 16)
+    if view == "attribute":
+        assert model.ch == 16
+
+
+def test_linear_viewed_with_a_plain_width_locks():
+    class Plain(Decoder):
+        def forward(self, z):
+            return self.up(F.relu(self.fc(z)).view(-1, 32, 4, 4))
+
+    g = ppf.DependencyGraph(Plain("plain"), torch.randn(2, 16))
+    assert "view is given the size 32" in group_with(g, "fc.weight").reason
+
+
+def test_concat_with_the_models_input_keeps_it_fixed():
+    model = FixedCat()
+    g = ppf.DependencyGraph(model, X)
+    assert group_with(g, "conv.0.weight").prunable
+    fixed = next(grp for grp in g.groups if grp.origin == "a concatenated tensor")
+    assert fixed.reason == "concatenated with fixed channels" and fixed.channels == 3
+    pruned_runs(model, X)
+    assert (model.conv[0].out_channels, model.out.in_channels) == (4, 7)
+
+
+@pytest.mark.parametrize("how, reason", [("slice", "__getitem__ slices the channel dim at [0:5] of 8, inside"),
+                                         ("select", "select takes single channels out"),
+                                         ("chunk", "chunk cuts the channels of conv2d conv.0 into [4, 4], and")])
+def test_cuts_that_cannot_follow_lock(how, reason):
+    g = ppf.DependencyGraph(Inside(how), X)
+    assert reason in group_with(g, "conv.0.weight").reason
+
+
+def test_yolov8n_c2f_prunes():
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model, x = DetectionModel("yolov8n.yaml", verbose=False).eval(), torch.randn(1, 3, 160, 160)
+    g = ppf.DependencyGraph(model, x)
+    assert group_with(g, "model.2.cv1.conv.weight").prunable
+    assert not any("chunk" in (grp.reason or "") for grp in g.groups)
+    report = ppf.prune(model, x, ratio=0.3, progress=False)
+    assert report.macs_after < 0.65 * report.macs_before
