@@ -301,20 +301,25 @@ def test_plan_round_trips_through_plain_lists_onto_a_twin_model(tv_model):
         ppf.Plan.from_dict(ppf.DependencyGraph(b, x), {10_000: data[g1.index]})
 
 
-class Flatten400(nn.Module):
-    """LeNet-5's flatten as commonly written: it hard-codes conv2's 16 channels."""
+class FixedFlatten(nn.Module):
+    """A flatten to a width fixed in the code (LeNet-5's `x.view(-1, 16 * 5 * 5)`)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
 
     def forward(self, x):
-        return x.view(-1, 16 * 5 * 5)
+        return x.view(-1, self.width)
 
 
 def _wrong_flatten_rule(ctx, node):
-    """A user's rule that is wrong: it says the flatten follows conv2's channels (the run check is the net)."""
-    x = node.args[2]
-    ctx.set(node.outputs[0], {1: tuple(Segment(s.space, s.length, s.block * 25) for s in ctx.of(x).dims[1])})
+    """A user's rule that is wrong: it says the flatten follows the channels (the run check is the net)."""
+    x, out = node.args[2], node.outputs[0]
+    block = out.shape[1] // x.shape[1]
+    ctx.set(out, {1: tuple(Segment(s.space, s.length, s.block * block) for s in ctx.of(x).dims[1])})
 
 
-ppf.register_rule(Flatten400, _wrong_flatten_rule)
+ppf.register_rule(FixedFlatten, _wrong_flatten_rule)
 
 
 class LeNet(nn.Module):
@@ -322,7 +327,7 @@ class LeNet(nn.Module):
         super().__init__()
         self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
         self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-        self.flatten = Flatten400()
+        self.flatten = FixedFlatten(16 * 5 * 5)
 
     def forward(self, x):
         x = nn.functional.max_pool2d(self.conv1(x).relu(), 2)
@@ -340,7 +345,7 @@ def test_a_width_fixed_in_the_code_locks_its_channels():
     assert "view is given the size 400 for the channels of conv2d conv2, a number fixed" in g.group_of(g.model.conv2).reason
 
 
-@pytest.mark.parametrize("batch, words", [(1, r"Flatten400 in flatten: .*invalid for input of size 200"),
+@pytest.mark.parametrize("batch, words", [(1, r"FixedFlatten in flatten: .*invalid for input of size 200"),
                                           (2, r"linear in fc1: .*\[1, 400\] X \[200, 120\]")])
 def test_hard_coded_width_is_refused_with_model_and_optimizer_untouched(batch, words):
     torch.manual_seed(0)
@@ -449,7 +454,7 @@ def test_a_model_with_hooks_is_checked_for_real():
     seen = []
     model.fc2.register_forward_hook(lambda m, i, o: seen.append(o.device.type))
     g = ppf.DependencyGraph(model, x)
-    with pytest.raises(ValueError, match="would not run.*view in LeNet"):
+    with pytest.raises(ValueError, match="would not run.*FixedFlatten in flatten"):
         ppf.apply(ppf.Plan(g).remove(g.group_of(model.conv2), [0, 1]))
     assert model.conv2.out_channels == 16 and "meta" not in seen
 
@@ -469,7 +474,7 @@ def test_prune_refuses_lenet_and_leaves_it_untouched():
     model = LeNet()
     x = torch.randn(1, 1, 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="would not run.*view in LeNet"):
+    with pytest.raises(ValueError, match="would not run.*FixedFlatten in flatten"):
         ppf.prune(model, x, ratio=0.5)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()) and model.conv2.out_channels == 16
     report = ppf.prune(model, x, ratio=0.5, ignored_layers=[model.conv2, model.fc3])
@@ -481,11 +486,11 @@ class NestedOutputs(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 2)
+        self.conv, self.fc, self.flatten = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 2), FixedFlatten(8 * 4 * 4)
 
     def forward(self, x):
         y = self.conv(x)
-        return {"logits": self.fc(y.mean((2, 3))), "parts": (y.sum(1), y.reshape(-1, 8 * 4 * 4).sum(1))}
+        return {"logits": self.fc(y.mean((2, 3))), "parts": (y.sum(1), self.flatten(y).sum(1))}
 
 
 def test_an_output_that_changes_shape_is_refused():
