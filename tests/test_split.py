@@ -268,3 +268,12 @@ def test_yolov8n_c2f_prunes():
     assert not any("chunk" in (grp.reason or "") for grp in g.groups)
     report = ppf.prune(model, x, ratio=0.3, progress=False)
     assert report.macs_after < 0.65 * report.macs_before
+
+
+def test_split_sizes_are_kept_by_save_pruned(tmp_path):
+    model = AttributeSplit(equal=False)
+    pruned_runs(model, X)
+    ppf.save_pruned(model, tmp_path / "split.pt")
+    loaded = ppf.load_pruned(lambda: AttributeSplit(equal=False), tmp_path / "split.pt")
+    assert (loaded.a, loaded.b) == (4, 8)
+    torch.testing.assert_close(loaded(X), model(X))
