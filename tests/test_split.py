@@ -277,3 +277,23 @@ def test_split_sizes_are_kept_by_save_pruned(tmp_path):
     loaded = ppf.load_pruned(lambda: AttributeSplit(equal=False), tmp_path / "split.pt")
     assert (loaded.a, loaded.b) == (4, 8)
     torch.testing.assert_close(loaded(X), model(X))
+
+
+class WrongHalf(nn.Module):
+    """A split size computed from the width that is width / 2 only for this width (C - 8): locks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        C = y.shape[1]
+        a, b = y.split(C - 8, 1)  # 8 and 8 for C = 16, but not half of any other width
+        return self.out(a * b)
+
+
+def test_a_split_size_that_is_not_a_fraction_of_the_width_locks():
+    model = WrongHalf()
+    g = ppf.DependencyGraph(model, torch.randn(1, 3, 4, 4))
+    assert not g.group_of(model.conv).prunable

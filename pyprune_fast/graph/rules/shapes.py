@@ -527,7 +527,7 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         return parts, judged
     seg = label[0]
     why = "they are several spaces" if len(label) > 1 else _own(ctx, x, seg, node)
-    equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg) for n in sizes)
+    equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg, len(lengths)) for n in sizes)
     if why is None and counted and not equal:
         why = "the parts are unequal"
     if why is None and not equal and not all(_attribute(n) for n in sizes):
@@ -551,16 +551,22 @@ def _attribute(n) -> bool:
     return isinstance(n, Tracked) and n.pure and len(attribute_reads(n)) == 1 and not attribute_reads(n)[0][2]
 
 
-def _follows(ctx: Context, n, seg: Segment) -> bool:
-    """Whether size `n` of equal parts of `seg`'s space stays right when the space is pruned (whole parts): a
-    module attribute (bound to the parts) or a number computed from counts of the same channels alone."""
+def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
+    """Whether size `n` of `parts` equal parts of `seg`'s space stays right when the space is pruned (whole
+    parts): a module attribute (bound to the parts), or a number computed from counts of the whole space
+    alone as count / parts (`C // 2`; checked by recomputing it for other counts)."""
     if not isinstance(n, Tracked):
         return False
     if _attribute(n):
         return True
     root = seg.space.root()
-    return bool(n.reads) and not attribute_reads(n) and all(
-        r[1] in ctx.of(r[0]).dims and all(s.space.root() is root for s in ctx.of(r[0]).dims[r[1]]) for r in n.reads)
+    whole = bool(n.reads) and not attribute_reads(n) and all(
+        r[1] in ctx.of(r[0]).dims and sum(s.length for s in ctx.of(r[0]).dims[r[1]]) == seg.length
+        and all(s.space.root() is root for s in ctx.of(r[0]).dims[r[1]]) for r in n.reads)
+    try:
+        return whole and all(n.at({r: c * parts for r in n.reads}) == c for c in (1, 2, 3))
+    except (ArithmeticError, ValueError, TypeError):
+        return False
 
 
 def _recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: bool) -> list[Label]:
