@@ -41,6 +41,11 @@ def shapes(out) -> dict[tuple, tuple]:
     return {p: tuple(t.shape) for p, t in leaf_paths(out) if isinstance(t, torch.Tensor)}
 
 
+def only(shapes_: dict[tuple, tuple], keep) -> dict[tuple, tuple]:
+    """The {path: shape} items whose path `keep` keeps."""
+    return {p: s for p, s in shapes_.items() if keep(p)}
+
+
 @torch.no_grad()
 def run(model: nn.Module, x: torch.Tensor):
     return model.eval()(x)
@@ -68,11 +73,13 @@ def test_every_task_prunes_and_runs_in_eval_and_train_mode(name):
     assert report.macs_after < report.macs_before
     after_eval = shapes(run(model, x))
     assert after_eval.keys() == before_eval.keys()
-    assert {p: s for p, s in after_eval.items() if detections(p)} == {p: s for p, s in before_eval.items() if detections(p)}
+    assert only(after_eval, detections) == only(before_eval, detections)
     after_train = shapes(model.train()(x))
-    fixed = {"boxes", "scores", "kpts", "mask_coefficient", "proto"}  # the head's outputs: the loss reads them
-    assert {p: s for p, s in after_train.items() if p[:1] == () or p[0] in fixed} == \
-        {p: s for p, s in before_train.items() if p[:1] == () or p[0] in fixed}
+
+    def head(path):  # the head's outputs in train mode (the classifier's logits: path ()); the loss reads them
+        return path == () or path[0] in {"boxes", "scores", "kpts", "mask_coefficient", "proto"}
+
+    assert only(after_train, head) == only(before_train, head)
     if name != "yolov8n-cls":  # the neck's feature maps were pruned
         feats = [p for p in before_eval if "feats" in p]
         assert all(after_eval[p][1] < before_eval[p][1] for p in feats)

@@ -60,7 +60,8 @@ def _kept(keep: KeepOutputs, paths: list[tuple]) -> tuple[int, ...]:
             raise ValueError(f"keep_outputs: the model returns {n} tensors (numbered 0 to {n - 1}), got {bad}")
         kept = tuple(sorted({int(k) % n for k in keep}))
     if not kept:
-        raise ValueError(f"keep_outputs keeps none of the model's {n} output tensors (paths {paths}); keep at least one")
+        raise ValueError(f"keep_outputs keeps none of the model's {n} output tensors (paths {paths}); keep at least "
+                         "one")
     return kept
 
 
