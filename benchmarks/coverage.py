@@ -8,7 +8,7 @@ MagnitudePruner (L1, the same ratio; the layers whose outputs are the model's ou
 MACs cut (by its own counter) and whether the pruned model runs with the same output shapes.
 
   python benchmarks/coverage.py [--zoo torchvision|timm|hf|dense|yolo|all] [--models a,b] [--limit N]
-                                [--size 224] [--ratio 0.3] [--peer] [--budget 600] [--csv out.csv] [--strict]
+                                [--size 224] [--ratio 0.3] [--peer] [--prune-embedding] [--budget 600] [--csv out.csv] [--strict]
 
 One table line per model, then per zoo: models, runs after pruning, same output shapes, median MACs cut (ours;
 ours and the peer's where both run), models below 20% cut, graph build times, and the top lock reasons
@@ -131,7 +131,7 @@ def run_peer(row: Row, builder: Builder, ratio: float) -> None:
 
 
 def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer: bool = False,
-                budget: int = 0) -> Row:
+                budget: int = 0, prune_embedding: bool = False) -> Row:
     """Build `name` with `builder` and run `check_coverage` on it (and the peer); never raises."""
     t0 = time.perf_counter()
     row = Row(zoo=zoo, model=name)
@@ -143,7 +143,7 @@ def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer:
         return row
     params = sum(p.numel() for p in model.parameters()) / 1e6
     with time_budget(budget):
-        result = check_coverage(model, x, ratio)
+        result = check_coverage(model, x, ratio, prune_embedding=prune_embedding)
     del model, x
     gc.collect()
     row = Row(**{f.name: getattr(result, f.name) for f in fields(CoverageResult)}, zoo=zoo, model=name, params=params)
@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="torchvision classifiers' input side (default 224)")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of every prunable group to remove (default 0.3)")
     p.add_argument("--peer", action="store_true", help="also prune with Torch-Pruning (L1, the same ratio)")
+    p.add_argument("--prune-embedding", action="store_true", help="prune transformers' embedding width too")
     p.add_argument("--budget", type=int, default=600, help="seconds per model and per library (0: none; default 600)")
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     p.add_argument("--strict", action="store_true", help="exit 1 when any model fails")
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     for zoo, name, builder in it:
         if hasattr(it, "set_description"):
             it.set_description(name)
-        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget)
+        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget, args.prune_embedding)
         rows.append(row)
         print(format_row(row, args.peer), flush=True)
         if args.csv:  # after every model: a run cut short keeps its rows

@@ -183,13 +183,13 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
     return "ok"
 
 
-def _graph(model: nn.Module, x: Any, res: CoverageResult) -> DependencyGraph:
+def _graph(model: nn.Module, x: Any, res: CoverageResult, prune_embedding: bool = False) -> DependencyGraph:
     """The model's DependencyGraph, built on one CPU thread (timed into `res`), its groups counted into `res`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
-        graph = DependencyGraph(model, x, ignored_layers=[])
+        graph = DependencyGraph(model, x, ignored_layers=[], prune_embedding=prune_embedding)
         res.graph_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -208,7 +208,8 @@ def _not_finite(before: list[Leaf], after: list[Leaf]) -> str:
     return ""
 
 
-def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, seed: int = 0) -> CoverageResult:
+def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, seed: int = 0,
+                   prune_embedding: bool = False) -> CoverageResult:
     """Check that pruning works on `model`; never raises (but on KeyboardInterrupt), prunes `model` in place.
 
     1. build the DependencyGraph (ignored_layers=[], on one CPU thread, timed), count its groups, prunable
@@ -217,7 +218,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
        third of the channels (chosen with `seed`) on a copy, remove them, and compare outputs (rel. err < 1e-5);
     3. `ppf.prune(model, example_inputs, method="l1", ratio=ratio)`: the pruned model runs, every output tensor
        keeps its shape (but for dims that depend on the data, such as a detector's box counts) and outputs
-       that were finite stay finite.
+       that were finite stay finite. `prune_embedding` is passed to the graph and to prune.
 
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs. A `model` that is not
     an nn.Module or a `ratio` outside [0, 1) raises (TypeError, ValueError) before anything runs.
@@ -237,7 +238,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
             return res
         graph = None
         try:
-            graph = _graph(model, example_inputs, res)
+            graph = _graph(model, example_inputs, res, prune_embedding)
         except Exception as e:
             reasons.append(f"graph: {_err(e)}")
         if graph is not None:
@@ -250,7 +251,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
             graph = None  # free it (the model is pruned next; the graph would be stale anyway)
             gc.collect()
         try:
-            report = prune(model, example_inputs, method="l1", ratio=ratio)
+            report = prune(model, example_inputs, method="l1", ratio=ratio, prune_embedding=prune_embedding)
             res.macs_before, res.macs_after = report.macs_before / 1e9, report.macs_after / 1e9
             res.macs_cut = 1 - report.macs_after / report.macs_before if report.macs_before else math.nan
             if not res.groups:
