@@ -37,6 +37,12 @@ class Tracked:
     log: Optional[Callable]
     formula: Optional[Callable[[dict], Any]]
 
+    @classmethod
+    def _make(cls, value, reads: Reads, pure: bool, log: Optional[Callable], formula=None):
+        s = (int if issubclass(cls, int) else float).__new__(cls, value)
+        s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
+        return s
+
     def at(self, env: dict) -> Any:
         """This number recomputed as if the reads in `env` (read -> value) had read other sizes."""
         if self.formula is None:  # a size as read
@@ -113,22 +119,10 @@ def _add_methods(cls: type) -> type:
 class Size(Tracked, int):
     """An int read from (or computed from) tensor sizes."""
 
-    @classmethod
-    def _make(cls, value: int, reads: Reads, pure: bool, log: Optional[Callable], formula=None) -> "Size":
-        s = int.__new__(cls, value)
-        s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
-        return s
-
 
 @_add_methods
 class SizeFloat(Tracked, float):
     """A float computed from tensor sizes (`C / 2`)."""
-
-    @classmethod
-    def _make(cls, value: float, reads: Reads, pure: bool, log: Optional[Callable], formula=None) -> "SizeFloat":
-        s = float.__new__(cls, value)
-        s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
-        return s
 
 
 def tracked(out: Any, value, name: str, args: tuple, log: Callable) -> Any:
