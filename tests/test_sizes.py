@@ -1,4 +1,4 @@
-"""Sizes the model's code reads lock only what they must (graph/sizes.py, rules/shapes.size_uses): a batch or
+"""Sizes the model's code reads lock only what they must (graph/sizes.py, rules/sizing.py): a batch or
 spatial size, a shape printed in a message, or a channel count given back as the size of the same channels
 locks nothing; a channel count the code computes with, compares, or gives to other channels locks them."""
 

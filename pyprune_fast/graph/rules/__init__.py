@@ -25,11 +25,11 @@ from typing import Callable, Collection, Optional
 
 from ..ir import Node
 from ..spaces import lock_label
-from . import attention, elementwise, layers, norms, reductions, shapes, stacking  # noqa: F401  (they register their rules)
+from . import attention, elementwise, layers, norms, reductions, shapes, sizing, splits, stacking  # noqa: F401  (they register their rules)
 from .context import Context, all_nonzero, generic
 from .norms import NORM_PARAMS
 from .registry import register, rule, rule_for
-from .shapes import settle_sizes, size_uses
+from .sizing import settle_sizes, size_uses
 
 __all__ = ["NORM_PARAMS", "Context", "propagate", "register_rule", "rule"]
 

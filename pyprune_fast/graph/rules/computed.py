@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ..ir import Node, Value
+from ..ir import Value
 from ..taxonomy import (CONV_TRANSPOSES, CONVS, COPIES, DETACHES, MATH, PRODUCTS, QUOTIENTS, REDUCTIONS, RESHAPES,
                         SIZE_READS, SPREADS, SUMS)
 from .context import Context, wrap

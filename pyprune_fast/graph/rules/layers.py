@@ -4,7 +4,7 @@ back to it (`computed.weight_source`); one that cannot be locks, with the reason
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,85 @@
+"""A layer's channels re-expressed in other units where one view or split reads them all: whole heads
+(`coarsen`) or parts (`take_over`); the old space retires."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from ..ir import Node, Value
+from ..spaces import Label, Member, Segment, Space
+from ..tensors import module_of
+from .context import Context
+
+__all__ = ["coarsen", "fresh", "note_embedding", "own", "retire", "take_over"]
+
+
+def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
+    """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
+    coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
+    layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
+    it is read later, no size bound to it), so every member of the space can be re-laid."""
+    s = seg.space.root()
+    if s.locked is not None:
+        return s.locked
+    if seg.block != 1 or seg.length != s.size:
+        return f"they are part of the channels of {s.origin}"
+    if not any(m.role == "producer" for m in s.members):
+        return "no layer makes them"
+    if s.divisions > 1 or any(m.divisions > 1 for m in s.members):
+        return f"{s.why_divided or 'a grouped conv'} divides them"
+    if ctx.readers(x) != 1:
+        return "other ops read them too"
+    pending = [label for a, b, _ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
+    if s in ctx.embeddings or any(sg.space.root() is s for label in pending for sg in label):
+        return "a size in the model's code names them"
+    for value_id, labels in ctx.labels.items():
+        if value_id != x.id and any(sg.space.root() is s for label in labels.dims.values() for sg in label) \
+                and ctx.read_after(value_id, node):
+            return "another tensor holding them is read later"
+    return None
+
+
+def fresh(ctx: Context, x: Value, seg: Segment, node: Node) -> bool:
+    """Whether `seg`, on `x`, is a space that may be re-expressed (`own`) straight out of its layer (an
+    attention projection, whose input is the width heads are read from)."""
+    return (own(ctx, x, seg, node) is None and x.producer is not None
+            and any(seg.space.root().modules & {module_of(v.param)} for v in x.producer.tensor_inputs() if v.param))
+
+
+def take_over(old: Space, new: Space, starts: list[int], inner: int = 1) -> None:
+    """`new` holds channels of `old`: its channel c is old channels start + c * inner ... + inner, for each
+    of `starts` (one channel of `new` spans inner * len(starts) old ones). Members, modules and flags follow."""
+    new.modules |= old.modules
+    new.inexact, new.reduced = old.inexact, old.reduced
+    new.members += [Member(m.name, m.dim, m.offset + start * m.block, m.block * inner, m.role)
+                    for m in old.members for start in starts]
+
+
+def retire(ctx: Context, old: Space) -> None:
+    """`old`'s channels are held by other spaces now (`take_over`): no group of its own."""
+    old.members = []
+    ctx.replaced.add(old)
+
+
+def coarsen(ctx: Context, seg: Segment, sizes: list[int], t: int, what: str) -> Label:
+    """A view that splits a layer's channels into dims of `sizes`: attention heads ((3, heads, head_dim) or
+    (heads, head_dim), t the heads' dim) or an image ((C, h, w), t = 0). Its channels are pruned in whole
+    units from now on: a new space of sizes[t] channels takes the old one's place, each of its channels a
+    block of the positions of the dims after t (head_dim, h * w), repeated for every index of the dims
+    before t (q, k and v). `what` names the units for messages. Returns the label of dim t."""
+    old = seg.space.root()
+    inner, outer = math.prod(sizes[t + 1:]), math.prod(sizes[:t])
+    new = ctx.new_space(sizes[t], f"{sizes[t]} {what} of {old.origin}")
+    take_over(old, new, [p * sizes[t] * inner for p in range(outer)], inner)
+    retire(ctx, old)
+    return (Segment(new, sizes[t]),)
+
+
+def note_embedding(ctx: Context, x: Value, heads: Space) -> None:
+    """The width the layer making `x` reads (a transformer's embedding) is noted in `ctx.embeddings`."""
+    layer = x.producer
+    feed = layer.tensor_inputs()[0] if layer.tensor_inputs() else None
+    if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:
+        for s in ctx.of(feed).dims[feed.ndim - 1]:
+            ctx.embeddings.setdefault(s.space, f"the input of {heads.origin}")

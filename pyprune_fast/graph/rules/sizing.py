@@ -1,0 +1,161 @@
+"""Sizes the model's code reads or holds (`graph/sizes.py` numbers), judged where they are used."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..ir import Node, Value
+from ..sizes import Tracked, attribute_reads, reads_in, size_comparison
+from ..spaces import Label, Segment, lock_label, same_layout
+from ..taxonomy import SIZE_READS, SPLITS
+from .context import Context
+from .registry import rule
+
+__all__ = ["JUDGE_OWN_SIZES", "compare", "same_channels", "settle_sizes", "size_read", "size_uses"]
+
+
+@rule(*SIZE_READS)
+def size_read(ctx: Context, node: Node) -> None:
+    """x.shape, x.size(), x.numel(), len(x): nothing yet. They return `sizes.Size` numbers; what the code
+    does with a channel count is judged where it is used (`size_uses`, `size_comparison`)."""
+
+
+JUDGE_OWN_SIZES = {"__getitem__", *SPLITS}  # rules that judge the numbers they are given themselves
+_SHAPED = {"view", "reshape", "expand", "broadcast_to"}  # ops whose numbers are the output's sizes, in order
+
+
+def _shape_arg(node: Node) -> list:
+    """The sizes an op of `_SHAPED` was given, one per output dim, or [] (for another op)."""
+    if node.name not in _SHAPED or not node.outputs:
+        return []
+    rest = list(node.args[1:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        rest = list(rest[0])
+    rest = rest or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
+    return rest if len(rest) == node.outputs[0].ndim else []
+
+
+def _read_labels(ctx: Context, number: Tracked) -> list:
+    """Labels of the channel dims a number was read from."""
+    return [ctx.of(r[0]).dims[r[1]] for r in number.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
+
+
+def describe(number) -> str:
+    if not isinstance(number, Tracked):
+        return repr(number)
+    sources = ", ".join(f"{r[0] or 'the model'}.{r[1]}" if isinstance(r[0], str) else f"dim {r[1]} of a "
+                        f"{list(r[0].shape)} tensor" for r in sorted(number.reads, key=lambda r: repr((getattr(r[0], 'id', r[0]), r[1]))))
+    return f"{int(number) if isinstance(number, int) else number} ({sources})"
+
+
+def same_channels(a: Label, b: Label) -> bool:
+    """Whether two labels hold the same channels, laid out alike (their spaces joined)."""
+    return same_layout(a, b) and all(x.space.root() is y.space.root() for x, y in zip(a, b))
+
+
+def size_uses(ctx: Context, node: Node) -> None:
+    """The sizes the code gave `node` (`sizes.Size` numbers, or plain ints). Where a view's size is that of
+    an output dim holding channels (`sized`), it must follow them: a count of the same channels (`x.view(B,
+    C, -1)`; checked once every op is seen, `settle_sizes`) or a module attribute surgery updates with them
+    (`self.num_heads`). A plain number there, or a channel count used any other way (`C // groups`, an
+    argument of another op), fixes the channels it names: they are locked."""
+    if node.name in SIZE_READS or node.name in JUDGE_OWN_SIZES or node.func is size_comparison:
+        return
+    shape = _shape_arg(node)
+    out_dims = ctx.of(node.outputs[0]).dims if shape else {}
+    for j, n in enumerate(shape):
+        if j in out_dims:
+            sized(ctx, node, n, out_dims[j])
+        elif isinstance(n, Tracked):
+            used(ctx, node, n)
+    for n in reads_in(() if shape else (node.args, node.kwargs)):
+        used(ctx, node, n)
+
+
+def used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> None:
+    """A number used where its value is fixed: the channel counts in it (and `also`) can no longer change."""
+    ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))
+    labels = _read_labels(ctx, n) + ([also] if also else [])
+    if labels:
+        reason = (f"the model's code computes an argument of {node.name} from a channel count: {describe(n)}; "
+                  "teach it with ppf.register_rule or keep these channels")
+        for label in labels:
+            lock_label(label, reason)
+
+
+def sized(ctx: Context, node: Node, n, label: Label) -> None:
+    """Number `n` is the size of an output dim of `node` that holds `label`'s channels."""
+    if not isinstance(n, Tracked) and n == -1:
+        return  # inferred from the input's size
+    what = f"{node.name} is given the size {describe(n)} for the channels of {label[0].space.root().origin}"
+    if not isinstance(n, Tracked):
+        lock_label(label, f"{what}, a number fixed in the model's code")
+        return
+    labels, attributes = _read_labels(ctx, n), attribute_reads(n)
+    if n.pure and labels:
+        ctx.same_channels.append((labels[0], label, f"{what}, which are other channels"))
+    elif len(label) == 1 and (counted := _linear_count(ctx, n, label[0].block)) is not None:
+        ctx.same_channels.append((counted, label, f"{what}, which are other channels"))
+    elif n.pure and attributes and attributes[0][2]:
+        return  # a width surgery sets from the tensors' shapes
+    elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
+        ctx.attribute_uses.update(a[:2] for a in attributes)
+        ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
+    else:
+        used(ctx, node, n, also=label)
+
+
+def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
+    """Where `n` is computed from one channel count C and sizes pruning leaves alone, as C * block (`C * H * W`
+    for a dim merging C channels of H * W positions each), the label of C's channels laid out with that
+    block; else None. Checked by recomputing `n` for other values of C."""
+    counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
+    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)):  # a synced width changes with its channels
+        return None
+    try:
+        if any(n.at({counts[0]: c}) != c * block for c in (1, 2, 3)):
+            return None
+    except (ArithmeticError, ValueError, TypeError):
+        return None
+    v, d = counts[0]
+    return tuple(Segment(seg.space, seg.length, seg.block * block) for seg in ctx.of(v).dims[d])
+
+
+@rule(size_comparison)
+def compare(ctx: Context, node: Node) -> None:
+    """The code compared a size it read (`if C == 64`, `assert C == D`): the channel counts involved are
+    fixed, unless both sides are counts of the same channels (checked once every op is seen). A module
+    attribute compared is not updated with channels (`settle_sizes`)."""
+    a, b, symbol = node.args
+    for n in (a, b):
+        if isinstance(n, Tracked):
+            ctx.attribute_uses.update(r[:2] for r in attribute_reads(n))
+    la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
+    if not la and not lb:
+        return
+    reason = f"the model's code compares a channel count: {describe(a)} {symbol} {describe(b)}"
+    if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
+        ctx.same_channels.append((la[0], lb[0], reason))
+        return
+    for label in la + lb:
+        lock_label(label, reason)
+
+
+def settle_sizes(ctx: Context) -> None:
+    """Once every op is seen: channel counts used as sizes of channels must name the same channels, and a
+    module attribute that sizes channels must size only those (one group, one block size) and have no other
+    use; else those channels are locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
+    for a, b, reason in ctx.same_channels:
+        if not same_channels(a, b):
+            lock_label(a, reason)
+            lock_label(b, reason)
+    bound: dict[tuple[str, str], list] = {}
+    for label, module, attribute, block in ctx.sized_by:
+        bound.setdefault((module, attribute), []).append((label, block))
+    for (module, attribute), uses in bound.items():
+        roots = {label[0].space.root() for label, _ in uses}
+        if len(roots) > 1 or len({block for _, block in uses}) > 1 or ctx.attribute_uses[(module, attribute)] > len(uses):
+            for label, _ in uses:
+                lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
+        else:
+            ctx.sizes.setdefault(roots.pop(), []).append((module, attribute, uses[0][1]))

@@ -1,0 +1,288 @@
+"""Indexing, slicing and splits along the channel dim: each part follows its own channels."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+from ..ir import Node, Value
+from ..sizes import Tracked, attribute_reads, reads_in
+from ..spaces import Label, Segment, lock_label, unify
+from ..taxonomy import SPLITS
+from .context import Context, wrap
+from .recut import own, retire, take_over
+from .registry import rule
+from .sizing import describe, sized, used
+
+__all__ = ["getitem", "split"]
+
+
+@rule("__getitem__")
+def getitem(ctx: Context, node: Node) -> None:
+    """x[...]: labels follow the dims kept. Along channels, an int takes single channels out (locks); a
+    slice takes the segments between its ends where they fall on segment boundaries and follow the
+    channels (`_slice`); else it locks. The numbers in the index are judged here (`_sizes_judged`)."""
+    x, index, out = node.args[0], node.args[1], node.outputs[0]
+    lab = ctx.of(x)
+    if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
+        lock_label(lab.dims.get(0), "indexing the channel dim with a tensor")
+        shift = index.ndim - 1
+        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d},
+                {d + shift: v for d, v in lab.params.items() if d})
+        return
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Value, list)) for i in index):
+        ctx.lock_all([x], "indexing with a tensor or a list")
+        ctx.set(out, {})
+        _sizes_judged(ctx, node, set())
+        return
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        fill = x.ndim - sum(1 for i in index if i is not None and i is not Ellipsis)
+        index = index[:k] + (slice(None),) * fill + index[k + 1:]
+    index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
+    dims, params, d, j, judged = {}, {}, 0, 0, set()
+    for i in index:
+        if i is None:
+            j += 1
+            continue
+        if isinstance(i, int):
+            if d in lab.dims:
+                lock_label(lab.dims[d], f"{node.name} takes single channels out of the channel dim")
+            d += 1
+            continue
+        if d in lab.dims:
+            part = _slice(ctx, node, lab.dims[d], i.start, i.stop, i.step)
+            judged |= {id(n) for n in reads_in(i)}
+            if part:
+                dims[j] = part
+        elif d in lab.params and i.start in (None, 0) and i.stop is None and i.step in (None, 1):
+            params[j] = lab.params[d]
+        d += 1
+        j += 1
+    ctx.set(out, dims, params)
+    _sizes_judged(ctx, node, judged)
+
+
+def _sizes_judged(ctx: Context, node: Node, judged: set) -> None:
+    """The numbers in `node`'s arguments that its rule did not judge as channel positions (ids in `judged`)
+    are used otherwise: a channel count among them locks its channels (`sizing.used`)."""
+    for n in reads_in((node.args, node.kwargs)):
+        if id(n) not in judged:
+            used(ctx, node, n)
+
+
+def _span(label: Label) -> int:
+    return sum(seg.span for seg in label)
+
+
+def _segments(label: Label, a: int, b: int) -> Optional[Label]:
+    """The segments of `label` at positions [a, b), or None where a or b falls inside a segment."""
+    cuts, part, pos = {0}, [], 0
+    for seg in label:
+        if a <= pos and pos + seg.span <= b:
+            part.append(seg)
+        pos += seg.span
+        cuts.add(pos)
+    return tuple(part) if a in cuts and b in cuts else None
+
+
+def _position(n, length: int, default: int) -> int:
+    """Where slice bound `n` falls along a dim of `length` positions (None: `default`; negative: from the end)."""
+    if n is None:
+        return default
+    n = int(n)
+    return min(max(n + length if n < 0 else n, 0), length)
+
+
+def _slice(ctx: Context, node: Node, label: Label, start, stop, step) -> Optional[Label]:
+    """The label of positions [start:stop] of a channel dim holding `label`: the segments between, where
+    both ends fall on segment boundaries and each end follows the channels before it when they are pruned
+    (`_bound`); else the channels are locked and None."""
+    length = _span(label)
+    a, b = _position(start, length, 0), _position(stop, length, length)
+    what = f"{node.name} slices the channel dim at [{a}:{b}] of {length}"
+    part = _segments(label, a, min(max(a, b), length)) if step in (None, 1) else None
+    if part is None:
+        lock_label(label, f"{what}, inside the channels of {label[0].space.root().origin}" if step in (None, 1)
+                   else f"{node.name} slices the channel dim with step {step}")
+        return None
+    for n, pos in ((start, a), (stop, b)):
+        _bound(ctx, node, n, label, pos)
+    return part
+
+
+def _narrow(ctx: Context, node: Node, label: Label, start, length) -> Optional[Label]:
+    """The label of `length` positions from `start` of a channel dim holding `label` (narrow): the segments
+    there, where start follows the channels before it (`_bound`) and length sizes the segments taken
+    (`sized`); else the channels are locked and None."""
+    a = _position(start, _span(label), 0)
+    part = _segments(label, a, a + int(length))
+    if part is None:
+        lock_label(label, f"{node.name} takes [{a}:{a + int(length)}] of the channel dim, inside the channels of "
+                   f"{label[0].space.root().origin}")
+        return None
+    _bound(ctx, node, start, label, a)
+    if part:
+        sized(ctx, node, length, part)
+    return part
+
+
+def _bound(ctx: Context, node: Node, n, label: Label, pos: int) -> None:
+    """Slice bound `n` falls at position `pos` of a channel dim holding `label`, a segment boundary. It must
+    stay there when the channels are pruned: the start or the end of the dim (None, 0, a number at or past
+    the end: slicing clamps, and pruning only shrinks), or a number that sizes the segments before it
+    (`sized`: a count of the same channels, a module attribute bound to them). A plain number elsewhere fixes
+    the segments on its side; a negative one counts from the end, fixing those after it."""
+    length = _span(label)
+    if n is None or (not isinstance(n, Tracked) and (n == 0 or n >= length)):
+        return
+    if n >= length and _attribute(n):
+        ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))  # an attribute past the end: not bound here
+        return
+    if n < 0 and isinstance(n, Tracked):
+        used(ctx, node, n, also=label)
+    elif n < 0:
+        lock_label(_segments(label, pos, length), f"{node.name} slices the channel dim at {n} from its end, a number "
+                   "fixed in the model's code")
+    elif pos == 0:  # a number that happens to be 0
+        used(ctx, node, n, also=label)
+    else:
+        sized(ctx, node, n, _segments(label, 0, pos))
+
+
+@rule(*SPLITS)
+def split(ctx: Context, node: Node) -> None:
+    """split, chunk, tensor_split, narrow, unbind, select. Along channels each part follows its own channels
+    (`_parts`); select and unbind take single channels out, and lock. The numbers given are judged here."""
+    x = node.tensor_inputs()[0]
+    lab = ctx.of(x)
+    dim = node.arg(2, "dim", 0) if node.name in ("split", "chunk", "tensor_split", "split_with_sizes") else node.arg(1, "dim", 0)
+    dim = wrap(dim, x.ndim)
+    parts, judged, label = [None] * len(node.outputs), set(), lab.dims.get(dim)
+    if label is not None:
+        if node.name in ("select", "unbind"):
+            lock_label(label, f"{node.name} takes single channels out of the channel dim")
+        else:
+            parts, judged = _parts(ctx, node, x, dim, label)
+    for out, part in zip(node.outputs, parts):
+        if out.ndim == x.ndim:
+            dims = {d: v for d, v in lab.dims.items() if d != dim}
+            if part:
+                dims[dim] = part
+            ctx.set(out, dims)
+            ctx.nonzero[out.id] = {**ctx.inherited([x], out), **_carried(ctx, x, label, part)}
+        else:  # the dim is gone
+            ctx.set(out, {(d if d < dim else d - 1): v for d, v in lab.dims.items() if d != dim})
+    _sizes_judged(ctx, node, judged)
+
+
+def _carried(ctx: Context, x: Value, label: Optional[Label], part: Optional[Label]) -> dict:
+    """The dead channels of `label` (on `x`) that may not be zero, in the spaces of `part` that took over its
+    space (`_recut`)."""
+    why = ctx.dead_nonzero(x, label[0]) if label and len(label) == 1 else None
+    return {seg.space: why for seg in part or () if why and seg.space.root() is not label[0].space.root()}
+
+
+_SIZES_ARG = ("split_size_or_sections", "split_size", "split_sizes", "chunks", "indices_or_sections", "sections",
+              "indices")  # keyword names of the second argument of split, chunk, tensor_split
+
+
+def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[list, set]:
+    """The labels of the parts split, chunk, tensor_split or narrow cut a channel dim holding `label` into
+    (None for a part whose channels are locked), and the ids of the numbers judged.
+
+    Cuts on segment boundaries (a concatenation split back into its parts): each part takes its segments,
+    and each size given must follow them (`sized`); equal parts computed from the size (chunk, tensor_split
+    into k) have their spaces joined, so they stay equal. Cuts inside one space that only this op reads
+    from here on (`own`): equal parts (chunk, tensor_split into k, split with sizes that follow) re-express
+    it as one space of L / k channels, channel c at positions c, L/k + c, ... (each part pruned alike);
+    unequal parts whose sizes are module attributes, as one space per part, each attribute bound to it.
+    Anything else locks the channels."""
+    name, lengths = node.name, [out.shape[dim] for out in node.outputs]
+    if name == "narrow":
+        return [_narrow(ctx, node, label, node.arg(2, "start"), node.arg(3, "length"))], set(map(id, reads_in(node.args)))
+    given = node.args[1] if len(node.args) > 1 else next(node.kwargs[k] for k in _SIZES_ARG if k in node.kwargs)
+    if not isinstance(given, (int, tuple, list)):
+        lock_label(label, f"{name} cuts the channel dim at sizes given as a {type(given).__name__}")
+        return [None] * len(lengths), set()
+    counted = name in ("chunk", "tensor_split") and isinstance(given, int)  # into k parts: sizes from the size
+    if name == "tensor_split" and not counted:  # at indices: each index bounds the segments before it
+        starts = [0, *itertools.accumulate(lengths)]
+        parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
+        if all(p is not None for p in parts):
+            for n, pos in zip(given, starts[1:-1]):
+                _bound(ctx, node, n, label, pos)
+            return parts, {id(n) for n in reads_in(given)}
+        lock_label(label, f"{name} cuts the channel dim inside the channels of {label[0].space.root().origin}")
+        return [None] * len(lengths), set()
+    sizes = [None] * len(lengths) if counted else (list(given) if isinstance(given, (tuple, list)) else [given] * len(lengths))
+    judged = set() if counted else {id(n) for n in reads_in(given)}
+    starts = [0, *itertools.accumulate(lengths)]
+    parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
+    if all(parts):
+        if counted:
+            unify(parts, f"{name} cuts these channels into parts that must stay equal, laid out differently")
+        for n, part in zip(sizes, parts):
+            if n is not None:
+                sized(ctx, node, n, part)
+        return parts, judged
+    seg = label[0]
+    why = "they are several spaces" if len(label) > 1 else own(ctx, x, seg, node)
+    equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg, len(lengths)) for n in sizes)
+    if why is None and counted and not equal:
+        why = "the parts are unequal"
+    if why is None and not equal and not all(_attribute(n) for n in sizes):
+        plain = any(not isinstance(n, Tracked) for n in sizes)
+        why = f"its sizes {', '.join(describe(n) for n in sizes)} are " + (
+            "numbers fixed in the model's code" if plain else "neither module attributes nor counts of these channels")
+    if why is None and 0 in lengths:
+        why = "a part is empty"
+    if why is not None:
+        lock_label(label, f"{name} cuts the channels of {seg.space.root().origin} into {lengths}, and {why}")
+        return [None] * len(lengths), judged
+    parts = _recut(ctx, node, seg, lengths, equal)
+    for n, part in zip(sizes, parts):
+        if isinstance(n, Tracked) and attribute_reads(n):
+            sized(ctx, node, n, part)
+    return parts, judged
+
+
+def _attribute(n) -> bool:
+    """Whether number `n` is a module attribute as read, one surgery may set (not a width it sets itself)."""
+    return isinstance(n, Tracked) and n.pure and len(attribute_reads(n)) == 1 and not attribute_reads(n)[0][2]
+
+
+def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
+    """Whether size `n` of `parts` equal parts of `seg`'s space stays right when the space is pruned (whole
+    parts): a module attribute (bound to the parts), or a number computed from counts of the whole space
+    alone as count / parts (`C // 2`; checked by recomputing it for other counts)."""
+    if not isinstance(n, Tracked):
+        return False
+    if _attribute(n):
+        return True
+    root = seg.space.root()
+    whole = bool(n.reads) and not attribute_reads(n) and all(
+        r[1] in ctx.of(r[0]).dims and sum(s.length for s in ctx.of(r[0]).dims[r[1]]) == seg.length
+        and all(s.space.root() is root for s in ctx.of(r[0]).dims[r[1]]) for r in n.reads)
+    try:
+        return whole and all(n.at({r: c * parts for r in n.reads}) == c for c in (1, 2, 3))
+    except (ArithmeticError, ValueError, TypeError):
+        return False
+
+
+def _recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: bool) -> list[Label]:
+    """Re-expresses `seg`'s space (`own`) as the parts of `lengths`: one space of lengths[0] channels that
+    every part holds (channel c at positions start + c of each part) when `equal`, else one space per part."""
+    old = seg.space.root()
+    starts = [0, *itertools.accumulate(lengths)][:-1]
+    if equal:
+        new = ctx.new_space(lengths[0], f"{len(lengths)} equal parts of {old.origin} ({node.name})")
+        take_over(old, new, starts)
+        spaces = [new] * len(lengths)
+    else:
+        spaces = [ctx.new_space(n, f"part {i} of {old.origin} ({node.name})") for i, n in enumerate(lengths)]
+        for space, start in zip(spaces, starts):
+            take_over(old, space, [start])
+    retire(ctx, old)
+    return [(Segment(space, n),) for space, n in zip(spaces, lengths)]
