@@ -44,13 +44,15 @@ def test_concat_offsets_and_squeeze_excitation():
     model = BranchNet()
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 6, 6))
     a, b = g.group_of(model.a), g.group_of(model.b)
-    assert [(m.offset, m.block) for m in members(a, "mix.weight")] == [(0, 1)]
-    assert [(m.offset, m.block) for m in members(b, "mix.weight")] == [(4, 1)]
-    # y + mix(y) adds one 9-channel space to the [4 | 5] concat: not followed, so all of it is locked,
-    # with the reason, rather than guessed
-    for conv in (model.a, model.b, model.mix, model.se2):
-        assert "concatenated differently" in g.group_of(conv).reason
-    assert g.group_of(model.se1).prunable
+    # y + mix(y) adds mix's 9 channels, read by that add alone, to the [4 | 5] concat: mix's rows are cut into
+    # the same parts (and so are se2's, which scale y), its columns read the concat
+    assert sorted((m.dim, m.offset, m.block) for m in members(a, "mix.weight")) == [(0, 0, 1), (1, 0, 1)]
+    assert sorted((m.dim, m.offset, m.block) for m in members(b, "mix.weight")) == [(0, 4, 1), (1, 4, 1)]
+    assert sorted(m.offset for m in members(b, "se2.weight")) == [4]
+    assert all(g.group_of(conv).prunable for conv in (model.a, model.b, model.se1))
+    x = torch.randn(1, 3, 6, 6)
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.a.out_channels, model.b.out_channels, model.mix.out_channels) == (2, 3, 5) and model(x).shape == (1, 2)
 
 
 def test_depthwise_and_se_in_mobilenet(tv_model):

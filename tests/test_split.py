@@ -297,3 +297,28 @@ def test_a_split_size_that_is_not_a_fraction_of_the_width_locks():
     model = WrongHalf()
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 4, 4))
     assert not g.group_of(model.conv).prunable
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a primary conv and a cheap depthwise conv of it, concatenated, added to a shortcut conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.shortcut, self.out = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.primary(x)
+        return self.out(torch.cat([y, self.cheap(y)], 1) + self.shortcut(x))
+
+
+def test_a_shortcut_added_to_a_concat_is_cut_into_its_parts():
+    model, x = Ghost(), torch.randn(2, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.primary)
+    assert group.prunable and group is g.group_of(model.cheap)
+    assert sorted(m.offset for m in group.members if m.name == "shortcut.weight") == [0, 8]  # both halves
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.primary.out_channels, model.shortcut.out_channels, model.out.in_channels) == (4, 8, 8)
+    assert model(x).shape == (2, 4, 8, 8)

@@ -4,11 +4,12 @@ dead channels (exact zeros)."""
 from __future__ import annotations
 
 from ..ir import Node, Value
-from ..spaces import Label, Segment, Space, add_members, lock_label, unify
+from ..spaces import Label, Segment, Space, add_members, lock_label, same_layout, unify
 from ..taxonomy import (ACTIVATIONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OTHER_ELEMENTWISE, PRODUCTS, QUOTIENTS,
                         RELUS, SUMS)
 from .computed import on_weight_chain
 from .context import Context, all_nonzero, generic, mix, wrap
+from .recut import own, recut
 from .registry import rule
 
 __all__ = ["elementwise", "identity", "like", "softmax"]
@@ -82,7 +83,8 @@ def elementwise(ctx: Context, node: Node) -> None:
                 continue
             lab = ctx.of(v)
             if od in lab.dims:
-                labels.append(lab.dims[od])
+                labels.append(_laid_out(ctx, node, v, lab.dims[od], [ctx.of(u).dims.get(d - (out.ndim - u.ndim))
+                                                                        for u in operands if u is not v]))
             elif od in lab.params:
                 params.append(lab.params[od])
             elif v.shape[od] > 1:
@@ -100,6 +102,16 @@ def elementwise(ctx: Context, node: Node) -> None:
         dims[d] = label
     ctx.set(out, dims)
     ctx.nonzero[out.id] = _elementwise_nonzero(ctx, node, dims)
+
+
+def _laid_out(ctx: Context, node: Node, v: Value, label: Label, others: list) -> Label:
+    """`v`'s label, cut into the parts of another operand's concatenation where its channels are one space only
+    this op reads (`recut.own`): GhostNet's shortcut conv added to a (primary, cheap) concat. Else as it is."""
+    ref = max((o for o in others if o and len(o) > 1), key=len, default=None)
+    if ref is None or len(label) != 1 or same_layout(label, ref) or any(seg.block != 1 for seg in ref) \
+            or sum(seg.length for seg in ref) != label[0].length or own(ctx, v, label[0], node) is not None:
+        return label
+    return tuple(seg for part in recut(ctx, node, label[0], [seg.length for seg in ref], equal=False) for seg in part)
 
 
 _NOT_TERMS = {"alpha", "value", "rounding_mode", "out"}  # keyword arguments that are not operands

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
@@ -11,7 +12,7 @@ from ..spaces import Label, Member, Segment, Space
 from ..tensors import module_of
 from .context import Context
 
-__all__ = ["coarsen", "fresh", "note_embedding", "own", "retire", "take_over"]
+__all__ = ["coarsen", "fresh", "note_embedding", "own", "recut", "retire", "take_over"]
 
 
 def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
@@ -83,3 +84,20 @@ def note_embedding(ctx: Context, x: Value, heads: Space) -> None:
     if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:
         for s in ctx.of(feed).dims[feed.ndim - 1]:
             ctx.embeddings.setdefault(s.space, f"the input of {heads.origin}")
+
+
+def recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: bool) -> list[Label]:
+    """Re-expresses `seg`'s space (`own`) as the parts of `lengths`: one space of lengths[0] channels that
+    every part holds (channel c at positions start + c of each part) when `equal`, else one space per part."""
+    old = seg.space.root()
+    starts = [0, *itertools.accumulate(lengths)][:-1]
+    if equal:
+        new = ctx.new_space(lengths[0], f"{len(lengths)} equal parts of {old.origin} ({node.name})")
+        take_over(old, new, starts)
+        spaces = [new] * len(lengths)
+    else:
+        spaces = [ctx.new_space(n, f"part {i} of {old.origin} ({node.name})") for i, n in enumerate(lengths)]
+        for space, start in zip(spaces, starts):
+            take_over(old, space, [start])
+    retire(ctx, old)
+    return [(Segment(space, n),) for space, n in zip(spaces, lengths)]

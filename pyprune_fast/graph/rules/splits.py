@@ -10,7 +10,7 @@ from ..sizes import Tracked, attribute_reads, reads_in
 from ..spaces import Label, Segment, lock_label, unify
 from ..taxonomy import SPLITS
 from .context import Context, wrap
-from .recut import own, retire, take_over
+from .recut import own, recut
 from .registry import rule
 from .sizing import describe, sized, used
 
@@ -179,7 +179,7 @@ def split(ctx: Context, node: Node) -> None:
 
 def _carried(ctx: Context, x: Value, label: Optional[Label], part: Optional[Label]) -> dict:
     """The dead channels of `label` (on `x`) that may not be zero, in the spaces of `part` that took over its
-    space (`_recut`)."""
+    space (`recut.recut`)."""
     why = ctx.dead_nonzero(x, label[0]) if label and len(label) == 1 else None
     return {seg.space: why for seg in part or () if why and seg.space.root() is not label[0].space.root()}
 
@@ -241,7 +241,7 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
     if why is not None:
         lock_label(label, f"{name} cuts the channels of {seg.space.root().origin} into {lengths}, and {why}")
         return [None] * len(lengths), judged
-    parts = _recut(ctx, node, seg, lengths, equal)
+    parts = recut(ctx, node, seg, lengths, equal)
     for n, part in zip(sizes, parts):
         if isinstance(n, Tracked) and attribute_reads(n):
             sized(ctx, node, n, part)
@@ -269,20 +269,3 @@ def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
         return whole and all(n.at({r: c * parts for r in n.reads}) == c for c in (1, 2, 3))
     except (ArithmeticError, ValueError, TypeError):
         return False
-
-
-def _recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: bool) -> list[Label]:
-    """Re-expresses `seg`'s space (`own`) as the parts of `lengths`: one space of lengths[0] channels that
-    every part holds (channel c at positions start + c of each part) when `equal`, else one space per part."""
-    old = seg.space.root()
-    starts = [0, *itertools.accumulate(lengths)][:-1]
-    if equal:
-        new = ctx.new_space(lengths[0], f"{len(lengths)} equal parts of {old.origin} ({node.name})")
-        take_over(old, new, starts)
-        spaces = [new] * len(lengths)
-    else:
-        spaces = [ctx.new_space(n, f"part {i} of {old.origin} ({node.name})") for i, n in enumerate(lengths)]
-        for space, start in zip(spaces, starts):
-            take_over(old, space, [start])
-    retire(ctx, old)
-    return [(Segment(space, n),) for space, n in zip(spaces, lengths)]
