@@ -184,3 +184,27 @@ def test_a_saved_heads_count_out_of_range_is_refused(tmp_path):
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"attrs\['blocks.0.attn'\]\['num_heads'\] = 100 must be an int between 1 and the original 6"):
         ppf.load_pruned(tiny_vit, tmp_path / "bad.pt")
+
+
+class BiasedHeads(nn.Module):
+    """Heads with a learned per-head bias added to the scores through SDPA's mask (HF Swin's relative bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj, self.num_heads = nn.Linear(8, 24), nn.Linear(8, 8), 4
+        self.bias = nn.Parameter(torch.randn(4, 3, 3))  # (heads, N, N)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, 2).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.unsqueeze(0))
+        return self.proj(out.transpose(1, 2).reshape(B, N, -1))
+
+
+def test_a_per_head_bias_in_the_mask_is_cut_with_the_heads():
+    model, x = BiasedHeads(), torch.randn(2, 3, 8)
+    heads = heads_groups(ppf.DependencyGraph(model, x))[0]
+    assert heads.prunable and any(m.name == "bias" and m.dim == 0 for m in heads.members)
+    ppf.prune(model, x, ratio=0.5)
+    assert model.bias.shape == (2, 3, 3) and model.num_heads == 2 and model.qkv.out_features == 12
+    assert model(x).shape == (2, 3, 8)

@@ -322,3 +322,25 @@ def test_a_shortcut_added_to_a_concat_is_cut_into_its_parts():
     ppf.prune(model, x, ratio=0.5)
     assert (model.primary.out_channels, model.shortcut.out_channels, model.out.in_channels) == (4, 8, 8)
     assert model(x).shape == (2, 4, 8, 8)
+
+
+class SplitByInputWidth(nn.Module):
+    """FocalNet's modulation: a projection split at the width of its input, (C, C, 3), a cut the rule cannot
+    follow; the input's channels, whose count sizes the split, must stay too."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.proj, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 19, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        q, ctx, gates = torch.split(self.proj(h), (h.shape[1], h.shape[1], 3), 1)
+        return self.out(q * ctx + h) * gates.sum(1, keepdim=True)
+
+
+def test_counts_sizing_a_locked_split_lock_their_channels():
+    model, x = SplitByInputWidth(), torch.randn(1, 3, 4, 4)
+    g = ppf.DependencyGraph(model, x)
+    assert not g.group_of(model.proj).prunable and not g.group_of(model.embed).prunable
+    ppf.prune(model, x, ratio=0.5)
+    assert model(x).shape == (1, 4, 4, 4)

@@ -221,3 +221,23 @@ def test_a_use_with_fixed_channels_locks_the_shared_tensor():
     assert not group.prunable and "conv.weight is used more than once, once with fixed channels" in group.reason
     ppf.prune(model, x, ratio=0.5)
     assert model(x).shape == (2, 2) and model.conv.weight.shape == (4, 4, 3, 3)
+
+
+class NormedQuery(nn.Module):
+    """A learned query (Perceiver's decoder) normalised by a LayerNorm (fixed channels) and added to a layer's
+    output elsewhere: the query's width may not change."""
+
+    def __init__(self):
+        super().__init__()
+        self.query, self.fc, self.norm, self.head = nn.Parameter(torch.randn(1, 8)), nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.fc(x) + self.query) + self.norm(self.query).sum()
+
+
+def test_a_parameter_read_whole_by_a_norm_keeps_its_width():
+    model, x = NormedQuery(), torch.randn(3, 4)
+    g = ppf.DependencyGraph(model, x)
+    assert "query is used more than once, once with fixed channels" in g.group_of(model.fc).reason
+    ppf.prune(model, x, ratio=0.5)
+    assert model(x).shape == (3, 2)

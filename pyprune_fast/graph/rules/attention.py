@@ -108,23 +108,30 @@ def _join_heads(ctx: Context, space: Space, v: Value, what: str) -> Space:
 
 def _batch_dims(ctx: Context, node: Node, operands: list, out: Value, what: str) -> dict:
     """Labels of the broadcast batch dims (all but the last two) of a matmul-like op's output: the
-    operands' labels there are joined; a fixed size meeting them locks them."""
+    operands' labels there are joined, a parameter's dim there (a relative position bias per head) is cut
+    with them, and a fixed size meeting them locks them."""
     dims = {}
     for d in range(out.ndim - 2):
-        labels, fixed = [], False
+        labels, params, fixed = [], [], False
         for v in operands:
             od = d - (out.ndim - v.ndim)
             if od < 0 or (v.shape[od] == 1 and out.shape[d] != 1):
                 continue
             if od in ctx.of(v).dims:
                 labels.append(ctx.of(v).dims[od])
+            elif od in ctx.of(v).params:
+                params.append(ctx.of(v).params[od])
             else:
                 fixed = fixed or v.shape[od] > 1
         if labels:
             label = unify(labels, f"{what} pairs channels laid out differently")
             if fixed:
                 lock_label(label, f"{what} pairs these channels with fixed ones")
+            for name, pd in params:
+                add_members(label, name, pd, "producer")
             dims[d] = label
+        else:
+            ctx.fixed.update(params)
     return dims
 
 
@@ -176,9 +183,10 @@ def matmul(ctx: Context, node: Node) -> None:
 
 @rule(F.scaled_dot_product_attention)
 def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
-    """F.scaled_dot_product_attention(q, k, v): the batch dims (heads among them) of q, k and v are joined and
-    kept; v's last dim keeps its label. q's and k's last dim (their scale reads its size) and the sequence
-    dims stay fixed, and so does every labelled dim of the mask. A dead head's output is zero where its v is."""
+    """F.scaled_dot_product_attention(q, k, v, attn_mask): the batch dims (heads among them) of q, k, v and the
+    mask (added to the scores: a bias per head) are joined and kept; v's last dim keeps its label. q's and k's
+    last dim (their scale reads its size) and the sequence dims (the mask's last two) stay fixed. A dead
+    head's output is zero where its v is."""
     q, k, v, mask = (node.arg(i, n) for i, n in enumerate(("query", "key", "value", "attn_mask")))
     out = node.outputs[0]
     if node.arg(6, "enable_gqa", False) or not all(isinstance(t, Value) for t in (q, k, v)):
@@ -186,9 +194,11 @@ def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
     for t, dims in ((q, (-1, -2)), (k, (-1, -2)), (v, (-2,))):
         for d in dims:
             lock_label(ctx.of(t).dims.get(t.ndim + d), "scaled_dot_product_attention reads this dim whole")
-    if isinstance(mask, Value):
-        ctx.lock_all([mask], "scaled_dot_product_attention's mask")
-    dims = _batch_dims(ctx, node, [q, k, v], out, node.name)
+    masks = [mask] if isinstance(mask, Value) else []
+    for t in masks:
+        for d in (-1, -2):
+            lock_label(ctx.of(t).dims.get(t.ndim + d), "scaled_dot_product_attention's mask along the sequence")
+    dims = _batch_dims(ctx, node, [q, k, v, *masks], out, node.name)
     if v.ndim - 1 in ctx.of(v).dims:
         dims[out.ndim - 1] = ctx.of(v).dims[v.ndim - 1]
     ctx.set(out, dims)

@@ -64,6 +64,12 @@ class Context:
             for label in self.of(v).dims.values():
                 lock_label(label, reason)
 
+    def reads_fixed(self, v: Value, dim: int) -> None:
+        """An op reads dim `dim` of `v` as fixed channels: where `v` is a view of a parameter there (a position
+        encoding fed to a LayerNorm), that parameter's dim may not change for its other uses either."""
+        if dim not in self.of(v).dims and dim in self.of(v).params:
+            self.fixed.add(self.of(v).params[dim])
+
     def attach(self, label: Optional[Label], param: Value, dim: int, role: Role = "producer") -> None:
         """Dim `dim` of `param` holds the channels of `label`: it is cut with them. A tensor that is not a
         parameter or buffer of the model (computed in forward) locks them."""

@@ -30,6 +30,7 @@ def conv(ctx: Context, node: Node) -> None:
     groups = node.arg(6, "groups", 1)
     out = node.outputs[0]
     lx = ctx.of(x).dims.get(1)
+    ctx.reads_fixed(x, 1)
     cin, cout = x.shape[1], out.shape[1]
     weight = _weight(ctx, node, w, x, cout)
     if weight is None:
@@ -140,6 +141,7 @@ def linear(ctx: Context, node: Node) -> None:
         return
     module = module_of(weight.name)
     lx = ctx.of(x).dims.get(x.ndim - 1)
+    ctx.reads_fixed(x, x.ndim - 1)
     ctx.consume(x, lx, f"linear {module}")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
     label = _layer(ctx, f"linear {module}", module, weight, w, b, lx)

@@ -35,6 +35,7 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
             mix(label, f"{what} {module} normalises across these channels")
     elif not on_weight_chain(ctx, node.outputs[0]):  # else a layer's weight computed with them: its rule decides
         ctx.fixed.update((name, 0) for name in names)
+        ctx.reads_fixed(x, channel_dim)
     out = node.outputs[0]
     ctx.set(out, ctx.of(x).dims)
     w, b = params[-2:]

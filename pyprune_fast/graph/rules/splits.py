@@ -240,7 +240,7 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         why = "a part is empty"
     if why is not None:
         lock_label(label, f"{name} cuts the channels of {seg.space.root().origin} into {lengths}, and {why}")
-        return [None] * len(lengths), judged
+        return [None] * len(lengths), set()  # the sizes are now fixed: counts among them lock their channels
     parts = recut(ctx, node, seg, lengths, equal)
     for n, part in zip(sizes, parts):
         if isinstance(n, Tracked) and attribute_reads(n):
