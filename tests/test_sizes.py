@@ -174,3 +174,28 @@ def test_a_count_times_positions_is_followed_and_a_square_is_not():
     ppf.prune(model, X, ratio=0.5)
     assert model.c1.out_channels == 8 and model.fc.in_features == 8 * 64 and model(X).shape == (2, 4)
     assert "computes an argument of reshape from a channel count: 1024" in c1_group(Merged(square=True).eval())[1].reason
+
+
+class ViewedScale(nn.Module):
+    """PoolFormer's layer scale: a parameter viewed at a shape held in a tuple attribute, times the channels."""
+
+    def __init__(self, follow: bool):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        self.scale, self.shape, self.follow = nn.Parameter(torch.ones(16)), (16, 1, 1), follow
+
+    def forward(self, x):
+        y = self.c1(x)
+        scale = self.scale.view(self.scale.shape[0], 1, 1) if self.follow else self.scale.view(self.shape)
+        return self.c2(y * scale)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_parameter_viewed_at_a_fixed_size_keeps_its_width(follow):
+    model = ViewedScale(follow)
+    g, grp = c1_group(model)
+    assert grp.prunable == follow
+    if not follow:
+        assert "scale is also read with fixed channels" in grp.reason
+    ppf.prune(model, X, ratio=0.5)
+    assert model(X).shape == (2, 8, 8, 8) and model.c1.out_channels == (8 if follow else 16)

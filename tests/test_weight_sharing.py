@@ -218,7 +218,7 @@ def test_a_use_with_fixed_channels_locks_the_shared_tensor():
     x = torch.randn(2, 3, 8, 8)
     g = ppf.DependencyGraph(model, x)
     group = g.group_of(model.conv)
-    assert not group.prunable and "conv.weight is used more than once, once with fixed channels" in group.reason
+    assert not group.prunable and "conv.weight is also read with fixed channels" in group.reason
     ppf.prune(model, x, ratio=0.5)
     assert model(x).shape == (2, 2) and model.conv.weight.shape == (4, 4, 3, 3)
 
@@ -238,6 +238,6 @@ class NormedQuery(nn.Module):
 def test_a_parameter_read_whole_by_a_norm_keeps_its_width():
     model, x = NormedQuery(), torch.randn(3, 4)
     g = ppf.DependencyGraph(model, x)
-    assert "query is used more than once, once with fixed channels" in g.group_of(model.fc).reason
+    assert "query is also read with fixed channels" in g.group_of(model.fc).reason
     ppf.prune(model, x, ratio=0.5)
     assert model(x).shape == (3, 2)

@@ -159,7 +159,7 @@ def join_shared(spaces: list[Space], fixed: set[tuple[str, int]]) -> None:
     for (name, dim), layouts in on_dim.items():
         if (name, dim) in fixed:
             for space in layouts.values():
-                space.lock(f"{name} is used more than once, once with fixed channels along its dim {dim}")
+                space.lock(f"{name} is also read with fixed channels along its dim {dim}")
         spans = [(offset, offset + block * size, space) for (offset, block, size), space in layouts.items()]
         for (start_a, end_a, a), (start_b, end_b, b) in itertools.combinations(spans, 2):
             if start_a < end_b and start_b < end_a:

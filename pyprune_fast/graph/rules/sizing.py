@@ -58,18 +58,31 @@ def size_uses(ctx: Context, node: Node) -> None:
     an output dim holding channels (`sized`), it must follow them: a count of the same channels (`x.view(B,
     C, -1)`; checked once every op is seen, `settle_sizes`) or a module attribute surgery updates with them
     (`self.num_heads`). A plain number there, or a channel count used any other way (`C // groups`, an
-    argument of another op), fixes the channels it names: they are locked."""
+    argument of another op), fixes the channels it names: they are locked; so does a view of a parameter at a
+    size fixed in the code (the parameter's dim may not change)."""
     if node.name in SIZE_READS or node.name in JUDGE_OWN_SIZES or node.func is size_comparison:
         return
     shape = _shape_arg(node)
-    out_dims = ctx.of(node.outputs[0]).dims if shape else {}
+    out = ctx.of(node.outputs[0]) if shape else None
     for j, n in enumerate(shape):
-        if j in out_dims:
-            sized(ctx, node, n, out_dims[j])
-        elif isinstance(n, Tracked):
+        if j in out.dims:
+            sized(ctx, node, n, out.dims[j])
+            continue
+        if j in out.params and not _same_param_dim(ctx, n, out.params[j]):
+            ctx.fixed.add(out.params[j])  # a parameter viewed at a size fixed in the code (PoolFormer's scale)
+        if isinstance(n, Tracked):
             used(ctx, node, n)
     for n in reads_in(() if shape else (node.args, node.kwargs)):
         used(ctx, node, n)
+
+
+def _same_param_dim(ctx: Context, n, param_dim: tuple[str, int]) -> bool:
+    """Whether size `n` is -1 (inferred), the size of that same parameter dim as read, or a width surgery sets
+    from the tensors' shapes (`self.out_channels`): it follows a cut."""
+    if not isinstance(n, Tracked):
+        return n == -1
+    return n.pure and all(ctx.of(r[0]).params.get(r[1]) == param_dim if isinstance(r[0], Value) else r[2]
+                          for r in n.reads)
 
 
 def used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> None:
