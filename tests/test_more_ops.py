@@ -235,3 +235,23 @@ def test_hf_bit_weight_standardized():
     ppf.prune(model, x, ratio=0.3)
     assert ppf.profile(model, x).macs < 0.8 * before
     assert model(**x).logits.shape == (1, model.config.num_labels)
+
+
+class RMSNormed(torch.nn.Module):
+    """A Linear, an RMSNorm over its features (as timm and LLM-style blocks use), a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = torch.nn.Linear(6, 16), torch.nn.RMSNorm(16), torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def test_rms_norm_joins_the_channels_it_normalises():
+    model, x = RMSNormed(), torch.randn(4, 6)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.fc1)
+    assert group.prunable and any(m.name == "norm.weight" for m in group.members) and group.inexact
+    ppf.prune(model, x, ratio=0.5)
+    assert model.norm.weight.shape == (8,) and model(x).shape == (4, 3)

@@ -115,7 +115,7 @@ def _layer_norm(m: nn.LayerNorm, groups_follow: bool) -> dict:
 
 _WINDOW_ATTENTION = Kind(("num_heads",), _window_attention, heads=pruned_class, layout=_window_layout)
 # first match wins (isinstance)
-_KINDS: tuple[tuple[type, Kind], ...] = (
+_KINDS: tuple[tuple[type | tuple[type, ...], Kind], ...] = (
     (nn.MultiheadAttention, Kind(("num_heads",), _attention, heads=lambda m: PrunedMultiheadAttention,
                                  layout=_attention_layout)),
     (nn.modules.conv._ConvNd, Kind(("in_channels", "out_channels", "groups"), _conv, groups="groups")),
@@ -123,7 +123,7 @@ _KINDS: tuple[tuple[type, Kind], ...] = (
     (nn.Embedding, Kind(("num_embeddings", "embedding_dim"), _embedding)),
     (nn.modules.batchnorm._NormBase, Kind(("num_features",), _batch_norm)),
     (nn.GroupNorm, Kind(("num_groups", "num_channels"), _group_norm, groups="num_groups")),
-    (nn.LayerNorm, Kind(("normalized_shape",), _layer_norm)),
+    ((nn.LayerNorm, nn.RMSNorm), Kind(("normalized_shape",), _layer_norm)),
 )
 
 

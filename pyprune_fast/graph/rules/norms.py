@@ -82,12 +82,14 @@ def _whole(label, reason: str) -> tuple:
     return label or ()
 
 
-@rule(F.layer_norm)
+@rule(F.layer_norm, F.rms_norm)
 def layer_norm(ctx: Context, node: Node) -> None:
+    """F.layer_norm and F.rms_norm (no bias; a zero channel stays zero before the weight) over the last dim."""
+    rms = node.func is F.rms_norm
     x, shape = node.arg(0, "input"), node.arg(1, "normalized_shape")
-    w, b = node.arg(2, "weight"), node.arg(3, "bias")
+    w, b = node.arg(2, "weight"), None if rms else node.arg(3, "bias")
     if len(shape) != 1:
-        ctx.lock_all([x], "layer_norm over several dims")
+        ctx.lock_all([x], f"{node.name} over several dims")
         ctx.set(node.outputs[0], {})
         return
-    _norm(ctx, node, x, x.ndim - 1, [w, b], "layer_norm", shifts=True, mixes=True)
+    _norm(ctx, node, x, x.ndim - 1, [w, b], node.name, shifts=not rms, mixes=True)
