@@ -8,15 +8,15 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import DependencyGraph, Plan, apply, prune  # public names: the package is loaded before this module
 from .graph import dead_channels_are_exact, kill_channels, model_inputs
+from .graph.ir import leaf_paths
 
 __all__ = ["kill_channels", "dead_channels_are_exact", "CoverageResult", "check_coverage", "dead_channel_check",
            "call_model", "forward_leaves", "output_leaves", "compare_shapes", "lock_kind", "lock_kinds"]
@@ -54,18 +54,19 @@ class CoverageResult:
 Leaf = tuple[str, torch.Tensor, bool]  # (path in the output, tensor, whether its dim 0 depends on the data)
 
 
-def output_leaves(out: Any, path: str = "output", data_dependent: bool = False) -> Iterator[Leaf]:
-    """Every tensor of a model's output (tensors, tuples, lists, dicts, ModelOutputs) with its path. In a
-    dict holding "boxes" and "labels" (torchvision's detections) dim 0 of every tensor is a count that depends on the data."""
-    if isinstance(out, torch.Tensor):
-        yield path, out, data_dependent
-    elif isinstance(out, Mapping):
-        data_dependent = data_dependent or {"boxes", "labels"} <= out.keys()
-        for k, v in out.items():
-            yield from output_leaves(v, f"{path}[{k!r}]", data_dependent)
-    elif isinstance(out, (tuple, list)):
-        for i, v in enumerate(out):
-            yield from output_leaves(v, f"{path}[{i}]", data_dependent)
+def output_leaves(out: Any) -> list[Leaf]:
+    """Every tensor of a model's output (tensors, tuples, lists, dicts, ModelOutputs) with its path, in
+    `graph.leaf_paths` order. In a dict holding "boxes" and "labels" (torchvision's detections) dim 0 of
+    every tensor is a count that depends on the data."""
+    found = []
+    for path, t in leaf_paths(out):
+        if isinstance(t, torch.Tensor):
+            node, data_dependent = out, False
+            for key in path:
+                data_dependent = data_dependent or isinstance(node, dict) and {"boxes", "labels"} <= node.keys()
+                node = node[key]
+            found.append(("output" + "".join(f"[{k!r}]" for k in path), t, data_dependent))
+    return found
 
 
 def compare_shapes(before: list[Leaf], after: list[Leaf]) -> str:

@@ -43,6 +43,14 @@ class Tracked:
         s.reads, s.pure, s.log, s.formula = reads, pure, log, formula
         return s
 
+    def scales(self, reads, given: int, gives: int) -> bool:
+        """Whether this number, recomputed with every read in `reads` at c * `given` (c = 1, 2, 3), is c * `gives`:
+        it follows those sizes (`C * H * W` is C times H * W; `C // 2` of a width cut in 2 is the part's)."""
+        try:
+            return all(self.at({r: c * given for r in reads}) == c * gives for c in (1, 2, 3))
+        except (ArithmeticError, ValueError, TypeError):
+            return False
+
     def at(self, env: dict) -> Any:
         """This number recomputed as if the reads in `env` (read -> value) had read other sizes."""
         if self.formula is None:  # a size as read

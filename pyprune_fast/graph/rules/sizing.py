@@ -11,7 +11,8 @@ from ..taxonomy import SIZE_READS, SPLITS
 from .context import Context
 from .registry import rule
 
-__all__ = ["JUDGE_OWN_SIZES", "compare", "same_channels", "settle_sizes", "size_read", "size_uses"]
+__all__ = ["JUDGE_OWN_SIZES", "compare", "describe", "note_attribute_uses", "same_channels", "settle_sizes", "size_read",
+           "size_uses", "sized", "used"]
 
 
 @rule(*SIZE_READS)
@@ -85,9 +86,14 @@ def _same_param_dim(ctx: Context, n, param_dim: tuple[str, int]) -> bool:
                           for r in n.reads)
 
 
+def note_attribute_uses(ctx: Context, n: Tracked) -> None:
+    """Every module attribute `n` was computed from was used once more (see `settle_sizes`)."""
+    ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))
+
+
 def used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> None:
     """A number used where its value is fixed: the channel counts in it (and `also`) can no longer change."""
-    ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))
+    note_attribute_uses(ctx, n)
     labels = _read_labels(ctx, n) + ([also] if also else [])
     if labels:
         reason = (f"the model's code computes an argument of {node.name} from a channel count: {describe(n)}; "
@@ -112,7 +118,7 @@ def sized(ctx: Context, node: Node, n, label: Label) -> None:
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
     elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
-        ctx.attribute_uses.update(a[:2] for a in attributes)
+        note_attribute_uses(ctx, n)
         ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
     else:
         used(ctx, node, n, also=label)
@@ -123,13 +129,8 @@ def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
     for a dim merging C channels of H * W positions each), the label of C's channels laid out with that
     block; else None. Checked by recomputing `n` for other values of C."""
     counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
-    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)):  # a synced width changes with its channels
-        return None
-    try:
-        if any(n.at({counts[0]: c}) != c * block for c in (1, 2, 3)):
-            return None
-    except (ArithmeticError, ValueError, TypeError):
-        return None
+    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)) or not n.scales(counts, 1, block):
+        return None  # (a synced width changes with its channels)
     v, d = counts[0]
     return tuple(Segment(seg.space, seg.length, seg.block * block) for seg in ctx.of(v).dims[d])
 
@@ -142,7 +143,7 @@ def compare(ctx: Context, node: Node) -> None:
     a, b, symbol = node.args
     for n in (a, b):
         if isinstance(n, Tracked):
-            ctx.attribute_uses.update(r[:2] for r in attribute_reads(n))
+            note_attribute_uses(ctx, n)
     la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
     if not la and not lb:
         return

@@ -12,7 +12,7 @@ from ..taxonomy import SPLITS
 from .context import Context, wrap
 from .recut import own, recut
 from .registry import rule
-from .sizing import describe, sized, used
+from .sizing import describe, note_attribute_uses, sized, used
 
 __all__ = ["getitem", "split"]
 
@@ -138,7 +138,7 @@ def _bound(ctx: Context, node: Node, n, label: Label, pos: int) -> None:
     if n is None or (not isinstance(n, Tracked) and (n == 0 or n >= length)):
         return
     if n >= length and _attribute(n):
-        ctx.attribute_uses.update(a[:2] for a in attribute_reads(n))  # an attribute past the end: not bound here
+        note_attribute_uses(ctx, n)  # an attribute past the end: not bound here
         return
     if n < 0 and isinstance(n, Tracked):
         used(ctx, node, n, also=label)
@@ -207,9 +207,9 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         lock_label(label, f"{name} cuts the channel dim at sizes given as a {type(given).__name__}")
         return [None] * len(lengths), set()
     counted = name in ("chunk", "tensor_split") and isinstance(given, int)  # into k parts: sizes from the size
+    starts = [0, *itertools.accumulate(lengths)]
+    parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
     if name == "tensor_split" and not counted:  # at indices: each index bounds the segments before it
-        starts = [0, *itertools.accumulate(lengths)]
-        parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
         if all(p is not None for p in parts):
             for n, pos in zip(given, starts[1:-1]):
                 _bound(ctx, node, n, label, pos)
@@ -218,8 +218,6 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         return [None] * len(lengths), set()
     sizes = [None] * len(lengths) if counted else (list(given) if isinstance(given, (tuple, list)) else [given] * len(lengths))
     judged = set() if counted else {id(n) for n in reads_in(given)}
-    starts = [0, *itertools.accumulate(lengths)]
-    parts = [_segments(label, a, b) for a, b in zip(starts, starts[1:])]
     if all(parts):
         if counted:
             unify(parts, f"{name} cuts these channels into parts that must stay equal, laid out differently")
@@ -265,7 +263,4 @@ def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
     whole = bool(n.reads) and not attribute_reads(n) and all(
         r[1] in ctx.of(r[0]).dims and sum(s.length for s in ctx.of(r[0]).dims[r[1]]) == seg.length
         and all(s.space.root() is root for s in ctx.of(r[0]).dims[r[1]]) for r in n.reads)
-    try:
-        return whole and all(n.at({r: c * parts for r in n.reads}) == c for c in (1, 2, 3))
-    except (ArithmeticError, ValueError, TypeError):
-        return False
+    return whole and n.scales(n.reads, parts, 1)
