@@ -10,8 +10,10 @@ from ._version import __version__
 _BUILD_INFO = _extension.load()
 
 from . import ops  # noqa: E402  (registers the fake kernels of the ops just loaded)
+from .export import export_onnx  # noqa: E402
 from .flops import Profile, profile  # noqa: E402
 from .graph import DependencyGraph, Group, Member, register_rule  # noqa: E402
+from .latency import Latency, measure_latency  # noqa: E402
 from .plan import Plan  # noqa: E402
 from .pruning import Decision, PruneReport, commit, decide, prune  # noqa: E402
 from .schedules import ASCPSchedule, CUPSS, FRSSchedule, PlayAndPrune, rewrap  # noqa: E402
@@ -23,7 +25,7 @@ ASCP, FRS = ASCPSchedule, FRSSchedule  # the schedules under their papers' names
 __all__ = [
     "build_info", "ops", "DependencyGraph", "Group", "Member", "Plan", "apply", "profile", "Profile", "prune",
     "PruneReport", "save_pruned", "load_pruned", "decide", "commit", "Decision", "CUPSS", "ASCP", "FRS",
-    "PlayAndPrune", "rewrap", "register_rule",
+    "PlayAndPrune", "rewrap", "register_rule", "measure_latency", "Latency", "export_onnx",
 ]
 
 

@@ -1,0 +1,72 @@
+"""`export_onnx`: a (pruned) model written as an ONNX file, with an error naming the op that cannot be."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph import model_inputs
+
+__all__ = ["OPSET", "export_onnx", "require"]
+
+OPSET = 17  # onnxruntime >= 1.14 runs it; LayerNorm is one op from 17 on
+PIP_NAMES = {"onnxruntime": "onnxruntime (or onnxruntime-gpu for CUDA)"}
+
+
+def require(module: str, why: str) -> Any:
+    """`module` imported, or ImportError naming `why` needs it and the pip package that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pip = PIP_NAMES.get(module, module)
+        raise ImportError(f"{why} needs the package {module!r}, which is not installed (pip install {pip})") from None
+
+
+def _failed_op(error: BaseException) -> str:
+    """The op an exporter error names ("aten::foo"), or "" when it names none."""
+    found = re.search(r"operator '?([a-z_]+::[A-Za-z0-9_.]+)'?", str(error))
+    return found.group(1) if found else ""
+
+
+def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: int = OPSET) -> Path:
+    """Write `model` (pruned or not) to `path` as ONNX, traced on `example_inputs` (a tensor, a tuple or list
+    of positional inputs, or a dict of keyword inputs) in eval mode, and return the path.
+
+    Uses torch's TorchScript-based exporter (`dynamo=False`: it needs only the `onnx` package, not
+    onnxscript). Inputs are named input0, input1, ... (keyword inputs by their keyword).
+    The model is left as it was (train/eval mode, device, parameters). A model that cannot be exported raises
+    ValueError naming the op; a missing `onnx` package, ImportError naming the pip package.
+    """
+    require("onnx", "export_onnx")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_onnx: model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"export_onnx: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"export_onnx: the folder {str(path.parent)!r} of {str(path)!r} does not exist")
+    args, kwargs = model_inputs(example_inputs)
+    names = [f"input{i}" for i in range(len(args))] + list(kwargs)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+            torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False,
+                              opset_version=opset_version, input_names=names)
+    except Exception as e:  # the exporter's errors are of many types; one ValueError with the op
+        op = _failed_op(e)
+        what = f"the op {op} cannot be exported" if op else "the export failed"
+        raise ValueError(f"export_onnx: {type(model).__name__}: {what} (opset {opset_version}): "
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+    finally:
+        for m, training in modes:
+            m.training = training
+    return path
