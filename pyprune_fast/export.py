@@ -62,10 +62,10 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
             torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False,
                               opset_version=opset_version, input_names=names)
     except Exception as e:  # the exporter's errors are of many types; one ValueError with the op
-        op = _failed_op(e)
-        what = f"the op {op} cannot be exported" if op else "the export failed"
-        raise ValueError(f"export_onnx: {type(model).__name__}: {what} (opset {opset_version}): "
-                         f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+        op, said = _failed_op(e), (str(e).strip().splitlines() or [""])[0]
+        what = f"the op {op} is not supported" if op else "the exporter failed"
+        raise ValueError(f"export_onnx: {type(model).__name__} cannot be exported to ONNX (opset {opset_version}): "
+                         f"{what} ({type(e).__name__}: {said})") from e
     finally:
         for m, training in modes:
             m.training = training

@@ -35,13 +35,13 @@ def shifted_window_attention(input: Tensor, qkv_weight: Tensor, proj_weight: Ten
     relative_position_bias and logit_scale broadcast against the (windows, num_heads, N, N) scores.
     Returns (B, H, W, C).
     """
-    tensors = tuple(t for t in (input, qkv_weight, proj_weight, relative_position_bias, qkv_bias, proj_bias,
-                                logit_scale) if t is not None)
-    if has_torch_function(tensors):
-        return handle_torch_function(
-            shifted_window_attention, tensors, input, qkv_weight, proj_weight, relative_position_bias, window_size,
-            num_heads, shift_size, attention_dropout=attention_dropout, dropout=dropout, qkv_bias=qkv_bias,
-            proj_bias=proj_bias, logit_scale=logit_scale, training=training)
+    if not torch.jit.is_scripting():  # TorchScript compiles only the arithmetic below
+        tensors = _given(input, qkv_weight, proj_weight, relative_position_bias, qkv_bias, proj_bias, logit_scale)
+        if has_torch_function(tensors):
+            return handle_torch_function(
+                shifted_window_attention, tensors, input, qkv_weight, proj_weight, relative_position_bias,
+                window_size, num_heads, shift_size, attention_dropout=attention_dropout, dropout=dropout,
+                qkv_bias=qkv_bias, proj_bias=proj_bias, logit_scale=logit_scale, training=training)
     B, H, W, C = input.shape
     (wh, ww), inner = window_size, qkv_weight.shape[0] // 3
     head_dim = inner // num_heads
@@ -56,7 +56,8 @@ def shifted_window_attention(input: Tensor, qkv_weight: Tensor, proj_weight: Ten
     if logit_scale is not None and qkv_bias is not None:
         qkv_bias = qkv_bias.clone()
         qkv_bias[inner: 2 * inner].zero_()
-    q, k, v = F.linear(x, qkv_weight, qkv_bias).reshape(B * windows, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    qkv = F.linear(x, qkv_weight, qkv_bias).reshape(B * windows, n, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
     if logit_scale is not None:  # cosine attention (Swin V2)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
@@ -74,6 +75,11 @@ def shifted_window_attention(input: Tensor, qkv_weight: Tensor, proj_weight: Ten
     if sum(shift) > 0:
         x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
     return x[:, :H, :W, :].contiguous()
+
+
+def _given(*tensors: Optional[Tensor]) -> tuple[Tensor, ...]:
+    """The tensors that are not None."""
+    return tuple(t for t in tensors if t is not None)
 
 
 def _shift_mask(x: Tensor, pad_h: int, pad_w: int, window_size: list[int], shift: list[int]) -> Tensor:
