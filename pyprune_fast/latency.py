@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import statistics
@@ -20,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .export import export_onnx, require
 from .graph import model_inputs
 
-__all__ = ["BACKENDS", "Latency", "measure_latency"]
+__all__ = ["BACKENDS", "Latency", "measure_latency", "measure_options"]
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 
@@ -45,13 +46,16 @@ class Latency:
         """The median in milliseconds."""
         return self.median * 1e3
 
+    @property
+    def setting(self) -> str:
+        """How it was run, in words: "eager on cpu, batch 8, 4 threads"."""
+        batch = f", batch {self.batch_size}" if self.batch_size is not None else ""
+        return f"{self.backend} on {self.device}{batch}, {self.threads} thread{'s' * (self.threads != 1)}"
+
     def __str__(self) -> str:
         setup = "export" if self.backend == "onnxruntime" else "compile"
         extra = f", {setup} {self.compile_s:.1f} s" if self.compile_s is not None else ""
-        batch = f"batch {self.batch_size}, " if self.batch_size is not None else ""
-        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
-        return (f"{self.ms:.3f} ms ({self.backend} on {self.device}, {batch}{threads}; "
-                f"median of {self.runs} runs, IQR {self.spread * 1e3:.3f} ms{extra})")
+        return f"{self.ms:.3f} ms ({self.setting}; median of {self.runs} runs, IQR {self.spread * 1e3:.3f} ms{extra})"
 
 
 def _device(device: Any, model: nn.Module) -> torch.device:
@@ -293,3 +297,20 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
     return Latency(median=statistics.median(times), spread=_spread(times), runs=len(times), backend=backend,
                    device=str(device), batch_size=_batch_of(inputs), threads=used, compile_s=ready)
 
+
+def measure_options(measure: Any, who: str = "prune") -> Optional[dict]:
+    """A `measure=` option as keyword arguments of `measure_latency` (None: nothing to measure): a backend
+    name ("eager"), or a dict of those keyword arguments ({"backend": "onnxruntime", "threads": 4}); ValueError
+    naming `who` for anything else. The values themselves are checked by `measure_latency`."""
+    if measure is None:
+        return None
+    if isinstance(measure, str):
+        measure = {"backend": measure}
+    valid = list(inspect.signature(measure_latency).parameters)[2:]
+    if not isinstance(measure, dict) or not set(measure) <= set(valid):
+        raise ValueError(f"{who}: measure must be None, a backend ({', '.join(BACKENDS)}) or a dict of "
+                         f"measure_latency's keyword arguments ({', '.join(valid)}); got {measure!r}")
+    if measure.get("backend", "eager") not in BACKENDS:
+        raise ValueError(f"{who}: measure: unknown backend {measure['backend']!r}; expected one of "
+                         f"{', '.join(BACKENDS)}")
+    return dict(measure)

@@ -51,9 +51,19 @@ def short_names(origins: list[str]) -> tuple[list[str], str]:
     return out, prefix
 
 
+def _latency_title(report) -> str:
+    """The title's line on measured speed ("" when the report has none)."""
+    if report.speedup is None:
+        return ""
+    before, after = report.latency_before, report.latency_after
+    return (f"\nlatency {before.ms:.3g} ms \u2192 {after.ms:.3g} ms (speed-up {report.speedup:.2f}x; "
+            f"{after.setting})")
+
+
 def plot_widths(report, path) -> None:
     """Write an image (PNG unless the suffix says otherwise) of the fraction of its channels every group
-    kept, labelled with the group's first layer and "before -> after"; MACs and params in the title.
+    kept, labelled with the group's first layer and "before -> after"; MACs, params and the measured latency
+    (when the report has it) in the title.
     `report`: a PruneReport (report.py, which calls this; not imported here, so the two stay acyclic)."""
     path = check_plot_path(path)
     from matplotlib.figure import Figure  # no pyplot: the user's backend and figures are left alone
@@ -86,7 +96,7 @@ def plot_widths(report, path) -> None:
     ax.set_title(f"{report.method}, {report.allocation}\n"
                  f"MACs {report.macs_before / 1e9:.3g} G \u2192 {report.macs_after / 1e9:.3g} G "
                  f"({pct(report.macs_after, report.macs_before)} kept),   params {report.params_before / 1e6:.3g} M "
-                 f"\u2192 {report.params_after / 1e6:.3g} M ({pct(report.params_after, report.params_before)} kept)",
-                 fontsize=9)
+                 f"\u2192 {report.params_after / 1e6:.3g} M ({pct(report.params_after, report.params_before)} kept)"
+                 + _latency_title(report), fontsize=9)
     fig.legend(fontsize=7, loc="outside lower center", ncol=3, frameon=False)
     fig.savefig(path, dpi=110)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -13,7 +14,8 @@ from torch import nn
 
 from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
-from .graph import DependencyGraph
+from .graph import DependencyGraph, uncompiled
+from .latency import Latency, measure_latency, measure_options
 from .methods import METHODS, Criterion
 from .plan import Plan
 from .progress import Stages, choice
@@ -24,7 +26,7 @@ __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
 COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False,
-          "keep_outputs": "all"}
+          "keep_outputs": "all", "measure": None}
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -67,6 +69,7 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
         raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
     if not isinstance(common["prune_embedding"], bool):
         raise ValueError(f"prune: prune_embedding must be True or False, got {common['prune_embedding']!r}")
+    common["measure"] = measure_options(common["measure"])
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
 
 
@@ -113,6 +116,8 @@ class Decision:
     macs_predicted: float  # MACs after the plan, by the MACs model
     macs_exact: bool  # the MACs model is exact for this model (only convs and Linears have MACs)
     timings: dict[str, float]
+    measure: Optional[dict] = None  # measure_latency's arguments, when measure= asked for the latency
+    latency_before: Optional[Latency] = None
 
 
 DECIDE_STAGES = ("trace", "scores / clustering", "allocation", "choosing channels")
@@ -132,6 +137,8 @@ def decide(model: nn.Module, example_inputs: Any, method: str = "l1", *, progres
 
 def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, stages: Stages) -> Decision:
     cls, alloc, value, common, method_options = checked
+    measure = common["measure"]  # the dense model's latency, apart from the timings of pruning
+    latency = measure_latency(uncompiled(model), example_inputs, **measure) if measure else None
     t0 = time.perf_counter()
     stages.start("trace")
     graph = DependencyGraph(model, example_inputs, common["ignored_layers"],  # unwraps a compiled model
@@ -153,7 +160,7 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
     timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
     return Decision(method, graph, groups, plan, widths, allocation, before.macs, before.params,
-                    macs(widths), macs.exact, timings)
+                    macs(widths), macs.exact, timings, measure, latency)
 
 
 def commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.optim.Optimizer] = None,
@@ -178,10 +185,26 @@ def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.o
         after = profile(model, example_inputs)
         macs_after, params_after = after.macs, after.params
     widths = [GroupWidth(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
+    latency_after = _measure_again(model, example_inputs, decision)
     return PruneReport(method=decision.method, macs_before=decision.macs_before, macs_after=macs_after,
                        params_before=decision.params_before, params_after=params_after, widths=widths,
                        groups=len(decision.graph.groups), prunable_groups=len(decision.groups),
-                       timings={**decision.timings, "surgery": t1 - t0}, allocation=decision.allocation)
+                       timings={**decision.timings, "surgery": t1 - t0}, allocation=decision.allocation,
+                       latency_before=decision.latency_before, latency_after=latency_after)
+
+
+def _measure_again(model: nn.Module, example_inputs: Any, decision: Decision) -> Optional[Latency]:
+    """The pruned model's latency, measured as the dense model's was (None if it was not); a failure (the
+    model is pruned by now) is a warning, not an error."""
+    before = decision.latency_before
+    if before is None:
+        return None
+    try:
+        return measure_latency(model, example_inputs, **{**decision.measure, "device": before.device,
+                                                        "threads": before.threads})
+    except Exception as e:  # noqa: BLE001  (whatever the backend raises, the pruning stands)
+        warnings.warn(f"prune: the pruned model's latency could not be measured ({type(e).__name__}: {e})")
+        return None
 
 
 def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
@@ -205,6 +228,10 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     (`[0]`: the first), or a predicate on their paths (`lambda path: path[0] == 0`); see DependencyGraph),
     optimizer (its per-parameter state is sliced along), seed (for random, k-means++), and for "ascp"
     niter (k-means iterations, default 25).
+    measure: None (default), a backend of `measure_latency` ("eager", "compile", "onnxruntime") or a dict
+    of its keyword arguments ({"backend": "eager", "threads": 4, "batch_size": 8}): the model's latency is
+    measured before and after (on its device, on the example inputs; a second or more each) and the
+    report shows it and the speed-up (`report.speedup`) next to the MACs.
     progress: a bar on stderr over the stages (trace, scores / clustering, allocation, choosing channels,
     surgery, recount); None (default) shows it when stderr is a terminal and the call runs longer than
     2 s, True always, False never; with None, the environment variable PYPRUNE_FAST_PROGRESS=0 (or 1)

@@ -105,3 +105,46 @@ def test_cuda(backend):
     assert lat.device.startswith("cuda:")
     assert lat.median > 0 and lat.runs >= FAST["min_runs"]
     assert next(model.parameters()).device.type == "cpu"  # measured on a copy
+
+
+MEASURE = {"backend": "eager", **FAST}
+
+
+def test_prune_measures_before_and_after(tmp_path):
+    model, x = small_net(), torch.randn(1, 3, 8, 8)
+    report = ppf.prune(model, x, "l1", ratio=0.5, measure=MEASURE, progress=False)
+    before, after = report.latency_before, report.latency_after
+    assert before.median > 0 and after.median > 0 and report.speedup == before.median / after.median
+    assert (before.backend, before.device, before.threads) == (after.backend, after.device, after.threads)
+    assert f"  latency {before.ms:7.3f} ms -> {after.ms:8.3f} ms  (speed-up {report.speedup:.2f}x; eager on cpu" \
+        in str(report)
+    report.plot(tmp_path / "widths.png")
+    assert (tmp_path / "widths.png").stat().st_size > 10_000
+
+
+def test_decide_measures_the_dense_model_and_commit_the_pruned_one():
+    model, x = small_net(), torch.randn(1, 3, 8, 8)
+    decision = ppf.decide(model, x, "l1", ratio=0.5, measure={**MEASURE, "batch_size": 3}, progress=False)
+    assert decision.latency_before.batch_size == 3
+    report = ppf.commit(decision, x, progress=False)
+    assert report.latency_after.batch_size == 3 and report.speedup > 0
+
+
+def test_no_measure_no_latency():
+    report = ppf.prune(small_net(), torch.randn(1, 3, 8, 8), "l1", ratio=0.5, progress=False)
+    assert report.latency_before is report.latency_after is report.speedup is None
+    assert "latency" not in str(report)
+
+
+@pytest.mark.parametrize("measure, message", [
+    ("tensorrt", "prune: measure: unknown backend 'tensorrt'; expected one of eager, compile, onnxruntime"),
+    ({"backend": "eager", "runs": 5}, "prune: measure must be None, a backend"),
+    (3, "prune: measure must be None, a backend"),
+    ({"device": "no_such_device", **FAST}, "'no_such_device' is not a device"),
+])
+def test_prune_with_a_bad_measure_changes_nothing(measure, message):
+    model = small_net()
+    before = state(model)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ppf.prune(model, torch.randn(1, 3, 8, 8), "l1", ratio=0.5, measure=measure, progress=False)
+    assert_same(model, before, training=True)
