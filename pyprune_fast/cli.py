@@ -1,6 +1,7 @@
 """Command line: `pyprune-fast prune | inspect | bench` (also `python -m pyprune_fast`).
 
     pyprune-fast prune --model torchvision:resnet50 --weights trained.pt --method cup --target-flops 0.45 --out pruned.pt
+    pyprune-fast prune --model torchvision:resnet18 --ratio 0.3 --measure eager
     pyprune-fast inspect --model torchvision.models:mobilenet_v2 --input-shape 1,3,160,160
     pyprune-fast bench ops --min-time 0.2
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from .latency import BACKENDS
 from .progress import Stages, choice
 from .serialization import _FORMAT as PRUNED_FORMAT
 
@@ -283,6 +285,8 @@ def _prune(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in ALLOCATIONS if getattr(args, k) is not None}
     options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed)
+    if args.measure is not None:  # on --device, at --input-shape
+        options["measure"] = args.measure
     try:
         _check_options(args.method, options)  # every number, before any work
     except ValueError as e:  # the library's words, with the command line's option names
@@ -376,6 +380,9 @@ def _parser() -> _Parser:
     amount.add_argument("--target-flops", type=float, metavar="FRACTION",
                         help="prune until this fraction of the MACs (multiply-accumulates) is left, e.g. 0.45")
     amount.add_argument("--threshold", type=float, help="cluster distance threshold (method cup only)")
+    pr.add_argument("--measure", choices=BACKENDS, metavar="BACKEND",
+                    help="measure the latency before and after (on --device, at --input-shape) with this backend: "
+                         f"{', '.join(BACKENDS)}; the report shows the speed-up")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
     pr.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (default 1)")
     pr.add_argument("--out", type=writable_file, metavar="PATH",

@@ -266,7 +266,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
         torch's current number.
     Timing: `warmup` untimed runs, then timed runs (CUDA events on a GPU, after which the host waits) until
     there are `min_runs` of them, `min_time` seconds have passed and the median is stable (standard error
-    under 1%), or `max_time` (default 10 * min_time) seconds have passed.
+    under 1%), or `max_time` (default 3 * min_time) seconds have passed.
     The model is left as it was (parameters, device, train/eval mode). A backend that is not installed
     raises ImportError naming the pip package; a device that is not there, or a bad option, ValueError.
     """
@@ -279,7 +279,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
     for name, value in (("min_time", min_time), ("max_time", max_time)):
         if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0):
             raise ValueError(f"measure_latency: {name} must be a number of seconds >= 0, got {value!r}")
-    max_time = 10 * min_time if max_time is None else max(max_time, min_time)
+    max_time = 3 * min_time if max_time is None else max(max_time, min_time)
     if backend == "onnxruntime":
         require("onnxruntime", "measure_latency(backend='onnxruntime')")
     device = _device(device, model)
@@ -310,7 +310,9 @@ def measure_options(measure: Any, who: str = "prune") -> Optional[dict]:
     if not isinstance(measure, dict) or not set(measure) <= set(valid):
         raise ValueError(f"{who}: measure must be None, a backend ({', '.join(BACKENDS)}) or a dict of "
                          f"measure_latency's keyword arguments ({', '.join(valid)}); got {measure!r}")
-    if measure.get("backend", "eager") not in BACKENDS:
-        raise ValueError(f"{who}: measure: unknown backend {measure['backend']!r}; expected one of "
-                         f"{', '.join(BACKENDS)}")
+    backend = measure.get("backend", "eager")
+    if backend not in BACKENDS:
+        raise ValueError(f"{who}: measure: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":  # ImportError now, before any work
+        require("onnxruntime", f"{who}(measure='onnxruntime')")
     return dict(measure)

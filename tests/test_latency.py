@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import pyprune_fast as ppf
+from pyprune_fast import cli
 from pyprune_fast.export import require
 
 FAST = dict(min_time=0.02, min_runs=3, warmup=1)
@@ -148,3 +149,13 @@ def test_prune_with_a_bad_measure_changes_nothing(measure, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ppf.prune(model, torch.randn(1, 3, 8, 8), "l1", ratio=0.5, measure=measure, progress=False)
     assert_same(model, before, training=True)
+
+
+def test_cli_measure(capsys):
+    rc = cli.main(["prune", "--model", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--ratio", "0.5",
+                   "--measure", "eager"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "  latency " in out and "(speed-up " in out and "eager on cpu, batch 1," in out
+    rc = cli.main(["prune", "--model", "torchvision:resnet18", "--ratio", "0.5", "--measure", "tensorrt"])
+    assert rc == 2 and "argument --measure: invalid choice: 'tensorrt'" in capsys.readouterr().err
