@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .graph import shapes_of
+from .nn.rewritten import REWRITES, install
 from .nn.widths import kind_of
 from .surgery import CODE_SIZES, _Swap, owner
 
@@ -24,6 +25,7 @@ __all__ = ["save_pruned", "load_pruned"]
 
 _FORMAT = "pyprune_fast.pruned/1"
 _KEYS = ("format", "shapes", "attrs", "state_dict")
+_OPTIONAL = ("rewrites",)  # {module: {method: [[line, end_line, col, end_col, size index], ...]}} (nn.rewritten)
 
 
 def _heads_pruned(m: nn.Module) -> bool:
@@ -46,7 +48,10 @@ def _shape_attrs(model: nn.Module) -> dict[str, dict]:
 def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Save `model`'s tensor shapes, layer widths and state dict (no pickled modules) to `path`."""
     state = model.state_dict()
-    torch.save({"format": _FORMAT, "shapes": shapes_of(state), "attrs": _shape_attrs(model), "state_dict": state}, path)
+    rewrites = {name: {method: [[*positions, index] for positions, index in edits] for method, edits in done.items()}
+                for name, m in model.named_modules() if (done := getattr(m, REWRITES, None))}
+    torch.save({"format": _FORMAT, "shapes": shapes_of(state), "attrs": _shape_attrs(model), "state_dict": state,
+                **({"rewrites": rewrites} if rewrites else {})}, path)
 
 
 def _is_int(v) -> bool:
@@ -131,6 +136,21 @@ def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
         raise ValueError(f"load_pruned: {name}.{wrong}")
 
 
+def _rewrite(modules: dict[str, nn.Module], name: str, methods: dict, swap: _Swap) -> None:
+    """Rewrites the calls of the model's code that apply rewrote (nn.rewritten), as the file lists them."""
+    if name not in modules:
+        raise ValueError(f"load_pruned: rewrites names a module {name!r} that the model from build_fn does not have")
+    for method, edits in methods.items():
+        key = f"rewrites[{name!r}][{method!r}]"
+        if not isinstance(edits, list) or not all(isinstance(e, list) and len(e) == 5 and all(map(_is_int, e))
+                                                  for e in edits):
+            raise ValueError(f"load_pruned: {key} must be a list of [line, end_line, col, end_col, index] ints")
+        try:
+            install(modules[name], method, tuple((tuple(e[:4]), e[4]) for e in edits), swap.setitem)
+        except (ValueError, OSError, TypeError, SyntaxError) as e:
+            raise ValueError(f"load_pruned: {key} does not fit the model's code: {e}") from e
+
+
 def _read(path, map_location) -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
@@ -144,7 +164,7 @@ def _read(path, map_location) -> dict:
     for key in _KEYS:
         if key not in payload:
             raise ValueError(f"load_pruned: {path} has no {key!r}")
-    extra = sorted(map(str, set(payload) - set(_KEYS)))
+    extra = sorted(map(str, set(payload) - set(_KEYS) - set(_OPTIONAL)))
     if extra:
         raise ValueError(f"load_pruned: {path} holds an unknown key {extra[0]!r}")
     return payload
@@ -191,6 +211,8 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
             code = tuple(sorted(a for a in given if a not in kind_of(module).widths and a != "pruned_heads"))
             if code:  # sizes of the model's code that apply changed: a later save_pruned keeps them
                 swap.setitem(vars(module), CODE_SIZES, code)
+        for module_name, methods in _dict(payload.get("rewrites", {}), "rewrites").items():
+            _rewrite(modules, module_name, _dict(methods, f"rewrites[{module_name!r}]"), swap)
         for name in sorted(touched):
             _check_consistent(name, modules[name], orig[name])
         model.load_state_dict(state)

@@ -24,6 +24,7 @@ from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
 from .graph import DependencyGraph, Modules, Unchanged, positions, tensor_slots
+from .nn.rewritten import install
 from .nn.widths import kind_of
 from .plan import Plan
 from .run_check import check_inputs, check_runs
@@ -236,6 +237,16 @@ def _code_sizes(plan: Plan) -> list[tuple[str, str, int]]:
             for module, attr, block in entry.group.sizes]
 
 
+def _rewrites(plan: Plan) -> dict[tuple[str, str], tuple]:
+    """(module, method) -> ((call position, size index), ...): the calls of the model's code to rewrite with
+    -1 for the planned groups (Group.rewrites)."""
+    out: dict[tuple[str, str], list] = {}
+    for entry in plan.entries.values():
+        for module, method, site, index in entry.group.rewrites:
+            out.setdefault((module, method), []).append((site, index))
+    return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
+
+
 def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.Module:
     """Prune the model of `plan.graph` as `plan` says, all or nothing; returns the model.
 
@@ -286,6 +297,8 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
             swap.setattr(module, attr, value)
             changed = getattr(module, CODE_SIZES, ())
             swap.setitem(vars(module), CODE_SIZES, tuple(sorted({*changed, attr})))
+        for (module_name, method), edits in _rewrites(plan).items():
+            install(by_name[module_name], method, edits, swap.setitem)
         check_runs(graph, check)
         swap.setattr(graph, "stale", True)
         return model

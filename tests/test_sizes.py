@@ -2,6 +2,8 @@
 spatial size, a shape printed in a message, or a channel count given back as the size of the same channels
 locks nothing; a channel count the code computes with, compares, or gives to other channels locks them."""
 
+import copy
+import io
 import math
 
 import pytest
@@ -11,6 +13,7 @@ from torch import nn
 
 import pyprune_fast as ppf
 from pyprune_fast.graph.sizes import Size, SizeFloat
+from pyprune_fast.nn.rewritten import Rewritten
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -156,15 +159,16 @@ def test_size_numbers_act_as_numbers():
 class Merged(nn.Module):
     """A conv's channels merged with their positions by a size the code computes (C * H * W), into a Linear."""
 
-    def __init__(self, square: bool = False):
+    def __init__(self, square: bool = False, infer_batch: bool = False):
         super().__init__()
         self.c1, self.fc, self.square = nn.Conv2d(3, 16, 3, padding=1), nn.Linear(16 * 64, 4), square
+        self.infer_batch = infer_batch
 
     def forward(self, x):
         y = self.c1(x)
         B, C, H, W = y.shape
         width = C * H * W if not self.square else C * C * 4
-        return self.fc(y.reshape(B, width))
+        return self.fc(y.reshape(-1 if self.infer_batch else B, width))
 
 
 def test_a_count_times_positions_is_followed_and_a_square_is_not():
@@ -173,7 +177,30 @@ def test_a_count_times_positions_is_followed_and_a_square_is_not():
     assert grp.prunable and any(m.name == "fc.weight" and m.block == 64 for m in grp.members)
     ppf.prune(model, X, ratio=0.5)
     assert model.c1.out_channels == 8 and model.fc.in_features == 8 * 64 and model(X).shape == (2, 4)
-    assert "computes an argument of reshape from a channel count: 1024" in c1_group(Merged(square=True).eval())[1].reason
+    locked = c1_group(Merged(square=True, infer_batch=True).eval())[1]  # -1 taken: the size cannot be rewritten
+    assert "computes an argument of reshape from a channel count: 1024" in locked.reason
+
+
+def test_a_size_pruning_would_make_wrong_is_rewritten_to_minus_one():
+    """reshape(B, C * C * 4) is right only for 16 channels: apply gives that one module's forward -1 there."""
+    model, other = Merged(square=True).eval(), Merged(square=True).eval()
+    grp = c1_group(model)[1]
+    assert grp.prunable and grp.rewrites == (("", "forward", grp.rewrites[0][2], 1),)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    ppf.prune(model, X, ratio=0.5)
+    assert model.fc.in_features == 8 * 64 and model(X).shape == (2, 4)
+    assert isinstance(vars(model)["forward"], Rewritten) and "forward" not in vars(other)
+    assert other(X).shape == (2, 4) and all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+    copied, loaded = copy.deepcopy(model), _reloaded(model)
+    for m in (copied, loaded):
+        assert torch.allclose(m(X), model(X)) and vars(m)["forward"].module is m
+
+
+def _reloaded(model: nn.Module) -> nn.Module:
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
 
 
 class ViewedScale(nn.Module):

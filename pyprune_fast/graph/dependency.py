@@ -81,7 +81,8 @@ class Group:
 
     `sizes`: (module, attribute, block) for each int attribute of the model's code that sizes these channels
     (timm's `attn.num_heads`, block 1; `attn.attn_dim`, block head_dim): surgery sets it to the channels
-    kept times block."""
+    kept times block. `rewrites`: (module, method, call position, size index) for each view/reshape of the
+    model's code whose size there surgery rewrites to -1 when these channels are cut (`nn.rewritten`)."""
 
     index: int
     channels: int
@@ -94,6 +95,7 @@ class Group:
     divisions: int = 1
     uniform: bool = False
     sizes: tuple[tuple[str, str, int], ...] = ()
+    rewrites: tuple[tuple[str, str, tuple, int], ...] = ()
 
     @property
     def merges_exactly(self) -> bool:
@@ -170,6 +172,10 @@ class DependencyGraph:
         sizes: dict = {}  # root -> the attributes that size its channels (spaces may have joined since)
         for space, attributes in ctx.sizes.items():
             sizes.setdefault(space.root(), []).extend(attributes)
+        rewrites: dict = {}  # root -> the calls to rewrite when its channels are cut
+        for node, j, labels in ctx.rewrites:
+            for root in dict.fromkeys(seg.space.root() for label in labels for seg in label):
+                rewrites.setdefault(root, []).append((node.site.module, node.site.method, node.site.positions, j))
         if not prune_embedding:
             for space, heads in ctx.embeddings.items():
                 space.lock(f"it is the embedding width of a transformer ({heads}): prune_embedding=True prunes it")
@@ -187,7 +193,8 @@ class DependencyGraph:
             if reason is None and r.size < 2:
                 reason = "it has a single channel"
             self.groups.append(Group(len(self.groups), r.size, members, tuple(sorted(r.modules)), r.origin, reason,
-                                     r.inexact, r.reduced, r.divisions, r.uniform, tuple(sizes.get(r, ()))))
+                                     r.inexact, r.reduced, r.divisions, r.uniform, tuple(sizes.get(r, ())),
+                                     tuple(dict.fromkeys(rewrites.get(r, ())))))
         self.stale = False
 
     def groups_follow_channels(self, module: str) -> bool:

@@ -35,6 +35,7 @@ class Node:
     outputs: list[Value]
     output_tree: Any  # the op's return value with Values in place of tensors
     id: int = 0
+    site: Any = None  # for a view/reshape the model's own method called: where (nn.rewritten.Site)
 
     @property
     def name(self) -> str:

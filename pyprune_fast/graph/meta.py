@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .ir import op_name
+
 __all__ = ["attention_args", "meta_output"]
 
 # F.multi_head_attention_forward's leading positional arguments.
@@ -33,6 +35,10 @@ def _params_fit(func: Callable, x: torch.Tensor, params: list) -> bool:
     return all(x.dim() > 1 and p.numel() == x.shape[1] for p in params)
 
 
+def _bias_fits(b, w: torch.Tensor) -> bool:
+    return b is None or (isinstance(b, torch.Tensor) and b.dim() == 1 and b.shape[0] == w.shape[0])
+
+
 def meta_output(func: Callable, args: tuple, kwargs: dict):
     """The output of func on meta inputs, made without running it; None where that is not plain."""
     if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
@@ -46,12 +52,15 @@ def meta_output(func: Callable, args: tuple, kwargs: dict):
         return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # empty_like is slow on meta
     if func is F.linear:
         w = args[1] if len(args) > 1 else kwargs["weight"]
-        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1]:
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        if x.dim() == 0 or w.dim() != 2 or x.shape[-1] != w.shape[1] or not _bias_fits(b, w):
             return None  # a mismatch for the real kernel to report
         return x.new_empty((*x.shape[:-1], w.shape[0]))
     if func in (torch.conv1d, torch.conv2d, torch.conv3d) and not kwargs and x.dim() == args[1].dim():
         w, spatial = args[1], x.dim() - 2
         stride, padding, dilation, groups = (list(args) + [None, 1, 0, 1, 1][len(args) - 2:])[3:7]
+        if not _bias_fits(args[2] if len(args) > 2 else None, w):  # which conv's meta kernel lets through
+            raise RuntimeError(f"{op_name(func)}: a bias of shape {tuple(args[2].shape)} for {w.shape[0]} output channels")
         if isinstance(padding, str) or x.shape[1] != w.shape[1] * groups:
             return None  # 'same' padding, or a mismatch for the real kernel to report
         stride, padding, dilation = ([a] * spatial if isinstance(a, int) else list(a) for a in (stride, padding, dilation))

@@ -11,6 +11,8 @@ so that each is one op too (`window_attention.shifted_window_attention`).
 from __future__ import annotations
 
 import itertools
+import os
+import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..nn.rewritten import site_of
 from ..nn.widths import kind_of, pruned_class
 from .ir import Node, Trace, Value, leaf_paths, leaves, map_tensors, op_name
 from .meta import meta_output
@@ -32,10 +35,15 @@ from .unchanged import Unchanged
 __all__ = ["failed_op", "has_hooks", "model_inputs", "output_shapes", "record"]
 
 
+_NOT_MODEL_CODE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.dirname(os.path.abspath(__file__))))
+_REWRITABLE = {"view", "reshape"}  # ops whose size arguments apply may rewrite to -1 (nn.rewritten)
+
+
 class _Recorder(TorchFunctionMode):
-    def __init__(self, param_names: dict[int, str]):
+    def __init__(self, param_names: dict[int, str], module_names: dict[int, str]):
         super().__init__()
         self.param_names = param_names
+        self.module_names = module_names
         self.values: dict[int, Value] = {}
         self.keep_alive: list[torch.Tensor] = []  # ids stay unique while we hold the tensors
         self.nodes: list[Node] = []
@@ -76,6 +84,8 @@ class _Recorder(TorchFunctionMode):
         node = Node(func, map_tensors(self.value_of, tuple(args)), map_tensors(self.value_of, kwargs), [], None,
                     id=len(self.nodes))
         node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
+        if node.name in _REWRITABLE:
+            node.site = site_of(sys._getframe(1), _NOT_MODEL_CODE, self.module_names)
         self.nodes.append(node)
         if node.name in SIZE_READS:  # numbers that remember the sizes they came from
             return tracked(out, node.args[0], node.name, node.args, self.compared)
@@ -111,7 +121,7 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
     nested (tuples, lists, dicts, Hugging Face ModelOutputs), is an output of the trace."""
     if meta:
         inputs = map_tensors(lambda x: x.to("meta"), inputs)
-    recorder = _Recorder({id(t): n for n, t in tensors.items()})
+    recorder = _Recorder({id(t): n for n, t in tensors.items()}, {id(m): n for n, m in model.named_modules()})
     input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     args, kwargs = inputs
     with torch.no_grad(), recorder, attributes_tracked(model, recorder.compared, lambda m: kind_of(m).widths):

@@ -34,8 +34,11 @@ class Context:
         self.fixed: set[tuple[str, int]] = set()  # (tensor, dim) that some use meets with fixed channels
         # value id -> spaces whose dead channels may not be zero in that value -> the op that made them so
         self.nonzero: dict[int, dict[Space, str]] = {}
-        # (label, label, reason): channel counts the code used as sizes of these channels; locked unless joined
-        self.same_channels: list[tuple[Label, Label, str]] = []
+        # (label, label, reason, rewrite): channel counts the code used as sizes of these channels; locked unless
+        # joined, or the call rewritten to -1 there where `rewrite` is (node, position)
+        self.same_channels: list[tuple[Label, Label, str, Optional[tuple]]] = []
+        # (node, position): a size apply rewrites to -1 (nn.rewritten); settle_sizes adds the labels it concerns
+        self.rewrites: list[tuple] = []
         self.sized_by: list[tuple[Label, str, str, int]] = []  # (label, module, attribute, block): attribute = span
         self.attribute_uses: Counter = Counter()  # (module, attribute) -> how often the code used its value
         self.sizes: dict[Space, list[tuple[str, str, int]]] = {}  # root -> attributes that follow its channels

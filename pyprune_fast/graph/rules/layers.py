@@ -52,8 +52,16 @@ def conv(ctx: Context, node: Node) -> None:
             lx = None
         ctx.consume(x, lx, what)
         label = _layer(ctx, what, module, weight, w, b, lx, groups, transposed)
+    _computed_bias(b, label, module)
     ctx.set(out, {1: label})
     ctx.nonzero[out.id] = _made_nonzero(weight, b, module, label)
+
+
+def _computed_bias(b, label: Label, module: str) -> None:
+    """A bias computed in forward (BEiT's `cat((q_bias, k_bias, v_bias))`) is not followed: its layer's
+    output channels are locked."""
+    if isinstance(b, Value) and not b.param:
+        lock_label(label, f"the bias of {module} is computed in forward (not a parameter): it is not followed")
 
 
 def _weight(ctx: Context, node: Node, w: Value, x: Value, channels: int) -> Optional[Weight]:
@@ -145,6 +153,7 @@ def linear(ctx: Context, node: Node) -> None:
     ctx.consume(x, lx, f"linear {module}")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
     label = _layer(ctx, f"linear {module}", module, weight, w, b, lx)
+    _computed_bias(b, label, module)
     ctx.set(out, {**dims, out.ndim - 1: label})
     nonzero = ctx.inherited([x], out)
     if b is not None:

@@ -31,7 +31,7 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
         return f"{s.why_divided or 'a grouped conv'} divides them"
     if ctx.readers(x) != 1:
         return "other ops read them too"
-    pending = [label for a, b, _ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
+    pending = [label for a, b, *_ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
     if s in ctx.embeddings or any(sg.space.root() is s for label in pending for sg in label):
         return "a size in the model's code names them"
     for value_id, labels in ctx.labels.items():

@@ -60,21 +60,46 @@ def size_uses(ctx: Context, node: Node) -> None:
     C, -1)`; checked once every op is seen, `settle_sizes`) or a module attribute surgery updates with them
     (`self.num_heads`). A plain number there, or a channel count used any other way (`C // groups`, an
     argument of another op), fixes the channels it names: they are locked; so does a view of a parameter at a
-    size fixed in the code (the parameter's dim may not change)."""
+    size fixed in the code (the parameter's dim may not change). Where one size of a `view`/`reshape` the
+    model's own method called is the only one pruning may make wrong, apply rewrites it to -1 instead
+    (`nn.rewritten`; timm's `reshape(B, N, C)` after attention heads)."""
     if node.name in SIZE_READS or node.name in JUDGE_OWN_SIZES or node.func is size_comparison:
         return
     shape = _shape_arg(node)
     out = ctx.of(node.outputs[0]) if shape else None
+    spare = _spare(ctx, node, shape, out)
     for j, n in enumerate(shape):
+        rewrite = (node, j) if j == spare else None
         if j in out.dims:
-            sized(ctx, node, n, out.dims[j])
+            sized(ctx, node, n, out.dims[j], rewrite)
             continue
         if j in out.params and not _same_param_dim(ctx, n, out.params[j]):
             ctx.fixed.add(out.params[j])  # a parameter viewed at a size fixed in the code (PoolFormer's scale)
-        if isinstance(n, Tracked):
+        if rewrite:
+            ctx.rewrites.append(rewrite)
+        elif isinstance(n, Tracked):
             used(ctx, node, n)
     for n in reads_in(() if shape else (node.args, node.kwargs)):
         used(ctx, node, n)
+
+
+def _at_risk(ctx: Context, n, label: Optional[Label]) -> bool:
+    """Whether pruning may make size `n` wrong for a dim holding `label` (None: a fixed dim): a number in a
+    channel dim that surgery does not update, or a fixed dim's size computed from channel counts or sizes
+    surgery updates."""
+    if label is None:
+        return isinstance(n, Tracked) and bool(_read_labels(ctx, n) or attribute_reads(n))
+    attributes = attribute_reads(n) if isinstance(n, Tracked) else []
+    return not (attributes and n.pure and (attributes[0][2] or int(n) == label[0].span and len(label) == 1))
+
+
+def _spare(ctx: Context, node: Node, shape: list, out) -> Optional[int]:
+    """The one size of `shape` that pruning may make wrong, where the call can be rewritten with -1 there:
+    the model's own method called a view/reshape (`node.site`), with no -1 and no parameter dims; else None."""
+    if node.site is None or out.params or any(not isinstance(n, Tracked) and n == -1 for n in shape):
+        return None
+    risky = [j for j, n in enumerate(shape) if _at_risk(ctx, n, out.dims.get(j))]
+    return risky[0] if len(risky) == 1 else None
 
 
 def _same_param_dim(ctx: Context, n, param_dim: tuple[str, int]) -> bool:
@@ -102,24 +127,30 @@ def used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> 
             lock_label(label, reason)
 
 
-def sized(ctx: Context, node: Node, n, label: Label) -> None:
-    """Number `n` is the size of an output dim of `node` that holds `label`'s channels."""
+def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = None) -> None:
+    """Number `n` is the size of an output dim of `node` that holds `label`'s channels. `rewrite`: (node,
+    position) where apply may rewrite this size to -1 rather than lock."""
     if not isinstance(n, Tracked) and n == -1:
         return  # inferred from the input's size
     what = f"{node.name} is given the size {describe(n)} for the channels of {label[0].space.root().origin}"
     if not isinstance(n, Tracked):
-        lock_label(label, f"{what}, a number fixed in the model's code")
+        if rewrite:
+            ctx.rewrites.append(rewrite)
+        else:
+            lock_label(label, f"{what}, a number fixed in the model's code")
         return
     labels, attributes = _read_labels(ctx, n), attribute_reads(n)
     if n.pure and labels:
-        ctx.same_channels.append((labels[0], label, f"{what}, which are other channels"))
+        ctx.same_channels.append((labels[0], label, f"{what}, which are other channels", rewrite))
     elif len(label) == 1 and (counted := _linear_count(ctx, n, label[0].block)) is not None:
-        ctx.same_channels.append((counted, label, f"{what}, which are other channels"))
+        ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
     elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
         note_attribute_uses(ctx, n)
         ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
+    elif rewrite:
+        ctx.rewrites.append(rewrite)
     else:
         used(ctx, node, n, also=label)
 
@@ -149,7 +180,7 @@ def compare(ctx: Context, node: Node) -> None:
         return
     reason = f"the model's code compares a channel count: {describe(a)} {symbol} {describe(b)}"
     if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
-        ctx.same_channels.append((la[0], lb[0], reason))
+        ctx.same_channels.append((la[0], lb[0], reason, None))
         return
     for label in la + lb:
         lock_label(label, reason)
@@ -159,8 +190,10 @@ def settle_sizes(ctx: Context) -> None:
     """Once every op is seen: channel counts used as sizes of channels must name the same channels, and a
     module attribute that sizes channels must size only those (one group, one block size) and have no other
     use; else those channels are locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
-    for a, b, reason in ctx.same_channels:
-        if not same_channels(a, b):
+    for a, b, reason, rewrite in ctx.same_channels:
+        if not same_channels(a, b) and rewrite:
+            ctx.rewrites.append(rewrite)  # apply gives the call -1 there
+        elif not same_channels(a, b):
             lock_label(a, reason)
             lock_label(b, reason)
     bound: dict[tuple[str, str], list] = {}
@@ -173,3 +206,13 @@ def settle_sizes(ctx: Context) -> None:
                 lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
         else:
             ctx.sizes.setdefault(roots.pop(), []).append((module, attribute, uses[0][1]))
+    ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)]
+
+
+def _concerned(ctx: Context, node: Node, j: int) -> list:
+    """The labels whose pruning may make size j of `node` wrong: the channels it reads and those the size
+    was read from."""
+    n = _shape_arg(node)[j]
+    values = node.tensor_inputs() + node.outputs
+    return [lab for v in values for lab in ctx.of(v).dims.values()] + (
+        _read_labels(ctx, n) if isinstance(n, Tracked) else [])

@@ -1,0 +1,122 @@
+"""A size in the model's code that pruning would make wrong is rewritten to -1 in that module's own method
+(`nn.rewritten`): timm's `reshape(B, N, C)` after attention heads, kept through copies and files."""
+
+import functools
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyprune_fast as ppf
+from pyprune_fast.graph.meta import meta_output
+from pyprune_fast.nn.rewritten import REWRITES, Rewritten
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def cait():
+    """timm's CaiT: its attention ends with `(attn @ v).transpose(1, 2).reshape(B, N, C)`, C read from x."""
+    torch.manual_seed(0)
+    return timm.create_model("cait_xxs24_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                             depth_token_only=1, num_classes=10).eval()
+
+
+def test_timm_heads_reshaped_by_the_input_width_are_pruned():
+    model = cait()
+    g = ppf.DependencyGraph(model, X)
+    heads = [grp for grp in g.groups if "heads of" in grp.origin and "blocks.0" in grp.origin]
+    assert heads and heads[0].prunable
+    assert any(r[:2] == ("blocks.0.attn", "forward") for r in heads[0].rewrites)
+    shape = model(X).shape
+    ppf.prune(model, X, ratio=0.5)
+    attn = model.blocks[0].attn
+    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 2 * 48 and model(X).shape == shape
+    assert isinstance(vars(attn)["forward"], Rewritten) and "forward" in getattr(attn, REWRITES)
+    assert "forward" not in vars(cait().blocks[0].attn)  # the class and other instances are as they were
+
+
+def test_rewrites_are_saved_and_loaded(tmp_path):
+    model = cait()
+    ppf.prune(model, X, ratio=0.5)
+    ppf.save_pruned(model, tmp_path / "cait.pt")
+    loaded = ppf.load_pruned(cait, tmp_path / "cait.pt")
+    torch.testing.assert_close(loaded(X), model(X))
+    assert getattr(loaded.blocks[0].attn, REWRITES) == getattr(model.blocks[0].attn, REWRITES)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ([[1, 1, 0, 5, 2]], "does not fit the model's code"),
+    ("x", r"must be a list of \[line, end_line, col, end_col, index\] ints"),
+])
+def test_a_tampered_rewrite_is_refused(tmp_path, edit, message):
+    model = cait()
+    ppf.prune(model, X, ratio=0.5)
+    ppf.save_pruned(model, tmp_path / "cait.pt")
+    payload = torch.load(tmp_path / "cait.pt", weights_only=True)
+    payload["rewrites"]["blocks.0.attn"]["forward"] = edit
+    torch.save(payload, tmp_path / "bad.pt")
+    fresh = cait()
+    with pytest.raises(ValueError, match=message):
+        ppf.load_pruned(lambda: fresh, tmp_path / "bad.pt")
+    assert "forward" not in vars(fresh.blocks[0].attn) and fresh.blocks[0].attn.num_heads == 4  # left as built
+
+
+def passthrough(fn):
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return call
+
+
+class Squared(nn.Module):
+    """A flatten sized C * C * 4: right only for 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc = nn.Conv2d(3, 16, 3, stride=4, padding=1), nn.Linear(16 * 64, 4)
+
+    def forward(self, x):
+        y = self.c1(x)
+        B, C = y.shape[:2]
+        return self.fc(y.reshape(B, C * C * 4))
+
+
+class DecoratedSquared(Squared):
+    @passthrough
+    def forward(self, x):
+        return super().forward(x)
+
+
+def test_code_that_cannot_be_rewritten_locks():
+    """A subclass whose forward wraps the method holding the call: the method ran is not the class's own."""
+    g = ppf.DependencyGraph(DecoratedSquared(), X)
+    assert "computes an argument of reshape from a channel count" in g.group_of(g.model.c1).reason
+    g = ppf.DependencyGraph(Squared(), X)
+    assert g.group_of(g.model.c1).prunable
+
+
+def test_a_bias_computed_in_forward_locks_its_layer():
+    """timm's BEiT adds cat((q_bias, k_bias, v_bias)) as the qkv bias: not followed, so those channels stay."""
+    torch.manual_seed(0)
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              embed_dim=64, num_heads=4, num_classes=10).eval()
+    g = ppf.DependencyGraph(model, X)
+    qkv = g.group_of(model.blocks[0].attn.qkv)
+    assert "the bias of blocks.0.attn.qkv is computed in forward" in qkv.reason
+    ppf.prune(model, X, ratio=0.3, prune_embedding=True)
+    assert model.blocks[0].attn.qkv.out_features == 192 and model(X).shape == (2, 10)
+
+
+def test_the_run_check_on_meta_sees_a_bias_that_does_not_fit():
+    """A pass on meta tensors raises for a bias that does not fit its weight, as the real kernels do (the
+    meta shortcut leaves linear's to its meta kernel; conv's meta kernel does not check: the shortcut does)."""
+    meta = {"device": "meta"}
+    args = (torch.empty(2, 4, **meta), torch.empty(6, 4, **meta), torch.empty(7, **meta))
+    assert meta_output(F.linear, args, {}) is None
+    with pytest.raises(RuntimeError):
+        F.linear(*args)
+    with pytest.raises(RuntimeError, match=r"conv2d: a bias of shape \(5,\) for 6 output channels"):
+        meta_output(torch.conv2d, (torch.empty(2, 4, 3, 3, **meta), torch.empty(6, 4, 1, 1, **meta),
+                                   torch.empty(5, **meta)), {})
