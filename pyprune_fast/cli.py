@@ -186,6 +186,15 @@ def _device(text: str) -> torch.device:
     return device
 
 
+def _round_to(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -287,10 +296,13 @@ def _prune(args: argparse.Namespace) -> int:
     options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed)
     if args.measure is not None:  # on --device, at --input-shape
         options["measure"] = args.measure
+    if args.target_latency is not None:  # measured where the model runs (--device)
+        options["latency"] = {"backend": args.latency_backend, "batch_size": args.latency_batch_size}
     try:
         _check_options(args.method, options)  # every number, before any work
     except ValueError as e:  # the library's words, with the command line's option names
-        flags = {k: "--" + k.replace("_", "-") for k in (*ALLOCATIONS, *options)} | {"ignored_layers": "--ignore"}
+        flags = {k: "--" + k.replace("_", "-") for k in (*ALLOCATIONS, *options) if k != "latency"} \
+            | {"ignored_layers": "--ignore"}
         raise ValueError(re.sub(r"\b(" + "|".join(flags) + r")\b", lambda m: flags[m[1]],
                                 str(e).removeprefix("prune: "))) from None
     outputs = [p for p in (args.out, args.plot) if p is not None]
@@ -379,12 +391,20 @@ def _parser() -> _Parser:
                         help="remove this fraction of all prunable channels, ranked across groups")
     amount.add_argument("--target-flops", type=float, metavar="FRACTION",
                         help="prune until this fraction of the MACs (multiply-accumulates) is left, e.g. 0.45")
+    amount.add_argument("--target-latency", type=float, metavar="FRACTION",
+                        help="prune until this fraction of the dense model's measured latency is left, e.g. 0.5 "
+                             "(measured on --device with --latency-backend)")
     amount.add_argument("--threshold", type=float, help="cluster distance threshold (method cup only)")
+    pr.add_argument("--latency-backend", default="eager", choices=["eager", "compile", "onnxruntime"],
+                    help="what --target-latency measures: eager PyTorch, torch.compile or onnxruntime (default eager)")
+    pr.add_argument("--latency-batch-size", type=int, metavar="N",
+                    help="batch size --target-latency measures at (default: --input-shape's)")
     pr.add_argument("--measure", choices=BACKENDS, metavar="BACKEND",
                     help="measure the latency before and after (on --device, at --input-shape) with this backend: "
                          f"{', '.join(BACKENDS)}; the report shows the speed-up")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
-    pr.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this (default 1)")
+    pr.add_argument("--round-to", type=_round_to, default=1,
+                    help="kept channel counts are multiples of this, or 'auto' for the device's (default 1)")
     pr.add_argument("--out", type=writable_file, metavar="PATH",
                     help="save the pruned model here (ppf.save_pruned: widths + state dict); its folder must exist")
     pr.add_argument("--plot", type=plot_file, metavar="FILE",

@@ -16,6 +16,7 @@ from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
 from .graph import DependencyGraph, uncompiled
 from .latency import Latency, measure_latency, measure_options
+from .latency_model import LatencyOptions, auto_round_to, latency_options, solve_latency
 from .methods import METHODS, Criterion
 from .plan import Plan
 from .progress import Stages, choice
@@ -24,9 +25,9 @@ from .surgery import apply, not_in_inference_mode
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
-ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "threshold")
+ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "target_latency", "threshold")
 COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False,
-          "keep_outputs": "all", "measure": None}
+          "keep_outputs": "all", "measure": None, "latency": None}
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -45,13 +46,14 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
     if method not in METHODS:
         raise ValueError(f"prune: unknown method {method!r}; expected one of {', '.join(METHODS)}")
     cls = METHODS[method]
-    valid = list(cls.allocations) + list(COMMON) + list(cls.options)
+    allocations = cls.allocations + ("target_latency",) * ("target_flops" in cls.allocations)  # solved as target_flops
+    valid = list(allocations) + list(COMMON) + list(cls.options)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"prune: unknown option {unknown[0]!r} for method {method!r}; valid options: {', '.join(valid)}")
     given = [a for a in ALLOCATIONS if options.get(a) is not None]
     if len(given) != 1:
-        raise ValueError(f"prune: give exactly one of {', '.join(cls.allocations)} for method {method!r}"
+        raise ValueError(f"prune: give exactly one of {', '.join(allocations)} for method {method!r}"
                          + (f", got {', '.join(given)}" if given else ""))
     alloc = given[0]
     value = options[alloc]
@@ -60,26 +62,29 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
             raise ValueError(f"prune: threshold must be a number >= 0, got {value!r}")
         value = float(value)
     else:
-        value = _fraction(alloc, value, low_open=alloc == "target_flops")
+        value = _fraction(alloc, value, low_open=alloc.startswith("target_"))
     common = {k: options.get(k, d) for k, d in COMMON.items()}
     for k in ("min_channels", "round_to"):
-        if not isinstance(common[k], numbers.Integral) or isinstance(common[k], bool) or common[k] < 1:
-            raise ValueError(f"prune: {k} must be an int >= 1, got {common[k]!r}")
+        if (not isinstance(common[k], numbers.Integral) or isinstance(common[k], bool) or common[k] < 1) \
+                and not (k == "round_to" and common[k] == "auto"):
+            what = "an int >= 1" + ' or "auto"' * (k == "round_to")
+            raise ValueError(f"prune: {k} must be {what}, got {common[k]!r}")
     if not isinstance(common["seed"], numbers.Integral):
         raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
     if not isinstance(common["prune_embedding"], bool):
         raise ValueError(f"prune: prune_embedding must be True or False, got {common['prune_embedding']!r}")
     common["measure"] = measure_options(common["measure"])
+    common["latency"] = latency_options(common["latency"])  # the backend and device checked before any work
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
 
 
-def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tensor, str]:
+def _widths(crit: Criterion, alloc: str, value: float, macs, latency: LatencyOptions) -> tuple[torch.Tensor, str]:
     """Every group's width, and the allocation in words (with the knob a target was solved for)."""
     if not len(crit.groups):  # nothing to allocate: keeping everything is every allocation's answer but a cut
-        if alloc == "target_flops" and value < 1:
+        if alloc.startswith("target_") and value < 1:
             groups = crit.graph.groups
             why = f"; {groups[0].origin}: {groups[0].reason}" if groups else ""
-            raise ValueError(f"prune: target_flops={value} cannot be reached: none of the model's {len(groups)} "
+            raise ValueError(f"prune: {alloc}={value} cannot be reached: none of the model's {len(groups)} "
                              f"channel groups is prunable{why}")
         return crit.channels, f"{alloc}={value:g} (no prunable group)"
     if alloc == "ratio":
@@ -90,6 +95,10 @@ def _widths(crit: Criterion, alloc: str, value: float, macs) -> tuple[torch.Tens
     if alloc == "global_ratio":
         total = int(crit.channels.sum())
         rung = bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 1e-9))
+    elif alloc == "target_latency":
+        solved = solve_latency(crit, ladder, macs, value, latency)
+        crit.timings["latency model"] = solved.build_s
+        return solved.widths, f"{alloc}={value:g} ({ladder.knob_name} {ladder.knob(solved.rung):.6g}; {solved})"
     else:
         smallest = macs(ladder.widths(ladder.steps - 1)) / macs.total
         if value < smallest:
@@ -148,17 +157,19 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     groups = graph.prunable_groups
     t1 = time.perf_counter()
     stages.start("scores / clustering")
-    crit = cls(graph, groups, Limits(int(common["min_channels"]), int(common["round_to"])), int(common["seed"]),
-               **method_options)
+    round_to = common["round_to"] if common["round_to"] != "auto" else auto_round_to(common["latency"].device(model))
+    crit = cls(graph, groups, Limits(int(common["min_channels"]), int(round_to)), int(common["seed"]), **method_options)
     stages.start("allocation")
     macs = MacsModel(graph, groups)
-    widths, allocation = _widths(crit, alloc, value, macs)
+    widths, allocation = _widths(crit, alloc, value, macs, common["latency"])
     stages.start("choosing channels")  # ASCP's k-means runs here, once the widths are known
     plan = Plan(graph)
     crit.decide(plan, widths)
     t2 = time.perf_counter()
     scores, clustering = crit.timings.get("scores", 0.0), crit.timings.get("clustering", 0.0)
-    timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering, "allocation": t2 - t1 - scores - clustering}
+    built = {k: v for k, v in crit.timings.items() if k == "latency model"}  # target_latency's measurements
+    timings = {"trace": t1 - t0, "scores": scores, "clustering": clustering,
+               "allocation": t2 - t1 - scores - clustering - sum(built.values()), **built}
     return Decision(method, graph, groups, plan, widths, allocation, before.macs, before.params,
                     macs(widths), macs.exact, timings, measure, latency)
 
@@ -220,9 +231,16 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
             (one ranking for scoring methods, one Ward threshold for CUP), in [0, 1).
         target_flops: keep this fraction of the MACs, in (0, 1]: the method's knob (the ranking's
             cut, CUP's threshold, ASCP's uniform ratio) is found by bisection on a model of the MACs.
+        target_latency: keep this fraction of the dense model's measured latency, in (0, 1]: the knob is
+            found on a latency model measured on the device (pruned copies timed next to the dense model,
+            see latency_model.py), and the result measured; `latency` says how (a dict of measure_latency's
+            backend, device, batch_size, threads, min_time; tolerance (default 0.05), the relative miss
+            that triggers another measured candidate; cache: a folder, or False). The report's allocation
+            gives the latency kept measured and predicted, and the latency model's build time.
         threshold: CUP only, the Ward height at which every group's tree is cut (absolute units).
     Other options: min_channels (each group keeps at least this many, default 1), round_to (widths
-    rounded up to a multiple, e.g. 8 for fast kernels), ignored_layers (modules whose outputs are not
+    rounded up to a multiple, e.g. 8 for fast kernels; "auto": 8 on CUDA, the CPU's vector width in
+    floats on a CPU, for the latency device or else the model's), ignored_layers (modules whose outputs are not
     pruned; the channels of the outputs keep_outputs keeps never are), keep_outputs (the tensors the model
     returns that keep their shape: "all" (default), a list of their numbers in `graph.ir.leaves` order
     (`[0]`: the first), or a predicate on their paths (`lambda path: path[0] == 0`); see DependencyGraph),

@@ -322,7 +322,7 @@ def test_bad_options_name_the_valid_ones_and_modify_nothing(tv_model):
         ppf.prune(model, x, "cup", treshold=0.5)
     with pytest.raises(ValueError, match="unknown option 'threshold' for method 'l1'"):
         ppf.prune(model, x, "l1", threshold=0.5)
-    with pytest.raises(ValueError, match="give exactly one of ratio, target_flops for method 'ascp', got ratio, target_flops"):
+    with pytest.raises(ValueError, match="give exactly one of ratio, target_flops, target_latency for method 'ascp', got ratio, target_flops"):
         ppf.prune(model, x, "ascp", ratio=0.5, target_flops=0.5)
     for bad in ({"target_flops": 0.0}, {"target_flops": 1.5}, {"ratio": 0.5, "round_to": 0}, {"ratio": 0.5, "min_channels": -1}):
         with pytest.raises(ValueError):
