@@ -5,10 +5,15 @@ DependencyGraph (timed on one CPU thread), removes a third of one group's channe
 output must not change: rel. err < 1e-5), prunes the model with ppf.prune(method="l1", ratio=--ratio) and
 checks that it runs and that every output keeps its shape. --peer also prunes a fresh copy with Torch-Pruning's
 MagnitudePruner (L1, the same ratio; the layers whose outputs are the model's outputs ignored) and records its
-MACs cut (by its own counter) and whether the pruned model runs with the same output shapes.
+MACs cut (by its own counter) and whether the pruned model runs with the same output shapes. --onnx exports
+every pruned model that runs with `ppf.export_onnx`, runs it in onnxruntime (CPU) on the same input and records
+whether it exports and the largest difference of its outputs from PyTorch's, over the output's scale (the
+largest |y|; it matches below 1e-4). Parameters left all zero by the model's init (a ViT's head) are filled with
+random values first: else every output would be 0 and any export would match.
 
   python benchmarks/coverage.py [--zoo torchvision|timm|hf|dense|yolo|all] [--models a,b] [--limit N]
-                                [--size 224] [--ratio 0.3] [--peer] [--prune-embedding] [--budget 600] [--csv out.csv] [--strict]
+                                [--size 224] [--ratio 0.3] [--peer] [--onnx] [--prune-embedding] [--budget 600]
+                                [--csv out.csv] [--strict]
 
 One table line per model, then per zoo: models, runs after pruning, same output shapes, median MACs cut (ours;
 ours and the peer's where both run), models below 20% cut, graph build times, and the top lock reasons
@@ -29,6 +34,7 @@ import os
 import signal
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -46,6 +52,7 @@ from pyprune_fast.testing import (OUTPUT_LOCK, SAME, CoverageResult, call_model,
 LOW_CUT = 0.2  # a model whose MACs fall by less than this is listed
 GRAPH_SECONDS = 1.0  # the issue's target for graph construction below 100 M parameters
 LARGE_PARAMS = 100e6
+ONNX_TOLERANCE = 1e-4  # onnxruntime vs PyTorch: float32 rounding in another summation order, over the largest |y|
 
 
 class ModelTimeout(BaseException):
@@ -80,6 +87,9 @@ class Row(CoverageResult):
     peer_runs: bool = False
     peer_shapes: str = ""
     peer_reason: str = ""
+    onnx_exports: bool = False
+    onnx_diff: float = math.nan  # the largest |onnxruntime - PyTorch| over the largest |PyTorch|
+    onnx_reason: str = ""  # "ok", or why not (empty: not checked)
 
 
 def _err(e: BaseException) -> str:
@@ -130,8 +140,38 @@ def run_peer(row: Row, builder: Builder, ratio: float) -> None:
         row.peer_reason = row.peer_reason or f"forward after prune: {_err(e)}"
 
 
+def check_onnx(model: torch.nn.Module, x: Any) -> tuple[bool, float, str]:
+    """(exports, largest output difference, "ok" or why not) for the pruned `model` exported by ppf.export_onnx
+    and run in onnxruntime on `x`, against PyTorch's outputs; all-zero parameters are made random first."""
+    import onnxruntime as ort
+    from torch.utils._pytree import tree_flatten
+
+    import pyprune_fast as ppf
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.normal_(0, 0.02)
+    want = [t for _, t, _ in forward_leaves(model, x)]
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = ppf.export_onnx(model, x, os.path.join(folder, "model.onnx"))
+        except Exception as e:
+            return False, math.nan, f"export: {_err(e)}"
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            tensors = [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+            got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), tensors)})
+        except Exception as e:
+            return True, math.nan, f"onnxruntime: {_err(e)}"
+    if len(got) != len(want):
+        return True, math.nan, f"onnxruntime gives {len(got)} outputs, PyTorch {len(want)}"
+    diff = max(float((torch.as_tensor(g) - w).abs().max() / w.abs().max().clamp(min=1e-30)) for g, w in zip(got, want))
+    return True, diff, "ok" if diff < ONNX_TOLERANCE else f"outputs differ by {diff:.1e}"
+
+
 def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer: bool = False,
-                budget: int = 0, prune_embedding: bool = False) -> Row:
+                budget: int = 0, prune_embedding: bool = False, onnx: bool = False) -> Row:
     """Build `name` with `builder` and run `check_coverage` on it (and the peer); never raises."""
     t0 = time.perf_counter()
     row = Row(zoo=zoo, model=name)
@@ -144,9 +184,17 @@ def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     with time_budget(budget):
         result = check_coverage(model, x, ratio, prune_embedding=prune_embedding)
+    exported = (False, math.nan, "")
+    if onnx and result.runs_after_prune:
+        try:
+            with time_budget(budget):
+                exported = check_onnx(model, x)
+        except (Exception, ModelTimeout) as e:
+            exported = (False, math.nan, f"unexpected: {_err(e)}")
     del model, x
     gc.collect()
     row = Row(**{f.name: getattr(result, f.name) for f in fields(CoverageResult)}, zoo=zoo, model=name, params=params)
+    row.onnx_exports, row.onnx_diff, row.onnx_reason = exported
     if peer:
         try:
             with time_budget(budget):
@@ -161,7 +209,7 @@ def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer:
 COLUMNS = [("model", "<34", ""), ("Mparam", ">7", ".1f"), ("groups", ">6", ""), ("prun", ">4", ""),
            ("GMACs", ">8", ".3f"), ("cut%", ">5", ".0f"), ("graph_s", ">7", ".2f"), ("sec", ">6", ".1f"),
            ("dead", ">4", ""), ("runs", ">4", ""), ("shape", ">5", ""), ("TPcut%", ">6", ".0f"), ("TP", ">4", ""),
-           (" result | top lock", "", "")]
+           ("onnx", ">4", ""), ("onnx_err", ">8", ".1e"), (" result | top lock", "", "")]
 
 
 def _yes(flag: bool) -> str:
@@ -170,13 +218,15 @@ def _yes(flag: bool) -> str:
 
 def format_row(r: Row, peer: bool = False, width: int = 110) -> str:
     text = r.reason if not r.ok else f"ok | {r.top_lock or '-'}"
+    text += f" | onnx: {r.onnx_reason}" if r.onnx_reason not in ("", "ok") else ""
     text = text if len(text) <= width else text[: width - 3] + "..."
     dead = "ok" if r.dead_check == "ok" else "skip" if r.dead_check.startswith("skipped") else "-" if not r.dead_check else "FAIL"
     shape = "-" if not r.shapes else "same" if r.shapes == SAME else "data" if r.shapes.startswith(SAME) else "DIFF"
     tp = ("ok" if r.peer_reason == "ok" else "FAIL" if r.peer_reason else "-") if peer else ""
+    onnx = "ok" if r.onnx_reason == "ok" else "-" if not r.onnx_reason else "DIFF" if r.onnx_exports else "FAIL"
     return table_line(COLUMNS, [r.model, r.params, r.groups, r.prunable_groups, r.macs_before, 100 * r.macs_cut,
                                 r.graph_seconds, r.seconds, dead, _yes(r.runs_after_prune), shape,
-                                100 * r.peer_macs_cut, tp, " " + text])
+                                100 * r.peer_macs_cut, tp, onnx, r.onnx_diff, " " + text])
 
 
 def _median(values: list[float]) -> str:
@@ -184,7 +234,7 @@ def _median(values: list[float]) -> str:
     return f"{100 * statistics.median(values):.1f}%" if values else "-"
 
 
-def summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
+def summary(zoo: str, rows: list[Row], peer: bool, onnx: bool = False) -> dict[str, Any]:
     """The zoo's numbers, as printed (and as a dict, for the all-zoos table)."""
     built = [r for r in rows if r.built]
     ran = [r for r in built if r.runs_after_prune]
@@ -203,6 +253,12 @@ def summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
         s.update(peer_runs=sum(r.peer_runs for r in built), peer_same=sum(r.peer_shapes.startswith(SAME) for r in built),
                  both_median_cut=f"{_median([r.macs_cut for r in both])} vs {_median([r.peer_macs_cut for r in both])}"
                  f" ({len(both)})")
+    if onnx:
+        checked = [r for r in built if r.onnx_reason]
+        diffs = [r.onnx_diff for r in checked if not math.isnan(r.onnx_diff)]
+        s.update(onnx_checked=len(checked), onnx_exports=sum(r.onnx_exports for r in checked),
+                 onnx_match=sum(r.onnx_reason == "ok" for r in checked),
+                 onnx_max_diff=f"{max(diffs):.1e}" if diffs else "-")
     return s
 
 
@@ -219,8 +275,8 @@ def lock_table(rows: list[Row], n: int = 10) -> list[tuple[str, int, int, int]]:
     return [(k, g, channels[k], models[k]) for k, g in groups.most_common(n)]
 
 
-def print_summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
-    s = summary(zoo, rows, peer)
+def print_summary(zoo: str, rows: list[Row], peer: bool, onnx: bool = False) -> dict[str, Any]:
+    s = summary(zoo, rows, peer, onnx)
     print(f"\n== {zoo}: {s['models']} models ({s['skipped']} skipped: did not build), {s['ok']} pass every check, "
           f"{s['runs']} run after pruning, {s['same_shapes']} keep their output shapes, {s['dead_ok']} dead-channel "
           f"checks ok; median MACs cut {s['median_cut']}, {s['below_20']} below {LOW_CUT:.0%}; graph build median "
@@ -228,6 +284,12 @@ def print_summary(zoo: str, rows: list[Row], peer: bool) -> dict[str, Any]:
     if peer:
         print(f"   Torch-Pruning: {s['peer_runs']} run after pruning, {s['peer_same']} keep their output shapes; "
               f"median MACs cut where both run, ours vs peer: {s['both_median_cut']}")
+    if onnx:
+        print(f"   ONNX: of {s['onnx_checked']} pruned models that run, {s['onnx_exports']} export and {s['onnx_match']} "
+              f"match in onnxruntime (< {ONNX_TOLERANCE:g}; largest difference {s['onnx_max_diff']})")
+        for r in rows:
+            if r.onnx_reason not in ("", "ok"):
+                print(f"   onnx {r.model}: {r.onnx_reason}")
     for r in rows:
         if not r.built:
             print(f"   skipped {r.model}: {r.reason}")
@@ -269,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="torchvision classifiers' input side (default 224)")
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of every prunable group to remove (default 0.3)")
     p.add_argument("--peer", action="store_true", help="also prune with Torch-Pruning (L1, the same ratio)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also export every pruned model to ONNX and compare onnxruntime's outputs with PyTorch's")
     p.add_argument("--prune-embedding", action="store_true", help="prune transformers' embedding width too")
     p.add_argument("--budget", type=int, default=600, help="seconds per model and per library (0: none; default 600)")
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
@@ -295,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for zoo, name, builder in it:
         if hasattr(it, "set_description"):
             it.set_description(name)
-        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget, args.prune_embedding)
+        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget, args.prune_embedding, args.onnx)
         rows.append(row)
         print(format_row(row, args.peer), flush=True)
         if args.csv:  # after every model: a run cut short keeps its rows
@@ -303,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_csv(args.csv, [csv_row(r) for r in rows])
 
     for zoo in zoos:
-        print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer)
+        print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer, args.onnx)
     if len(zoos) > 1:
         print("\n== all zoos: top lock reasons (groups, channels, models):")
         for kind, g, c, m in lock_table(rows):
