@@ -12,6 +12,7 @@ from torch import nn
 import pyprune_fast as ppf
 from pyprune_fast.graph.meta import meta_output
 from pyprune_fast.nn.rewritten import REWRITES, Rewritten
+from pyprune_fast.testing import kill_channels
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -97,16 +98,41 @@ def test_code_that_cannot_be_rewritten_locks():
     assert g.group_of(g.model.c1).prunable
 
 
-def test_a_bias_computed_in_forward_locks_its_layer():
-    """timm's BEiT adds cat((q_bias, k_bias, v_bias)) as the qkv bias: not followed, so those channels stay."""
+def test_qkv_bias_concatenated_in_forward_is_cut_with_the_heads():
+    """timm's BEiT adds cat((q_bias, k_bias, v_bias)) as the qkv bias: q, k and v become equal parts of the
+    layer's channels, so each bias is cut with its heads; dead heads leave the output as it was."""
     torch.manual_seed(0)
     model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
                               embed_dim=64, num_heads=4, num_classes=10).eval()
     g = ppf.DependencyGraph(model, X)
-    qkv = g.group_of(model.blocks[0].attn.qkv)
-    assert "the bias of blocks.0.attn.qkv is computed in forward" in qkv.reason
-    ppf.prune(model, X, ratio=0.3, prune_embedding=True)
-    assert model.blocks[0].attn.qkv.out_features == 192 and model(X).shape == (2, 10)
+    heads = g.group_of(model.blocks[0].attn.qkv)
+    assert heads.prunable and heads.channels == 4
+    assert {(m.name, m.block) for m in heads.members} >= {(f"blocks.0.attn.{p}_bias", 16) for p in "qkv"}
+    kill_channels(g, heads, torch.tensor([1, 2]))  # weights and biases of heads 1 and 2 zeroed
+    y = model(X)
+    g = ppf.DependencyGraph(model, X)
+    ppf.apply(ppf.Plan(g).remove(g.group_of(model.blocks[0].attn.qkv), [1, 2]))
+    assert model.blocks[0].attn.num_heads == 2 and model.blocks[0].attn.q_bias.shape == (32,)
+    torch.testing.assert_close(model(X), y, rtol=1e-5, atol=1e-5)
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              embed_dim=64, num_heads=4, num_classes=10).eval()
+    ppf.prune(model, X, ratio=0.5, prune_embedding=True)
+    attn = model.blocks[0].attn
+    assert attn.num_heads == 2 and attn.q_bias.shape == attn.k_bias.shape == (32,) and model(X).shape == (2, 10)
+
+
+class ScaledBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(F.linear(x, self.fc.weight, self.fc.bias * 2))
+
+
+def test_a_bias_computed_otherwise_locks_its_layer():
+    g = ppf.DependencyGraph(ScaledBias(), torch.randn(3, 4))
+    assert "the bias of fc is computed in forward" in g.group_of(g.model.fc).reason
 
 
 def test_the_run_check_on_meta_sees_a_bias_that_does_not_fit():

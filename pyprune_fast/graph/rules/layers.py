@@ -15,6 +15,7 @@ from ..spaces import Label, Member, Segment, add_members, lock_label
 from ..tensors import module_of
 from .computed import Weight, layer_weight, params_in
 from .context import Context, all_nonzero, param_names, producer, record_module, zeroed
+from .recut import recut
 from .registry import rule
 
 __all__ = ["conv", "embedding", "linear"]
@@ -52,16 +53,36 @@ def conv(ctx: Context, node: Node) -> None:
             lx = None
         ctx.consume(x, lx, what)
         label = _layer(ctx, what, module, weight, w, b, lx, groups, transposed)
-    _computed_bias(b, label, module)
+    label = _bias(ctx, node, b, label, module)
     ctx.set(out, {1: label})
     ctx.nonzero[out.id] = _made_nonzero(weight, b, module, label)
 
 
-def _computed_bias(b, label: Label, module: str) -> None:
-    """A bias computed in forward (BEiT's `cat((q_bias, k_bias, v_bias))`) is not followed: its layer's
-    output channels are locked."""
-    if isinstance(b, Value) and not b.param:
+def _bias(ctx: Context, node: Node, b, label: Label, module: str) -> Label:
+    """A bias computed in forward: the concatenation of k parameters of one length (BEiT's `cat((q_bias,
+    k_bias, v_bias))`) makes the layer's channels k equal parts, channel c of each cut together (`recut`), each
+    part's bias a producer; anything else is not followed and locks the layer's channels. Returns the output's
+    label."""
+    if not isinstance(b, Value) or b.param:
+        return label
+    parts = _cat_of_params(b)
+    if parts is None or label[0].space.root().locked is not None or len(label) != 1 or b.shape[0] != label[0].length:
         lock_label(label, f"the bias of {module} is computed in forward (not a parameter): it is not followed")
+        return label
+    labels = recut(ctx, node, label[0], [label[0].length // len(parts)] * len(parts), equal=True)
+    labels[0][0].space.members += [producer(p) for p in parts]
+    return tuple(seg for lab in labels for seg in lab)
+
+
+def _cat_of_params(b: Value) -> Optional[list[str]]:
+    """The parameters `b` concatenates, all 1-d of one length, or None."""
+    cat = b.producer
+    if cat is None or cat.name != "cat" or (cat.arg(1, "dim", 0) not in (0, -1)):
+        return None
+    parts = cat.tensor_inputs()
+    if len(parts) < 2 or any(not p.param or p.shape != parts[0].shape or len(p.shape) != 1 for p in parts):
+        return None
+    return [p.param for p in parts]
 
 
 def _weight(ctx: Context, node: Node, w: Value, x: Value, channels: int) -> Optional[Weight]:
@@ -153,7 +174,7 @@ def linear(ctx: Context, node: Node) -> None:
     ctx.consume(x, lx, f"linear {module}")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
     label = _layer(ctx, f"linear {module}", module, weight, w, b, lx)
-    _computed_bias(b, label, module)
+    label = _bias(ctx, node, b, label, module)
     ctx.set(out, {**dims, out.ndim - 1: label})
     nonzero = ctx.inherited([x], out)
     if b is not None:

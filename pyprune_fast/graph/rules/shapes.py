@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch.nn.functional as F
 
 from ..ir import Node, Value
-from ..spaces import Segment, add_members, lock_label, unify
+from ..spaces import Label, Segment, add_members, lock_label, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
 from .recut import coarsen, fresh, note_embedding, own
@@ -119,6 +120,11 @@ def reshape(ctx: Context, node: Node) -> None:
             factor = math.prod(x.shape[m] for m in ia if m > k)  # merge: each channel spans `factor` positions more
             dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k])
             continue
+        if len(labelled) == 1 and len(ia) == 1 and (heads := _equal_parts_to_heads(ctx, node, x, lab.dims[k], jb)):
+            dims[heads[0]] = heads[1]
+            if ctx.dead_nonzero(x, lab.dims[k][0]) is not None:
+                nonzero[heads[1][0].space] = ctx.dead_nonzero(x, lab.dims[k][0])
+            continue
         if len(labelled) == 1 and len(ia) == 1 and len(lab.dims[k]) == 1:
             seg = lab.dims[k][0]
             sizes = [out.shape[j] for j in jb]
@@ -144,6 +150,21 @@ def reshape(ctx: Context, node: Node) -> None:
     ctx.set(out, dims, params)
     if nonzero:  # dead channels of a coarsened space
         ctx.nonzero[out.id] = {**ctx.inherited([x], out), **nonzero}
+
+
+def _equal_parts_to_heads(ctx: Context, node: Node, x: Value, label: Label, jb: list[int]) -> Optional[tuple]:
+    """A layer's channels made k equal parts (a bias concatenated from k parameters, `layers._bias`) viewed as
+    (k, heads, head_dim): coarsened to heads as one part would be. Returns (the heads dim, its label) or None."""
+    out = node.outputs[0]
+    nonunit = [j for j in jb if out.shape[j] != 1]
+    seg = label[0]
+    if (len(label) < 2 or len(nonunit) < 3 or out.shape[nonunit[0]] != len(label)
+            or any(s.space.root() is not seg.space.root() or s.length != seg.length or s.block != 1 for s in label)
+            or not fresh(ctx, x, seg, node)):
+        return None
+    heads = coarsen(ctx, seg, [out.shape[j] for j in nonunit[1:]], len(nonunit) - 3, "heads")
+    note_embedding(ctx, x, heads[0].space)
+    return nonunit[-2], heads
 
 
 def _image(out: Value, split_dims: list[int]) -> bool:
