@@ -6,15 +6,16 @@ import importlib
 import os
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from .graph import model_inputs
 
-__all__ = ["OPSET", "export_onnx", "require"]
+__all__ = ["OPSET", "eval_mode", "export_onnx", "require"]
 
 OPSET = 17  # onnxruntime >= 1.14 runs it; LayerNorm is one op from 17 on
 PIP_NAMES = {"onnxruntime": "onnxruntime (or onnxruntime-gpu for CUDA)"}
@@ -27,6 +28,18 @@ def require(module: str, why: str) -> Any:
     except ImportError:
         pip = PIP_NAMES.get(module, module)
         raise ImportError(f"{why} needs the package {module!r}, which is not installed (pip install {pip})") from None
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode inside the block, every module's train flag as it was after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _failed_op(error: BaseException) -> str:
@@ -54,10 +67,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
         raise ValueError(f"export_onnx: the folder {str(path.parent)!r} of {str(path)!r} does not exist")
     args, kwargs = model_inputs(example_inputs)
     names = [f"input{i}" for i in range(len(args))] + list(kwargs)
-    modes = [(m, m.training) for m in model.modules()]
     try:
-        model.eval()
-        with warnings.catch_warnings():
+        with eval_mode(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
             torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False,
                               opset_version=opset_version, input_names=names)
@@ -66,7 +77,4 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
         what = f"the op {op} is not supported" if op else "the exporter failed"
         raise ValueError(f"export_onnx: {type(model).__name__} cannot be exported to ONNX (opset {opset_version}): "
                          f"{what} ({type(e).__name__}: {said})") from e
-    finally:
-        for m, training in modes:
-            m.training = training
     return path

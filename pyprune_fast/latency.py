@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .export import export_onnx, require
+from .export import eval_mode, export_onnx, require
 from .graph import model_inputs
 
 __all__ = ["BACKENDS", "Latency", "measure_latency", "measure_options"]
@@ -175,6 +175,8 @@ def _timed_runs(fn: Callable[[], Any], clock: _Clock, warmup: int, min_runs: int
 
 def _stable(times: list[float]) -> bool:
     """The median's standard error (from the IQR, as for a normal spread) is under 1% of the median."""
+    if len(times) < 2:
+        return False
     q1, med, q3 = statistics.quantiles(times, n=4)
     return 1.2533 * (q3 - q1) / 1.349 / math.sqrt(len(times)) < 0.01 * med
 
@@ -224,31 +226,15 @@ def _runner(model: nn.Module, inputs: Any, backend: str) -> tuple[Callable[[], A
     compiled = torch.compile(model)
     t0 = time.perf_counter()
     compiled(*args, **kwargs)  # the compilation, timed apart
-    if inputs_on_cuda(inputs):
+    if any(isinstance(t, torch.Tensor) and t.is_cuda for t in tree_flatten(inputs)[0]):
         torch.cuda.synchronize()
     return (lambda: compiled(*args, **kwargs)), time.perf_counter() - t0
-
-
-def inputs_on_cuda(inputs: Any) -> bool:
-    return any(isinstance(t, torch.Tensor) and t.is_cuda for t in tree_flatten(inputs)[0])
 
 
 def _on(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` itself when it is on `device` already, else a copy moved there (the model is never moved)."""
     here = {t.device for t in [*model.parameters(), *model.buffers()]}
     return model if here <= {device} else copy.deepcopy(model).to(device)
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode inside the block, every module's train flag as before after it."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager", device: Any = None,
@@ -286,7 +272,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
     model_inputs(example_inputs)  # TypeError for inputs that are none of the kinds
     inputs = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batched(example_inputs, batch_size))
     target = _on(model, device)
-    with _eval(target), torch.no_grad(), cpu_threads(threads) as used:
+    with eval_mode(target), torch.no_grad(), cpu_threads(threads) as used:
         if backend == "onnxruntime":
             t0 = time.perf_counter()
             fn, used = _ort_session(target, inputs, device, threads)

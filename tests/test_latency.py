@@ -159,3 +159,28 @@ def test_cli_measure(capsys):
     assert "  latency " in out and "(speed-up " in out and "eager on cpu, batch 1," in out
     rc = cli.main(["prune", "--model", "torchvision:resnet18", "--ratio", "0.5", "--measure", "tensorrt"])
     assert rc == 2 and "argument --measure: invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+class NoOnnx(nn.Module):
+    """A layer, then an op with no ONNX translation."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.kthvalue(self.fc(x), 2).values
+
+
+def test_onnxruntime_on_a_model_that_cannot_export():
+    model = NoOnnx().train()
+    before, threads = state(model), torch.get_num_threads()
+    with pytest.raises(ValueError, match="NoOnnx cannot be exported to ONNX .*the op aten::kthvalue is not supported"):
+        ppf.measure_latency(model, torch.randn(3, 8), backend="onnxruntime", threads=1, **FAST)
+    assert torch.get_num_threads() == threads
+    assert_same(model, before, training=True)
+
+
+def test_one_run_is_enough_when_asked():
+    lat = ppf.measure_latency(small_net(), torch.randn(1, 3, 8, 8), min_time=0.0, min_runs=1, warmup=0, max_time=0.0)
+    assert lat.runs == 1 and lat.spread == 0.0
