@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from operator import is_
+
 import torch
 from torch import nn
 
@@ -24,10 +26,13 @@ class Unchanged:
 
     def __enter__(self):
         self.grad = torch.is_grad_enabled()
-        self.saved = [(d, dict(d), [(v, _copy(v)) for v in d.values() if isinstance(v, (list, dict, set))])
-                      for d in (vars(m) for _, m in self.modules)]
-        tensors = {id(t): t for d, _, _ in self.saved for k, v in d.items() if k not in self.skip
-                   for t in _tensors(v) if not isinstance(t, nn.Parameter)}
+        dicts = [vars(m) for _, m in self.modules]
+        self.saved = [(d, d.copy()) for d in dicts]
+        containers = [v for d in dicts for v in d.values() if isinstance(v, _CONTAINERS)]
+        self.filled = [(v, _copy(v)) for v in containers if v]
+        self.empty = [v for v in containers if not v]  # most hook dicts: only to be emptied again
+        tensors = {id(t): t for d in dicts for k, v in d.items()
+                   if isinstance(v, _HOLDERS) and k not in self.skip for t in _tensors(v) if not isinstance(t, nn.Parameter)}
         self.values = [(t, t._version, t.detach().clone()) for t in tensors.values()]
         return self
 
@@ -36,20 +41,26 @@ class Unchanged:
 
     def restore(self) -> None:
         """Put everything back as it was on entry (also midway, to start again from there)."""
-        for d, entries, containers in self.saved:
+        for d, entries in self.saved:
             if not _same(d, entries):
                 d.clear()
                 d.update(entries)
-            for v, copy in containers:
-                if not _same(v, copy):
-                    v.clear()
-                    v.extend(copy) if isinstance(v, list) else v.update(copy)
+        for v, copy in self.filled:
+            if not _same(v, copy):
+                v.clear()
+                v.extend(copy) if isinstance(v, list) else v.update(copy)
+        for v in self.empty:
+            if v:
+                v.clear()
         with torch.no_grad():
             for t, version, value in self.values:
                 if t._version != version:
                     t.copy_(value)
         torch.set_grad_enabled(self.grad)
 
+
+_CONTAINERS = (list, dict, set)  # what restore puts back item by item
+_HOLDERS = (torch.Tensor, list, tuple, dict)  # what may hold a tensor (see _tensors)
 
 # nn.Module's own attributes that never hold a tensor (hook dicts, submodules; parameters are not copied)
 _NO_TENSORS = frozenset(vars(nn.Module())) - {"_buffers"}
@@ -72,5 +83,5 @@ def _same(a, b) -> bool:
     if len(a) != len(b):
         return False
     if isinstance(a, dict):
-        return all(x is y for x, y in zip(a, b)) and all(x is y for x, y in zip(a.values(), b.values()))
-    return all(x is y for x, y in zip(a, b))
+        return all(map(is_, a, b)) and all(map(is_, a.values(), b.values()))
+    return all(map(is_, a, b))
