@@ -44,7 +44,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _failed_op(error: BaseException) -> str:
     """The op an exporter error names ("aten::foo"), or "" when it names none."""
-    found = re.search(r"operator '?([a-z_]+::[A-Za-z0-9_.]+)'?", str(error))
+    found = re.search(r"operator '?((?:[a-z_]+::)?[A-Za-z0-9_.]+)'?", str(error))
     return found.group(1) if found else ""
 
 
@@ -73,7 +73,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
             torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False,
                               opset_version=opset_version, input_names=names)
     except Exception as e:  # the exporter's errors are of many types; one ValueError with the op
-        op, said = _failed_op(e), (str(e).strip().splitlines() or [""])[0]
+        op, said = _failed_op(e), (str(e).strip().splitlines() or [""])[0].split(" Please feel free")[0]
         what = f"the op {op} is not supported" if op else "the exporter failed"
         raise ValueError(f"export_onnx: {type(model).__name__} cannot be exported to ONNX (opset {opset_version}): "
                          f"{what} ({type(e).__name__}: {said})") from e
