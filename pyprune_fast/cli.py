@@ -35,7 +35,7 @@ from .serialization import _FORMAT as PRUNED_FORMAT
 __all__ = ["build_model", "classifier_name", "main", "plot_file", "writable_file"]
 
 PROG = "pyprune-fast"
-BENCHMARKS = ("ops", "clustering", "prune", "methods")
+BENCHMARKS = ("ops", "clustering", "prune", "methods", "latency")
 USER_ERRORS = (ValueError, TypeError, ImportError, OSError)  # reported in one line, exit status 2
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")  # where a training checkpoint keeps the weights
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
