@@ -70,7 +70,7 @@ def test_reasons_for_unprunable_groups(tv_model):
     shufflenet = ppf.DependencyGraph(tv_model("shufflenet_v2_x0_5"), torch.randn(1, 3, 64, 64))
     reasons = " | ".join(g.reason for g in shufflenet.groups if g.reason)
     assert "splits or mixes channels" in reasons  # the channel shuffle views (B, C) as (B, 2, C // 2)
-    grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, groups=4))  # one input channel a group
+    grouped = nn.Sequential(nn.Conv2d(3, 6, 1), nn.GroupNorm(2, 6), nn.Conv2d(6, 6, 3, groups=3))  # lcm: 6 groups of 1
     assert any("grouped conv" in (g.reason or "") for g in ppf.DependencyGraph(grouped, torch.randn(1, 3, 8, 8)).groups)
 
 

@@ -57,10 +57,12 @@ def test_timm_regnet_groups_are_prunable_in_divisions():
 
 
 def test_too_few_channels_per_division_lock_with_a_reason():
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, groups=4), nn.Conv2d(8, 2, 1))
+    """A GroupNorm in 2 groups and a grouped conv in 3 read 6 channels: 6 divisions (the lcm) of one channel
+    each lock them (a depthwise conv's groups, one channel each, follow its channels instead)."""
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.GroupNorm(2, 6), nn.Conv2d(6, 12, 3, groups=3), nn.Conv2d(12, 2, 1))
     g = ppf.DependencyGraph(model, torch.randn(1, 3, 8, 8))
-    assert "into 4 groups of one" in g.group_of(model[0]).reason
-    assert g.group_of(model[1]).prunable and g.group_of(model[1]).divisions == 4
+    assert "into 6 groups of one" in g.group_of(model[0]).reason
+    assert g.group_of(model[2]).prunable and g.group_of(model[2]).divisions == 3
 
 
 def _models():
@@ -236,3 +238,33 @@ def test_a_pruned_grouped_model_saves_and_loads(tmp_path):
     loaded = ppf.load_pruned(GroupedNet, tmp_path / "m.pt").eval()
     assert (loaded.conv2.groups, loaded.gn.num_groups, loaded.gn.num_channels) == (2, 4, 12)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+class Multiplier(nn.Module):
+    """A depthwise conv with a channel multiplier (one input channel a group, 3 outputs each), then a 1x1."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 24, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(24)
+        self.c2 = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.bn(self.dw(self.c1(x)).relu()))
+
+
+def test_a_channel_multiplier_prunes_whole_groups(tmp_path):
+    model, x = Multiplier().eval(), torch.randn(2, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.c1)
+    assert grp.prunable and g.group_of(model.dw) is grp
+    assert {(m.name, m.block) for m in grp.members if m.name.startswith(("dw.", "bn.", "c2."))} == {
+        ("dw.weight", 3), ("dw.bias", 3), ("bn.weight", 3), ("bn.bias", 3), ("bn.running_mean", 3),
+        ("bn.running_var", 3), ("c2.weight", 3)}
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.dw.in_channels, model.dw.out_channels, model.dw.groups, model.c2.in_channels) == (4, 12, 4, 12)
+    assert model(x).shape == (2, 4, 8, 8)
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    torch.testing.assert_close(ppf.load_pruned(lambda: Multiplier().eval(), tmp_path / "m.pt")(x), model(x))

@@ -84,7 +84,8 @@ def _conv(m: nn.modules.conv._ConvNd, groups_follow: bool) -> dict:
     w = m.weight
     if w is None:
         return {}
-    groups = w.shape[0] if groups_follow else m.groups
+    # a conv whose groups follow its channels has one input channel a group, and as many outputs a group as before
+    groups = w.shape[0] * m.groups // (m.in_channels if m.transposed else m.out_channels) if groups_follow else m.groups
     if m.transposed:  # its weight is (in_channels, out_channels / groups, *kernel)
         return {"in_channels": w.shape[0], "groups": groups, "out_channels": w.shape[1] * groups}
     return {"out_channels": w.shape[0], "groups": groups, "in_channels": w.shape[1] * groups}

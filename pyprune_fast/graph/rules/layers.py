@@ -41,8 +41,9 @@ def conv(ctx: Context, node: Node) -> None:
     if groups == 1:
         ctx.consume(x, lx, what)
         label = _layer(ctx, what, module, weight, w, b, lx, transposed=transposed)
-    elif groups == cin == cout and lx and all(seg.block == 1 for seg in lx):
-        label = _depthwise(ctx, node, module, weight, b, lx)
+    elif groups == cin and cout % cin == 0 and (cout == cin or not transposed) and lx and all(
+            seg.block == 1 for seg in lx):
+        label = _depthwise(ctx, node, module, weight, b, lx, cout // cin)
     else:
         # grouped: group j's weights read the j-th division of the input channels and make the j-th division
         # of the output's, so both spaces prune within `groups` equal divisions; the local index (a conv's
@@ -102,13 +103,16 @@ def _weight(ctx: Context, node: Node, w: Value, x: Value, channels: int) -> Opti
     return None
 
 
-def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Label) -> Label:
-    """Output channel c reads input channel c only, so both are one space. `groups` read from a module
-    attribute (timm's BlurPool2d: groups=self.channels) is updated with the channels."""
+def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Label, multiplier: int) -> Label:
+    """Output channels c * multiplier ... + multiplier read input channel c only (one input channel a group),
+    so they are the input's channels, each `multiplier` positions wide: pruning an input channel removes its
+    group. `groups` read from a module attribute (timm's BlurPool2d: groups=self.channels) is updated with the
+    channels. Returns the output's label."""
+    out = tuple(Segment(seg.space, seg.length, multiplier) for seg in lx)
     for name in (weight.name, *param_names(b)):
-        add_members(lx, name, 0, "producer")
+        add_members(out, name, 0, "producer")
     for name, dim in weight.per_row:
-        add_members(lx, name, dim, "producer")
+        add_members(out, name, dim, "producer")
     record_module(lx, module)
     ctx.groups_follow.add(module)
     if module in ctx.ignored:
@@ -118,7 +122,7 @@ def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Lab
         for owner, attribute, synced in attribute_reads(groups):
             if not synced:  # a width attribute surgery sets from the tensors already needs no binding
                 ctx.sized_by.append((lx, owner, attribute, 1))
-    return lx
+    return out
 
 
 def _made_nonzero(weight: Weight, b, module: str, label: Label) -> dict:

@@ -24,7 +24,7 @@ def _norm(ctx: Context, node: Node, x: Value, channel_dim: int, params: list, wh
     names = param_names(*params)
     module = module_of(names[0]) if names else ""
     if label:
-        if any(seg.block != 1 for seg in label):
+        if mixes and any(seg.block != 1 for seg in label):  # per-position statistics follow blocks as they are
             lock_label(label, f"{what} {module} over a reshaped channel dim")
         if any(isinstance(p, Value) and not p.param for p in params):
             lock_label(label, f"{what} {module} with statistics or parameters made inside forward")
