@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_list(str), default=list(MODELS))
     p.add_argument("--methods", type=_list(str), default=["l1", "cup"])
-    p.add_argument("--keep", type=_list(float), default=[0.3, 0.5, 0.7], help="fractions of the MACs kept")
+    p.add_argument("--keep", type=_list(float), default=[0.3, 0.5, 0.7], help="fractions of the MACs kept ('' for none)")
     p.add_argument("--backends", type=_list(str), default=["eager", "compile", "onnxruntime"])
     p.add_argument("--batch-sizes", type=_list(int), default=[1, 32])
     p.add_argument("--targets", type=_list(float), default=[0.7, 0.5], help="target_latency runs ('' for none)")
@@ -228,14 +228,16 @@ def main(argv=None) -> int:
     _say(f"device {args.device}, {args.threads or torch.get_num_threads()} threads, load average "
          f"{os.getloadavg()[0]:.2f}, torch {torch.__version__}")
 
-    _say("1. MACs kept vs latency kept")
-    rows = macs_vs_latency(args, meter)
-    cols = [("model", "<16", ""), ("method", "<6", ""), ("backend", "<12", ""), ("batch", ">5", ""),
-            ("MACs kept", ">9", ".3f"), ("dense ms", ">9", ".2f"), ("latency kept", ">12", ".3f")]
-    ok = [r for r in rows if r["latency_kept"] is not None]
-    print_table(cols, [(r["model"], r["method"], r["backend"], r["batch"], r["macs_kept"], r["dense_ms"],
-                        r["latency_kept"]) for r in ok])
-    write_csv(os.path.join(args.out_dir, "latency.csv"), rows)
+    ok = []
+    if args.keep:
+        _say("1. MACs kept vs latency kept")
+        rows = macs_vs_latency(args, meter)
+        cols = [("model", "<16", ""), ("method", "<6", ""), ("backend", "<12", ""), ("batch", ">5", ""),
+                ("MACs kept", ">9", ".3f"), ("dense ms", ">9", ".2f"), ("latency kept", ">12", ".3f")]
+        ok = [r for r in rows if r["latency_kept"] is not None]
+        print_table(cols, [(r["model"], r["method"], r["backend"], r["batch"], r["macs_kept"], r["dense_ms"],
+                            r["latency_kept"]) for r in ok])
+        write_csv(os.path.join(args.out_dir, "latency.csv"), rows)
 
     if args.round_to:
         _say("2. rounding (L1, half the MACs)")
@@ -257,7 +259,7 @@ def main(argv=None) -> int:
                       r["predicted"], r["macs_kept"], r["model_build_s"], r["prune_s"]) for r in trows])
         if trows:
             write_csv(os.path.join(args.out_dir, "target_latency.csv"), trows)
-    if ok:
+    if ok or trows:
         plot(os.path.join(args.out_dir, "latency_vs_macs.png"), ok, trows)
     _say(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0

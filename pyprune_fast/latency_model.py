@@ -182,7 +182,9 @@ class _Probe:
         from .plan import Plan
         from .surgery import apply
 
-        graph = copy.deepcopy(self.graph)  # the model comes along; the user's is not touched
+        # the model comes along (the user's is not touched); the recorded ops' functions are shared, not copied
+        # (some, as a tensor attribute's getter, cannot be)
+        graph = copy.deepcopy(self.graph, {id(n.func): n.func for n in self.graph.trace.nodes})
         plan = Plan(graph)
         for g, w in zip(self.groups, widths.tolist()):
             if w < g.channels:

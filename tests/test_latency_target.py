@@ -57,6 +57,14 @@ def test_every_method_solves_on_measured_copies_and_prunes_the_model_once(tv_mod
     assert model.eval()(X).shape == (1, 1000)
 
 
+def test_a_vit_solves_too(small_vit):
+    model = small_vit(layers=2, heads=4, dim=64, mlp=128).eval()
+    x = torch.randn(1, 3, 32, 32)
+    report = ppf.prune(model, x, "l1", target_latency=0.7, prune_embedding=True, latency=dict(FAST, cache=False))
+    assert "measured" in report.allocation and report.macs_after < report.macs_before
+    assert model(x).shape == (1, 10)
+
+
 def test_the_uniform_points_are_cached_per_device_and_backend(tv_model, tmp_path):
     options = dict(FAST, cache=tmp_path)
     first = ppf.prune(tv_model("resnet18"), X, "l1", target_latency=0.5, latency=options)
