@@ -255,3 +255,28 @@ def test_rms_norm_joins_the_channels_it_normalises():
     assert group.prunable and any(m.name == "norm.weight" for m in group.members) and group.inexact
     ppf.prune(model, x, ratio=0.5)
     assert model.norm.weight.shape == (8,) and model(x).shape == (4, 3)
+
+
+class EinsumAttention(nn.Module):
+    """Attention written with einsum (heads by a view), and a sum over channels by einsum where `summed`."""
+
+    def __init__(self, summed: bool = False):
+        super().__init__()
+        self.qkv, self.proj, self.summed = nn.Linear(8, 24), nn.Linear(8, 8), summed
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, 4, 2).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = torch.einsum("bhqd,bhkd->bhqk", q, k).softmax(-1)
+        out = torch.einsum("bhqk,bhkd->bqhd", attn, v).reshape(B, N, 8)
+        return torch.einsum("bnc->bn", out) if self.summed else self.proj(out)
+
+
+def test_einsum_follows_heads_and_locks_a_sum_over_channels():
+    model, x = EinsumAttention().eval(), torch.randn(2, 3, 8)
+    g = ppf.DependencyGraph(model, x)
+    heads = g.group_of(model.qkv)
+    assert heads.prunable and heads.channels == 4 and dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    summed = EinsumAttention(summed=True).eval()
+    assert "einsum 'bnc->bn' sums over these channels" in ppf.DependencyGraph(summed, x).group_of(summed.qkv).reason

@@ -13,7 +13,7 @@ from ..tensors import child, module_of
 from .context import Context, fixed_outputs, generic, mix, param_names, producer
 from .registry import rule
 
-__all__ = ["attention", "matmul", "scaled_dot_product_attention", "window_attention"]
+__all__ = ["attention", "einsum", "matmul", "scaled_dot_product_attention", "window_attention"]
 
 
 @rule(F.multi_head_attention_forward)
@@ -179,6 +179,48 @@ def matmul(ctx: Context, node: Node) -> None:
     ctx.set(out, dims)
     ctx.nonzero[out.id] = {seg.space: node.name for label in dims.values() for seg in label
                            if not _zero_where(ctx, label, [a, b])}
+
+
+@rule("einsum")
+def einsum(ctx: Context, node: Node) -> None:
+    """torch.einsum with one letter a dim (no `...`): a letter kept in the output joins the operands' labels
+    there (a fixed size meeting them locks them; a parameter's dim is cut with them), a letter contracted
+    between operands joins them like matmul's inner dim (a parameter there reads them like a weight), a letter
+    summed within one operand mixes its channels: locked."""
+    equation, operands = node.args[0], node.args[1:]
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = operands[0]
+    if (not isinstance(equation, str) or "..." in equation or "->" not in equation or not operands
+            or not all(isinstance(v, Value) for v in operands)):
+        return generic(ctx, node)
+    ins, out_letters = equation.replace(" ", "").split("->")
+    ins, out = ins.split(","), node.outputs[0]
+    if len(ins) != len(operands) or any(len(t) != v.ndim or len(set(t)) != len(t) for t, v in zip(ins, operands)):
+        return generic(ctx, node)
+    dims = {}
+    for letter in dict.fromkeys("".join(ins)):
+        where = [(v, t.index(letter)) for t, v in zip(ins, operands) if letter in t and v.shape[t.index(letter)] > 1]
+        labels = [ctx.of(v).dims[d] for v, d in where if d in ctx.of(v).dims]
+        params = [ctx.of(v).params[d] for v, d in where if d not in ctx.of(v).dims and d in ctx.of(v).params]
+        fixed = any(d not in ctx.of(v).dims and d not in ctx.of(v).params for v, d in where)
+        if not labels:
+            ctx.fixed.update(params)
+            continue
+        label = unify(labels, f"einsum '{equation}' pairs channels laid out differently")
+        kept = letter in out_letters
+        if fixed:
+            lock_label(label, f"einsum '{equation}' pairs these channels with fixed ones")
+        elif not kept and len(where) < 2:
+            lock_label(label, f"einsum '{equation}' sums over these channels")
+        elif not kept and len(labels) > 1 and not any(_zero_where(ctx, label, [v]) for v, _ in where):
+            mix(label, f"einsum '{equation}' sums products of these channels, both non-zero where dead")
+        for name, pd in params:
+            add_members(label, name, pd, "consumer" if not kept else "producer")
+        if kept:
+            dims[out_letters.index(letter)] = label
+    ctx.set(out, dims)
+    ctx.nonzero[out.id] = {seg.space: "einsum" for label in dims.values() for seg in label
+                           if not _zero_where(ctx, label, list(operands))}
 
 
 @rule(F.scaled_dot_product_attention)
