@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyprune_fast as ppf
-import pyprune_fast.latency
+import pyprune_fast.latency_model
 import pyprune_fast.pruning
 import pyprune_fast.surgery
 from pyprune_fast.cli import main
@@ -38,7 +38,7 @@ def applied(monkeypatch):
         models.append(plan.graph.model)
         return real(plan, *args, **kwargs)
 
-    monkeypatch.setattr(pyprune_fast.surgery, "apply", spy)
+    monkeypatch.setattr(pyprune_fast.latency_model, "apply", spy)
     monkeypatch.setattr(pyprune_fast.pruning, "apply", spy)
     return models
 
@@ -148,8 +148,7 @@ def test_the_latency_model_interpolates_in_macs_and_stays_monotone():
 
 def test_cli_target_latency(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # the cache goes there
-    fast = {k: v for k, v in FAST.items() if k != "threads"}
-    monkeypatch.setattr(pyprune_fast.latency, "measure_latency", functools.partial(ppf.measure_latency, **fast))
+    monkeypatch.setattr(pyprune_fast.latency_model, "measure_latency", functools.partial(ppf.measure_latency, **FAST))
     assert main(["prune", "--model", "resnet18", "--input-shape", "1,3,32,32", "--target-latency", "0.7",
                  "--round-to", "auto"]) == 0
     assert "target_latency=0.7 (" in capsys.readouterr().out
