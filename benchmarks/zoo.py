@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from typing import Any, Callable
 
 import torch
@@ -146,10 +147,16 @@ def hf_pixel_model(model: nn.Module, size: int, channels: int = 3) -> tuple[nn.M
     return _built(model, lambda: hf_inputs(model, torch.randn(1, channels, size, size)))
 
 
+# In the image-classification mapping but not a vision classifier to prune from a default config.
+NOT_IMAGE_CLASSIFIERS = {"shieldgemma2": "a Gemma 3 language model that scores an image and a text policy"}
+
+
 def _hf_classifier(model_type: str, class_names: str | tuple[str, ...]) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForImageClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    if model_type in NOT_IMAGE_CLASSIFIERS:
+        raise ValueError(f"{model_type}: {NOT_IMAGE_CLASSIFIERS[model_type]}")
     config = CONFIG_MAPPING[model_type]()
     # where the mapping names several classes (DeiT, LeViT, Perceiver), from_config picks by `architectures`
     config.architectures = [class_names] if isinstance(class_names, str) else list(class_names[:1])
@@ -157,6 +164,12 @@ def _hf_classifier(model_type: str, class_names: str | tuple[str, ...]) -> tuple
     model = AutoModelForImageClassification.from_config(config)
     if model_type == "imagegpt":  # its pixels are colour-cluster tokens
         return _built(model, lambda: hf_inputs(model, torch.randint(0, config.vocab_size - 1, (1, config.n_positions))))
+    if model_type == "siglip2":  # NaFlex: patches flattened, with their mask and the grid they came from
+        vision = config.vision_config
+        n, side = vision.num_patches, math.isqrt(vision.num_patches)
+        return _built(model, lambda: {"pixel_values": torch.randn(1, n, vision.num_channels * vision.patch_size ** 2),
+                                      "pixel_attention_mask": torch.ones(1, n, dtype=torch.long),
+                                      "spatial_shapes": torch.tensor([[side, side]])})
     return hf_pixel_model(model, _config_image_size(config), _config_channels(config))
 
 
