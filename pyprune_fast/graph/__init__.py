@@ -23,7 +23,7 @@ from .analyses import batchnorm_after
 from .channels import dead_channels_are_exact, kill_channels, positions
 from .dependency import DependencyGraph, Group, uncompiled
 from .ir import Node, Trace, Value, leaves, map_tensors, op_name
-from .record import failed_op, has_hooks, model_inputs, output_shapes, record
+from .record import failed_op, has_hooks, model_inputs, output_shapes, output_trace, record
 from .rules import NORM_PARAMS, Context, register_rule
 from .spaces import Member, Role
 from .taxonomy import SIZE_READS
@@ -33,5 +33,5 @@ from .unchanged import Unchanged
 __all__ = ["NORM_PARAMS", "SIZE_READS", "Context", "DependencyGraph", "Group", "Member", "Modules", "Node", "Role",
            "Trace", "Unchanged", "Value", "batchnorm_after", "child", "dead_channels_are_exact", "failed_op",
            "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "model_inputs", "module_of",
-           "named_tensors", "op_name", "output_shapes", "positions", "record", "register_rule", "shapes_of", "taxonomy",
-           "tensor_slots", "uncompiled"]
+           "named_tensors", "op_name", "output_shapes", "output_trace", "positions", "record", "register_rule",
+           "shapes_of", "taxonomy", "tensor_slots", "uncompiled"]

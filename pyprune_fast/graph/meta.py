@@ -39,11 +39,53 @@ def _bias_fits(b, w: torch.Tensor) -> bool:
     return b is None or (isinstance(b, torch.Tensor) and b.dim() == 1 and b.shape[0] == w.shape[0])
 
 
+# Ops whose meta output is a slow Python decomposition (attention's softmax, masks) but a plain tensor that
+# depends on nothing but the call: run once per distinct call (every argument, tensors by shape, strides,
+# dtype and device), then made as an empty tensor of the shape and strides it gave. Errors are not kept.
+_ONCE = {F.scaled_dot_product_attention}
+_made: dict[tuple, tuple] = {}  # call -> (shape, strides, dtype) of its output
+
+
+def _call_key(obj):
+    """What a meta op's output can depend on in `obj` (an argument); TypeError for what cannot be a key."""
+    if type(obj) is torch.Tensor:
+        return obj.shape, obj.stride(), obj.dtype, obj.device, obj.storage_offset(), obj.requires_grad
+    if isinstance(obj, torch.Tensor):
+        raise TypeError("a tensor subclass")
+    if isinstance(obj, (tuple, list)):
+        return (type(obj), *map(_call_key, obj))
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):  # also sizes.Size numbers: as plain ones
+        return (int, int(obj)) if isinstance(obj, int) else (float, float(obj))
+    hash(obj)
+    return type(obj), obj
+
+
+def _run_once(func: Callable, args: tuple, kwargs: dict):
+    """func's output (a tensor on meta inputs, see _ONCE), run for the first call of its kind only."""
+    try:
+        key = (func, torch.is_grad_enabled(), _call_key(args), _call_key(tuple(kwargs.items())))
+    except TypeError:
+        return func(*args, **kwargs)
+    if key in _made:
+        shape, stride, dtype = _made[key]
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    out = func(*args, **kwargs)
+    if (type(out) is torch.Tensor and out.is_meta and not out.requires_grad and not out._is_view()
+            and out.storage_offset() == 0):
+        if len(_made) >= 1024:
+            _made.clear()
+        _made[key] = (out.shape, out.stride(), out.dtype)
+    return out
+
+
 def meta_output(func: Callable, args: tuple, kwargs: dict):
-    """The output of func on meta inputs, made without running it; None where that is not plain."""
+    """The output of func on meta inputs, made without running it (or for the ops in _ONCE, run once per
+    distinct call); None where that is not plain."""
     if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_meta:
         return None
     x = args[0]
+    if func in _ONCE:
+        return _run_once(func, args, kwargs)
     if func in _SAME_SHAPE:
         if not _params_fit(func, x, [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]):
             return None  # a mismatch for the real kernel to report

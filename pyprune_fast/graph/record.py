@@ -32,7 +32,7 @@ from .tensors import Modules, named_tensors, shapes_of, tensor_slots
 from .taxonomy import SIZE_READS
 from .unchanged import Unchanged
 
-__all__ = ["failed_op", "has_hooks", "model_inputs", "output_shapes", "record"]
+__all__ = ["failed_op", "has_hooks", "model_inputs", "output_shapes", "output_trace", "record"]
 
 
 _NOT_MODEL_CODE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +97,30 @@ class _Recorder(TorchFunctionMode):
             self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
 
 
+class _Runner(_Recorder):
+    """A recorder that records no ops, for a pass whose output shapes alone are wanted (`output_shapes`): the
+    ops run as in a recorded pass (meta outputs made the same way), the model's code reads the same `Size`
+    numbers, and an error names the same op (`failed_op`)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.listening = False
+        try:
+            out = meta_output(func, args, kwargs)
+            if out is None:
+                out = func(*args, **kwargs)
+        finally:
+            self.listening = True
+        name = op_name(func)
+        if name in SIZE_READS:
+            value = Value(tuple(args[0].shape)) if isinstance(args[0], torch.Tensor) else args[0]
+            return tracked(out, value, name, args, self.compared)
+        return out
+
+    def compared(self, a, b, symbol: str) -> None:
+        pass
+
+
 def model_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     """The (positional, keyword) arguments of the model call `example_inputs` stands for: a tensor (the one
     input), a tuple or list (the positional inputs: `([img1, img2],)` passes one list of images), or a
@@ -115,13 +139,15 @@ def model_inputs(example_inputs: Any) -> tuple[tuple, dict]:
                     f"inputs, got {type(example_inputs).__name__}")
 
 
-def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple, dict], meta: bool) -> Trace:
+def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple, dict], meta: bool,
+         recorder_class: type = _Recorder) -> Trace:
     """One recorded forward pass on `inputs` ((args, kwargs), as model_inputs gives them); `tensors`: the
     model's parameters and buffers (as named_tensors gives them). Every tensor the model returns, however
-    nested (tuples, lists, dicts, Hugging Face ModelOutputs), is an output of the trace."""
+    nested (tuples, lists, dicts, Hugging Face ModelOutputs), is an output of the trace (of no ops for a
+    `_Runner`)."""
     if meta:
         inputs = map_tensors(lambda x: x.to("meta"), inputs)
-    recorder = _Recorder({id(t): n for n, t in tensors.items()}, {id(m): n for n, m in model.named_modules()})
+    recorder = recorder_class({id(t): n for n, t in tensors.items()}, {id(m): n for n, m in model.named_modules()})
     input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     args, kwargs = inputs
     with torch.no_grad(), recorder, attributes_tracked(model, recorder.compared, lambda m: kind_of(m).widths):
@@ -223,13 +249,14 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
             return _pass(model, modules, inputs, meta=False)
 
 
-def _pass(model: nn.Module, modules: Modules, inputs: tuple[tuple, dict], meta: bool) -> Trace:
+def _pass(model: nn.Module, modules: Modules, inputs: tuple[tuple, dict], meta: bool,
+          recorder_class: type = _Recorder) -> Trace:
     """One recorded pass on `inputs` ((args, kwargs)), on meta stand-ins of the model's tensors or on the
     tensors themselves."""
     if meta:
         with _OnMeta(modules) as on_meta:
-            return _run(model, on_meta.tensors, inputs, meta=True)
-    return _run(model, named_tensors(model, modules), inputs, meta=False)
+            return _run(model, on_meta.tensors, inputs, True, recorder_class)
+    return _run(model, named_tensors(model, modules), inputs, False, recorder_class)
 
 
 def output_shapes(model: nn.Module, example_inputs: Any, meta: bool) -> list[tuple]:
@@ -237,11 +264,17 @@ def output_shapes(model: nn.Module, example_inputs: Any, meta: bool) -> list[tup
     order of `Trace.outputs`, on meta stand-ins of every tensor when `meta`, else for real; the model is
     left exactly as it was (as in `record`). Errors of the forward pass propagate (`failed_op` names the
     op that raised)."""
+    return [v.shape for v in output_trace(model, example_inputs, meta).outputs]
+
+
+def output_trace(model: nn.Module, example_inputs: Any, meta: bool, ops: bool = False) -> Trace:
+    """The Trace of the pass `output_shapes` runs: its outputs, and where `ops` every op (as `record` records
+    them: on meta, the same Trace as record(model, example_inputs) gives)."""
     inputs = model_inputs(example_inputs)
     modules = list(model.named_modules())
     with Unchanged(modules, buffers=not meta), _as_one_op(modules):
         _eval(modules)
-        return [v.shape for v in _pass(model, modules, inputs, meta).outputs]
+        return _pass(model, modules, inputs, meta, _Recorder if ops else _Runner)
 
 
 def failed_op(error: BaseException) -> Optional[str]:
