@@ -21,7 +21,7 @@ from .methods import METHODS, Criterion
 from .plan import Plan
 from .progress import Stages, choice
 from .report import GroupWidth, PruneReport
-from .surgery import apply, not_in_inference_mode
+from .surgery import apply, applied, not_in_inference_mode
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
@@ -187,13 +187,17 @@ def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.o
     model = decision.graph.model
     t0 = time.perf_counter()
     stages.start("surgery")
-    apply(decision.plan, optimizer)
+    checked = None  # the run check's pass, every op recorded: the recount's (on the inputs the check ran on)
+    if not decision.macs_exact and example_inputs is decision.graph.example_inputs:
+        checked = applied(decision.plan, optimizer, record_check=True)[1]
+    else:
+        apply(decision.plan, optimizer)
     t1 = time.perf_counter()
     stages.start("recount")
     if decision.macs_exact:  # no second forward pass to count them
         macs_after, params_after = round(decision.macs_predicted), param_count(model)
     else:
-        after = profile(model, example_inputs)
+        after = profile(model, example_inputs) if checked is None else profile_trace(checked, model)
         macs_after, params_after = after.macs, after.params
     widths = [GroupWidth(g.origin, g.channels, int(w)) for g, w in zip(decision.groups, decision.widths.tolist())]
     latency_after = _measure_again(model, example_inputs, decision)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .graph import DependencyGraph, failed_op, has_hooks, leaves, model_inputs, output_shapes
+from .graph import DependencyGraph, Trace, failed_op, has_hooks, leaves, model_inputs, output_trace
 
 __all__ = ["check_inputs", "check_runs"]
 
@@ -74,18 +74,21 @@ def _same_shapes(got: list[tuple], want: list[tuple], graph: DependencyGraph, me
     return all(g[d] == w[d] for i, (g, w) in enumerate(zip(got, want)) for d in _compared(graph, i, meta))
 
 
-def check_runs(graph: DependencyGraph, check: Optional[Check]) -> None:
+def check_runs(graph: DependencyGraph, check: Optional[Check], ops: bool = False) -> Optional[Trace]:
     """ValueError unless `graph.model` runs on `check`'s inputs (None: no check) and gives outputs of the
     shapes the graph recorded (on a real pass: their dim counts and channel sizes; outputs not kept may change
-    their channel sizes; see the module)."""
+    their channel sizes; see the module). Returns the Trace of the pass (every op in it where `ops`:
+    `graph.output_trace`), or None without a check."""
     if check is None:
-        return
+        return None
     want = [v.shape for v in graph.trace.outputs]
     try:
-        got = output_shapes(graph.model, check.inputs, check.meta)
+        trace = output_trace(graph.model, check.inputs, check.meta, ops)
+        got = [v.shape for v in trace.outputs]
     except Exception as e:
         raise ValueError(f"apply: the pruned model would not run ({_failed_at(e, graph.model.named_modules())}: "
                          f"{type(e).__name__}: {e}); nothing was changed. {_HINT}") from e
     if not _same_shapes(got, want, graph, check.meta):
         raise ValueError(f"apply: the pruned model's outputs would have shapes {got}, not {want} as before; nothing "
                          f"was changed. {_HINT}")
+    return trace

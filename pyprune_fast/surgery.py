@@ -23,7 +23,7 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
-from .graph import DependencyGraph, Modules, Unchanged, positions, tensor_slots
+from .graph import DependencyGraph, Modules, Trace, Unchanged, positions, tensor_slots
 from .nn.rewritten import install
 from .nn.widths import kind_of
 from .plan import Plan
@@ -260,6 +260,14 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
     grad mode and the graph are then as before, and the plan can be applied again. ValueError inside
     torch.inference_mode() (the new parameters could never be trained). The graph is stale afterwards.
     """
+    return applied(plan, optimizer)[0]  # one line: no line of apply runs after the model has changed
+
+
+def applied(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
+            record_check: bool = False) -> tuple[nn.Module, Optional[Trace]]:
+    """`apply`, returning the model and the Trace of its run check on meta (every op in it where `record_check`:
+    the Trace `record` would give of the pruned model, so a recount needs no pass of its own), or None where
+    the check was not on meta."""
     if not isinstance(plan, Plan):
         raise TypeError(f"apply: expected a Plan, got {type(plan).__name__}")
     not_in_inference_mode("apply")
@@ -299,9 +307,9 @@ def apply(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None) -> nn.M
             swap.setitem(vars(module), CODE_SIZES, tuple(sorted({*changed, attr})))
         for (module_name, method), edits in _rewrites(plan).items():
             install(by_name[module_name], method, edits, swap.setitem)
-        check_runs(graph, check)
+        trace = check_runs(graph, check, record_check)
         swap.setattr(graph, "stale", True)
-        return model
+        return model, (trace if check is not None and check.meta else None)
     except BaseException:
         swap.rollback()
         raise
