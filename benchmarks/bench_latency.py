@@ -57,6 +57,8 @@ class Meter:
         self.device, self.threads, self.min_time = args.device, args.threads, args.min_time
 
     def __call__(self, model, x, backend: str, batch: int):
+        if backend == "compile":  # past dynamo's recompile limit (8 copies of one class) a model would run eager
+            torch._dynamo.reset()
         try:
             lat = ppf.measure_latency(model, x, backend=backend, device=self.device, batch_size=batch,
                                       threads=self.threads, min_time=self.min_time)

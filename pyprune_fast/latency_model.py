@@ -187,6 +187,10 @@ class _Probe:
         return graph.model
 
     def _run(self, model: torch.nn.Module) -> float:
+        if self.options.measure.get("backend") == "compile":
+            # copies of one class share their forward's code: past torch._dynamo's recompile limit (8) a compiled
+            # copy would run eager, silently, and the guards of every earlier copy would be timed with it
+            torch._dynamo.reset()
         return float(measure_latency(model, self.graph.example_inputs, **self.options.measure).median)
 
 
