@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_list(str), default=list(MODELS))
     p.add_argument("--methods", type=_list(str), default=["l1", "cup"])
-    p.add_argument("--keep", type=_list(float), default=[0.3, 0.5, 0.7], help="fractions of the MACs kept ('' for none)")
+    p.add_argument("--keep", type=_list(float), default=[0.3, 0.5, 0.7], help="MACs kept ('' for none)")
     p.add_argument("--backends", type=_list(str), default=["eager", "compile", "onnxruntime"])
     p.add_argument("--batch-sizes", type=_list(int), default=[1, 32])
     p.add_argument("--targets", type=_list(float), default=[0.7, 0.5], help="target_latency runs ('' for none)")

@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten
 
 from .allocation import Ladder, bisect
 from .latency import BACKENDS, _device, measure_latency, require
@@ -207,22 +208,16 @@ def _device_name(device: torch.device) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", f"{device.type} {name}".strip()).strip("_")[:60]
 
 
-def _tensors(x) -> list[Tensor]:
-    if isinstance(x, Tensor):
-        return [x]
-    if isinstance(x, dict):
-        x = list(x.values())
-    return [t for v in (x if isinstance(x, (list, tuple)) else []) for t in _tensors(v)]
-
-
 def _cache_file(crit, options: LatencyOptions, device: str, widths: list[Tensor]) -> Optional[Path]:
     """Where the uniform points of this model, widths, device and backend are kept; None: no cache."""
     if options.cache is False:
         return None
     folder = Path(options.cache) if options.cache is not None else Path.home() / ".cache" / "pyprune_fast" / "latency"
-    shapes = [(tuple(t.shape), str(t.dtype)) for t in _tensors(crit.graph.example_inputs)]
-    key = json.dumps([repr(crit.graph.model), shapes, [w.tolist() for w in widths],
-                      sorted(options.measure.items(), key=str), torch.__version__, torch.get_num_threads()], default=str)
+    inputs = tree_flatten(crit.graph.example_inputs)[0]
+    shapes = [(tuple(t.shape), str(t.dtype)) for t in inputs if isinstance(t, Tensor)]
+    measure = sorted(options.measure.items(), key=str)
+    key = json.dumps([repr(crit.graph.model), shapes, [w.tolist() for w in widths], measure, torch.__version__,
+                      torch.get_num_threads()], default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return folder / f"{device}-{options.measure.get('backend', 'eager')}-{digest}.json"
 
