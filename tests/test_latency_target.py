@@ -31,15 +31,18 @@ def assert_unchanged(model, before):
 
 @pytest.fixture
 def applied(monkeypatch):
-    """The models `apply` changed, in order (user's and copies alike): a spy that calls the real apply."""
-    models, real = [], pyprune_fast.surgery.apply
+    """The models surgery changed, in order (user's and copies alike): spies that call the real apply/applied."""
+    models = []
 
-    def spy(plan, *args, **kwargs):
-        models.append(plan.graph.model)
-        return real(plan, *args, **kwargs)
+    def spy(real):
+        def call(plan, *args, **kwargs):
+            models.append(plan.graph.model)
+            return real(plan, *args, **kwargs)
+        return call
 
-    monkeypatch.setattr(pyprune_fast.latency_model, "apply", spy)
-    monkeypatch.setattr(pyprune_fast.pruning, "apply", spy)
+    for module, name in ((pyprune_fast.latency_model, "apply"), (pyprune_fast.pruning, "apply"),
+                         (pyprune_fast.pruning, "applied")):
+        monkeypatch.setattr(module, name, spy(getattr(pyprune_fast.surgery, name)))
     return models
 
 
@@ -57,11 +60,12 @@ def test_every_method_solves_on_measured_copies_and_prunes_the_model_once(tv_mod
     assert model.eval()(X).shape == (1, 1000)
 
 
-def test_a_vit_solves_too(small_vit):
+def test_a_vit_solves_too(small_vit, applied):
     model = small_vit().eval()  # its trace holds a tensor attribute's getter, which cannot be deep-copied
     x = torch.randn(1, 3, 32, 32)
     report = ppf.prune(model, x, "l1", target_latency=0.9, prune_embedding=True, latency=dict(FAST, cache=False))
     assert "measured" in report.allocation and report.macs_after < report.macs_before
+    assert sum(m is model for m in applied) == 1 and applied[-1] is model
     assert model(x).shape == (1, 10)
 
 
