@@ -200,3 +200,16 @@ def test_bad_keep_outputs(keep, error, words):
     with pytest.raises(error, match="keep_outputs"):
         ppf.prune(model, x, ratio=0.5, keep_outputs=keep)
     assert torch.equal(model.body.weight, weight)
+
+
+def test_the_anchor_cache_check_locks_nothing():
+    """Detect remakes its anchors when `self.shape != shape` (the first feature map's B, C, H, W): a cache the
+    graph clears while it records (and puts back), so no group is locked for comparing that channel count."""
+    model = build("yolov8n").eval()
+    run(model, image())  # fills the cache: Detect.shape is the last input's feature shape
+    cached = model.model[-1].shape
+    graph = DependencyGraph(model, image(), keep_outputs=detections)
+    assert cached is not None and model.model[-1].shape is cached
+    assert not any("compares a channel count" in (g.reason or "") for g in graph.groups)
+    pruned_model, _ = pruned("yolov8n")
+    assert only(shapes(run(pruned_model, image())), detections) == only(shapes(run(build("yolov8n"), image())), detections)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..nn.caches import cleared
 from ..nn.rewritten import site_of
 from ..nn.widths import kind_of, pruned_class
 from .ir import Node, Trace, Value, leaf_paths, leaves, map_tensors, op_name
@@ -252,7 +253,8 @@ def record(model: nn.Module, example_inputs: Any, *, meta: bool = True) -> Trace
 def _pass(model: nn.Module, modules: Modules, inputs: tuple[tuple, dict], meta: bool,
           recorder_class: type = _Recorder) -> Trace:
     """One recorded pass on `inputs` ((args, kwargs)), on meta stand-ins of the model's tensors or on the
-    tensors themselves."""
+    tensors themselves, with the modules' shape caches cleared (inside `Unchanged`, which puts them back)."""
+    cleared(modules)
     if meta:
         with _OnMeta(modules) as on_meta:
             return _run(model, on_meta.tensors, inputs, True, recorder_class)
