@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import bar_plot, check_device, conv_weights, print_table, timed, write_csv  # noqa: E402
+from _harness import bar_plot, check_device, conv_weights, machine, print_table, timed, write_csv  # noqa: E402
 
 from pyprune_fast import cluster  # noqa: E402
 
@@ -133,28 +133,28 @@ def main(argv=None) -> int:
     p.add_argument("--no-ward", action="store_true")
     p.add_argument("--csv")
     p.add_argument("--plot")
-    args = p.parse_args(argv)
-    check_device(p, args.device)
-    backends = [b for b in args.backends.split(",") if b]
-    if not backends or set(backends) - set(BACKENDS):
-        p.error(f"--backends {args.backends!r}: expected names from {', '.join(BACKENDS)}")
-    rows: list[Row] = []
-    for model in args.models.split(","):
-        xs = [w.flatten(1) for w in conv_weights(model, args.device)]  # rows are filters
-        rows += bench_kmeans(model, xs, args.device, args.niter, args.reps, backends)
-        if not args.no_ward:
-            rows += bench_ward(model, xs, args.device, args.reps)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\nclustering every conv layer's filters, k = N/2, {args.niter} iterations, same init ({name})\n")
-    print_table(COLUMNS, [table_row(r, rows) for r in rows])
-    if args.csv:
-        write_csv(args.csv, [{"model": r.model, "task": r.task, "backend": r.backend, "seconds": f"{r.seconds:.4f}",
-                              "quality": r.quality} for r in rows])
-    if args.plot:
-        bar_plot(args.plot, [f"{r.model}\n{r.task}\n{r.backend}" for r in rows], [r.seconds for r in rows],
-                 "seconds (all layers)", colors=["tab:blue" if "native" in r.backend else "tab:gray" for r in rows],
-                 log=True, figsize=(8, 3.5), fontsize=6)
-    return 0
+    with machine(p, argv) as args:
+        check_device(p, args.device)
+        backends = [b for b in args.backends.split(",") if b]
+        if not backends or set(backends) - set(BACKENDS):
+            p.error(f"--backends {args.backends!r}: expected names from {', '.join(BACKENDS)}")
+        rows: list[Row] = []
+        for model in args.models.split(","):
+            xs = [w.flatten(1) for w in conv_weights(model, args.device)]  # rows are filters
+            rows += bench_kmeans(model, xs, args.device, args.niter, args.reps, backends)
+            if not args.no_ward:
+                rows += bench_ward(model, xs, args.device, args.reps)
+        name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+        print(f"\nclustering every conv layer's filters, k = N/2, {args.niter} iterations, same init ({name})\n")
+        print_table(COLUMNS, [table_row(r, rows) for r in rows])
+        if args.csv:
+            write_csv(args.csv, [{"model": r.model, "task": r.task, "backend": r.backend, "seconds": f"{r.seconds:.4f}",
+                                  "quality": r.quality} for r in rows])
+        if args.plot:
+            bar_plot(args.plot, [f"{r.model}\n{r.task}\n{r.backend}" for r in rows], [r.seconds for r in rows],
+                     "seconds (all layers)", colors=["tab:blue" if "native" in r.backend else "tab:gray" for r in rows],
+                     log=True, figsize=(8, 3.5), fontsize=6)
+        return 0
 
 
 if __name__ == "__main__":
