@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ._build_info import BUILD_INFO
+from .threads import on_idle_cpus
 
 __all__ = [
     "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS",
@@ -137,6 +138,7 @@ def _check_one_device(op: str, xs: list[Tensor], **lists: list[Optional[Tensor]]
 def pairwise_distance(xs: Tensor, metric: str = ...) -> Tensor: ...
 @overload
 def pairwise_distance(xs: Sequence[Tensors], metric: str = ...) -> list[Tensor]: ...
+@on_idle_cpus
 def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "euclidean") -> Union[Tensor, list[Tensor]]:
     """Distances between the rows of each 2-D tensor.
 
@@ -180,6 +182,7 @@ def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list
 def gather_channels(xs: Tensor, indices: Indices, dims: Dims) -> Tensor: ...
 @overload
 def gather_channels(xs: Sequence[Tensor], indices: Indices, dims: Dims) -> list[Tensor]: ...
+@on_idle_cpus
 def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, list[Tensor]]:
     """New compact tensors holding only channels ``indices`` of each x along its dim.
 
@@ -212,6 +215,7 @@ def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[in
     return outs
 
 
+@on_idle_cpus
 def merge_channels_(
     xs: Tensors,
     assignments: Indices,
@@ -270,6 +274,7 @@ def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
     _check_one_device("merge_channels_", xs, assignments=assignments, keep=keep, weights=weights)
 
 
+@on_idle_cpus
 def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
     """Ward linkage of each N x N Euclidean distance matrix (only the upper triangle is read), on the
     CPU: matrices on another device are copied there (the nearest-neighbour chain is sequential).
@@ -287,6 +292,7 @@ def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
     return [d.new_empty((max(d.shape[0] - 1, 0), 4), dtype=torch.float64) for d in dists]
 
 
+@on_idle_cpus
 def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
                  spherical: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """`niter` Lloyd iterations for every problem at once, from the given initial centroids.

@@ -19,6 +19,7 @@ from .plan import Plan
 from .progress import Stages, choice
 from .report import GroupWidth, PruneReport
 from .surgery import apply, not_in_inference_mode
+from .threads import on_idle_cpus
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
@@ -184,6 +185,7 @@ def _commit(decision: Decision, example_inputs: Any, optimizer: Optional[torch.o
                        timings={**decision.timings, "surgery": t1 - t0}, allocation=decision.allocation)
 
 
+@on_idle_cpus
 def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
     """Prune `model` in place by `method` and return a PruneReport; on any error nothing is modified.
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _reference, ops
+from ..threads import on_idle_cpus
 from ._inputs import check_points
 
 __all__ = ["KMeans", "kmeans", "init_centroids", "init_all", "BACKENDS"]
@@ -133,6 +134,7 @@ def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
     return labels, cent, float(mind.double().sum())
 
 
+@on_idle_cpus
 def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], niter: int = 25,
            init: Union[str, Sequence[Tensor]] = "k-means++", seed: int = 0, spherical: bool = False,
            backend: str = "auto") -> Union[KMeans, list[KMeans]]:
