@@ -68,7 +68,7 @@ def threads_for_call() -> int:
     setting = os.environ.get(ENV, "auto").strip().lower()
     current = torch.get_num_threads()
     if setting == "auto":
-        return min(current, idle_cpus())
+        return 1 if current == 1 else min(current, idle_cpus())
     if setting == "torch":
         return current
     try:
