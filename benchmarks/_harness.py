@@ -45,11 +45,16 @@ def cpu_model() -> str:
 
 
 def machine_line() -> str:
-    """One line: CPU model, the SIMD level torch's kernels use, torch threads of usable CPUs, load average."""
+    """One line: CPU model, the SIMD level torch's kernels use, torch threads of usable CPUs, the threads
+    pyprune_fast's calls would use now (see pyprune_fast.threads), load average."""
+    from pyprune_fast import threads
+
     simd = torch.backends.cpu.get_cpu_capability()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    setting = os.environ.get(threads.ENV, "auto")
     return (f"machine: {cpu_model()}, SIMD {simd}, {torch.get_num_threads()} torch threads on "
-            f"{usable_cpus()} usable CPUs, load average {load}")
+            f"{usable_cpus()} usable CPUs ({threads.threads_for_call()} for pyprune_fast now, "
+            f"{threads.ENV}={setting}), load average {load}")
 
 
 def _spin(parent: int) -> None:

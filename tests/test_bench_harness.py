@@ -63,6 +63,7 @@ def test_machine_line_names_cpu_simd_threads_and_load(capsys):
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith(f"machine: {_harness.cpu_model()}, SIMD {torch.backends.cpu.get_cpu_capability()}, "
                            "1 torch threads on ")
+    assert "(1 for pyprune_fast now, PYPRUNE_FAST_THREADS=" in line
     assert "load average" in line and line.endswith("--load 0")
 
 
