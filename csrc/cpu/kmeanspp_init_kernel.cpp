@@ -1,6 +1,7 @@
 // kmeanspp_init on the CPU: problems in parallel (largest first, one worker per thread), each drawn
 // sequentially. A problem's squared distances to a drawn point come from one row of its Gram matrix X X^T
-// (one matrix product in the input dtype, when it is cheaper than k matrix-vector products and small enough),
+// (its upper block triangle by matrix products in the input dtype, when that is cheaper than k matrix-vector
+// products and small enough),
 // else from one matrix-vector product per draw; distances, their running sums and the draws in float64.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -16,6 +17,7 @@ namespace pyprune_fast {
 namespace {
 
 constexpr int64_t kGramEntries = int64_t(1) << 23;  // at most 32 MB (float32) per worker
+constexpr int64_t kGramBlock = 128;                 // rows per product of symmetric_gram
 constexpr double kSerialBelow = 1 << 20;            // multiply-adds in all below which one thread does all
 
 // Whether problem (n points, k draws) reads its distances from a Gram matrix: an n x n product at matrix
@@ -56,6 +58,29 @@ double lower(std::vector<double>& d2, const scalar_t* norms, int64_t norm_stride
   return total;
 }
 
+// x x^T (n x n) into `gram`: its upper block triangle by one matrix product per block of rows (about half the
+// multiply-adds of the whole product), the rest mirrored.
+template <class scalar_t>
+void symmetric_gram(const at::Tensor& x, at::Tensor& gram) {
+  const int64_t n = x.size(0);
+  for (int64_t b = 0; b < n; b += kGramBlock) {
+    const int64_t rows = std::min(kGramBlock, n - b);
+    auto out = gram.narrow(0, b, rows).narrow(1, b, n - b);
+    at::mm_out(out, x.narrow(0, b, rows), x.narrow(0, b, n - b).t());
+  }
+  constexpr int64_t tile = 32;  // the lower block triangle, rows [b, b + block) x columns [0, b), in tiles
+  scalar_t* g = gram.mutable_data_ptr<scalar_t>();
+  for (int64_t b = kGramBlock; b < n; b += kGramBlock) {
+    for (int64_t i0 = b; i0 < std::min(b + kGramBlock, n); i0 += tile) {
+      for (int64_t j0 = 0; j0 < b; j0 += tile) {
+        for (int64_t i = i0; i < std::min(i0 + tile, n); ++i) {
+          for (int64_t j = j0; j < j0 + tile; ++j) g[i * n + j] = g[j * n + i];
+        }
+      }
+    }
+  }
+}
+
 template <class scalar_t>
 void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t* out, Scratch& s) {
   const auto x = points.contiguous();
@@ -71,7 +96,7 @@ void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t*
       s.gram = at::empty({n * n}, x.options());
     }
     auto view = s.gram.narrow(0, 0, n * n).view({n, n});
-    at::mm_out(view, x, x.t());
+    symmetric_gram<scalar_t>(x, view);
     g = view.const_data_ptr<scalar_t>();
   } else {
     norms_t = (x * x).sum(1);
