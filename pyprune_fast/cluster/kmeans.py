@@ -57,9 +57,10 @@ def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int
     if not xs:
         return out
     u = torch.rand(max(ks), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    for dtype in {x.dtype for x in xs}:
-        idx = [i for i, x in enumerate(xs) if x.dtype == dtype]
-        for i, chosen in zip(idx, ops.kmeanspp_init([xs[i] for i in idx], [ks[i] for i in idx], u)):
+    drawn_in = [x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32 for x in xs]  # the op's dtypes
+    for dtype in set(drawn_in):
+        idx = [i for i, d in enumerate(drawn_in) if d == dtype]
+        for i, chosen in zip(idx, ops.kmeanspp_init([xs[i].to(dtype) for i in idx], [ks[i] for i in idx], u)):
             out[i] = xs[i][chosen]
     return out
 

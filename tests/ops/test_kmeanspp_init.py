@@ -161,3 +161,16 @@ def test_cuda_random_points_draw_validly(dtype):
         assert_valid_draws(x, idx, u)
     with pytest.raises(ValueError, match="uniforms is on cpu but the tensors are on cuda"):
         torch.ops.pyprune_fast.kmeanspp_init(xs, ks, u)
+
+
+def test_cluster_init_uses_the_op_for_every_dtype():
+    """cluster.init_all's k-means++: the op's draws, one call per dtype (half precision drawn in float32)."""
+    from pyprune_fast import cluster
+
+    xs = [integer_points(20, 3, 0), integer_points(30, 5, 1, dtype=torch.float32), integer_points(9, 2, 2).half()]
+    ks = [7, 4, 9]
+    got = cluster.init_all(xs, ks, "k-means++", seed=4)
+    for x, k, c in zip(xs, ks, got):
+        assert c.dtype == x.dtype and torch.equal(c, x[_reference.kmeanspp_init(x.float(), k, uniforms(9, 4))])
+    with pytest.raises(ValueError, match=r"k-means\+\+ draws k in \[1, N\] points, got k = 21 for xs\[0\] of 20"):
+        cluster.init_all(xs[:1], [21])
