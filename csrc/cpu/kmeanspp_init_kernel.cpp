@@ -1,8 +1,8 @@
 // kmeanspp_init on the CPU: problems in parallel (largest first, one worker per thread), each drawn
 // sequentially. A problem's squared distances to a drawn point come from one row of its Gram matrix X X^T
 // (its upper block triangle by matrix products in the input dtype, when that is cheaper than k matrix-vector
-// products and small enough),
-// else from one matrix-vector product per draw; distances, their running sums and the draws in float64.
+// products and small enough), else from one matrix-vector product per draw; distances, their running sums
+// (in point order, as torch.cumsum) and the draws in float64.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -20,8 +20,8 @@ constexpr int64_t kGramEntries = int64_t(1) << 23;  // at most 32 MB (float32) p
 constexpr int64_t kGramBlock = 128;                 // rows per product of symmetric_gram
 constexpr double kSerialBelow = 1 << 20;            // multiply-adds in all below which one thread does all
 
-// Whether problem (n points, k draws) reads its distances from a Gram matrix: an n x n product at matrix
-// speed costs about what k matrix-vector products cost when k >= n / 4.
+// Whether problem (n points, k draws) reads its distances from a Gram matrix: half an n x n product at matrix
+// speed costs less than k memory-bound matrix-vector products when k >= n / 4 (a cautious bound).
 bool use_gram(int64_t n, int64_t k) { return n * n <= kGramEntries && 4 * k >= n; }
 
 struct Scratch {
