@@ -23,7 +23,8 @@ from ._build_info import BUILD_INFO
 from .threads import on_idle_cpus
 
 __all__ = [
-    "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS",
+    "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "kmeanspp_init",
+    "METRICS",
     "missing_kernels",
 ]
 
@@ -321,6 +322,45 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
 def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool, sync_every: int = 1):
     labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
     return labels, [c.new_empty(c.shape) for c in centroids], xs[0].new_empty((len(xs),), dtype=torch.float64)
+
+
+@on_idle_cpus
+def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: Tensor) -> list[Tensor]:
+    """k-means++ seeding of every problem at once: the indices of k_i rows of xs[i], each next row drawn
+    with probability proportional to its squared distance to the nearest row drawn so far.
+
+    Args:
+        xs: (N_i, D_i) float32/float64 tensors of one dtype on one device; values must be finite.
+        k: rows to draw, 1 <= k_i <= N_i: one int for all problems or one per problem.
+        uniforms: float64 values in [0, 1), at least max k_i of them, on any device. Draw t of every problem
+            uses uniforms[t]: draw 0 picks row int(u * N); draw t > 0 the first row whose running sum of
+            squared distances (in row order) exceeds u times their total, or row int(u * N) when the total
+            is 0 (every row drawn already or a copy of one). So a problem's draws do not depend on the others.
+
+    Distances, their sums and the draws are in float64; on the CPU the dot products behind the distances
+    are in the input dtype (one Gram matrix per problem, or one matrix-vector product per draw), on CUDA
+    in float64.
+
+    Returns:
+        (k_i,) int64 tensors on the points' device, in drawing order.
+    """
+    op = "kmeanspp_init"
+    lst, _ = _tensor_list(op, "xs", xs)
+    ks = [k] * len(lst) if isinstance(k, int) and not isinstance(k, bool) else k
+    if not isinstance(ks, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ks):
+        raise TypeError(f"{op}: k must be an int or a list of ints, got {k!r}")
+    if not isinstance(uniforms, Tensor):
+        raise TypeError(f"{op}: uniforms must be a tensor, got {type(uniforms).__name__}")
+    if not lst:
+        return []
+    (lst,) = _inputs(op, xs=lst)
+    return list(_ops.kmeanspp_init(lst, list(ks), uniforms.to(lst[0].device)))
+
+
+@torch.library.register_fake("pyprune_fast::kmeanspp_init")
+def _kmeanspp_init_fake(xs: list[Tensor], k: list[int], uniforms: Tensor) -> list[Tensor]:
+    _check_one_device("kmeanspp_init", xs)
+    return [x.new_empty((kk,), dtype=torch.int64) for x, kk in zip(xs, k)]
 
 
 # The private test op: kmeans_lloyd's batched loop in ATen ops alone, on any device.
