@@ -1,21 +1,146 @@
-"""What the benchmark scripts share: devices, timing, memory sampling, the table, the CSV and the plot."""
+"""What the benchmark scripts share: the machine line and --load, devices, timing, memory sampling, the
+table, the CSV and the plot."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import csv
 import ctypes
+import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the checkout's pyprune_fast, also when a script is loaded by its path
     sys.path.insert(0, ROOT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where a benchmark runs: the machine line, --threads, --load
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), which is what --load is bounded by."""
+    return len(os.sched_getaffinity(0))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine_line() -> str:
+    """One line: CPU model, the SIMD level torch's kernels use, torch threads of usable CPUs, the threads
+    pyprune_fast's calls would use now (see pyprune_fast.threads), load average."""
+    from pyprune_fast import threads
+
+    simd = torch.backends.cpu.get_cpu_capability()
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    setting = os.environ.get(threads.ENV, "auto")
+    return (f"machine: {cpu_model()}, SIMD {simd}, {torch.get_num_threads()} torch threads on "
+            f"{usable_cpus()} usable CPUs ({threads.threads_for_call()} for pyprune_fast now, "
+            f"{threads.ENV}={setting}), load average {load}")
+
+
+def _spin(parent: int) -> None:
+    """A busy process: pure arithmetic until its parent is gone (also if the parent is killed -9)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole group; the parent stops us
+    while os.getppid() == parent:
+        for _ in range(200_000):
+            pass
+
+
+class BusyLoad:
+    """`n` busy processes (daemonic, pure spin) from enter to exit; always stopped, also on an exception,
+    Ctrl-C, SIGTERM or interpreter exit."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.procs: list[multiprocessing.Process] = []
+
+    def __enter__(self) -> "BusyLoad":
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        atexit.register(self.stop)
+        self._old_term = signal.getsignal(signal.SIGTERM)
+        if self.n and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        for _ in range(self.n):
+            p = ctx.Process(target=_spin, args=(os.getpid(),), daemon=True)
+            p.start()
+            self.procs.append(p)
+        return self
+
+    def stop(self) -> None:
+        """Kill and reap the busy processes (idempotent)."""
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join(5)
+        self.procs = []
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        atexit.unregister(self.stop)
+        if self.n and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_term)
+        return False
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `with BusyLoad` and atexit
+
+
+def add_machine_args(parser: argparse.ArgumentParser) -> None:
+    """--threads (torch threads; default torch's choice) and --load (busy processes for the run)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, >= 1 (default: torch's choice)")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run N busy processes (pure spin) for the duration, 0 to the number of usable CPUs")
+
+
+def check_machine_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit through `parser` (one line, status 2) for --threads below 1 or --load outside 0..usable CPUs."""
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: must be at least 1")
+    if not 0 <= args.load <= usable_cpus():
+        parser.error(f"--load {args.load}: must be between 0 and the {usable_cpus()} usable CPUs")
+
+
+@contextlib.contextmanager
+def machine(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> Iterator[argparse.Namespace]:
+    """Parse `argv` with --threads and --load added, apply --threads, start the --load busy processes,
+    print the machine line, and yield the arguments; on the way out (however it is left) the busy
+    processes are stopped and the load average is printed again.
+
+        with machine(parser, argv) as args:
+            ...
+    """
+    add_machine_args(parser)
+    args = parser.parse_args(argv)
+    check_machine_args(parser, args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    with BusyLoad(args.load):
+        print(f"{machine_line()}, --load {args.load}", flush=True)
+        try:
+            yield args
+        finally:
+            print("load average at the end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
 
 
 # --------------------------------------------------------------------------------------------------

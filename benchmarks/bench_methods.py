@@ -37,7 +37,7 @@ except ImportError:  # only the CUP comparison needs it; main() asks for --skip-
     fcluster = linkage = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import check_device, print_table, timed, write_csv  # noqa: E402
+from _harness import check_device, machine, print_table, timed, write_csv  # noqa: E402
 
 import pyprune_fast as ppf  # noqa: E402
 from pyprune_fast.methods import METHODS  # noqa: E402
@@ -156,39 +156,36 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--csv", default=None)
     p.add_argument("--skip-cup", action="store_true", help="skip the CUP-against-published comparison")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    args = p.parse_args(argv)
-    check_device(p, args.device)
-    if not args.skip_cup and linkage is None:
-        p.error("the CUP comparison needs scipy, which is not installed: install it or pass --skip-cup")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
-    x = torch.randn(1, 3, 224, 224, device=args.device)
-    if not args.skip_cup:
-        r = bench_cup(torchvision.models.resnet50().to(args.device), x, args.reps, args.device)
-        print(f"\nCUP on ResNet-50 at threshold {r['threshold']:.4g} (about {CUP_FLOPS_REDUCTION}x fewer MACs), "
-              f"median of {args.reps}")
-        print(f"  {'':<44} {'ms':>9} {'MACs kept':>9} {'speed-up':>9}")
-        for key, what in (("published", "published recipe (scipy per layer, rebuild)"),
-                          ("same", "ours, same layers (residual ones ignored)"), ("all", "ours, every group")):
-            print(f"  {what:<44} {r[key] * 1e3:9.1f} {r['macs_kept_' + key]:9.3f} {r['published'] / r[key]:8.1f}x")
-        for key in ("same", "all"):
-            print(f"  ours ({key}): " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["timings_" + key].items()))
-    rows = []
-    for name in filter(None, args.models.split(",")):
-        model = getattr(torchvision.models, name)().to(args.device)
-        rows += bench_methods(name, model, x, args.reps, args.device)
-    if not rows:
+    with machine(p, argv) as args:
+        check_device(p, args.device)
+        if not args.skip_cup and linkage is None:
+            p.error("the CUP comparison needs scipy, which is not installed: install it or pass --skip-cup")
+        torch.manual_seed(0)
+        print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads")
+        x = torch.randn(1, 3, 224, 224, device=args.device)
+        if not args.skip_cup:
+            r = bench_cup(torchvision.models.resnet50().to(args.device), x, args.reps, args.device)
+            print(f"\nCUP on ResNet-50 at threshold {r['threshold']:.4g} (about {CUP_FLOPS_REDUCTION}x fewer MACs), "
+                  f"median of {args.reps}")
+            print(f"  {'':<44} {'ms':>9} {'MACs kept':>9} {'speed-up':>9}")
+            for key, what in (("published", "published recipe (scipy per layer, rebuild)"),
+                              ("same", "ours, same layers (residual ones ignored)"), ("all", "ours, every group")):
+                print(f"  {what:<44} {r[key] * 1e3:9.1f} {r['macs_kept_' + key]:9.3f} {r['published'] / r[key]:8.1f}x")
+            for key in ("same", "all"):
+                print(f"  ours ({key}): " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["timings_" + key].items()))
+        rows = []
+        for name in filter(None, args.models.split(",")):
+            model = getattr(torchvision.models, name)().to(args.device)
+            rows += bench_methods(name, model, x, args.reps, args.device)
+        if not rows:
+            return 0
+        print()
+        stages = ("trace", "scores", "clustering", "allocation", "surgery")
+        print_table(COLUMNS, [(r["model"], r["method"], r["total_s"] * 1e3, r["macs_kept"],
+                               "  " + " / ".join(f"{r[k + '_s'] * 1e3:.0f}" for k in stages)) for r in rows], rule=False)
+        if args.csv:
+            write_csv(args.csv, rows)
         return 0
-    print()
-    stages = ("trace", "scores", "clustering", "allocation", "surgery")
-    print_table(COLUMNS, [(r["model"], r["method"], r["total_s"] * 1e3, r["macs_kept"],
-                           "  " + " / ".join(f"{r[k + '_s'] * 1e3:.0f}" for k in stages)) for r in rows], rule=False)
-    if args.csv:
-        write_csv(args.csv, rows)
-    return 0
 
 
 if __name__ == "__main__":

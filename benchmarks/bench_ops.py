@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import bar_plot, check_device, conv_weights, median_ms, print_table, write_csv  # noqa: E402
+from _harness import bar_plot, check_device, conv_weights, machine, median_ms, print_table, write_csv  # noqa: E402
 
 from pyprune_fast import ops  # noqa: E402
 
@@ -126,28 +126,28 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     p.add_argument("--csv", help="also write the table to this CSV file")
     p.add_argument("--plot", help="also write a bar chart of the speed-ups to this PNG file")
-    args = p.parse_args(argv)
-    check_device(p, args.device)
-    benches = {"pairwise_distance": bench_pairwise, "gather_channels": bench_gather, "merge_channels_": bench_merge}
-    unknown = set(args.ops.split(",")) - benches.keys()
-    if unknown:
-        p.error(f"unknown op(s): {', '.join(sorted(unknown))}")
+    with machine(p, argv) as args:
+        check_device(p, args.device)
+        benches = {"pairwise_distance": bench_pairwise, "gather_channels": bench_gather, "merge_channels_": bench_merge}
+        unknown = set(args.ops.split(",")) - benches.keys()
+        if unknown:
+            p.error(f"unknown op(s): {', '.join(sorted(unknown))}")
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    rows: list[Row] = []
-    for model in args.models.split(","):
-        ws = conv_weights(model, args.device)
-        for op in args.ops.split(","):
-            rows += benches[op](model, ws, args.min_time)
-    print_rows(rows, device_name)
-    if args.csv:
-        write_csv(args.csv, [{"device": device_name, "op": r.op, "model": r.model, "layers": r.layers,
-                              "ours_ms": f"{r.ours_ms:.4f}", "baseline_ms": f"{r.baseline_ms:.4f}",
-                              "speedup": f"{r.speedup:.3f}", "note": r.note} for r in rows])
-    if args.plot:
-        bar_plot(args.plot, [f"{r.op}\n{r.model}" for r in rows], [r.speedup for r in rows],
-                 "speed-up over per-layer loop", title=f"pyprune_fast ops on {device_name}", hline=1.0)
-    return 0
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+        rows: list[Row] = []
+        for model in args.models.split(","):
+            ws = conv_weights(model, args.device)
+            for op in args.ops.split(","):
+                rows += benches[op](model, ws, args.min_time)
+        print_rows(rows, device_name)
+        if args.csv:
+            write_csv(args.csv, [{"device": device_name, "op": r.op, "model": r.model, "layers": r.layers,
+                                  "ours_ms": f"{r.ours_ms:.4f}", "baseline_ms": f"{r.baseline_ms:.4f}",
+                                  "speedup": f"{r.speedup:.3f}", "note": r.note} for r in rows])
+        if args.plot:
+            bar_plot(args.plot, [f"{r.op}\n{r.model}" for r in rows], [r.speedup for r in rows],
+                     "speed-up over per-layer loop", title=f"pyprune_fast ops on {device_name}", hline=1.0)
+        return 0
 
 
 if __name__ == "__main__":

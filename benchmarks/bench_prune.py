@@ -32,8 +32,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _torch_pruning  # noqa: E402
-from _harness import (MMAP_THRESHOLD, check_device, malloc_trim, memory_meter, sync, table_header,  # noqa: E402
-                      table_line, write_csv)
+from _harness import (MMAP_THRESHOLD, check_device, machine, malloc_trim, memory_meter, sync,  # noqa: E402
+                      table_header, table_line, write_csv)
 
 import pyprune_fast as ppf  # noqa: E402
 import pyprune_fast.methods  # noqa: E402
@@ -381,50 +381,50 @@ def main(argv=None) -> int:
     p.add_argument("--no-tp-recipe", action="store_true", help="skip Torch-Pruning's own ViT recipe (tp-recipe)")
     p.add_argument("--no-tp", action="store_true", help="time ours alone, without Torch-Pruning")
     p.add_argument("--_memory-only", dest="memory_only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in CLASSIFIER:
-            p.error(f"unknown model {m!r}; expected one of {', '.join(CLASSIFIER)}")
-    check_device(p, args.device)
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
+    with machine(p, argv) as args:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        for m in models:
+            if m not in CLASSIFIER:
+                p.error(f"unknown model {m!r}; expected one of {', '.join(CLASSIFIER)}")
+        check_device(p, args.device)
+        if args.reps < 1:
+            p.error("--reps must be >= 1")
 
-    if args.memory_only:  # internal: one model, one JSON line (see memory_in_subprocess)
-        m = models[0]
-        x = torch.randn(1, 3, 224, 224, device=args.device)
-        mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp)
-        print(json.dumps(mem.__dict__))
+        if args.memory_only:  # internal: one model, one JSON line (see memory_in_subprocess)
+            m = models[0]
+            x = torch.randn(1, 3, 224, 224, device=args.device)
+            mem = measure_memory(build_model(m, args.device), x, m, args.device, with_tp=not args.no_tp)
+            print(json.dumps(mem.__dict__))
+            return 0
+
+        tp_version = torch_pruning_version(p, args.no_tp)
+        print(f"torch {torch.__version__}, torch-pruning {tp_version}, "
+              f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
+            print("warning: the machine is busy; with OpenMP threads competing for cores every parallel op can "
+                  "wait a scheduler slice, and the times below mean little", file=sys.stderr)
+
+        all_results: list[Result] = []
+        befores: dict[str, ppf.Profile] = {}
+        for m in models:
+            x = torch.randn(1, 3, 224, 224, device=args.device)
+            res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe,
+                                          not args.no_tp)
+            all_results += res
+
+        print_results(all_results, args.reps)
+        print()
+        print_speedups(models, all_results, befores)
+        print()
+        mems: dict[str, MemResult] = {}
+        for m in models:
+            ok = {r.tool: r.error is None for r in all_results if r.model == m}
+            mems[m] = memory_in_subprocess(m, args.device, with_tp=ok.get("tp", False)) if ok["ours"] else MemResult()
+        print_memory(mems)
+        if args.csv:
+            write_csv(args.csv, csv_rows(all_results, befores, mems, args.device, args.reps))
         return 0
-
-    tp_version = torch_pruning_version(p, args.no_tp)
-    print(f"torch {torch.__version__}, torch-pruning {tp_version}, "
-          f"pyprune_fast {ppf.__version__}, device {args.device}, {torch.get_num_threads()} threads, ratio {RATIO}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
-        print("warning: the machine is busy; with OpenMP threads competing for cores every parallel op can "
-              "wait a scheduler slice, and the times below mean little", file=sys.stderr)
-
-    all_results: list[Result] = []
-    befores: dict[str, ppf.Profile] = {}
-    for m in models:
-        x = torch.randn(1, 3, 224, 224, device=args.device)
-        res, befores[m] = bench_model(m, build_model(m, args.device), x, args.reps, args.device, not args.no_tp_recipe,
-                                      not args.no_tp)
-        all_results += res
-
-    print_results(all_results, args.reps)
-    print()
-    print_speedups(models, all_results, befores)
-    print()
-    mems: dict[str, MemResult] = {}
-    for m in models:
-        ok = {r.tool: r.error is None for r in all_results if r.model == m}
-        mems[m] = memory_in_subprocess(m, args.device, with_tp=ok.get("tp", False)) if ok["ours"] else MemResult()
-    print_memory(mems)
-    if args.csv:
-        write_csv(args.csv, csv_rows(all_results, befores, mems, args.device, args.reps))
-    return 0
 
 
 if __name__ == "__main__":

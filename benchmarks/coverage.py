@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import table_header, table_line, write_csv  # noqa: E402
+from _harness import machine, table_header, table_line, write_csv  # noqa: E402
 from zoo import DEFAULT_SIZE, ZOOS, Builder, torchvision_models, zoo_models  # noqa: E402
 
 from pyprune_fast.testing import (OUTPUT_LOCK, SAME, CoverageResult, call_model, check_coverage, compare_shapes,  # noqa: E402
@@ -337,46 +337,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=600, help="seconds per model and per library (0: none; default 600)")
     p.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     p.add_argument("--strict", action="store_true", help="exit 1 when any model fails")
-    args = p.parse_args(argv)
-    if not 0 <= args.ratio < 1:
-        p.error(f"--ratio must be in [0, 1), got {args.ratio}")
-    if args.limit < 0 or args.budget < 0:
-        p.error("--limit and --budget must be >= 0")
-    zoos = list(ZOOS) if args.zoo == "all" else [args.zoo]
-    try:
-        chosen = select(zoos, args.models, args.limit, args.size)
-    except ValueError as e:
-        p.error(str(e))
+    with machine(p, argv) as args:
+        if not 0 <= args.ratio < 1:
+            p.error(f"--ratio must be in [0, 1), got {args.ratio}")
+        if args.limit < 0 or args.budget < 0:
+            p.error("--limit and --budget must be >= 0")
+        zoos = list(ZOOS) if args.zoo == "all" else [args.zoo]
+        try:
+            chosen = select(zoos, args.models, args.limit, args.size)
+        except ValueError as e:
+            p.error(str(e))
 
-    try:
-        from tqdm import tqdm
+        try:
+            from tqdm import tqdm
 
-        it = tqdm(chosen, file=sys.stderr, dynamic_ncols=True)
-    except ImportError:
-        it = chosen
-    print(table_header(COLUMNS), flush=True)
-    rows: list[Row] = []
-    for zoo, name, builder in it:
-        if hasattr(it, "set_description"):
-            it.set_description(name)
-        row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget, args.prune_embedding, args.onnx)
-        rows.append(row)
-        print(format_row(row, args.peer), flush=True)
-        if args.csv:  # after every model: a run cut short keeps its rows
-            with contextlib.redirect_stdout(io.StringIO()):  # write_csv says "wrote": once, at the end
-                write_csv(args.csv, [csv_row(r) for r in rows])
+            it = tqdm(chosen, file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            it = chosen
+        print(table_header(COLUMNS), flush=True)
+        rows: list[Row] = []
+        for zoo, name, builder in it:
+            if hasattr(it, "set_description"):
+                it.set_description(name)
+            row = check_model(zoo, name, builder, args.ratio, args.peer, args.budget, args.prune_embedding, args.onnx)
+            rows.append(row)
+            print(format_row(row, args.peer), flush=True)
+            if args.csv:  # after every model: a run cut short keeps its rows
+                with contextlib.redirect_stdout(io.StringIO()):  # write_csv says "wrote": once, at the end
+                    write_csv(args.csv, [csv_row(r) for r in rows])
 
-    for zoo in zoos:
-        print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer, args.onnx)
-    if len(zoos) > 1:
-        print("\n== all zoos: top lock reasons (groups, channels, models):")
-        for kind, g, c, m in lock_table(rows):
-            print(f"   {g:>6} {c:>8} {m:>4}  {kind}")
-    failed = [r for r in rows if r.built and not r.ok]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} models passed or were skipped ({sum(r.seconds for r in rows):.0f} s)")
-    if args.csv:
-        print(f"wrote {args.csv}")
-    return 1 if args.strict and failed else 0
+        for zoo in zoos:
+            print_summary(zoo, [r for r in rows if r.zoo == zoo], args.peer, args.onnx)
+        if len(zoos) > 1:
+            print("\n== all zoos: top lock reasons (groups, channels, models):")
+            for kind, g, c, m in lock_table(rows):
+                print(f"   {g:>6} {c:>8} {m:>4}  {kind}")
+        failed = [r for r in rows if r.built and not r.ok]
+        print(f"\n{len(rows) - len(failed)} of {len(rows)} models passed or were skipped ({sum(r.seconds for r in rows):.0f} s)")
+        if args.csv:
+            print(f"wrote {args.csv}")
+        return 1 if args.strict and failed else 0
 
 
 if __name__ == "__main__":

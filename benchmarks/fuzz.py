@@ -58,7 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyprune_fast as ppf  # noqa: E402
+from _harness import machine  # noqa: E402
 from pyprune_fast.testing import dead_channels_are_exact, kill_channels  # noqa: E402
 
 CLASSES = 5
@@ -813,25 +815,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--models", type=int, default=200, help="number of models (seeds SEED .. SEED+N-1)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the first model")
     ap.add_argument("--out", default="bench_out/fuzz", help="folder for failures.json")
-    args = ap.parse_args(argv)
-    if args.models < 1:
-        ap.error(f"--models must be >= 1, got {args.models}")
-    start = time.perf_counter()
-    summary = run(args.seed, args.models, progress=True)
-    print(table(summary))
-    print(f"{summary.models} models in {time.perf_counter() - start:.1f} s")
-    os.makedirs(args.out, exist_ok=True)
-    failures = sorted(summary.failures, key=lambda f: (f["kind"], len(f["model"]), f["seed"]))
-    with open(os.path.join(args.out, "failures.json"), "w") as fh:
-        json.dump(failures, fh, indent=1)
-    classes: dict[str, list] = {}
-    for f in failures:
-        classes.setdefault(failure_class(f), []).append(f)
-    for name, fs in sorted(classes.items(), key=lambda kv: -len(kv[1])):
-        f = min(fs, key=lambda f: (len(f["model"]), f["seed"]))
-        print(f"\n{len(fs)} x {name}\n  smallest: seed {f['seed']}: {f['model']}\n  {f['error']}")
-    print(f"\n{len(failures)} failures written to {os.path.join(args.out, 'failures.json')}")
-    return 1 if failures else 0
+    with machine(ap, argv) as args:
+        if args.models < 1:
+            ap.error(f"--models must be >= 1, got {args.models}")
+        start = time.perf_counter()
+        summary = run(args.seed, args.models, progress=True)
+        print(table(summary))
+        print(f"{summary.models} models in {time.perf_counter() - start:.1f} s")
+        os.makedirs(args.out, exist_ok=True)
+        failures = sorted(summary.failures, key=lambda f: (f["kind"], len(f["model"]), f["seed"]))
+        with open(os.path.join(args.out, "failures.json"), "w") as fh:
+            json.dump(failures, fh, indent=1)
+        classes: dict[str, list] = {}
+        for f in failures:
+            classes.setdefault(failure_class(f), []).append(f)
+        for name, fs in sorted(classes.items(), key=lambda kv: -len(kv[1])):
+            f = min(fs, key=lambda f: (len(f["model"]), f["seed"]))
+            print(f"\n{len(fs)} x {name}\n  smallest: seed {f['seed']}: {f['model']}\n  {f['error']}")
+        print(f"\n{len(failures)} failures written to {os.path.join(args.out, 'failures.json')}")
+        return 1 if failures else 0
 
 
 if __name__ == "__main__":

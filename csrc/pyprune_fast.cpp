@@ -22,4 +22,8 @@ TORCH_LIBRARY(pyprune_fast, m) {
   m.def(
       "kmeans_lloyd(Tensor[] xs, Tensor[] centroids, int niter, bool spherical) -> "
       "(Tensor[] labels, Tensor[] centroids, Tensor inertia)");
+  // k-means++ seeding of many problems at once: k[i] indices of rows of xs[i] (N_i x D_i), int64. Draw t of
+  // every problem uses uniforms[t] (float64): the first uniformly, each next one by inverse CDF of the squared
+  // distances to the nearest row drawn so far (uniformly again when they are all zero).
+  m.def("kmeanspp_init(Tensor[] xs, int[] k, Tensor uniforms) -> Tensor[]");
 }

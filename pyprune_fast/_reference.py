@@ -104,3 +104,24 @@ def kmeans_lloyd(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
         if torch.equal(labels, prev):
             break
     return labels, c, float(mind.double().sum())
+
+
+def kmeanspp_init(x: Tensor, k: int, uniforms: Tensor) -> Tensor:
+    """(N, D) points -> (k,) int64 indices of the k-means++ seeding, in float64: draw 0 is the point
+    int(u[0] * N); draw t > 0 is the first point whose running sum of squared distances to the nearest drawn
+    point exceeds u[t] times their total (searchsorted right=True), or int(u[t] * N) when the total is 0."""
+    n, u = x.shape[0], uniforms.double().cpu().tolist()
+    p = x.double()
+    norms = (p * p).sum(1)
+    chosen = [min(int(u[0] * n), n - 1)]
+    d2 = (norms - 2 * (p @ p[chosen[0]]) + norms[chosen[0]]).clamp_min(0)
+    for t in range(1, k):
+        cdf = d2.cumsum(0)
+        total = cdf[-1]
+        if total > 0:
+            chosen.append(min(int(torch.searchsorted(cdf, u[t] * total, right=True)), n - 1))
+        else:  # every point already drawn or a copy of one
+            chosen.append(min(int(u[t] * n), n - 1))
+        c = chosen[-1]
+        d2 = torch.minimum(d2, (norms - 2 * (p @ p[c]) + norms[c]).clamp_min(0))
+    return torch.tensor(chosen, dtype=torch.long, device=x.device)

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 from ._build_info import BUILD_INFO
+from .threads import on_idle_cpus
 
 __all__ = [
-    "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "METRICS",
+    "pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd", "kmeanspp_init",
+    "METRICS",
     "missing_kernels",
 ]
 
@@ -137,6 +139,7 @@ def _check_one_device(op: str, xs: list[Tensor], **lists: list[Optional[Tensor]]
 def pairwise_distance(xs: Tensor, metric: str = ...) -> Tensor: ...
 @overload
 def pairwise_distance(xs: Sequence[Tensors], metric: str = ...) -> list[Tensor]: ...
+@on_idle_cpus
 def pairwise_distance(xs: Union[Tensor, Sequence[Tensors]], metric: str = "euclidean") -> Union[Tensor, list[Tensor]]:
     """Distances between the rows of each 2-D tensor.
 
@@ -180,6 +183,7 @@ def _pairwise_distance_fake(xs: list[Tensor], metric: str, blocks: Optional[list
 def gather_channels(xs: Tensor, indices: Indices, dims: Dims) -> Tensor: ...
 @overload
 def gather_channels(xs: Sequence[Tensor], indices: Indices, dims: Dims) -> list[Tensor]: ...
+@on_idle_cpus
 def gather_channels(xs: Tensors, indices: Indices, dims: Dims) -> Union[Tensor, list[Tensor]]:
     """New compact tensors holding only channels ``indices`` of each x along its dim.
 
@@ -212,6 +216,7 @@ def _gather_channels_fake(xs: list[Tensor], indices: list[Tensor], dims: list[in
     return outs
 
 
+@on_idle_cpus
 def merge_channels_(
     xs: Tensors,
     assignments: Indices,
@@ -270,6 +275,7 @@ def _merge_channels_fake(xs, assignments, keep, dims, weights) -> None:
     _check_one_device("merge_channels_", xs, assignments=assignments, keep=keep, weights=weights)
 
 
+@on_idle_cpus
 def ward_linkage(dists: Sequence[Tensor]) -> list[Tensor]:
     """Ward linkage of each N x N Euclidean distance matrix (only the upper triangle is read), on the
     CPU: matrices on another device are copied there (the nearest-neighbour chain is sequential).
@@ -287,6 +293,7 @@ def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
     return [d.new_empty((max(d.shape[0] - 1, 0), 4), dtype=torch.float64) for d in dists]
 
 
+@on_idle_cpus
 def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
                  spherical: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """`niter` Lloyd iterations for every problem at once, from the given initial centroids.
@@ -315,6 +322,45 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
 def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool, sync_every: int = 1):
     labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
     return labels, [c.new_empty(c.shape) for c in centroids], xs[0].new_empty((len(xs),), dtype=torch.float64)
+
+
+@on_idle_cpus
+def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: Tensor) -> list[Tensor]:
+    """k-means++ seeding of every problem at once: the indices of k_i rows of xs[i], each next row drawn
+    with probability proportional to its squared distance to the nearest row drawn so far.
+
+    Args:
+        xs: (N_i, D_i) float32/float64 tensors of one dtype on one device; values must be finite.
+        k: rows to draw, 1 <= k_i <= N_i: one int for all problems or one per problem.
+        uniforms: float64 values in [0, 1), at least max k_i of them, on any device. Draw t of every problem
+            uses uniforms[t]: draw 0 picks row int(u * N); draw t > 0 the first row whose running sum of
+            squared distances (in row order) exceeds u times their total, or row int(u * N) when the total
+            is 0 (every row drawn already or a copy of one). So a problem's draws do not depend on the others.
+
+    Distances, their sums and the draws are in float64; on the CPU the dot products behind the distances
+    are in the input dtype (one Gram matrix per problem, or one matrix-vector product per draw), on CUDA
+    in float64.
+
+    Returns:
+        (k_i,) int64 tensors on the points' device, in drawing order.
+    """
+    op = "kmeanspp_init"
+    lst, _ = _tensor_list(op, "xs", xs)
+    ks = [k] * len(lst) if isinstance(k, int) and not isinstance(k, bool) else k
+    if not isinstance(ks, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ks):
+        raise TypeError(f"{op}: k must be an int or a list of ints, got {k!r}")
+    if not isinstance(uniforms, Tensor):
+        raise TypeError(f"{op}: uniforms must be a tensor, got {type(uniforms).__name__}")
+    if not lst:
+        return []
+    (lst,) = _inputs(op, xs=lst)
+    return list(_ops.kmeanspp_init(lst, list(ks), uniforms.to(lst[0].device)))
+
+
+@torch.library.register_fake("pyprune_fast::kmeanspp_init")
+def _kmeanspp_init_fake(xs: list[Tensor], k: list[int], uniforms: Tensor) -> list[Tensor]:
+    _check_one_device("kmeanspp_init", xs)
+    return [x.new_empty((kk,), dtype=torch.int64) for x, kk in zip(xs, k)]
 
 
 # The private test op: kmeans_lloyd's batched loop in ATen ops alone, on any device.

@@ -22,6 +22,7 @@ from .plan import Plan
 from .progress import Stages, choice
 from .report import GroupWidth, PruneReport
 from .surgery import apply, applied, not_in_inference_mode
+from .threads import on_idle_cpus
 
 __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
@@ -222,6 +223,7 @@ def _measure_again(model: nn.Module, example_inputs: Any, decision: Decision) ->
         return None
 
 
+@on_idle_cpus
 def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: Any) -> PruneReport:
     """Prune `model` in place by `method` and return a PruneReport; on any error nothing is modified.
 

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/parallel_rows.h"
 #include "kmeans_lloyd.h"
 
 namespace pyprune_fast {
@@ -82,35 +83,49 @@ void update(const at::Tensor& x, const int64_t* labels, const scalar_t* mind, at
   if (spherical) c.div_(c.norm(2, 1, true).clamp_min(1e-12));
 }
 
+// Lloyd's iterations on one problem: labels and centroids (c, updated in place); returns the inertia.
+double lloyd(const at::Tensor& x, at::Tensor& c, at::Tensor& lab, int64_t niter, bool spherical) {
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kmeans_lloyd_cpu", [&] {
+    const int64_t n = x.size(0);
+    if (n == 0) return;
+    const auto xnorm = (x * x).sum(1);
+    std::vector<scalar_t> mind(n);
+    std::vector<int64_t> prev(n, -1);
+    int64_t* lp = lab.mutable_data_ptr<int64_t>();
+    total = assign<scalar_t>(x, xnorm, c, lp, mind.data());
+    for (int64_t it = 0; it < niter; ++it) {
+      update<scalar_t>(x, lp, mind.data(), c, spherical);
+      std::copy(lp, lp + n, prev.begin());
+      total = assign<scalar_t>(x, xnorm, c, lp, mind.data());
+      if (std::equal(lp, lp + n, prev.begin())) break;  // converged: another update changes nothing
+    }
+  });
+  return total;
+}
+
+struct NoScratch {};
+
+// Problems side by side, one thread each (see parallel_problems): each iteration of a small problem
+// would otherwise open several parallel regions, and on a busy machine every region waits for its
+// slowest thread. A problem's result does not depend on the threads it ran on.
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> kmeans_lloyd_cpu(
     at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
   const BelowAutograd below_autograd;
   check_kmeans_args(xs, centroids, niter);
-  std::vector<at::Tensor> labels, cents;
-  auto inertia = at::zeros({static_cast<int64_t>(xs.size())}, at::kDouble);
+  std::vector<at::Tensor> points, labels, cents;
+  std::vector<double> work;
   for (size_t i = 0; i < xs.size(); ++i) {
-    const auto x = xs[i].contiguous();
-    auto c = centroids[i].clone(at::MemoryFormat::Contiguous);
-    auto lab = at::empty({x.size(0)}, x.options().dtype(at::kLong));
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kmeans_lloyd_cpu", [&] {
-      const int64_t n = x.size(0);
-      if (n == 0) return;
-      const auto xnorm = (x * x).sum(1);
-      std::vector<scalar_t> mind(n);
-      std::vector<int64_t> prev(n, -1);
-      int64_t* lp = lab.mutable_data_ptr<int64_t>();
-      double total = assign<scalar_t>(x, xnorm, c, lp, mind.data());
-      for (int64_t it = 0; it < niter; ++it) {
-        update<scalar_t>(x, lp, mind.data(), c, spherical);
-        std::copy(lp, lp + n, prev.begin());
-        total = assign<scalar_t>(x, xnorm, c, lp, mind.data());
-        if (std::equal(lp, lp + n, prev.begin())) break;  // converged: another update changes nothing
-      }
-      inertia.mutable_data_ptr<double>()[i] = total;
-    });
-    labels.push_back(lab);
-    cents.push_back(c);
+    points.push_back(xs[i].contiguous());
+    cents.push_back(centroids[i].clone(at::MemoryFormat::Contiguous));
+    labels.push_back(at::empty({xs[i].size(0)}, xs[i].options().dtype(at::kLong)));
+    work.push_back(static_cast<double>(xs[i].size(0)) * (cents[i].size(0) + 4) * (xs[i].size(1) + 4));
   }
+  auto inertia = at::zeros({static_cast<int64_t>(xs.size())}, at::kDouble);
+  double* out = inertia.mutable_data_ptr<double>();
+  parallel_problems<NoScratch>(work, 1 << 20, [&](size_t i, NoScratch&) {
+    out[i] = lloyd(points[i], cents[i], labels[i], niter, spherical);
+  });
   return {labels, cents, inertia};
 }
 

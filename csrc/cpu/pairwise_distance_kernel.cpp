@@ -95,26 +95,15 @@ std::vector<at::Tensor> pairwise_distance_cpu(at::TensorList xs, c10::string_vie
   const auto problems = split_problems(xs, blocks);
   std::vector<at::Tensor> outs;
   std::vector<double> work;
-  double left = 0;
   for (const auto& parts : problems) {
     const int64_t n = parts[0].size(0);
     int64_t cols = 0;
     for (const auto& b : parts) cols += b.size(1);
     outs.push_back(at::empty({n, n}, parts[0].options()));
     work.push_back(static_cast<double>(n) * n * (cols + 8));  // the epilogue's share: a few columns' worth
-    left += work.back();
   }
-  const auto order = largest_first(work);
-  const int64_t threads = at::get_num_threads();
-  size_t shared = 0;
-  Scratch scratch;
-  for (; shared < order.size() && work[order[shared]] * threads > left; ++shared) {
-    distances(problems[order[shared]], metric, outs[order[shared]], scratch);
-    left -= work[order[shared]];
-  }
-  const std::vector<size_t> rest(order.begin() + shared, order.end());
-  parallel_queue<Scratch>(rest, left, 1 << 20,
-                          [&](size_t p, Scratch& mine) { distances(problems[p], metric, outs[p], mine); });
+  parallel_problems<Scratch>(work, 1 << 20,
+                             [&](size_t p, Scratch& mine) { distances(problems[p], metric, outs[p], mine); });
   return outs;
 }
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _reference, ops
+from ..threads import on_idle_cpus
 from ._inputs import check_points
 
 __all__ = ["KMeans", "kmeans", "init_centroids", "init_all", "BACKENDS"]
@@ -38,39 +39,10 @@ class KMeans:
     inertia: float  # sum of squared distances of the points to their centroids
 
 
-_GRAM_ENTRIES = 1 << 25  # float64 Gram matrices of at most 256 MB per batch of k-means++ problems
-
-
-def _kmeanspp(xs: list[Tensor], k: int, seed: int) -> Tensor:
-    """k-means++ centroids for problems of one shape, together: (P, k, D). Every problem draws from
-    the same uniforms (a CPU generator seeded with `seed`), by inverse CDF on the device, so a
-    problem's centroids do not depend on the others in its batch, and nothing is read back per step."""
-    n, device = xs[0].shape[0], xs[0].device
-    u = torch.rand(k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
-    points = torch.stack(xs).double()  # (P, N, D)
-    norms = (points * points).sum(2)
-    gram = points @ points.transpose(1, 2) if len(xs) * n * n <= _GRAM_ENTRIES else None
-    rows = torch.arange(len(xs), device=device)
-
-    def dist2(idx: Tensor) -> Tensor:  # (P, N): squared distances to point idx[p] of every problem
-        dots = gram[rows, idx] if gram is not None else torch.bmm(points, points[rows, idx].unsqueeze(2)).squeeze(2)
-        return (norms - 2 * dots + norms[rows, idx].unsqueeze(1)).clamp_min_(0)
-
-    chosen = torch.empty(len(xs), k, dtype=torch.long, device=device)
-    chosen[:, 0] = (u[0] * n).long().clamp_max(n - 1)
-    d2 = dist2(chosen[:, 0])
-    for t in range(1, k):
-        cdf = d2.cumsum(1)
-        total = cdf[:, -1:]
-        drawn = torch.searchsorted(cdf, u[t] * total, right=True).squeeze(1).clamp_max(n - 1)
-        uniform = (u[t] * n).long().clamp_max(n - 1)  # every point already chosen or a copy of one
-        chosen[:, t] = torch.where(total.squeeze(1) > 0, drawn, uniform)
-        torch.minimum(d2, dist2(chosen[:, t]), out=d2)
-    return torch.stack([x[c] for x, c in zip(xs, chosen)])
-
-
 def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int = 0) -> list[Tensor]:
-    """init_centroids for every problem; k-means++ runs problems of one shape (and k) as one batch."""
+    """init_centroids for every problem; k-means++ draws all problems of one dtype in one call of the
+    compiled op (ops.kmeanspp_init), every problem from the same uniforms (a CPU generator seeded with
+    `seed`), so a problem's centroids do not depend on the others."""
     if init not in ("k-means++", "random"):
         raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
     xs = [x.detach() for x in xs]
@@ -80,15 +52,17 @@ def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int
             g = torch.Generator().manual_seed(seed)
             out[i] = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].clone()
         return out
-    buckets: dict[tuple, list[int]] = {}
     for i, (x, k) in enumerate(zip(xs, ks)):
-        buckets.setdefault((tuple(x.shape), k, x.device, x.dtype), []).append(i)
-    for (shape, k, _, _), idx in buckets.items():
-        per_batch = max(1, _GRAM_ENTRIES // max(shape[0] * shape[0], 1))
-        for b in range(0, len(idx), per_batch):
-            part = idx[b:b + per_batch]
-            for i, c in zip(part, _kmeanspp([xs[i] for i in part], k, seed)):
-                out[i] = c
+        if not 1 <= k <= x.shape[0]:
+            raise ValueError(f"kmeans: k-means++ draws k in [1, N] points, got k = {k} for xs[{i}] of {x.shape[0]}")
+    if not xs:
+        return out
+    u = torch.rand(max(ks), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    drawn_in = [x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32 for x in xs]  # the op's dtypes
+    for dtype in set(drawn_in):
+        idx = [i for i, d in enumerate(drawn_in) if d == dtype]
+        for i, chosen in zip(idx, ops.kmeanspp_init([xs[i].to(dtype) for i in idx], [ks[i] for i in idx], u)):
+            out[i] = xs[i][chosen]
     return out
 
 
@@ -133,6 +107,7 @@ def _lloyd_faiss(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
     return labels, cent, float(mind.double().sum())
 
 
+@on_idle_cpus
 def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], niter: int = 25,
            init: Union[str, Sequence[Tensor]] = "k-means++", seed: int = 0, spherical: bool = False,
            backend: str = "auto") -> Union[KMeans, list[KMeans]]:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import ops
+from ..threads import on_idle_cpus
 from ._inputs import check_points
 
 __all__ = ["ward", "linkage", "linkages", "flat_clusters", "row_norms"]
@@ -141,6 +142,7 @@ def linkages(lst: list[Points], dtype: torch.dtype = torch.float64) -> list[Tens
     return ops.ward_linkage(dists)
 
 
+@on_idle_cpus
 def linkage(xs: Sequence[Tensor], dtype: torch.dtype = torch.float64) -> list[Tensor]:
     """The Ward tree of each (N, D) tensor of a list, as (N - 1, 4) float64 CPU tensors in the format
     of scipy.cluster.hierarchy.linkage(x, "ward"); cut them with `flat_clusters`.
@@ -155,6 +157,7 @@ def linkage(xs: Sequence[Tensor], dtype: torch.dtype = torch.float64) -> list[Te
     return linkages(lst, dtype) if lst else []
 
 
+@on_idle_cpus
 def ward(
     xs: Union[Tensor, Sequence[Tensor]],
     threshold: Optional[float] = None,

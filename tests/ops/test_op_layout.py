@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 OPS = [name for name in ops.__all__ if name not in ("METRICS", "missing_kernels")]
 
 
-def test_the_five_ops():
-    assert OPS == ["pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd"]
+def test_the_six_ops():
+    assert OPS == ["pairwise_distance", "gather_channels", "merge_channels_", "ward_linkage", "kmeans_lloyd",
+                   "kmeanspp_init"]
 
 
 @pytest.mark.parametrize("op", OPS)
