@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .export import eval_mode, export_onnx, require
 from .graph import model_inputs
+from .threads import user_threads
 
 __all__ = ["BACKENDS", "Latency", "measure_latency", "measure_options"]
 
@@ -249,7 +250,8 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
     device: where to run (default: the model's device); a model elsewhere is copied there, never moved.
     batch_size: every input's first dim repeated (or cut) to this length; None: as given.
     threads: CPU intra-op threads during the measurement (torch's, or onnxruntime's), restored after; None:
-        torch's current number.
+        torch's current number as the user set it (not the lower count pyprune_fast's own work runs on under
+        load: threads.user_threads).
     Timing: `warmup` untimed runs, then timed runs (CUDA events on a GPU, after which the host waits) until
     there are `min_runs` of them, `min_time` seconds have passed and the median is stable (standard error
     under 1%), or `max_time` (default 3 * min_time) seconds have passed.
@@ -260,7 +262,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
         raise ValueError(f"measure_latency: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"measure_latency: model must be an nn.Module, got {type(model).__name__}")
-    batch_size, threads = _int("batch_size", batch_size), _int("threads", threads)
+    batch_size, threads = _int("batch_size", batch_size), _int("threads", threads) or user_threads()
     min_runs, warmup = _int("min_runs", min_runs), _int("warmup", warmup, low=0)
     for name, value in (("min_time", min_time), ("max_time", max_time)):
         if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool) or not value >= 0):

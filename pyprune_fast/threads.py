@@ -17,6 +17,7 @@ The setting: the environment variable PYPRUNE_FAST_THREADS, read at every call:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import time
@@ -24,13 +25,14 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-__all__ = ["ENV", "idle_cpus", "threads_for_call", "limited", "on_idle_cpus"]
+__all__ = ["ENV", "idle_cpus", "threads_for_call", "limited", "on_idle_cpus", "user_threads"]
 
 ENV = "PYPRUNE_FAST_THREADS"
 _RECHECK_S = 0.1  # a probe reads a few /proc files (~0.1 ms): one per this many seconds
 _last: tuple[float, int] = (-1.0, 0)  # (when, idle CPUs then)
 
 F = TypeVar("F", bound=Callable)
+_user: contextvars.ContextVar = contextvars.ContextVar("pyprune_fast_user_threads", default=None)
 
 
 def _own_running_threads() -> int:
@@ -86,13 +88,21 @@ def limited() -> Iterator[int]:
     yields the count in force."""
     before = torch.get_num_threads()
     n = threads_for_call()
+    token = _user.set(_user.get() or before)
     if n < before:
         torch.set_num_threads(n)
     try:
         yield n
     finally:
+        _user.reset(token)
         if n < before:
             torch.set_num_threads(before)
+
+
+def user_threads() -> int:
+    """Torch's thread count as the user set it: outside `limited()` the current one, inside it the count it
+    lowered (what the user's own model runs on: latency is measured on it)."""
+    return _user.get() or torch.get_num_threads()
 
 
 def on_idle_cpus(fn: F) -> F:

@@ -68,3 +68,16 @@ def test_results_do_not_depend_on_the_threads(monkeypatch, two_threads):
     for a, b in zip(labels2 + cents2 + dists2 + ward2, labels1 + cents1 + dists1 + ward1):
         assert torch.equal(a, b)
     assert torch.equal(inertia2, inertia1)
+
+
+def test_latency_is_measured_on_the_users_threads(monkeypatch, two_threads):
+    """Inside a call that lowered torch's threads for pyprune_fast's own work, measure_latency still runs
+    the model on the threads the user set."""
+    import pyprune_fast as ppf
+
+    monkeypatch.setenv(threads.ENV, "1")
+    model, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with threads.limited():
+        assert torch.get_num_threads() == 1 and threads.user_threads() == 2
+        assert ppf.measure_latency(model, x, min_time=0.01, min_runs=3).threads == 2
+    assert torch.get_num_threads() == 2 and threads.user_threads() == 2
