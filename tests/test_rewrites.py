@@ -84,15 +84,24 @@ class Squared(nn.Module):
         return self.fc(y.reshape(B, C * C * 4))
 
 
+class SquaredByName(Squared):
+    def forward(self, x):
+        y = self.c1(x)
+        shape = (y.shape[0], y.shape[1] * y.shape[1] * 4)
+        return self.fc(y.reshape(shape))  # the sizes are not written out in the call
+
+
 class DecoratedSquared(Squared):
     @passthrough
     def forward(self, x):
         return super().forward(x)
 
 
-def test_code_that_cannot_be_rewritten_locks():
-    """A subclass whose forward wraps the method holding the call: the method ran is not the class's own."""
-    g = ppf.DependencyGraph(DecoratedSquared(), X)
+@pytest.mark.parametrize("cls", [DecoratedSquared, SquaredByName])
+def test_code_that_cannot_be_rewritten_locks(cls):
+    """A subclass whose forward wraps the method holding the call (the method ran is not the class's own), or
+    a call given its sizes as one variable: locked as before."""
+    g = ppf.DependencyGraph(cls(), X)
     assert "computes an argument of reshape from a channel count" in g.group_of(g.model.c1).reason
     g = ppf.DependencyGraph(Squared(), X)
     assert g.group_of(g.model.c1).prunable

@@ -86,7 +86,7 @@ class _Recorder(TorchFunctionMode):
                     id=len(self.nodes))
         node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
         if node.name in _REWRITABLE:
-            node.site = site_of(sys._getframe(1), _NOT_MODEL_CODE, self.module_names)
+            node.site = site_of(sys._getframe(1), _NOT_MODEL_CODE, self.module_names, node.outputs[0].ndim)
         self.nodes.append(node)
         if node.name in SIZE_READS:  # numbers that remember the sizes they came from
             return tracked(out, node.args[0], node.name, node.args, self.compared)

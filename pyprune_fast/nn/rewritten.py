@@ -41,9 +41,10 @@ def _caller(frame: types.FrameType, skip: tuple[str, ...]) -> Optional[types.Fra
     return frame
 
 
-def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str]) -> Optional[Site]:
-    """The Site of the op being called from the first frame above `frame` whose file is outside `skip`,
-    where that frame runs a method of a module of `names` (id -> name); else None."""
+def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str], sizes: int) -> Optional[Site]:
+    """The Site of the view/reshape being called, with `sizes` sizes, from the first frame above `frame` whose
+    file is outside `skip`, where that frame runs a method of a module of `names` (id -> name) that can be
+    rewritten there (the sizes written out in the call); else None."""
     frame = _caller(frame, skip)
     if frame is None:
         return None
@@ -51,10 +52,27 @@ def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str]
     self = frame.f_locals.get("self") if code.co_argcount and code.co_varnames[0] == "self" else None
     if id(self) not in names:
         return None
-    positions = list(code.co_positions())[frame.f_lasti // 2]
-    if None in positions or _why_not(type(self), code.co_name, code) is not None:
+    positions = tuple(list(code.co_positions())[frame.f_lasti // 2])
+    if None in positions or _sizes_at(type(self), code.co_name, code, positions) != sizes:
         return None
     return Site(names[id(self)], code.co_name, code, positions)
+
+
+@functools.lru_cache(maxsize=None)
+def _sizes_at(cls: type, method: str, code: types.CodeType, positions: tuple) -> Optional[int]:
+    """How many size expressions the call at `positions` of a rewritable method writes out, or None."""
+    if _why_not(cls, method, code) is not None:
+        return None
+    fdef, shift = _source(_method(cls, method, code)[0])
+    call = _calls(fdef, shift).get(positions)
+    sizes = _shape_args(call) if call is not None else None
+    return None if sizes is None else len(sizes)
+
+
+def _calls(fdef: ast.FunctionDef, shift: int) -> dict[tuple, ast.Call]:
+    """fdef's calls by their (line, end_line, col, end_col) in the file."""
+    return {(c.lineno, c.end_lineno, c.col_offset + shift, c.end_col_offset + shift): c
+            for c in ast.walk(fdef) if isinstance(c, ast.Call)}
 
 
 def _method(cls: type, name: str, code: Optional[types.CodeType] = None):
@@ -111,8 +129,7 @@ def _shape_args(call: ast.Call) -> Optional[list]:
 def _compile(fn: types.FunctionType, owner: type, edits: tuple) -> types.FunctionType:
     """fn with, for each (positions, index) of `edits`, that call's size argument `index` replaced by -1."""
     fdef, shift = _source(fn)
-    calls = {(c.lineno, c.end_lineno, c.col_offset + shift, c.end_col_offset + shift): c
-             for c in ast.walk(fdef) if isinstance(c, ast.Call)}
+    calls = _calls(fdef, shift)
     for positions, index in edits:
         call = calls.get(tuple(positions))
         sizes = _shape_args(call) if call is not None else None
