@@ -47,6 +47,13 @@ def test_rewrites_are_saved_and_loaded(tmp_path):
     assert getattr(loaded.blocks[0].attn, REWRITES) == getattr(model.blocks[0].attn, REWRITES)
 
 
+def test_a_rewritten_model_exports():
+    model = cait()
+    ppf.prune(model, X, ratio=0.5)
+    exported = torch.export.export(model, (X,))
+    torch.testing.assert_close(exported.module()(X), model(X))
+
+
 @pytest.mark.parametrize("edit, message", [
     ([[1, 1, 0, 5, 2]], "does not fit the model's code"),
     ("x", r"must be a list of \[line, end_line, col, end_col, index\] ints"),

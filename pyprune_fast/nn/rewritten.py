@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import linecache
 import textwrap
 import types
 from typing import NamedTuple, Optional
@@ -140,8 +141,12 @@ def _compile(fn: types.FunctionType, owner: type, edits: tuple) -> types.Functio
         posonlyargs=[], args=[ast.arg("__class__")], kwonlyargs=[], kw_defaults=[], defaults=[]),
         body=[fdef, ast.Return(ast.Name(fdef.name, ast.Load()))], decorator_list=[], returns=None, type_params=[])
     tree = ast.fix_missing_locations(ast.Module([factory], type_ignores=[]))
+    # its own source file (in linecache), so inspect and torch.jit.script read the rewritten text
+    source = ast.unparse(tree) + "\n"
+    filename = f"<pyprune_fast rewritten {fn.__qualname__} {abs(hash(source)):x}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     scope: dict = {}
-    exec(compile(tree, fn.__code__.co_filename, "exec"), fn.__globals__, scope)
+    exec(compile(source, filename, "exec"), fn.__globals__, scope)
     new = scope["_pyprune_fast_factory"](owner)
     new.__defaults__, new.__kwdefaults__ = fn.__defaults__, fn.__kwdefaults__
     new.__qualname__, new.__doc__ = fn.__qualname__, fn.__doc__
