@@ -195,6 +195,15 @@ def _round_to(text: str):
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
+def _output_numbers(text: str):
+    if text == "all":
+        return text
+    try:
+        return [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or output numbers separated by commas, got {text!r}") from None
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -293,7 +302,8 @@ def _prune(args: argparse.Namespace) -> int:
     from .pruning import ALLOCATIONS, _check_options
 
     options = {k: getattr(args, k) for k in ALLOCATIONS if getattr(args, k) is not None}
-    options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed)
+    options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed,
+                   prune_embedding=args.prune_embedding, keep_outputs=args.keep_outputs)
     if args.measure is not None:  # on --device, at --input-shape
         options["measure"] = args.measure
     if args.target_latency is not None:  # measured where the model runs (--device)
@@ -403,6 +413,11 @@ def _parser() -> _Parser:
                     help="measure the latency before and after (on --device, at --input-shape) with this backend: "
                          f"{', '.join(BACKENDS)}; the report shows the speed-up")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
+    pr.add_argument("--prune-embedding", action="store_true",
+                    help="also prune a transformer's embedding width (the residual stream: a big change to a model)")
+    pr.add_argument("--keep-outputs", type=_output_numbers, default="all", metavar="N[,N...]",
+                    help="numbers of the output tensors that must keep their shape, in the order the model returns "
+                         "them, nested outputs flattened (default: all); the others may change their channels")
     pr.add_argument("--round-to", type=_round_to, default=1,
                     help="kept channel counts are multiples of this, or 'auto' for the device's (default 1)")
     pr.add_argument("--out", type=writable_file, metavar="PATH",

@@ -97,6 +97,20 @@ def test_module_function_form(capsys, tmp_path):
     assert cli.classifier_name(model, torch.randn(1, 3, 32, 32)) == "classifier.1"
 
 
+@pytest.mark.parametrize("embedding", [False, True])
+def test_prune_embedding_and_keep_outputs(capsys, tmp_path, embedding):
+    """--prune-embedding prunes a ViT's residual stream too; --keep-outputs names the outputs kept."""
+    from test_heads import tiny_vit
+
+    path = tmp_path / "vit.pt"
+    rc, out, err = run(capsys, "prune", "--model", "test_heads:tiny_vit", "--input-shape", "2,3,32,32", "--ratio",
+                       "0.5", "--keep-outputs", "0", *(["--prune-embedding"] if embedding else []), "--out", str(path))
+    assert rc == 0, err
+    model = ppf.load_pruned(tiny_vit, path)
+    assert model.patch_embed.proj.out_channels == (192 if embedding else 384)
+    assert model.blocks[0].attn.num_heads == 3 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def assert_refused(rc, out, err, tmp_path=None):
     """Exit status 2, one line on stderr naming the command, no traceback, nothing on stdout or in tmp_path."""
     assert rc == 2, err
@@ -129,6 +143,8 @@ def outdir(tmp_path):
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--round-to", "0"],
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--min-channels", "0"],
     ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--min-channels", "two"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--keep-outputs", "first"],
+    ["prune", "--model", "resnet18", *SMALL, "--ratio", "0.5", "--keep-outputs", "3"],  # it returns one tensor
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--bogus"],
     ["prune", "--model", "resnet18", "--ratio", "0.5", "--global-ratio", "0.5"],
     ["prune", "--model", "resnet18"],
