@@ -323,6 +323,16 @@ def select(zoos: list[str], models: str, limit: int, size: int) -> list[tuple[st
     return chosen
 
 
+def _warm_up() -> None:
+    """One graph of a tiny model before any is timed: a process's first pass on meta tensors imports torch's
+    Python meta kernels (torch._refs, torch._dynamo), seconds once per process, not per model."""
+    import pyprune_fast as ppf
+
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU(), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    ppf.DependencyGraph(tiny, torch.randn(1, 3, 1, 1))
+    (torch.empty(2, device="meta") + torch.empty(2, device="meta")).div(2).sigmoid()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--zoo", default="torchvision", choices=[*ZOOS, "all"], help="which zoo (default torchvision)")
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             it = tqdm(chosen, file=sys.stderr, dynamic_ncols=True)
         except ImportError:
             it = chosen
+        _warm_up()
         print(table_header(COLUMNS), flush=True)
         rows: list[Row] = []
         for zoo, name, builder in it:
