@@ -280,3 +280,28 @@ def test_einsum_follows_heads_and_locks_a_sum_over_channels():
     pruned_runs(model, x)
     summed = EinsumAttention(summed=True).eval()
     assert "einsum 'bnc->bn' sums over these channels" in ppf.DependencyGraph(summed, x).group_of(summed.qkv).reason
+
+
+class CrossStage(nn.Module):
+    """timm CSPNet's cut: x.split(self.expand_chs // 2) of a conv's channels into two equal halves."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand_chs = 8
+        self.conv_exp, self.mid, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        xs, xb = self.conv_exp(x).split(self.expand_chs // 2, dim=1)
+        return self.out(torch.cat([xs, self.mid(xb)], dim=1))
+
+
+def test_a_split_sized_by_an_attribute_divided_is_followed(tmp_path):
+    model, x = CrossStage().eval(), torch.randn(2, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.conv_exp)
+    assert grp.prunable and grp.channels == 4 and grp.sizes == (("", "expand_chs", 2),)
+    assert dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    assert model.expand_chs == 4 and model.conv_exp.out_channels == 4 and model.mid.in_channels == 2
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    torch.testing.assert_close(ppf.load_pruned(lambda: CrossStage().eval(), tmp_path / "m.pt")(x), model(x))

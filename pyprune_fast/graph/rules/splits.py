@@ -241,7 +241,11 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         return [None] * len(lengths), set()  # the sizes are now fixed: counts among them lock their channels
     parts = recut(ctx, node, seg, lengths, equal)
     for n, part in zip(sizes, parts):
-        if isinstance(n, Tracked) and attribute_reads(n):
+        if _divided_attribute(n, len(lengths)):  # the attribute counts all parts: surgery sets it to parts x kept
+            if n is sizes[0]:
+                note_attribute_uses(ctx, n)
+                ctx.sized_by.append((part, *attribute_reads(n)[0][:2], len(lengths)))
+        elif isinstance(n, Tracked) and attribute_reads(n):
             sized(ctx, node, n, part)
     return parts, judged
 
@@ -251,13 +255,21 @@ def _attribute(n) -> bool:
     return isinstance(n, Tracked) and n.pure and len(attribute_reads(n)) == 1 and not attribute_reads(n)[0][2]
 
 
+def _divided_attribute(n, parts: int) -> bool:
+    """Whether number `n` is one module attribute (one surgery may set) divided into `parts` (timm CSPNet's
+    `x.split(self.expand_chs // 2)`; checked by recomputing it for other values of the attribute)."""
+    reads = attribute_reads(n) if isinstance(n, Tracked) else []
+    return (len(reads) == 1 == len(n.reads) and not reads[0][2] and not n.pure
+            and n.scales(n.reads, parts, 1))
+
+
 def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
     """Whether size `n` of `parts` equal parts of `seg`'s space stays right when the space is pruned (whole
     parts): a module attribute (bound to the parts), or a number computed from counts of the whole space
     alone as count / parts (`C // 2`; checked by recomputing it for other counts)."""
     if not isinstance(n, Tracked):
         return False
-    if _attribute(n):
+    if _attribute(n) or _divided_attribute(n, parts):
         return True
     root = seg.space.root()
     whole = bool(n.reads) and not attribute_reads(n) and all(
