@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # the checkout's pyprune_fast, also when a script is loaded by its path
     sys.path.insert(0, ROOT)
 
+from examples.machine import cpu_model  # noqa: E402  (the demos' description of the machine)
+
 
 # --------------------------------------------------------------------------------------------------
 # Where a benchmark runs: the machine line, --threads, --load
@@ -32,16 +34,6 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def machine_line() -> str:

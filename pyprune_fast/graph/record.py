@@ -70,15 +70,19 @@ class _Recorder(TorchFunctionMode):
         node.outputs.append(v)
         return v
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        self.listening = False  # comparisons inside torch functions are not the model's code
+    def run(self, func, args: tuple, kwargs: dict):
+        """func's output (made directly on meta where `meta_output` can), with comparisons inside it not logged
+        (they are not the model's code)."""
+        self.listening = False
         try:
             out = meta_output(func, args, kwargs)
-            if out is None:
-                out = func(*args, **kwargs)
+            return func(*args, **kwargs) if out is None else out
         finally:
             self.listening = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = self.run(func, args, kwargs)
         if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
                 and op_name(func) not in SIZE_READS):
             return out
@@ -105,13 +109,7 @@ class _Runner(_Recorder):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.listening = False
-        try:
-            out = meta_output(func, args, kwargs)
-            if out is None:
-                out = func(*args, **kwargs)
-        finally:
-            self.listening = True
+        out = self.run(func, args, kwargs)
         name = op_name(func)
         if name in SIZE_READS:
             value = Value(tuple(args[0].shape)) if isinstance(args[0], torch.Tensor) else args[0]
