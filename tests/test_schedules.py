@@ -299,3 +299,21 @@ def test_frs_with_empty_data_is_refused():
     with pytest.raises(ValueError, match="no batches"):
         pruner.step(0, opt)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_schedules_take_the_graph_options():
+    """prune_embedding and keep_outputs reach every graph a schedule builds (as DependencyGraph takes them)."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                            num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    locked = ppf.CUPSS(vit, x, ignored_layers=[vit.head])
+    opened = ppf.CUPSS(vit, x, ignored_layers=[vit.head], prune_embedding=True)
+    assert "conv2d patch_embed.proj" in {origin for origin, _ in opened.widths_before}
+    assert "conv2d patch_embed.proj" not in {origin for origin, _ in locked.widths_before}
+    with pytest.raises(ValueError, match="keep_outputs"):
+        ppf.CUPSS(vit, x, keep_outputs=[5])
+    with pytest.raises(TypeError, match="prune_embedding must be True or False"):
+        ppf.FRS(vit, x, data=[], prune_embedding="yes")

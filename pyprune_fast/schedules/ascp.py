@@ -33,14 +33,14 @@ class ASCPSchedule(Schedule):
     name = "ASCP"
 
     def __init__(self, model, example_inputs, target_ratio: float = 0.4, epochs: int = 90, decay: str = "exp",
-                 ignored_layers=(), niter: int = 25, seed: int = 0):
+                 ignored_layers=(), niter: int = 25, seed: int = 0, **graph):
         if not isinstance(target_ratio, numbers.Real) or not 0 <= target_ratio < 1:
             raise ValueError(f"ASCP: target_ratio must be in [0, 1), got {target_ratio!r}")
         if not isinstance(epochs, numbers.Integral) or epochs < 1:
             raise ValueError(f"ASCP: epochs must be an int >= 1, got {epochs!r}")
         if decay not in DECAYS:
             raise ValueError(f"ASCP: decay must be one of {', '.join(DECAYS)}, got {decay!r}")
-        super().__init__(model, example_inputs, ignored_layers)
+        super().__init__(model, example_inputs, ignored_layers, **graph)
         self.target_ratio, self.epochs, self.decay, self.niter, self.seed = float(target_ratio), int(epochs), decay, niter, seed
         self.target = f"target_ratio={self.target_ratio:g} of every group's channels from epoch {self.epochs - 1}"
         self.last_plan: dict = {}  # the latest reconstruction's clusters, as Plan.to_dict()

@@ -72,17 +72,24 @@ class ScheduleReport:
 
 
 class Schedule:
-    """Base of the training-time pruners. Subclasses implement `_step(epoch, optimizer) -> bool`."""
+    """Base of the training-time pruners. Subclasses implement `_step(epoch, optimizer) -> bool`. Every
+    schedule takes `prune_embedding` and `keep_outputs` as keywords, for each graph it builds (see
+    DependencyGraph)."""
 
     name = "schedule"
     target = ""  # what the user asked for, in words (set by each schedule)
 
-    def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers=()):
+    def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers=(), *, prune_embedding: bool = False,
+                 keep_outputs: Any = "all"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name}: model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(prune_embedding, bool):
+            raise TypeError(f"{self.name}: prune_embedding must be True or False, got {prune_embedding!r}")
         self.model = unwrap(model)
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers)
+        # as DependencyGraph takes them: a transformer's embedding width, the outputs that keep their shape
+        self.graph_options = {"prune_embedding": prune_embedding, "keep_outputs": keep_outputs}
         graph = self._graph()  # one trace for the MACs and the widths
         self.macs_before = profile_trace(graph.trace, graph.model).macs
         self.widths_before = [(g.origin, g.channels) for g in graph.prunable_groups]
@@ -132,7 +139,7 @@ class Schedule:
         return int(epoch)
 
     def _graph(self) -> DependencyGraph:
-        return DependencyGraph(self.model, self.example_inputs, self.ignored_layers)
+        return DependencyGraph(self.model, self.example_inputs, self.ignored_layers, **self.graph_options)
 
     def _snapshot(self) -> dict[str, tuple]:
         return shapes_of(named_tensors(self.model))

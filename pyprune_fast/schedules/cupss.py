@@ -30,13 +30,13 @@ class CUPSS(Schedule):
     name = "CUPSS"
 
     def __init__(self, model, example_inputs, slope: float = 0.03, offset: float = 0.3, target_flops: float = 0.46,
-                 ignored_layers=()):
+                 ignored_layers=(), **graph):
         for key, value in (("slope", slope), ("offset", offset), ("target_flops", target_flops)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool):
                 raise TypeError(f"CUPSS: {key} must be a number, got {value!r}")
         if not 0 < target_flops <= 1:
             raise ValueError(f"CUPSS: target_flops must be in (0, 1], got {target_flops}")
-        super().__init__(model, example_inputs, ignored_layers)
+        super().__init__(model, example_inputs, ignored_layers, **graph)
         self.slope, self.offset, self.target_flops = float(slope), float(offset), float(target_flops)
         self.target = f"target_flops={self.target_flops:g} of the original MACs"
 

@@ -21,11 +21,11 @@ class FRSSchedule(Schedule):
     name = "FRS"
 
     def __init__(self, model, example_inputs, data, every: int = 9, channels: int = 250, until: int = 50,
-                 batches: int = 8, ignored_layers=()):
+                 batches: int = 8, ignored_layers=(), **graph):
         for key, value in (("every", every), ("channels", channels), ("until", until), ("batches", batches)):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"FRS: {key} must be an int >= 1, got {value!r}")
-        super().__init__(model, example_inputs, ignored_layers)
+        super().__init__(model, example_inputs, ignored_layers, **graph)
         self.data, self.every, self.channels, self.until, self.batches = data, every, channels, until, batches
         self.target = f"{channels} channels every {every} epochs before epoch {until}"
 

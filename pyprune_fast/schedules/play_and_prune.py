@@ -36,14 +36,14 @@ class PlayAndPrune(Schedule):
     name = "PlayAndPrune"
 
     def __init__(self, model, example_inputs, evaluate: Callable[[], float], tolerance: float = 0.01,
-                 lam: float = 1e-4, fraction: float = 0.1, tau: float = 0.5, ignored_layers=()):
+                 lam: float = 1e-4, fraction: float = 0.1, tau: float = 0.5, ignored_layers=(), **graph):
         if not callable(evaluate):
             raise TypeError(f"PlayAndPrune: evaluate must be callable, got {type(evaluate).__name__}")
         for key, value, ok in (("tolerance", tolerance, lambda v: 0 < v < 1), ("lam", lam, lambda v: v >= 0),
                                ("fraction", fraction, lambda v: 0 < v < 1), ("tau", tau, lambda v: v > 0)):
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not ok(value):
                 raise ValueError(f"PlayAndPrune: {key} out of range, got {value!r}")
-        super().__init__(model, example_inputs, ignored_layers)
+        super().__init__(model, example_inputs, ignored_layers, **graph)
         self.evaluate, self.tolerance, self.lam, self.fraction, self.tau = evaluate, float(tolerance), float(lam), float(fraction), float(tau)
         self.baseline = float(evaluate())
         self.target = f"accuracy drop at most {self.tolerance:g} from {self.baseline:.4f}"
