@@ -34,7 +34,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import check_device, print_table, write_csv  # noqa: E402
+from _harness import check_device, machine, print_table, write_csv  # noqa: E402
 
 import pyprune_fast as ppf  # noqa: E402
 from pyprune_fast.latency_model import auto_round_to  # noqa: E402
@@ -214,12 +214,15 @@ def main(argv=None) -> int:
     p.add_argument("--targets", type=_list(float), default=[0.7, 0.5], help="target_latency runs ('' for none)")
     p.add_argument("--round-to", type=_list(int), default=[1, 8, 16], help="rounding part ('' for none)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads while measuring (default torch's)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--quick", action="store_true", help="CI size: see the module docstring")
     p.add_argument("--out-dir", default="bench_out")
-    args = p.parse_args(argv)
+    with machine(p, argv) as args:  # --threads: torch's threads, which the measurements run on; --load
+        return _run(p, args)
+
+
+def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_device(p, args.device)
     if args.quick:
         args.models, args.keep, args.backends = ["resnet18", "mobilenet_v2"], [0.5], ["eager", "onnxruntime"]

@@ -14,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "gpu_check.py"
-STEPS = ("build", "pytest", "bench_ops", "bench_clustering", "bench_prune", "bench_methods")
+STEPS = ("build", "pytest", "bench_ops", "bench_clustering", "bench_prune", "bench_methods", "bench_latency")
 
 
 def load(path: Path, name: str):
@@ -38,7 +38,7 @@ def test_dry_run_lists_every_step_and_every_script_accepts_its_arguments(tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     listed = [line.split()[0] for line in proc.stdout.splitlines() if " limit " in line]
     assert listed[-len(STEPS):] == list(STEPS)
-    assert proc.stdout.count("--device cuda") == 4
+    assert proc.stdout.count("--device cuda") == 5
     assert "every argument is accepted" in proc.stdout
     assert not out.exists()  # a dry run writes nothing
 
@@ -163,7 +163,7 @@ def test_bench_clustering_runs_only_the_backends_named(tmp_path, capsys):
                                            "--reps", "1", "--niter", "2", "--csv", str(out)]) == 0
     with open(out) as f:
         rows = [(r["task"], r["backend"]) for r in csv.DictReader(f)]
-    assert rows == [("kmeans", "native (cpu)"), ("kmeans", "torch (cpu)")]
+    assert rows == [("kmeans", "native (cpu)"), ("kmeans", "torch (cpu)"), ("kmeans defaults", "native (cpu)")]
     with pytest.raises(SystemExit) as e:
         bench("bench_clustering").main(["--backends", "native,bogus"])
     assert e.value.code == 2 and "--backends 'native,bogus'" in capsys.readouterr().err

@@ -9,8 +9,8 @@
 Steps, in order, each with its own time limit inside one budget (default 450 s, so the whole run
 stays under 8 minutes): pip-install what is missing from --wheels (default ./gpu_wheels when it
 exists; no index is used), build the extension in place (TORCH_CUDA_ARCH_LIST from the visible GPU,
-MAX_JOBS = all cores), `pytest -m needs_cuda`, then bench_ops, bench_clustering, bench_prune and
-bench_methods with --device cuda and reduced repetitions. A step that fails or runs out of time is
+MAX_JOBS = all cores), `pytest -m needs_cuda`, then bench_ops, bench_clustering, bench_prune,
+bench_methods and bench_latency with --device cuda and reduced repetitions. A step that fails or runs out of time is
 recorded and the next one runs. A benchmark column whose package is missing is left out with the
 reason in the summary. Everything goes to one folder ($OUT when set, else gpu_check_out/<time>):
 one log per step, the CSVs and PNGs, pytest.xml, packages.txt (pip list) and SUMMARY.md (machine,
@@ -174,6 +174,12 @@ def plan(have: dict[str, bool], out: Path, py: str, arch: str, jobs: int) -> lis
                        120, 40, r"^clustering every conv layer")
     prune = bench("bench_prune", ["--models", "resnet50,vit_b_16", "--reps", "3"], 150, 40, r"^medians of")
     methods = bench("bench_methods", ["--models", "resnet50,vit_b_16", "--reps", "2"], 180, 60, r"^torch ")
+    script = str(ROOT / "benchmarks" / "bench_latency.py")  # its CSVs and PNG go to a folder of their own
+    latency = Step("bench_latency", [py, script, "--device", "cuda", "--models", "resnet50,vit_b_16", "--methods", "l1",
+                                     "--keep", "0.5", "--backends", "eager,compile", "--batch-sizes", "1,32",
+                                     "--targets", "0.5", "--round-to", "1,8", "--min-time", "0.2",
+                                     "--out-dir", str(out / "latency")],
+                   cap=150, reserve=40, key=from_line(r"^1\. MACs kept"), help_argv=[py, script, "--help"])
     # What each step leaves out without a module: (step, module, the flag that says so, what goes).
     for step, module, flag, what in (
             (clustering, "faiss", None, "no faiss rows"), (clustering, "sklearn", None, "no scikit-learn rows"),
@@ -189,7 +195,7 @@ def plan(have: dict[str, bool], out: Path, py: str, arch: str, jobs: int) -> lis
             step.argv += ["--plot", png]
         else:
             step.notes.append(f"no {Path(png).name}: matplotlib is not installed")
-    return [build, tests, ops, clustering, prune, methods]
+    return [build, tests, ops, clustering, prune, methods, latency]
 
 
 # --------------------------------------------------------------------------------------------------
