@@ -153,30 +153,63 @@ void retire_converged(std::vector<Bucket>& buckets, Outputs& out) {
 
 }  // namespace
 
-c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter) {
+c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter, at::TensorList grams) {
   const char* op = "kmeans_lloyd";
   TORCH_CHECK_VALUE(xs.size() == centroids.size(), op, ": got ", xs.size(), " problems but ", centroids.size(),
                     " centroid tensors");
+  TORCH_CHECK_VALUE(grams.empty() || grams.size() == xs.size(), op, ": got ", xs.size(), " problems but ",
+                    grams.size(), " Gram matrices (give one per problem, or none)");
   TORCH_CHECK_VALUE(niter >= 0, op, ": niter must be >= 0, got ", niter);
   const auto device = common_device(op, xs);
+  std::vector<at::Tensor> points;
   for (size_t i = 0; i < xs.size(); ++i) {
     const auto &x = xs[i], &c = centroids[i];
     TORCH_CHECK_VALUE(x.dim() == 2, op, ": xs[", i, "] must be 2-D (points x features), got ", x.dim(), "-D");
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": xs[", i,
                      "] must be float32 or float64, got ", x.scalar_type());
-    TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(), " but xs[", i,
-                     "] is ", x.scalar_type());
     check_on_device(op, "centroids", i, c, device);
-    TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
-                      ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
+    if (c.scalar_type() == at::kLong) {  // row indices
+      TORCH_CHECK_VALUE(c.dim() == 1 && c.numel() >= 1 && x.size(0) > 0, op, ": centroids[", i,
+                        "] as row indices must be 1-D with k >= 1 entries into N = ", x.size(0),
+                        " > 0 points, got shape ", c.sizes());
+      const auto [lo, hi] = at::aminmax(c);
+      const int64_t low = lo.item<int64_t>(), high = hi.item<int64_t>();
+      TORCH_CHECK_VALUE(low >= 0 && high < x.size(0), op, ": centroids[", i, "] holds row index ",
+                        low < 0 ? low : high, ", out of [0, ", x.size(0), ")");
+    } else {
+      TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(),
+                       " but xs[", i, "] is ", x.scalar_type(), " (or int64 row indices)");
+      TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
+                        ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
+      points.push_back(c);
+    }
+    if (grams.empty() || grams[i].numel() == 0) continue;
+    const auto& g = grams[i];
+    check_on_device(op, "grams", i, g, device);
+    TORCH_CHECK_TYPE(g.scalar_type() == x.scalar_type(), op, ": grams[", i, "] is ", g.scalar_type(), " but xs[", i,
+                     "] is ", x.scalar_type());
+    TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == x.size(0), op, ": grams[", i,
+                      "] must be N x N with N = ", x.size(0), " (X X^T), got shape ", g.sizes());
   }
-  check_finite(op, {{"xs", xs}, {"centroids", centroids}});
+  check_finite(op, {{"xs", xs}, {"centroids", points}});
   return device;
 }
 
-KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
-                                  int64_t sync_every, AssignEpilogue epilogue) {
-  const auto device = check_kmeans_args(xs, centroids, niter);
+bool use_gram(at::TensorList xs, at::TensorList centroids, at::TensorList grams, size_t i, bool spherical) {
+  if (spherical || grams.empty() || grams[i].numel() == 0 || centroids[i].scalar_type() != at::kLong) return false;
+  const int64_t n = xs[i].size(0), k = centroids[i].size(0), d = xs[i].size(1);
+  return k <= n && n + k <= k * d;
+}
+
+at::Tensor centroid_rows(const at::Tensor& x, const at::Tensor& c) {
+  return c.scalar_type() == at::kLong ? x.index_select(0, c) : c;
+}
+
+KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList seeds, int64_t niter, bool spherical,
+                                  int64_t sync_every, AssignEpilogue epilogue, at::TensorList grams) {
+  const auto device = check_kmeans_args(xs, seeds, niter, grams);
+  std::vector<at::Tensor> centroids;
+  for (size_t i = 0; i < xs.size(); ++i) centroids.push_back(centroid_rows(xs[i], seeds[i]));
   TORCH_CHECK_VALUE(sync_every >= 1, "kmeans_lloyd: sync_every must be >= 1, got ", sync_every);
   c10::OptionalDeviceGuard guard(device);
   const auto count = static_cast<int64_t>(xs.size());
