@@ -21,7 +21,7 @@ namespace pyprune_fast {
 c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter, at::TensorList grams = {});
 
 // Whether problem i runs from its Gram matrix: grams[i] given, centroids[i] row indices (k <= N), not spherical,
-// and an iteration from it (O(N^2 + N k)) costs less than one from the points (O(N k D)).
+// and an iteration from it (N^2 gathers) costs less than one from the points (an N k D product): 24 N <= k D.
 bool use_gram(at::TensorList xs, at::TensorList centroids, at::TensorList grams, size_t i, bool spherical);
 
 // Centroids c of points x as a k x D tensor: row indices become those rows of x.

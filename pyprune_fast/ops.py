@@ -306,7 +306,7 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int, 
         spherical: cosine k-means: centroids are renormalised to unit length after every update.
         grams: optional, one per problem: xs[i] @ xs[i].T (N_i, N_i), or None (what
             kmeanspp_init(..., return_gram=True) returns). Where centroids[i] are row indices (k_i <= N_i) and
-            not spherical, the CPU kernel runs the iterations from it when that is cheaper (N_i + k_i <= k_i D_i):
+            not spherical, the CPU kernel runs the iterations from it when that is cheaper (24 N_i <= k_i D_i):
             x.c is a mean of Gram columns, so an iteration costs O(N_i^2 + N_i k_i), not O(N_i k_i D_i); the
             centroids are formed once at the end. Results equal those from the points up to rounding.
 

@@ -116,13 +116,17 @@ void gram_update(const scalar_t* g, int64_t n, const int64_t* labels, const scal
   std::vector<int64_t> count, order;
   members(labels, n, k, count, order);
   const auto seed = reseeds(count, mind, n);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) {  // gathers in cluster order (a scatter would chain through memory)
     const scalar_t* row = g + i * n;
     scalar_t* out = dots + i * k;
-    std::fill(out, out + k, scalar_t(0));
-    for (int64_t p = 0; p < n; ++p) out[labels[p]] += row[p];
     for (int64_t j = 0; j < k; ++j) {
-      out[j] = seed[j] >= 0 ? row[seed[j]] : out[j] / static_cast<scalar_t>(count[j + 1] - count[j]);
+      if (seed[j] >= 0) {
+        out[j] = row[seed[j]];
+        continue;
+      }
+      scalar_t sum = 0;
+      for (int64_t p = count[j]; p < count[j + 1]; ++p) sum += row[order[p]];
+      out[j] = sum / static_cast<scalar_t>(count[j + 1] - count[j]);
     }
   }
   for (int64_t j = 0; j < k; ++j) {

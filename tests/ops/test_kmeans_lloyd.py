@@ -212,8 +212,8 @@ def gram_problems(seed, dtype):
     huge and tiny scales, well-separated and random points."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for n, d, k, scale in [(64, 27, 32, 1.0), (40, 9, 1, 1.0), (12, 5, 12, 1e-6), (100, 50, 50, 1e6),
-                           (33, 3, 7, 1.0), (48, 16, 24, 1.0)]:
+    for n, d, k, scale in [(64, 72, 32, 1.0), (40, 960, 1, 1.0), (12, 24, 12, 1e-6), (100, 50, 50, 1e6),
+                           (33, 120, 7, 1.0), (48, 48, 24, 1.0)]:  # each with 24 N <= k D: from the Gram matrix
         x = torch.randn(n, d, generator=g, dtype=dtype) * scale
         if n == 48:
             x = x[torch.randint(12, (n,), generator=g)]  # 12 distinct points, each several times
@@ -237,13 +237,26 @@ def test_gram_iterations_match_the_reference_and_the_points(seed, dtype):
     _, _, from_points = ops.kmeans_lloyd(xs, [x[s] for x, s in zip(xs, seeds)], 25)
     for i, (x, s, g) in enumerate(zip(xs, seeds, grams)):
         ref_labels, ref_cents, ref = _reference.kmeans_lloyd_gram(x, g, s, 25)
-        scale = float(x.abs().max()) ** 2
-        assert float(inertia[i]) == pytest.approx(ref, rel=1e-4, abs=1e-5 * scale), i
-        assert float(inertia[i]) == pytest.approx(float(from_points[i]), rel=1e-3, abs=1e-5 * scale), i
+        scale = float((x * x).sum(1).max())  # rounding of |x|^2 - 2 x.c + |c|^2 (copies of points: ~0)
+        assert float(inertia[i]) == pytest.approx(ref, rel=1e-4, abs=1e-5 * scale * x.shape[0]), i
+        assert float(inertia[i]) == pytest.approx(float(from_points[i]), rel=1e-3, abs=1e-5 * scale * x.shape[0]), i
         assert labels[i].dtype == torch.int64 and cents[i].dtype == dtype and cents[i].shape == (s.shape[0], x.shape[1])
         if s.shape[0] < x.shape[0] and s.unique().numel() == s.numel():
             assert torch.equal(labels[i], ref_labels), i
-            torch.testing.assert_close(cents[i], ref_cents, rtol=1e-4, atol=1e-5 * scale ** 0.5)
+            torch.testing.assert_close(cents[i], ref_cents, rtol=1e-4, atol=1e-5 * float(x.abs().max()))
+
+
+def test_the_gram_matrix_is_read_where_it_pays():
+    """Given another problem's Gram matrix, the labels follow that problem where 24 N <= k D (the Gram
+    matrix is read), and xs where not; the centroids are always means of the rows of xs."""
+    g = torch.Generator().manual_seed(2)
+    for d, k, read in [(48, 16, True), (47, 16, False), (96, 8, True), (95, 8, False)]:
+        x, other = torch.randn(32, d, generator=g), torch.randn(32, d, generator=g)
+        s = torch.randperm(32, generator=g)[:k]
+        labels, cents, _ = ops.kmeans_lloyd([x], [s], 0, grams=[other @ other.T])
+        want = _reference.kmeans_lloyd(other if read else x, (other if read else x)[s], 0, False)[0]
+        assert torch.equal(labels[0], want), (d, k)
+        assert torch.equal(cents[0], x[s])
 
 
 def test_gram_iterations_from_the_seeding_equal_those_from_the_points():
@@ -313,7 +326,7 @@ def test_cuda_row_indices_and_grams_match_the_cpu():
     got = ops.kmeans_lloyd(xs, seeds, 25, grams=[x @ x.T for x in xs])
     want = ops.kmeans_lloyd([x.cpu() for x in xs], [x.cpu()[s.cpu()] for x, s in zip(xs, seeds)], 25)
     for i, x in enumerate(xs):
-        scale = float(x.abs().max()) ** 2
-        assert float(got[2][i]) == pytest.approx(float(want[2][i]), rel=1e-4, abs=1e-5 * scale), i
+        scale = float((x * x).sum(1).max())
+        assert float(got[2][i]) == pytest.approx(float(want[2][i]), rel=1e-3, abs=1e-5 * scale * x.shape[0]), i
     assert ops.kmeanspp_init(xs, [s.shape[0] for s in seeds], torch.rand(100, dtype=torch.float64),
                              return_gram=True)[1] == [None] * len(xs)
