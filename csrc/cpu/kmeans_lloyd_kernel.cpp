@@ -202,8 +202,8 @@ struct NoScratch {};
 
 // Problems side by side, one thread each (see parallel_problems): each iteration of a small problem
 // would otherwise open several parallel regions, and on a busy machine every region waits for its
-// slowest thread. A problem's result does not depend on the threads it ran on.
-// Problems with a Gram matrix and row indices run gram_lloyd where that is cheaper (use_gram).
+// slowest thread. A problem's result does not depend on the threads it ran on. Problems with a Gram matrix
+// and row indices run gram_lloyd where that is cheaper (use_gram).
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> kmeans_lloyd_cpu(
     at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical, at::TensorList grams) {
   const BelowAutograd below_autograd;
@@ -219,7 +219,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> kmeans_
                             : centroid_rows(xs[i], c).clone(at::MemoryFormat::Contiguous));
     labels.push_back(at::empty({xs[i].size(0)}, xs[i].options().dtype(at::kLong)));
     const double n = xs[i].size(0), k = c.size(0), d = xs[i].size(1);
-    work.push_back(gram[i] ? n * (n + k + 4) : n * (k + 4) * (d + 4));
+    work.push_back(gram[i] ? 24 * n * (n + k) : n * (k + 4) * (d + 4));  // in product multiply-adds (use_gram)
   }
   auto inertia = at::zeros({static_cast<int64_t>(xs.size())}, at::kDouble);
   double* out = inertia.mutable_data_ptr<double>();
