@@ -161,7 +161,8 @@ c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64
                     grams.size(), " Gram matrices (give one per problem, or none)");
   TORCH_CHECK_VALUE(niter >= 0, op, ": niter must be >= 0, got ", niter);
   const auto device = common_device(op, xs);
-  std::vector<at::Tensor> points;
+  std::vector<at::Tensor> points, bounds;  // float centroids; [min, max] of the row indices of each problem
+  std::vector<size_t> indexed;
   for (size_t i = 0; i < xs.size(); ++i) {
     const auto &x = xs[i], &c = centroids[i];
     TORCH_CHECK_VALUE(x.dim() == 2, op, ": xs[", i, "] must be 2-D (points x features), got ", x.dim(), "-D");
@@ -173,9 +174,8 @@ c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64
                         "] as row indices must be 1-D with k >= 1 entries into N = ", x.size(0),
                         " > 0 points, got shape ", c.sizes());
       const auto [lo, hi] = at::aminmax(c);
-      const int64_t low = lo.item<int64_t>(), high = hi.item<int64_t>();
-      TORCH_CHECK_VALUE(low >= 0 && high < x.size(0), op, ": centroids[", i, "] holds row index ",
-                        low < 0 ? low : high, ", out of [0, ", x.size(0), ")");
+      bounds.push_back(at::stack({lo, hi}));
+      indexed.push_back(i);
     } else {
       TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(),
                        " but xs[", i, "] is ", x.scalar_type(), " (or int64 row indices)");
@@ -190,6 +190,15 @@ c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64
                      "] is ", x.scalar_type());
     TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == x.size(0), op, ": grams[", i,
                       "] must be N x N with N = ", x.size(0), " (X X^T), got shape ", g.sizes());
+  }
+  if (!bounds.empty()) {  // one host read for all of them
+    const auto host = at::stack(bounds).cpu();
+    const int64_t* b = host.const_data_ptr<int64_t>();
+    for (size_t r = 0; r < indexed.size(); ++r) {
+      const int64_t low = b[2 * r], high = b[2 * r + 1], n = xs[indexed[r]].size(0);
+      TORCH_CHECK_VALUE(low >= 0 && high < n, op, ": centroids[", indexed[r], "] holds row index ",
+                        low < 0 ? low : high, ", out of [0, ", n, ")");
+    }
   }
   check_finite(op, {{"xs", xs}, {"centroids", points}});
   return device;

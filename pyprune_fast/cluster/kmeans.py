@@ -168,8 +168,10 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
     given = isinstance(init, (list, tuple))
     grams = None
     if init == "k-means++" and backend in ("auto", "native") and not spherical and todo:
-        # row indices and the seeding's Gram matrices: kmeans_lloyd iterates from them where that is cheaper
-        inits, grams = _kmeanspp([lst[i] for i in todo], [ks[i] for i in todo], seed, return_gram=True)
+        # row indices with the seeding's Gram matrices (kmeans_lloyd iterates from them where that is cheaper),
+        # the rows themselves where the seeding read none (CUDA)
+        rows, grams = _kmeanspp([lst[i] for i in todo], [ks[i] for i in todo], seed, return_gram=True)
+        inits = [lst[i][r] if g is None else r for i, r, g in zip(todo, rows, grams)]
     else:
         drawn = [init[i] for i in todo] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
         for i, c in zip(todo, drawn):

@@ -299,6 +299,8 @@ def test_row_indices_and_grams_bad_inputs():
         ops.kmeans_lloyd([x], [torch.tensor([1, 10])], 3)
     with pytest.raises(ValueError, match=r"centroids\[0\] holds row index -1"):
         ops.kmeans_lloyd([x], [torch.tensor([-1, 2])], 3)
+    with pytest.raises(ValueError, match=r"centroids\[2\] holds row index 12, out of \[0, 10\)"):
+        ops.kmeans_lloyd([x, x, x], [torch.tensor([9]), x[:2], torch.tensor([3, 12])], 3)
     with pytest.raises(ValueError, match=r"centroids\[0\] as row indices must be 1-D"):
         ops.kmeans_lloyd([x], [torch.tensor([[1, 2]])], 3)
     with pytest.raises(ValueError, match=r"grams\[0\] must be N x N with N = 10"):
