@@ -153,30 +153,74 @@ void retire_converged(std::vector<Bucket>& buckets, Outputs& out) {
 
 }  // namespace
 
-c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter) {
+c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter, at::TensorList grams) {
   const char* op = "kmeans_lloyd";
   TORCH_CHECK_VALUE(xs.size() == centroids.size(), op, ": got ", xs.size(), " problems but ", centroids.size(),
                     " centroid tensors");
+  TORCH_CHECK_VALUE(grams.empty() || grams.size() == xs.size(), op, ": got ", xs.size(), " problems but ",
+                    grams.size(), " Gram matrices (give one per problem, or none)");
   TORCH_CHECK_VALUE(niter >= 0, op, ": niter must be >= 0, got ", niter);
   const auto device = common_device(op, xs);
+  std::vector<at::Tensor> points, bounds;  // float centroids; [min, max] of the row indices of each problem
+  std::vector<size_t> indexed;
   for (size_t i = 0; i < xs.size(); ++i) {
     const auto &x = xs[i], &c = centroids[i];
     TORCH_CHECK_VALUE(x.dim() == 2, op, ": xs[", i, "] must be 2-D (points x features), got ", x.dim(), "-D");
     TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, ": xs[", i,
                      "] must be float32 or float64, got ", x.scalar_type());
-    TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(), " but xs[", i,
-                     "] is ", x.scalar_type());
     check_on_device(op, "centroids", i, c, device);
-    TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
-                      ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
+    if (c.scalar_type() == at::kLong) {  // row indices
+      TORCH_CHECK_VALUE(c.dim() == 1 && c.numel() >= 1 && x.size(0) > 0, op, ": centroids[", i,
+                        "] as row indices must be 1-D with k >= 1 entries into N = ", x.size(0),
+                        " > 0 points, got shape ", c.sizes());
+      const auto [lo, hi] = at::aminmax(c);
+      bounds.push_back(at::stack({lo, hi}));
+      indexed.push_back(i);
+    } else {
+      TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type(), op, ": centroids[", i, "] is ", c.scalar_type(),
+                       " but xs[", i, "] is ", x.scalar_type(), " (or int64 row indices)");
+      TORCH_CHECK_VALUE(c.dim() == 2 && c.size(1) == x.size(1) && (c.size(0) >= 1 || x.size(0) == 0), op,
+                        ": centroids[", i, "] must be k x ", x.size(1), " with k >= 1, got shape ", c.sizes());
+      points.push_back(c);
+    }
+    if (grams.empty() || grams[i].numel() == 0) continue;
+    const auto& g = grams[i];
+    check_on_device(op, "grams", i, g, device);
+    TORCH_CHECK_TYPE(g.scalar_type() == x.scalar_type(), op, ": grams[", i, "] is ", g.scalar_type(), " but xs[", i,
+                     "] is ", x.scalar_type());
+    TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == x.size(0) && g.size(1) == x.size(0), op, ": grams[", i,
+                      "] must be N x N with N = ", x.size(0), " (X X^T), got shape ", g.sizes());
   }
-  check_finite(op, {{"xs", xs}, {"centroids", centroids}});
+  if (!bounds.empty()) {  // one host read for all of them
+    const auto host = at::stack(bounds).cpu();
+    const int64_t* b = host.const_data_ptr<int64_t>();
+    for (size_t r = 0; r < indexed.size(); ++r) {
+      const int64_t low = b[2 * r], high = b[2 * r + 1], n = xs[indexed[r]].size(0);
+      TORCH_CHECK_VALUE(low >= 0 && high < n, op, ": centroids[", indexed[r], "] holds row index ",
+                        low < 0 ? low : high, ", out of [0, ", n, ")");
+    }
+  }
+  check_finite(op, {{"xs", xs}, {"centroids", points}});
   return device;
 }
 
-KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
-                                  int64_t sync_every, AssignEpilogue epilogue) {
-  const auto device = check_kmeans_args(xs, centroids, niter);
+bool use_gram(at::TensorList xs, at::TensorList centroids, at::TensorList grams, size_t i, bool spherical) {
+  if (spherical || grams.empty() || grams[i].numel() == 0 || centroids[i].scalar_type() != at::kLong) return false;
+  const int64_t n = xs[i].size(0), k = centroids[i].size(0), d = xs[i].size(1);
+  // Measured on one core: an iteration's Gram gathers (N^2) cost about as much as its product (N k D) at
+  // D ~ 24 N / k (D ~ 48 for k = N / 2); the distance minimum (N k) is common to both.
+  return k <= n && 24 * n <= k * d;
+}
+
+at::Tensor centroid_rows(const at::Tensor& x, const at::Tensor& c) {
+  return c.scalar_type() == at::kLong ? x.index_select(0, c) : c;
+}
+
+KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList seeds, int64_t niter, bool spherical,
+                                  int64_t sync_every, AssignEpilogue epilogue, at::TensorList grams) {
+  const auto device = check_kmeans_args(xs, seeds, niter, grams);
+  std::vector<at::Tensor> centroids;
+  for (size_t i = 0; i < xs.size(); ++i) centroids.push_back(centroid_rows(xs[i], seeds[i]));
   TORCH_CHECK_VALUE(sync_every >= 1, "kmeans_lloyd: sync_every must be >= 1, got ", sync_every);
   c10::OptionalDeviceGuard guard(device);
   const auto count = static_cast<int64_t>(xs.size());

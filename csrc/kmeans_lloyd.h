@@ -14,9 +14,18 @@
 
 namespace pyprune_fast {
 
-// xs[i] (N x D) and centroids[i] (k x D): one floating dtype, one device (returned), k >= 1 when N > 0, every
-// value finite; otherwise a ValueError or TypeError naming the argument.
-c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter);
+// xs[i] (N x D) and centroids[i] (k x D, or k >= 1 int64 indices in [0, N) of the rows of xs[i] to start
+// from): one floating dtype, one device (returned), k >= 1 when N > 0, every value finite; grams empty or one
+// per problem, each empty or N x N in xs[i]'s dtype on that device (X X^T, read only with row indices);
+// otherwise a ValueError or TypeError naming the argument.
+c10::Device check_kmeans_args(at::TensorList xs, at::TensorList centroids, int64_t niter, at::TensorList grams = {});
+
+// Whether problem i runs from its Gram matrix: grams[i] given, centroids[i] row indices (k <= N), not spherical,
+// and an iteration from it (N^2 gathers) costs less than one from the points (an N k D product): 24 N <= k D.
+bool use_gram(at::TensorList xs, at::TensorList centroids, at::TensorList grams, size_t i, bool spherical);
+
+// Centroids c of points x as a k x D tensor: row indices become those rows of x.
+at::Tensor centroid_rows(const at::Tensor& x, const at::Tensor& c);
 
 // (labels (N_i,) int64, centroids (k_i x D_i), inertia (len(xs),) float64), all on the inputs' device.
 using KmeansResult = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>;
@@ -35,7 +44,9 @@ using AssignEpilogue = at::Tensor (*)(const at::Tensor& dots, const at::Tensor& 
 // batches together, retires the converged problems (a converged problem's centroids and labels are frozen
 // until then, so the result never depends on sync_every). `epilogue` replaces the ATen ops that end an
 // assignment (null: ATen only).
+// Centroids given as row indices start from those rows; grams are checked, not read (the iterations run from
+// the points).
 KmeansResult kmeans_lloyd_batched(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
-                                  int64_t sync_every, AssignEpilogue epilogue = nullptr);
+                                  int64_t sync_every, AssignEpilogue epilogue = nullptr, at::TensorList grams = {});
 
 }  // namespace pyprune_fast

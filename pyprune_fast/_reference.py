@@ -106,6 +106,34 @@ def kmeans_lloyd(x: Tensor, c: Tensor, niter: int, spherical: bool) -> tuple[Ten
     return labels, c, float(mind.double().sum())
 
 
+def kmeans_lloyd_gram(x: Tensor, gram: Tensor, seeds: Tensor, niter: int) -> tuple[Tensor, Tensor, float]:
+    """kmeans_lloyd from the rows `seeds` of x, its iterations read from gram = x x^T: a centroid is the mean of
+    its cluster (or the point re-seeding it when empty), so x.c_j is the mean of gram's columns over cluster j
+    and |c_j|^2 the mean of x_i.c_j over its points i; the centroids are formed from the last update's labels."""
+    n, k = gram.shape[0], seeds.shape[0]
+    xn = gram.diagonal()
+    dots, cn = gram[:, seeds], xn[seeds]
+    best, labels = (cn[None] - 2 * dots).min(1)
+    mind = (best + xn).clamp_min(0)
+    c = x[seeds]
+    for _ in range(niter):
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros(n, k, dtype=gram.dtype).index_add_(1, labels, gram)
+        dots = sums / counts.clamp_min(1).to(gram.dtype)
+        c = torch.zeros_like(c).index_add_(0, labels, x) / counts.clamp_min(1)[:, None].to(x.dtype)
+        cn = torch.zeros(k, dtype=gram.dtype).index_add_(0, labels, dots[torch.arange(n), labels])
+        cn = cn / counts.clamp_min(1).to(gram.dtype)
+        empty = (counts == 0).nonzero().squeeze(1)
+        far = torch.sort(mind, stable=True, descending=True).indices[: empty.numel()]
+        dots[:, empty], cn[empty], c[empty] = gram[:, far], xn[far], x[far]
+        prev = labels
+        best, labels = (cn[None] - 2 * dots).min(1)
+        mind = (best + xn).clamp_min(0)
+        if torch.equal(labels, prev):
+            break
+    return labels, c, float(mind.double().sum())
+
+
 def kmeanspp_init(x: Tensor, k: int, uniforms: Tensor) -> Tensor:
     """(N, D) points -> (k,) int64 indices of the k-means++ seeding, in float64: draw 0 is the point
     int(u[0] * N); draw t > 0 is the first point whose running sum of squared distances to the nearest drawn

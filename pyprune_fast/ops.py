@@ -294,15 +294,21 @@ def _ward_linkage_fake(dists: list[Tensor]) -> list[Tensor]:
 
 
 @on_idle_cpus
-def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
-                 spherical: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
+def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int, spherical: bool = False,
+                 grams: Optional[Sequence[Optional[Tensor]]] = None) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """`niter` Lloyd iterations for every problem at once, from the given initial centroids.
 
     Args:
         xs: (N_i, D_i) float32/float64 tensors on one device.
-        centroids: (k_i, D_i) initial centroids, same dtype and device.
+        centroids: (k_i, D_i) initial centroids, same dtype and device; or (k_i,) int64 indices of the rows
+            of xs[i] to start from.
         niter: iterations (an assignment and an update each); stops early once no label changes.
         spherical: cosine k-means: centroids are renormalised to unit length after every update.
+        grams: optional, one per problem: xs[i] @ xs[i].T (N_i, N_i), or None (what
+            kmeanspp_init(..., return_gram=True) returns). Where centroids[i] are row indices (k_i <= N_i) and
+            not spherical, the CPU kernel runs the iterations from it when that is cheaper (24 N_i <= k_i D_i):
+            x.c is a mean of Gram columns, so an iteration costs O(N_i^2 + N_i k_i), not O(N_i k_i D_i); the
+            centroids are formed once at the end. Results equal those from the points up to rounding.
 
     Returns:
         (labels: (N_i,) int64, centroids: (k_i, D_i), inertia: (len(xs),) float64 — the sum of
@@ -311,21 +317,30 @@ def kmeans_lloyd(xs: Sequence[Tensor], centroids: Sequence[Tensor], niter: int,
     """
     lst, _ = _tensor_list("kmeans_lloyd", "xs", xs)
     cents, _ = _tensor_list("kmeans_lloyd", "centroids", centroids)
+    if grams is not None and (not isinstance(grams, (list, tuple))
+                              or not all(g is None or isinstance(g, Tensor) for g in grams)):
+        raise TypeError(f"kmeans_lloyd: grams must be a list of tensors or None, got {type(grams).__name__}")
     if not lst:
         return [], [], torch.zeros(0, dtype=torch.float64)
-    lst, cents = _inputs("kmeans_lloyd", xs=lst, centroids=cents)
-    labels, out, inertia = _ops.kmeans_lloyd(lst, cents, int(niter), bool(spherical))
+    given = [] if grams is None else [x.new_empty(0) if g is None else g for x, g in zip(lst, grams)]
+    if grams is not None and len(grams) != len(lst):
+        given = list(grams)  # the op names the length mismatch
+    lst, cents, given = _inputs("kmeans_lloyd", xs=lst, centroids=cents, grams=given)
+    labels, out, inertia = _ops.kmeans_lloyd(lst, cents, int(niter), bool(spherical), given)
     return list(labels), list(out), inertia
 
 
 @torch.library.register_fake("pyprune_fast::kmeans_lloyd")
-def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool, sync_every: int = 1):
+def _kmeans_lloyd_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool,
+                       grams: Optional[list[Tensor]] = None):
     labels = [x.new_empty((x.shape[0],), dtype=torch.int64) for x in xs]
-    return labels, [c.new_empty(c.shape) for c in centroids], xs[0].new_empty((len(xs),), dtype=torch.float64)
+    cents = [x.new_empty((c.shape[0], x.shape[1])) for x, c in zip(xs, centroids)]
+    return labels, cents, xs[0].new_empty((len(xs),), dtype=torch.float64)
 
 
 @on_idle_cpus
-def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: Tensor) -> list[Tensor]:
+def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: Tensor,
+                  return_gram: bool = False) -> Union[list[Tensor], tuple[list[Tensor], list[Optional[Tensor]]]]:
     """k-means++ seeding of every problem at once: the indices of k_i rows of xs[i], each next row drawn
     with probability proportional to its squared distance to the nearest row drawn so far.
 
@@ -336,13 +351,16 @@ def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: 
             uses uniforms[t]: draw 0 picks row int(u * N); draw t > 0 the first row whose running sum of
             squared distances (in row order) exceeds u times their total, or row int(u * N) when the total
             is 0 (every row drawn already or a copy of one). So a problem's draws do not depend on the others.
+        return_gram: also return, per problem, the Gram matrix xs[i] @ xs[i].T (N_i, N_i) the draws read, or
+            None where they read matrix-vector products instead (CUDA, k_i = 1, k_i < N_i / 4, large N_i):
+            kmeans_lloyd's `grams`, so that its iterations start from it.
 
     Distances, their sums and the draws are in float64; on the CPU the dot products behind the distances
     are in the input dtype (one Gram matrix per problem, or one matrix-vector product per draw), on CUDA
     in float64.
 
     Returns:
-        (k_i,) int64 tensors on the points' device, in drawing order.
+        (k_i,) int64 tensors on the points' device, in drawing order (and the Gram matrices with return_gram).
     """
     op = "kmeanspp_init"
     lst, _ = _tensor_list(op, "xs", xs)
@@ -352,16 +370,29 @@ def kmeanspp_init(xs: Sequence[Tensor], k: Union[int, Sequence[int]], uniforms: 
     if not isinstance(uniforms, Tensor):
         raise TypeError(f"{op}: uniforms must be a tensor, got {type(uniforms).__name__}")
     if not lst:
-        return []
+        return ([], []) if return_gram else []
     (lst,) = _inputs(op, xs=lst)
-    return list(_ops.kmeanspp_init(lst, list(ks), uniforms.to(lst[0].device)))
+    idx, grams = _ops.kmeanspp_init(lst, list(ks), uniforms.to(lst[0].device), bool(return_gram))
+    if not return_gram:
+        return list(idx)
+    return list(idx), [g if g.numel() else None for g in grams]
 
 
 @torch.library.register_fake("pyprune_fast::kmeanspp_init")
-def _kmeanspp_init_fake(xs: list[Tensor], k: list[int], uniforms: Tensor) -> list[Tensor]:
+def _kmeanspp_init_fake(xs: list[Tensor], k: list[int], uniforms: Tensor,
+                        return_gram: bool = False) -> tuple[list[Tensor], list[Tensor]]:
     _check_one_device("kmeanspp_init", xs)
-    return [x.new_empty((kk,), dtype=torch.int64) for x, kk in zip(xs, k)]
+
+    def reads_gram(n: int, kk: int) -> bool:  # use_gram in cpu/kmeanspp_init_kernel.cpp (CUDA reads none)
+        return xs[0].device.type == "cpu" and kk > 1 and n * n <= 1 << 23 and 4 * kk >= n
+
+    grams = [x.new_empty((x.shape[0],) * 2 if return_gram and reads_gram(x.shape[0], kk) else (0,))
+             for x, kk in zip(xs, k)]
+    return [x.new_empty((kk,), dtype=torch.int64) for x, kk in zip(xs, k)], grams
 
 
 # The private test op: kmeans_lloyd's batched loop in ATen ops alone, on any device.
-torch.library.register_fake("pyprune_fast::_kmeans_lloyd_batched")(_kmeans_lloyd_fake)
+@torch.library.register_fake("pyprune_fast::_kmeans_lloyd_batched")
+def _kmeans_lloyd_batched_fake(xs: list[Tensor], centroids: list[Tensor], niter: int, spherical: bool,
+                               sync_every: int = 1):
+    return _kmeans_lloyd_fake(xs, centroids, niter, spherical)

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "cpu/parallel_rows.h"
@@ -81,8 +82,10 @@ void symmetric_gram(const at::Tensor& x, at::Tensor& gram) {
   }
 }
 
+// Draws problem `points`; with `keep`, the Gram matrix it read (if any) goes to *kept instead of the scratch.
 template <class scalar_t>
-void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t* out, Scratch& s) {
+void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t* out, Scratch& s, bool keep,
+                  at::Tensor* kept) {
   const auto x = points.contiguous();
   const int64_t n = x.size(0);
   s.d2.assign(n, 0);
@@ -92,10 +95,12 @@ void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t*
   at::Tensor norms_t;
   const scalar_t* g = nullptr;
   if (gram) {  // norms from the Gram diagonal: equal rows are exactly 0 apart
-    if (!s.gram.defined() || s.gram.numel() < n * n || s.gram.scalar_type() != x.scalar_type()) {
+    if (keep) {
+      *kept = at::empty({n, n}, x.options());
+    } else if (!s.gram.defined() || s.gram.numel() < n * n || s.gram.scalar_type() != x.scalar_type()) {
       s.gram = at::empty({n * n}, x.options());
     }
-    auto view = s.gram.narrow(0, 0, n * n).view({n, n});
+    auto view = keep ? *kept : s.gram.narrow(0, 0, n * n).view({n, n});
     symmetric_gram<scalar_t>(x, view);
     g = view.const_data_ptr<scalar_t>();
   } else {
@@ -113,14 +118,16 @@ void seed_problem(const at::Tensor& points, int64_t k, const double* u, int64_t*
   }
 }
 
-std::vector<at::Tensor> kmeanspp_init_cpu(at::TensorList xs, at::IntArrayRef k, const at::Tensor& uniforms) {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> kmeanspp_init_cpu(
+    at::TensorList xs, at::IntArrayRef k, const at::Tensor& uniforms, bool return_gram) {
   const BelowAutograd below_autograd;
   check_kmeanspp_args(xs, k, uniforms);
   const auto u = uniforms.contiguous();
-  std::vector<at::Tensor> out;
+  std::vector<at::Tensor> out, grams;
   std::vector<double> work;
   for (size_t i = 0; i < xs.size(); ++i) {
     out.push_back(at::empty({k[i]}, xs[i].options().dtype(at::kLong)));
+    grams.push_back(at::empty({0}, xs[i].options()));
     const double n = xs[i].size(0), d = std::max<int64_t>(xs[i].size(1), 1);
     work.push_back((use_gram(xs[i].size(0), k[i]) ? n : k[i]) * n * d);
   }
@@ -128,10 +135,11 @@ std::vector<at::Tensor> kmeanspp_init_cpu(at::TensorList xs, at::IntArrayRef k, 
   for (double w : work) all += w;
   parallel_queue<Scratch>(largest_first(work), all, kSerialBelow, [&](size_t i, Scratch& s) {
     AT_DISPATCH_FLOATING_TYPES(xs[i].scalar_type(), "kmeanspp_init_cpu", [&] {
-      seed_problem<scalar_t>(xs[i], k[i], u.const_data_ptr<double>(), out[i].mutable_data_ptr<int64_t>(), s);
+      seed_problem<scalar_t>(xs[i], k[i], u.const_data_ptr<double>(), out[i].mutable_data_ptr<int64_t>(), s,
+                             return_gram, &grams[i]);
     });
   });
-  return out;
+  return {out, grams};
 }
 
 }  // namespace

@@ -87,9 +87,11 @@ at::Tensor assign_epilogue_cuda(const at::Tensor& dots, const at::Tensor& cnorm,
 }
 
 // Checks, the device guard and the early return for empty problems are in kmeans_lloyd_batched.
-KmeansResult kmeans_lloyd_cuda(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical) {
+// Gram matrices are not read here: the batched iterations already cost one batched product each.
+KmeansResult kmeans_lloyd_cuda(at::TensorList xs, at::TensorList centroids, int64_t niter, bool spherical,
+                               at::TensorList grams) {
   const BelowAutograd below_autograd;
-  return kmeans_lloyd_batched(xs, centroids, niter, spherical, kSyncEvery, &assign_epilogue_cuda);
+  return kmeans_lloyd_batched(xs, centroids, niter, spherical, kSyncEvery, &assign_epilogue_cuda, grams);
 }
 
 }  // namespace

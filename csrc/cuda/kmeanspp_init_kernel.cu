@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cub/block/block_scan.cuh>
+#include <tuple>
 
 #include "cuda/launch.cuh"
 #include "kmeanspp_init.h"
@@ -104,11 +105,14 @@ __global__ void __launch_bounds__(kThreads) kmeanspp_kernel(const Job<scalar_t>*
   }
 }
 
-std::vector<at::Tensor> kmeanspp_init_cuda(at::TensorList xs, at::IntArrayRef k, const at::Tensor& uniforms) {
+// The draws read no Gram matrix here: every grams[i] is empty, with return_gram too.
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> kmeanspp_init_cuda(
+    at::TensorList xs, at::IntArrayRef k, const at::Tensor& uniforms, bool return_gram) {
   const BelowAutograd below_autograd;
   const auto device = check_kmeanspp_args(xs, k, uniforms);
-  std::vector<at::Tensor> out;
-  if (xs.empty()) return out;
+  std::vector<at::Tensor> out, grams;
+  for (const auto& x : xs) grams.push_back(at::empty({0}, x.options()));
+  if (xs.empty()) return {out, grams};
   const c10::cuda::CUDAGuard guard(device);
   const auto u = uniforms.contiguous();
   std::vector<at::Tensor> points;
@@ -134,7 +138,7 @@ std::vector<at::Tensor> kmeanspp_init_cuda(at::TensorList xs, at::IntArrayRef k,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return out;
+  return {out, grams};
 }
 
 }  // namespace

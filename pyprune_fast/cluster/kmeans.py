@@ -1,7 +1,9 @@
 """k-means for many small problems at once (one per layer), on the device where the data is.
 
 Backends:
-  "native"  the extension's kmeans_lloyd. CPU: C++ with BLAS and OpenMP, problem by problem. CUDA:
+  "native"  the extension's kmeans_lloyd. CPU: C++ with BLAS and OpenMP, problem by problem; with k-means++
+            (the default) the iterations read the Gram matrix X X^T the seeding computed, where that is cheaper
+            (O(N^2 + N k) per iteration instead of O(N k D): conv layers with k = N/2). CUDA:
             batched: problems of one (N, D, k) stacked, each iteration one batched product and a fused
             argmin kernel for the assignment and one segmented sum for the update per shape, convergence
             flags kept on the GPU and read once per iteration for all problems; deterministic.
@@ -46,24 +48,37 @@ def init_all(xs: list[Tensor], ks: list[int], init: str = "k-means++", seed: int
     if init not in ("k-means++", "random"):
         raise ValueError(f"kmeans: init must be 'k-means++', 'random' or a list of tensors, got {init!r}")
     xs = [x.detach() for x in xs]
-    out: list[Optional[Tensor]] = [None] * len(xs)
     if init == "random":
+        out: list[Optional[Tensor]] = [None] * len(xs)
         for i, (x, k) in enumerate(zip(xs, ks)):
             g = torch.Generator().manual_seed(seed)
             out[i] = x[torch.randperm(x.shape[0], generator=g)[:k].to(x.device)].clone()
         return out
+    rows, _ = _kmeanspp(xs, ks, seed)
+    return [x[r] for x, r in zip(xs, rows)]
+
+
+def _kmeanspp(xs: list[Tensor], ks: list[int], seed: int,
+              return_gram: bool = False) -> tuple[list[Tensor], list[Optional[Tensor]]]:
+    """The k-means++ row indices of every problem, and (return_gram) the Gram matrices the draws read (None
+    where they read none, or for a dtype the op does not take)."""
     for i, (x, k) in enumerate(zip(xs, ks)):
         if not 1 <= k <= x.shape[0]:
             raise ValueError(f"kmeans: k-means++ draws k in [1, N] points, got k = {k} for xs[{i}] of {x.shape[0]}")
+    rows: list[Optional[Tensor]] = [None] * len(xs)
+    grams: list[Optional[Tensor]] = [None] * len(xs)
     if not xs:
-        return out
+        return rows, grams
     u = torch.rand(max(ks), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     drawn_in = [x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32 for x in xs]  # the op's dtypes
     for dtype in set(drawn_in):
         idx = [i for i, d in enumerate(drawn_in) if d == dtype]
-        for i, chosen in zip(idx, ops.kmeanspp_init([xs[i].to(dtype) for i in idx], [ks[i] for i in idx], u)):
-            out[i] = xs[i][chosen]
-    return out
+        drawn = ops.kmeanspp_init([xs[i].to(dtype) for i in idx], [ks[i] for i in idx], u, return_gram)
+        chosen, gs = drawn if return_gram else (drawn, [None] * len(idx))
+        for i, c, g in zip(idx, chosen, gs):
+            rows[i] = c
+            grams[i] = g if xs[i].dtype == dtype else None
+    return rows, grams
 
 
 def init_centroids(x: Tensor, k: int, init: str = "k-means++", seed: int = 0) -> Tensor:
@@ -151,14 +166,21 @@ def kmeans(xs: Union[Tensor, Sequence[Tensor]], k: Union[int, Sequence[int]], ni
         else:
             todo.append(i)
     given = isinstance(init, (list, tuple))
-    drawn = [init[i] for i in todo] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
-    for i, c in zip(todo, drawn):
-        x, kk = lst[i], ks[i]
-        if tuple(c.shape) != (kk, x.shape[1]):
-            raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
-        inits.append(c.detach().to(x.dtype))
+    grams = None
+    if init == "k-means++" and backend in ("auto", "native") and not spherical and todo:
+        # row indices with the seeding's Gram matrices (kmeans_lloyd iterates from them where that is cheaper),
+        # the rows themselves where the seeding read none (CUDA)
+        rows, grams = _kmeanspp([lst[i] for i in todo], [ks[i] for i in todo], seed, return_gram=True)
+        inits = [lst[i][r] if g is None else r for i, r, g in zip(todo, rows, grams)]
+    else:
+        drawn = [init[i] for i in todo] if given else init_all([lst[i] for i in todo], [ks[i] for i in todo], init, seed)
+        for i, c in zip(todo, drawn):
+            x, kk = lst[i], ks[i]
+            if tuple(c.shape) != (kk, x.shape[1]):
+                raise ValueError(f"kmeans: init[{i}] must have shape ({kk}, {x.shape[1]}), got {tuple(c.shape)}")
+            inits.append(c.detach().to(x.dtype))
     if backend in ("auto", "native") and todo:
-        labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical)
+        labels, cents, inertia = ops.kmeans_lloyd([lst[i] for i in todo], inits, niter, spherical, grams)
         for j, (i, total) in enumerate(zip(todo, inertia.tolist())):  # one host read
             results[i] = KMeans(labels[j], cents[j], total)
     else:

@@ -179,3 +179,24 @@ def test_kmeanspp_seeds_one_centroid_per_separated_blob_and_handles_identical_po
     assert len(set(torch.cdist(c, centres).argmin(1).tolist())) == 6
     same = torch.ones(8, 3)
     assert torch.equal(cluster.init_centroids(same, 3, "k-means++", seed=0), torch.ones(3, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_iterates_from_the_seeding_gram_like_from_its_rows(dtype):
+    """Defaults (k-means++, native, CPU): the iterations run from the seeding's Gram matrices where that pays
+    (conv-layer shapes, k = N/2; not for D = 9) and give what the same seeds give as centroids, and what the
+    reference gives."""
+    g = torch.Generator().manual_seed(7)
+    xs = [torch.randn(n, d, generator=g, dtype=dtype) for n, d in [(64, 72), (128, 9), (32, 288), (96, 64)]]
+    xs[3] = xs[3][torch.randint(20, (96,), generator=g)]  # duplicates: empty clusters along the way
+    ks = [x.shape[0] // 2 for x in xs]
+    fast = cluster.kmeans(xs, ks)
+    rows = cluster.kmeans(xs, ks, init=cluster.init_all(xs, ks))
+    ref = cluster.kmeans(xs, ks, backend="torch")
+    for i, (a, b, c) in enumerate(zip(fast, rows, ref)):
+        assert a.labels.dtype == torch.int64 and a.centroids.dtype == dtype and a.centroids.shape == b.centroids.shape
+        assert a.inertia == pytest.approx(b.inertia, rel=1e-4, abs=1e-3)  # all-duplicate problem: ~0 after rounding
+        assert a.inertia == pytest.approx(c.inertia, rel=1e-4, abs=1e-3)
+        if i < 3:  # copies of points tie, and rounding picks among them
+            assert torch.equal(a.labels, b.labels)
+            torch.testing.assert_close(a.centroids, b.centroids, rtol=1e-4, atol=1e-5)

@@ -37,7 +37,7 @@ def test_property_non_finite_values_are_refused(n, d, r, c, value, in_centroids,
 def test_opcheck():
     xs = [torch.randn(20, 4), torch.randn(9, 3, dtype=torch.float64)]
     cs = [xs[0][:5].clone(), xs[1][:2].clone()]
-    torch.library.opcheck(torch.ops.pyprune_fast.kmeans_lloyd.default, (xs, cs, 4, False))
+    torch.library.opcheck(torch.ops.pyprune_fast.kmeans_lloyd.default, (xs, cs, 4, False, []))
 
 
 # ---- the batched loop (CUDA's kmeans_lloyd) as ATen ops on any device: _kmeans_lloyd_batched ----
@@ -203,3 +203,132 @@ def test_cuda_host_syncs_do_not_grow_with_the_problems():
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
         assert len(syncs) <= niter, (count, [str(w.message) for w in syncs])
+
+
+# ---- from row indices and the Gram matrix (the seeding's): iterations in O(N^2 + N k) ----
+
+def gram_problems(seed, dtype):
+    """(x, seeds) pairs with adversarial values: duplicated points and seeds (empty clusters), k = 1, k = N,
+    huge and tiny scales, well-separated and random points."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, d, k, scale in [(64, 72, 32, 1.0), (40, 960, 1, 1.0), (12, 24, 12, 1e-6), (100, 50, 50, 1e6),
+                           (33, 120, 7, 1.0), (48, 48, 24, 1.0)]:  # each with 24 N <= k D: from the Gram matrix
+        x = torch.randn(n, d, generator=g, dtype=dtype) * scale
+        if n == 48:
+            x = x[torch.randint(12, (n,), generator=g)]  # 12 distinct points, each several times
+        seeds = torch.randperm(n, generator=g)[:k]
+        if k == 24:
+            seeds[k // 2:] = seeds[: k - k // 2]  # duplicated seeds: equal centroids, empty clusters
+        out.append((x, seeds))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_gram_iterations_match_the_reference_and_the_points(seed, dtype):
+    """From row indices and X X^T: labels and centroids as _reference.kmeans_lloyd_gram, inertia as the
+    iterations from the points (the same Lloyd steps, other rounding)."""
+    problems = gram_problems(seed, dtype)
+    xs = [x for x, _ in problems]
+    seeds = [s for _, s in problems]
+    grams = [x @ x.T for x in xs]
+    labels, cents, inertia = ops.kmeans_lloyd(xs, seeds, 25, grams=grams)
+    _, _, from_points = ops.kmeans_lloyd(xs, [x[s] for x, s in zip(xs, seeds)], 25)
+    for i, (x, s, g) in enumerate(zip(xs, seeds, grams)):
+        ref_labels, ref_cents, ref = _reference.kmeans_lloyd_gram(x, g, s, 25)
+        scale = float((x * x).sum(1).max())  # rounding of |x|^2 - 2 x.c + |c|^2 (copies of points: ~0)
+        assert float(inertia[i]) == pytest.approx(ref, rel=1e-4, abs=1e-5 * scale * x.shape[0]), i
+        assert float(inertia[i]) == pytest.approx(float(from_points[i]), rel=1e-3, abs=1e-5 * scale * x.shape[0]), i
+        assert labels[i].dtype == torch.int64 and cents[i].dtype == dtype and cents[i].shape == (s.shape[0], x.shape[1])
+        if s.shape[0] < x.shape[0] and s.unique().numel() == s.numel():
+            assert torch.equal(labels[i], ref_labels), i
+            torch.testing.assert_close(cents[i], ref_cents, rtol=1e-4, atol=1e-5 * float(x.abs().max()))
+
+
+def test_the_gram_matrix_is_read_where_it_pays():
+    """Given another problem's Gram matrix, the labels follow that problem where 24 N <= k D (the Gram
+    matrix is read), and xs where not; the centroids are always means of the rows of xs."""
+    g = torch.Generator().manual_seed(2)
+    for d, k, read in [(48, 16, True), (47, 16, False), (96, 8, True), (95, 8, False)]:
+        x, other = torch.randn(32, d, generator=g), torch.randn(32, d, generator=g)
+        s = torch.randperm(32, generator=g)[:k]
+        labels, cents, _ = ops.kmeans_lloyd([x], [s], 0, grams=[other @ other.T])
+        want = _reference.kmeans_lloyd(other if read else x, (other if read else x)[s], 0, False)[0]
+        assert torch.equal(labels[0], want), (d, k)
+        assert torch.equal(cents[0], x[s])
+
+
+def test_gram_iterations_from_the_seeding_equal_those_from_the_points():
+    """kmeanspp_init(return_gram=True) hands kmeans_lloyd what it needs: same labels as from the rows."""
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(n, d, generator=g) for n, d in [(64, 576), (128, 64), (256, 1152)]]
+    ks = [32, 64, 128]
+    idx, grams = ops.kmeanspp_init(xs, ks, torch.rand(128, generator=g, dtype=torch.float64), return_gram=True)
+    assert all(gm is not None and gm.shape == (x.shape[0],) * 2 for x, gm in zip(xs, grams))
+    fast = ops.kmeans_lloyd(xs, idx, 25, grams=grams)
+    slow = ops.kmeans_lloyd(xs, [x[i] for x, i in zip(xs, idx)], 25)
+    for a, b in zip(fast[0], slow[0]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(fast[2], slow[2], rtol=1e-5, atol=0)
+    for a, b in zip(fast[1], slow[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("niter", [0, 1, 25])
+def test_row_indices_without_a_gram_or_spherical_run_from_the_rows(niter):
+    """Row indices are the rows themselves where the Gram matrix is not used: no Gram, spherical, k > N/...;
+    results then identical to centroids given as those rows."""
+    g = torch.Generator().manual_seed(niter)
+    x = torch.randn(50, 8, generator=g)
+    x = x / x.norm(dim=1, keepdim=True)
+    s = torch.randperm(50, generator=g)[:20]
+    for spherical, grams in [(False, None), (True, [x @ x.T]), (False, [None])]:
+        a = ops.kmeans_lloyd([x], [s], niter, spherical, grams)
+        b = ops.kmeans_lloyd([x], [x[s]], niter, spherical)
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[1][0], b[1][0]) and torch.equal(a[2], b[2])
+    c = batched([x], [s], niter, False)
+    assert torch.equal(c[0][0], b[0][0]) and torch.equal(c[1][0], b[1][0])
+    if niter == 0:  # the centroids are the seeds, from the Gram matrix too
+        assert torch.equal(ops.kmeans_lloyd([x], [s], 0, grams=[x @ x.T])[1][0], x[s])
+
+
+def test_row_indices_and_grams_bad_inputs():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match=r"centroids\[0\] holds row index 10, out of \[0, 10\)"):
+        ops.kmeans_lloyd([x], [torch.tensor([1, 10])], 3)
+    with pytest.raises(ValueError, match=r"centroids\[0\] holds row index -1"):
+        ops.kmeans_lloyd([x], [torch.tensor([-1, 2])], 3)
+    with pytest.raises(ValueError, match=r"centroids\[2\] holds row index 12, out of \[0, 10\)"):
+        ops.kmeans_lloyd([x, x, x], [torch.tensor([9]), x[:2], torch.tensor([3, 12])], 3)
+    with pytest.raises(ValueError, match=r"centroids\[0\] as row indices must be 1-D"):
+        ops.kmeans_lloyd([x], [torch.tensor([[1, 2]])], 3)
+    with pytest.raises(ValueError, match=r"grams\[0\] must be N x N with N = 10"):
+        ops.kmeans_lloyd([x], [torch.tensor([1, 2])], 3, grams=[torch.randn(10, 9)])
+    with pytest.raises(TypeError, match=r"grams\[0\] is Double but xs\[0\] is Float"):
+        ops.kmeans_lloyd([x], [torch.tensor([1, 2])], 3, grams=[torch.randn(10, 10, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="got 1 problems but 2 Gram matrices"):
+        ops.kmeans_lloyd([x], [torch.tensor([1, 2])], 3, grams=[x @ x.T, x @ x.T])
+    with pytest.raises(TypeError, match="grams must be a list of tensors or None"):
+        ops.kmeans_lloyd([x], [torch.tensor([1, 2])], 3, grams=x @ x.T)
+
+
+def test_gram_opcheck():
+    xs = [torch.randn(20, 4), torch.randn(9, 4)]
+    cs = [torch.tensor([0, 3, 5, 7, 9]), torch.tensor([1, 2])]
+    torch.library.opcheck(torch.ops.pyprune_fast.kmeans_lloyd.default, (xs, cs, 4, False, [x @ x.T for x in xs]))
+
+
+@pytest.mark.needs_cuda
+def test_cuda_row_indices_and_grams_match_the_cpu():
+    """On CUDA row indices start the batched iterations (the Gram matrices are checked, not read)."""
+    problems = gram_problems(1, torch.float32)
+    xs = [x.cuda() for x, _ in problems]
+    seeds = [s.cuda() for _, s in problems]
+    got = ops.kmeans_lloyd(xs, seeds, 25, grams=[x @ x.T for x in xs])
+    want = ops.kmeans_lloyd([x.cpu() for x in xs], [x.cpu()[s.cpu()] for x, s in zip(xs, seeds)], 25)
+    for i, x in enumerate(xs):
+        scale = float((x * x).sum(1).max())
+        assert float(got[2][i]) == pytest.approx(float(want[2][i]), rel=1e-3, abs=1e-5 * scale * x.shape[0]), i
+    assert ops.kmeanspp_init(xs, [s.shape[0] for s in seeds], torch.rand(100, dtype=torch.float64),
+                             return_gram=True)[1] == [None] * len(xs)

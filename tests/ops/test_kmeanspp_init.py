@@ -134,7 +134,27 @@ def test_bad_arguments():
 
 def test_opcheck():
     xs = [torch.randn(20, 4), torch.randn(9, 4)]
-    torch.library.opcheck(torch.ops.pyprune_fast.kmeanspp_init.default, (xs, [5, 9], uniforms(9)))
+    for return_gram in (False, True):
+        torch.library.opcheck(torch.ops.pyprune_fast.kmeanspp_init.default, (xs, [5, 9], uniforms(9), return_gram))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_return_gram_hands_back_the_gram_matrix_the_draws_read(dtype):
+    """Same draws with and without return_gram; X X^T where the draws read it (k >= N/4, k > 1), else None."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(n, d, generator=g, dtype=dtype) * s for n, d, s in [(40, 9, 1.0), (40, 9, 1e5), (40, 9, 1e-5),
+                                                                         (40, 9, 1.0), (40, 9, 1.0), (30, 2, 1.0)]]
+    ks = [20, 10, 40, 1, 5, 30]
+    u = uniforms(40)
+    idx, grams = ops.kmeanspp_init(xs, ks, u, return_gram=True)
+    assert all(torch.equal(a, b) for a, b in zip(idx, ops.kmeanspp_init(xs, ks, u)))
+    for x, k, gm in zip(xs, ks, grams):
+        if k == 1 or 4 * k < x.shape[0]:
+            assert gm is None
+        else:
+            assert gm.dtype == dtype and gm.shape == (x.shape[0], x.shape[0])
+            torch.testing.assert_close(gm, x @ x.T, rtol=1e-5, atol=1e-6 * float(x.abs().max()) ** 2)
+    assert ops.kmeanspp_init([], [], u, return_gram=True) == ([], [])
 
 
 # ---- CUDA ----

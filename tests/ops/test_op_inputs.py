@@ -61,7 +61,7 @@ RAW = {
     "pairwise_distance": lambda fs: torch.ops.pyprune_fast.pairwise_distance(fs, "euclidean", None),
     "gather_channels": lambda fs: torch.ops.pyprune_fast.gather_channels(
         fs, [torch.arange(0, f.shape[0], 2) for f in fs], [0]),
-    "kmeans_lloyd": lambda fs: torch.ops.pyprune_fast.kmeans_lloyd(fs, [f[:3].detach() for f in fs], 5, False),
+    "kmeans_lloyd": lambda fs: torch.ops.pyprune_fast.kmeans_lloyd(fs, [f[:3].detach() for f in fs], 5, False, []),
     "ward_linkage": lambda fs: torch.ops.pyprune_fast.ward_linkage([torch.cdist(f, f) for f in fs]),
 }
 
