@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyprune_fast as ppf
-from pyprune_fast.graph.meta import meta_output
 from pyprune_fast.nn.rewritten import REWRITES, Rewritten
 from pyprune_fast.testing import kill_channels
 
@@ -149,16 +148,3 @@ class ScaledBias(nn.Module):
 def test_a_bias_computed_otherwise_locks_its_layer():
     g = ppf.DependencyGraph(ScaledBias(), torch.randn(3, 4))
     assert "the bias of fc is computed in forward" in g.group_of(g.model.fc).reason
-
-
-def test_the_run_check_on_meta_sees_a_bias_that_does_not_fit():
-    """A pass on meta tensors raises for a bias that does not fit its weight, as the real kernels do (the
-    meta shortcut leaves linear's to its meta kernel; conv's meta kernel does not check: the shortcut does)."""
-    meta = {"device": "meta"}
-    args = (torch.empty(2, 4, **meta), torch.empty(6, 4, **meta), torch.empty(7, **meta))
-    assert meta_output(F.linear, args, {}) is None
-    with pytest.raises(RuntimeError):
-        F.linear(*args)
-    with pytest.raises(RuntimeError, match=r"conv2d: a bias of shape \(5,\) for 6 output channels"):
-        meta_output(torch.conv2d, (torch.empty(2, 4, 3, 3, **meta), torch.empty(6, 4, 1, 1, **meta),
-                                   torch.empty(5, **meta)), {})

@@ -35,6 +35,21 @@ def _params_fit(func: Callable, x: torch.Tensor, params: list) -> bool:
     return all(x.dim() > 1 and p.numel() == x.shape[1] for p in params)
 
 
+_RNNS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # torch.lstm & co (nn.LSTM...): gates per unit
+
+
+def _rnn_output(name: str, x: torch.Tensor, hx, params: list, bidirectional: bool):
+    """(output, h_n[, c_n]) of a recurrent layer on meta: the steps' Python meta kernels are slow (sequencer2d
+    took seconds); None where the shapes do not fit its first layer's weights (for the real kernel to report)."""
+    states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+    h, w_ih, w_hh = states[0], params[0] if params else None, params[1] if len(params) > 1 else None
+    if (w_ih is None or w_hh is None or x.dim() not in (2, 3) or x.shape[-1] != w_ih.shape[1]
+            or w_hh.shape[1] != h.shape[-1] or w_ih.shape[0] != _RNNS[name] * states[-1].shape[-1]):
+        return None
+    out = x.new_empty((*x.shape[:-1], h.shape[-1] * (2 if bidirectional else 1)))
+    return (out, *(t.new_empty(t.shape) for t in states))
+
+
 def _bias_fits(b, w: torch.Tensor) -> bool:
     return b is None or (isinstance(b, torch.Tensor) and b.dim() == 1 and b.shape[0] == w.shape[0])
 
@@ -109,6 +124,8 @@ def meta_output(func: Callable, args: tuple, kwargs: dict):
         out = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
                for i in range(spatial)]
         return x.new_empty((x.shape[0], w.shape[0], *out))
+    if getattr(func, "__name__", None) in _RNNS and len(args) == 9 and not kwargs:
+        return _rnn_output(func.__name__, *args[:3], bidirectional=args[7])
     if func is F.multi_head_attention_forward:
         given = attention_args(args, kwargs)
         if given.get("bias_k") is not None or given.get("add_zero_attn") or given.get("static_k") is not None:
