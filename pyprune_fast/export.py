@@ -53,7 +53,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
     of positional inputs, or a dict of keyword inputs) in eval mode, and return the path.
 
     Uses torch's TorchScript-based exporter (`dynamo=False`: it needs only the `onnx` package, not
-    onnxscript). Inputs are named input0, input1, ... (keyword inputs by their keyword).
+    onnxscript), with nn.MultiheadAttention's fused inference path off (it has no ONNX form). Inputs are named input0, input1, ... (keyword inputs by their keyword).
     The model is left as it was (train/eval mode, device, parameters). A model that cannot be exported raises
     ValueError naming the op; a missing `onnx` package, ImportError naming the pip package.
     """
@@ -67,7 +67,9 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
         raise ValueError(f"export_onnx: the folder {str(path.parent)!r} of {str(path)!r} does not exist")
     args, kwargs = model_inputs(example_inputs)
     names = [f"input{i}" for i in range(len(args))] + list(kwargs)
-    try:
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:  # without nn.MultiheadAttention's fused eval path (aten::_native_multi_head_attention has no ONNX form)
+        torch.backends.mha.set_fastpath_enabled(False)
         with eval_mode(model), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
             torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False,
@@ -77,4 +79,6 @@ def export_onnx(model: nn.Module, example_inputs: Any, path, *, opset_version: i
         what = f"the op {op} is not supported" if op else "the exporter failed"
         raise ValueError(f"export_onnx: {type(model).__name__} cannot be exported to ONNX (opset {opset_version}): "
                          f"{what} ({type(e).__name__}: {said})") from e
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return path

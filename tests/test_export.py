@@ -56,6 +56,18 @@ def test_onnxruntime_matches_the_pruned_model(name, tv_model, small_vit, tmp_pat
     assert want.abs().max() > 0 and max_diff(got, want) < TOLERANCE
 
 
+def test_a_dense_vit_exports_too(small_vit, tmp_path):
+    """nn.MultiheadAttention's fused eval path has no ONNX form: export_onnx runs without it (and puts the
+    setting back)."""
+    model, x = small_vit(2, 4, 64, 128).eval(), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.02)
+        want = model(x)
+    path = ppf.export_onnx(model, x, tmp_path / "vit.onnx")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input0": x.numpy()})[0]
+    assert max_diff(got, want) < TOLERANCE and torch.backends.mha.get_fastpath_enabled()
+
+
 def test_head_pruned_vit_scripts_and_exports(small_vit):
     x = torch.randn(2, 3, 32, 32)
     model = pruned(small_vit(2, 4, 64, 128), x)
