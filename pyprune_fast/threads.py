@@ -88,21 +88,26 @@ def limited() -> Iterator[int]:
     yields the count in force."""
     before = torch.get_num_threads()
     n = threads_for_call()
-    token = _user.set(_user.get() or before)
-    if n < before:
-        torch.set_num_threads(n)
+    token = None
     try:
+        token = _user.set((user_threads(), min(n, before)))
+        if n < before:
+            torch.set_num_threads(n)
         yield n
     finally:
-        _user.reset(token)
+        if token is not None:
+            _user.reset(token)
         if n < before:
             torch.set_num_threads(before)
 
 
 def user_threads() -> int:
     """Torch's thread count as the user set it: outside `limited()` the current one, inside it the count it
-    lowered (what the user's own model runs on: latency is measured on it)."""
-    return _user.get() or torch.get_num_threads()
+    lowered (what the user's own model runs on: latency is measured on it). A value left behind by a call
+    cut short (an exception inside `limited`'s own lines) is ignored once torch's count is no longer the one
+    that call set."""
+    current, entered = torch.get_num_threads(), _user.get()
+    return entered[0] if entered is not None and entered[1] == current else current
 
 
 def on_idle_cpus(fn: F) -> F:
