@@ -305,3 +305,29 @@ def test_a_split_sized_by_an_attribute_divided_is_followed(tmp_path):
     assert model.expand_chs == 4 and model.conv_exp.out_channels == 4 and model.mid.in_channels == 2
     ppf.save_pruned(model, tmp_path / "m.pt")
     torch.testing.assert_close(ppf.load_pruned(lambda: CrossStage().eval(), tmp_path / "m.pt")(x), model(x))
+
+
+class TokenConv(nn.Module):
+    """CoaT's aggregate head: three token vectors of a Linear's channels stacked, then a Conv1d over the three
+    tokens (its length dim holds the channels), then a classifier."""
+
+    def __init__(self, kernel: int = 1):
+        super().__init__()
+        self.fc, self.agg, self.head = nn.Linear(4, 8), nn.Conv1d(3, 1, kernel, padding=kernel // 2), nn.Linear(8, 2)
+
+    def forward(self, x):  # x: (B, 3, 4)
+        y = self.fc(x)
+        return self.head(self.agg(torch.stack([y[:, 0], y[:, 1], y[:, 2]], dim=1)).squeeze(1))
+
+
+def test_channels_on_a_convs_length_dim_follow_a_pointwise_kernel_and_lock_otherwise():
+    x = torch.randn(2, 3, 4)
+    model = TokenConv().eval()
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.fc)
+    assert grp.prunable and ("head.weight", 1) in {(m.name, m.dim) for m in grp.members}
+    assert "the bias of agg" in grp.inexact  # added at every position, dead channels' too
+    pruned_runs(model, x)
+    assert model.head.in_features == model.fc.out_features == 4
+    wide = TokenConv(kernel=3).eval()
+    assert "slides its kernel along these channels" in ppf.DependencyGraph(wide, x).group_of(wide.fc).reason

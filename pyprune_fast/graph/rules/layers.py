@@ -55,8 +55,30 @@ def conv(ctx: Context, node: Node) -> None:
         ctx.consume(x, lx, what)
         label = _layer(ctx, what, module, weight, w, b, lx, groups, transposed)
     label = _bias(ctx, node, b, label, module)
-    ctx.set(out, {1: label})
+    positions = _positions(ctx, node, x, w, transposed, what)
+    ctx.set(out, {1: label, **positions})
     ctx.nonzero[out.id] = _made_nonzero(weight, b, module, label)
+    if positions:  # each output position is a weighted sum of the same input position: zero there, plus a bias
+        ctx.nonzero[out.id].update(ctx.inherited([x], out) if b is None else  # (kill_channels leaves it: not theirs)
+                                   all_nonzero(positions.values(), f"the bias of {module}"))
+
+
+def _positions(ctx: Context, node: Node, x: Value, w: Value, transposed: bool, what: str) -> dict:
+    """Labels of channels laid along a conv's spatial dims (timm CoaT's aggregate: a Conv1d over 3 class
+    tokens whose length is the embedding): a 1-wide kernel at stride 1 without padding keeps each position,
+    so they carry over; any other kernel slides across them, so they are locked."""
+    spatial = {d: lab for d, lab in ctx.of(x).dims.items() if d >= 2}
+    if not spatial:
+        return {}
+    n = x.ndim - 2
+    stride, padding = node.arg(3, "stride", 1), node.arg(4, "padding", 0)
+    extra = node.arg(5, "output_padding", 0) if transposed else 0
+    ones = lambda v, k: v == k if isinstance(v, int) else list(v) == [k] * n  # noqa: E731
+    if ones(stride, 1) and ones(padding, 0) and ones(extra, 0) and all(k == 1 for k in w.shape[2:]):
+        return spatial
+    for lab in spatial.values():
+        lock_label(lab, f"{what} slides its kernel along these channels (they lie on a spatial dim)")
+    return {}
 
 
 def _bias(ctx: Context, node: Node, b, label: Label, module: str) -> Label:
