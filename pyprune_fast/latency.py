@@ -22,7 +22,7 @@ from .export import eval_mode, export_onnx, require
 from .graph import model_inputs
 from .threads import user_threads
 
-__all__ = ["BACKENDS", "Latency", "measure_latency", "measure_options"]
+__all__ = ["BACKENDS", "MEASURE_KEYS", "Latency", "check_backend", "measure_latency", "measure_options"]
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 
@@ -258,8 +258,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
     The model is left as it was (parameters, device, train/eval mode). A backend that is not installed
     raises ImportError naming the pip package; a device that is not there, or a bad option, ValueError.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"measure_latency: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    check_backend(backend, "measure_latency: unknown backend")
     if not isinstance(model, nn.Module):
         raise TypeError(f"measure_latency: model must be an nn.Module, got {type(model).__name__}")
     batch_size, threads = _int("batch_size", batch_size), _int("threads", threads) or user_threads()
@@ -286,6 +285,9 @@ def measure_latency(model: nn.Module, example_inputs: Any, backend: str = "eager
                    device=str(device), batch_size=_batch_of(inputs), threads=used, compile_s=ready)
 
 
+MEASURE_KEYS = tuple(inspect.signature(measure_latency).parameters)[2:]  # backend, device, batch_size, ...
+
+
 def measure_options(measure: Any, who: str = "prune") -> Optional[dict]:
     """A `measure=` option as keyword arguments of `measure_latency` (None: nothing to measure): a backend
     name ("eager"), or a dict of those keyword arguments ({"backend": "onnxruntime", "threads": 4}); ValueError
@@ -294,13 +296,17 @@ def measure_options(measure: Any, who: str = "prune") -> Optional[dict]:
         return None
     if isinstance(measure, str):
         measure = {"backend": measure}
-    valid = list(inspect.signature(measure_latency).parameters)[2:]
-    if not isinstance(measure, dict) or not set(measure) <= set(valid):
+    if not isinstance(measure, dict) or not set(measure) <= set(MEASURE_KEYS):
         raise ValueError(f"{who}: measure must be None, a backend ({', '.join(BACKENDS)}) or a dict of "
-                         f"measure_latency's keyword arguments ({', '.join(valid)}); got {measure!r}")
-    backend = measure.get("backend", "eager")
-    if backend not in BACKENDS:
-        raise ValueError(f"{who}: measure: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":  # ImportError now, before any work
-        require("onnxruntime", f"{who}(measure='onnxruntime')")
+                         f"measure_latency's keyword arguments ({', '.join(MEASURE_KEYS)}); got {measure!r}")
+    check_backend(measure.get("backend", "eager"), f"{who}: measure: unknown backend", f"{who}(measure='onnxruntime')")
     return dict(measure)
+
+
+def check_backend(backend: Any, unknown: str, caller: Optional[str] = None) -> None:
+    """ValueError (`unknown` and the name) unless `backend` is one of BACKENDS; where `caller` is given,
+    ImportError naming the pip package if it is onnxruntime and that is not installed: before any work."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{unknown} {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and caller is not None:
+        require("onnxruntime", caller)

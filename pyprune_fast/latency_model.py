@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import math
 import numbers
@@ -37,7 +36,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_flatten
 
 from .allocation import Ladder, bisect
-from .latency import BACKENDS, _device, measure_latency, require
+from .latency import MEASURE_KEYS, _device, check_backend, measure_latency
 from .methods.base import lowest
 from .plan import Plan
 from .surgery import apply
@@ -45,7 +44,6 @@ from .surgery import apply
 __all__ = ["LatencyModel", "LatencyOptions", "latency_options", "solve_latency", "auto_round_to"]
 
 UNIFORM_KEEP = (0.75, 0.5, 0.25)  # the uniform thinnings measured, besides the dense model and the fewest channels
-MEASURE_KEYS = tuple(inspect.signature(measure_latency).parameters)[2:]  # backend, device, batch_size, ...
 ROUNDS = 4  # candidates measured at most
 
 
@@ -88,11 +86,8 @@ def latency_options(value: Any) -> LatencyOptions:
 
 def _check_measure(measure: dict) -> None:
     """The backend known and installed, the device there: measure_latency's own checks, before any work."""
-    backend = measure.get("backend", "eager")
-    if backend not in BACKENDS:
-        raise ValueError(f"prune: unknown latency backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
-        require("onnxruntime", "prune(latency={'backend': 'onnxruntime'})")
+    check_backend(measure.get("backend", "eager"), "prune: unknown latency backend",
+                  "prune(latency={'backend': 'onnxruntime'})")
     if measure.get("device") is not None:
         _device(measure["device"], torch.nn.Module())
 

@@ -1,6 +1,7 @@
 """Parametrisations, tolerances and adversarial inputs shared by the op tests; a free port for process groups;
 an eval-mode forward."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -95,3 +96,14 @@ def run_apart(path, *names):
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(path).parent, env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, f"exit code {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n inside, put back after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -91,3 +91,14 @@ class Tied(nn.Module):
     def forward(self, x):
         y = (torch.relu(self.bn_a(self.a(x))) + torch.relu(self.bn_b(self.b(x.flip(3))))).mean((2, 3))
         return self.head(torch.relu(self.fc_a(y) + self.fc_b(2 * y)))
+
+
+class NoOnnx(nn.Module):
+    """A layer, then an op with no ONNX translation (kthvalue)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.kthvalue(self.fc(x), 2).values

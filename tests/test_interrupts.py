@@ -15,7 +15,7 @@ from torch import nn
 from torch.overrides import _get_current_function_mode_stack
 
 import pyprune_fast as ppf
-from helpers import trained
+from helpers import torch_threads, trained
 from nets import Tied
 
 PACKAGE = os.path.dirname(ppf.__file__) + os.sep
@@ -188,10 +188,8 @@ CASES = [(residual, KeyboardInterrupt, 1), (residual, RuntimeError, 1), (attenti
 @pytest.fixture
 def one_thread():
     """Tiny tensors: torch's worker threads only add waiting, a lot of it on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -7,6 +7,7 @@ from torch import nn
 import pyprune_fast as ppf
 from pyprune_fast import cli
 from pyprune_fast.export import require
+from nets import NoOnnx
 
 FAST = dict(min_time=0.02, min_runs=3, warmup=1)
 
@@ -159,17 +160,6 @@ def test_cli_measure(capsys):
     assert "  latency " in out and "(speed-up " in out and "eager on cpu, batch 1," in out
     rc = cli.main(["prune", "--model", "torchvision:resnet18", "--ratio", "0.5", "--measure", "tensorrt"])
     assert rc == 2 and "argument --measure: invalid choice: 'tensorrt'" in capsys.readouterr().err
-
-
-class NoOnnx(nn.Module):
-    """A layer, then an op with no ONNX translation."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return torch.kthvalue(self.fc(x), 2).values
 
 
 def test_onnxruntime_on_a_model_that_cannot_export():

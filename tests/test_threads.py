@@ -4,15 +4,14 @@ restored after (also after an error), and results that do not depend on the thre
 import pytest
 import torch
 
+from helpers import torch_threads
 from pyprune_fast import cluster, ops, threads
 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def test_settings(monkeypatch, two_threads):

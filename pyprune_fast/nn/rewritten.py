@@ -6,7 +6,7 @@ where a `view`/`reshape` is given such a number (`Site`: the module, its method,
 source); apply gives the module its own copy of that method with the number replaced by `-1` (`Rewritten`,
 an instance attribute, so other instances of the class are untouched). The edit is made on the method's
 source (`ast`), compiled with the method's globals; methods with closures other than `__class__`, or
-decorated, are not rewritten (`rewritable` says why).
+decorated, are not rewritten (`_why_not` says why).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional
 
 from torch import nn
 
-__all__ = ["REWRITES", "Rewritten", "Site", "install", "rewritable", "site_of"]
+__all__ = ["REWRITES", "Rewritten", "Site", "install", "site_of"]
 
 REWRITES = "_pyprune_fast_rewrites"  # on a module: {method: ((positions, index), ...)} that apply rewrote
 
@@ -96,13 +96,9 @@ def _source(fn: types.FunctionType) -> tuple[ast.FunctionDef, int]:
     return tree.body[0], shift
 
 
-def rewritable(module: nn.Module, site: Site) -> Optional[str]:
-    """Why the method at `site` cannot be rewritten, or None."""
-    return _why_not(type(module), site.method, site.code)
-
-
 @functools.lru_cache(maxsize=None)
 def _why_not(cls: type, method: str, code: types.CodeType) -> Optional[str]:
+    """Why method `method` of `cls` (whose code ran as `code`) cannot be rewritten, or None."""
     fn, _ = _method(cls, method, code)
     if fn is None:
         return f"{method} is not a method of {cls.__name__}"
