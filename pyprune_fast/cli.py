@@ -303,7 +303,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in ALLOCATIONS if getattr(args, k) is not None}
     options.update(min_channels=args.min_channels, round_to=args.round_to, seed=args.seed,
-                   prune_embedding=args.prune_embedding, keep_outputs=args.keep_outputs)
+                   prune_embedding=args.prune_embedding, heads=args.heads, keep_outputs=args.keep_outputs)
     if args.measure is not None:  # on --device, at --input-shape
         options["measure"] = args.measure
     if args.target_latency is not None:  # measured where the model runs (--device)
@@ -415,6 +415,8 @@ def _parser() -> _Parser:
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
     pr.add_argument("--prune-embedding", action="store_true",
                     help="also prune a transformer's embedding width (the residual stream: a big change to a model)")
+    pr.add_argument("--heads", choices=("dims", "whole"), default="dims",
+                    help="attention heads: 'dims' makes each head narrower (default), 'whole' removes whole heads")
     pr.add_argument("--keep-outputs", type=_output_numbers, default="all", metavar="N[,N...]",
                     help="numbers of the output tensors that must keep their shape, in the order the model returns "
                          "them, nested outputs flattened (default: all); the others may change their channels")

@@ -36,7 +36,7 @@ def check_plot_path(path) -> Path:
 
 def short_names(origins: list[str]) -> tuple[list[str], str]:
     """Each group's label: the layer that made its channels ("conv2d layer1.0.conv1" -> "layer1.0.conv1",
-    "... heads" for attention heads), less the dotted prefix all share (returned too); long names keep
+    "... heads" for attention heads, "... head dims" for their dims), less the dotted prefix all share (returned too); long names keep
     their end."""
     names = [o.rsplit(" ", 1)[-1] for o in origins]
     parts = [n.split(".") for n in names]
@@ -46,7 +46,7 @@ def short_names(origins: list[str]) -> tuple[list[str], str]:
     prefix = ".".join(parts[0][:common]) + "." if common else ""
     out = []
     for o, n in zip(origins, names):
-        n = n[len(prefix):] + (" heads" if "heads" in o else "")
+        n = n[len(prefix):] + (" head dims" if " dims of each of " in o else " heads" if "heads" in o else "")
         out.append(n if len(n) <= NAME_CHARS else "\u2026" + n[-(NAME_CHARS - 1):])
     return out, prefix
 

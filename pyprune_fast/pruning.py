@@ -14,7 +14,7 @@ from torch import nn
 
 from .allocation import Limits, bisect
 from .flops import MacsModel, param_count, profile, profile_trace
-from .graph import DependencyGraph, uncompiled
+from .graph import DependencyGraph, check_heads, uncompiled
 from .latency import Latency, measure_latency, measure_options
 from .latency_model import LatencyOptions, auto_round_to, latency_options, solve_latency
 from .methods import METHODS, Criterion
@@ -28,7 +28,7 @@ __all__ = ["Decision", "PruneReport", "commit", "decide", "prune"]
 
 ALLOCATIONS = ("ratio", "global_ratio", "target_flops", "target_latency", "threshold")
 COMMON = {"min_channels": 1, "round_to": 1, "ignored_layers": (), "seed": 0, "prune_embedding": False,
-          "keep_outputs": "all", "measure": None, "latency": None}
+          "heads": "dims", "keep_outputs": "all", "measure": None, "latency": None}
 
 
 def _fraction(name: str, value: Any, low_open: bool) -> float:
@@ -74,6 +74,7 @@ def _check_options(method: str, options: dict[str, Any]) -> tuple[type[Criterion
         raise ValueError(f"prune: seed must be an int, got {common['seed']!r}")
     if not isinstance(common["prune_embedding"], bool):
         raise ValueError(f"prune: prune_embedding must be True or False, got {common['prune_embedding']!r}")
+    check_heads(common["heads"], "prune")
     common["measure"] = measure_options(common["measure"])
     common["latency"] = latency_options(common["latency"])  # the backend and device checked before any work
     return cls, alloc, value, common, {k: options.get(k, d) for k, d in cls.options.items()}
@@ -152,7 +153,8 @@ def _decide(model: nn.Module, example_inputs: Any, method: str, checked: tuple, 
     t0 = time.perf_counter()
     stages.start("trace")
     graph = DependencyGraph(model, example_inputs, common["ignored_layers"],  # unwraps a compiled model
-                            prune_embedding=common["prune_embedding"], keep_outputs=common["keep_outputs"])
+                            prune_embedding=common["prune_embedding"], heads=common["heads"],
+                            keep_outputs=common["keep_outputs"])
     model = graph.model
     before = profile_trace(graph.trace, model)
     groups = graph.prunable_groups
@@ -250,6 +252,7 @@ def prune(model: nn.Module, example_inputs: Any, method: str = "l1", **options: 
     pruned; the channels of the outputs keep_outputs keeps never are), keep_outputs (the tensors the model
     returns that keep their shape: "all" (default), a list of their numbers in `graph.ir.leaves` order
     (`[0]`: the first), or a predicate on their paths (`lambda path: path[0] == 0`); see DependencyGraph),
+    heads ("dims", default: attention heads get narrower; "whole": fewer heads; see DependencyGraph),
     optimizer (its per-parameter state is sliced along), seed (for random, k-means++), and for "ascp"
     niter (k-means iterations, default 25).
     measure: None (default), a backend of `measure_latency` ("eager", "compile", "onnxruntime") or a dict

@@ -98,17 +98,21 @@ def test_module_function_form(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("embedding", [False, True])
-def test_prune_embedding_and_keep_outputs(capsys, tmp_path, embedding):
-    """--prune-embedding prunes a ViT's residual stream too; --keep-outputs names the outputs kept."""
+def test_prune_embedding_heads_and_keep_outputs(capsys, tmp_path, embedding):
+    """--prune-embedding prunes a ViT's residual stream too; --heads whole removes heads rather than narrowing
+    them; --keep-outputs names the outputs kept."""
     from test_heads import tiny_vit
 
     path = tmp_path / "vit.pt"
     rc, out, err = run(capsys, "prune", "--model", "test_heads:tiny_vit", "--input-shape", "2,3,32,32", "--ratio",
-                       "0.5", "--keep-outputs", "0", *(["--prune-embedding"] if embedding else []), "--out", str(path))
+                       "0.5", "--keep-outputs", "0", *(["--prune-embedding", "--heads", "whole"] if embedding else []),
+                       "--out", str(path))
     assert rc == 0, err
     model = ppf.load_pruned(tiny_vit, path)
+    attn = model.blocks[0].attn
     assert model.patch_embed.proj.out_channels == (192 if embedding else 384)
-    assert model.blocks[0].attn.num_heads == 3 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert (attn.num_heads, attn.head_dim) == ((3, 64) if embedding else (6, 32))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def assert_refused(rc, out, err, tmp_path=None):

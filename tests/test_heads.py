@@ -35,25 +35,45 @@ def heads_groups(g):
 
 def test_timm_heads_are_groups_whose_attributes_follow():
     model = tiny_vit()
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads="whole")
     heads = heads_groups(g)
     assert len(heads) == 2 and all(h.prunable and h.channels == 6 for h in heads)
     assert {s[1:] for s in heads[0].sizes} == {("num_heads", 1), ("attn_dim", 64)}
     qkv = [m for m in heads[0].members if m.name == "blocks.0.attn.qkv.weight"]
     assert sorted((m.offset, m.block) for m in qkv) == [(0, 64), (384, 64), (768, 64)]  # q, k and v parts
     y = model(X).shape
-    ppf.prune(model, X, ratio=0.5)
+    ppf.prune(model, X, ratio=0.5, heads="whole")
     attn = model.blocks[0].attn
     assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features, attn.proj.in_features) == (3, 192, 576, 192)
     assert model(X).shape == y
 
 
-def test_pruned_heads_save_and_load(tmp_path):
+def test_timm_head_dims_are_cut_alike_in_every_head():
+    """By default a head's dims are the group: the same positions cut in q, k and v of every head."""
     model = tiny_vit()
+    dims = heads_groups(ppf.DependencyGraph(model, X))
+    assert len(dims) == 2 and all(d.prunable and d.channels == 64 and "64 dims of each of 6 heads" in d.origin
+                                  for d in dims)
+    assert {s[1:] for s in dims[0].sizes} == {("head_dim", 1), ("attn_dim", 6)}
+    qkv = [m for m in dims[0].members if m.name == "blocks.0.attn.qkv.weight"]
+    assert sorted((m.offset, m.block) for m in qkv) == [(64 * i, 1) for i in range(18)]  # 3 parts x 6 heads
+    proj = [m for m in dims[0].members if m.name == "blocks.0.attn.proj.weight"]
+    assert sorted((m.offset, m.dim, m.role) for m in proj) == [(64 * i, 1, "consumer") for i in range(6)]
+    y = model(X).shape
     ppf.prune(model, X, ratio=0.5)
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.attn_dim) == (6, 32, 192)
+    assert (attn.qkv.out_features, attn.proj.in_features) == (576, 192) and model(X).shape == y
+    assert type(attn).forward is type(tiny_vit().blocks[0].attn).forward  # sizes follow: nothing rewritten
+
+
+@pytest.mark.parametrize("heads, attribute, kept", [("dims", "head_dim", 32), ("whole", "num_heads", 3)])
+def test_pruned_heads_save_and_load(tmp_path, heads, attribute, kept):
+    model = tiny_vit()
+    ppf.prune(model, X, ratio=0.5, heads=heads)
     ppf.save_pruned(model, tmp_path / "vit.pt")
     loaded = ppf.load_pruned(tiny_vit, tmp_path / "vit.pt")
-    assert loaded.blocks[1].attn.num_heads == 3
+    assert getattr(loaded.blocks[1].attn, attribute) == kept
     torch.testing.assert_close(loaded(X), model(X))
     ppf.save_pruned(loaded, tmp_path / "again.pt")  # what load_pruned set is saved again
     assert ppf.load_pruned(tiny_vit, tmp_path / "again.pt").blocks[1].attn.attn_dim == 192
@@ -75,15 +95,33 @@ def test_hugging_face_heads_join_q_k_and_v():
 
 def test_dead_heads_are_removed_exactly():
     model = tiny_vit()
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads="whole")
     heads = heads_groups(g)[0]
     assert heads.inexact is None
     kill_channels(g, heads, torch.tensor([1, 4]))
     y = model(X)
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads="whole")
     ppf.apply(ppf.Plan(g).remove(heads_groups(g)[0], [1, 4]))
     torch.testing.assert_close(model(X), y, rtol=1e-5, atol=1e-5)
     assert model.blocks[0].attn.num_heads == 4
+
+
+def test_dead_head_dims_are_removed_exactly_where_the_scale_is_fixed():
+    """SDPA's default scale, 1/sqrt(head_dim), sees a head dim cut; timm's unfused path multiplies by its own
+    `scale`, so dead head dims (zero in q, k and v) go without changing the output."""
+    model = tiny_vit()
+    assert "scales by 1/sqrt(head_dim)" in heads_groups(ppf.DependencyGraph(model, X))[0].inexact
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    g = ppf.DependencyGraph(model, X)
+    dims = heads_groups(g)[0]
+    assert dims.inexact is None
+    kill_channels(g, dims, torch.tensor([0, 5, 63]))
+    y = model(X)
+    g = ppf.DependencyGraph(model, X)
+    ppf.apply(ppf.Plan(g).remove(heads_groups(g)[0], [0, 5, 63]))
+    torch.testing.assert_close(model(X), y, rtol=1e-5, atol=1e-5)
+    assert model.blocks[0].attn.head_dim == 61
 
 
 def test_embedding_width_is_pruned_only_when_asked():
@@ -133,22 +171,44 @@ def test_matmul_joins_what_it_contracts():
     assert model(x).shape == (2, 5, 16)
 
 
-def test_sdpa_keeps_the_width_its_scale_reads():
+def test_sdpa_joins_q_and_k_and_its_default_scale_sees_their_width():
     model = Attention(fused=True)
     g = ppf.DependencyGraph(model, torch.randn(2, 5, 16))
-    assert "scaled_dot_product_attention reads this dim whole" in g.group_of(model.q).reason
-    assert g.group_of(model.v).prunable  # v's width passes through
+    qk = g.group_of(model.q)
+    assert qk is g.group_of(model.k) and qk.prunable and "scales by 1/sqrt(head_dim)" in qk.inexact
+    assert g.group_of(model.v).prunable and g.group_of(model.v) is not qk  # v's width passes through
 
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_heads_through_matmul_and_sdpa(fused):
     model, x = Attention(fused, heads=4), torch.randn(2, 5, 16)
-    g = ppf.DependencyGraph(model, x)
+    g = ppf.DependencyGraph(model, x, heads="whole")
     heads = g.group_of(model.q)
     assert heads.prunable and heads.channels == 4 and heads is g.group_of(model.v)
     ppf.apply(ppf.Plan(g).remove(heads, [0, 3]))
     assert (model.q.out_features, model.v.out_features, model.o.in_features) == (16, 12, 12)
     assert model(x).shape == (2, 5, 16)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_head_dims_through_matmul_and_sdpa(fused):
+    """q and k dims are contracted together (one group), v's dims are another: each is cut in every head."""
+    model, x = Attention(fused, heads=4), torch.randn(2, 5, 16)
+    g = ppf.DependencyGraph(model, x)
+    qk, v = g.group_of(model.q), g.group_of(model.v)
+    assert qk is g.group_of(model.k) and (qk.channels, v.channels) == (8, 6) and qk.prunable and v.prunable
+    ppf.apply(ppf.Plan(g).remove(qk, [0, 7]).remove(v, [2]))
+    assert (model.q.out_features, model.k.out_features, model.v.out_features, model.o.in_features) == (24, 24, 20, 20)
+    assert model(x).shape == (2, 5, 16)
+
+
+def test_heads_option_is_checked():
+    with pytest.raises(ValueError, match="heads must be 'dims' or 'whole', got 'all'"):
+        ppf.DependencyGraph(tiny_vit(), X, heads="all")
+    model = tiny_vit()
+    with pytest.raises(ValueError, match="prune: heads must be 'dims' or 'whole', got 2"):
+        ppf.prune(model, X, ratio=0.5, heads=2)
+    assert model.blocks[0].attn.head_dim == 64
 
 
 class UsedTwice(nn.Module):

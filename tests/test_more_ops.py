@@ -262,21 +262,23 @@ class EinsumAttention(nn.Module):
 
     def __init__(self, summed: bool = False):
         super().__init__()
-        self.qkv, self.proj, self.summed = nn.Linear(8, 24), nn.Linear(8, 8), summed
+        self.qkv, self.proj, self.summed = nn.Linear(16, 48), nn.Linear(16, 8), summed
 
     def forward(self, x):
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, 4, 2).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(x).reshape(B, N, 3, 4, 4).permute(2, 0, 3, 1, 4).unbind(0)
         attn = torch.einsum("bhqd,bhkd->bhqk", q, k).softmax(-1)
-        out = torch.einsum("bhqk,bhkd->bqhd", attn, v).reshape(B, N, 8)
+        out = torch.einsum("bhqk,bhkd->bqhd", attn, v).reshape(B, N, 16)
         return torch.einsum("bnc->bn", out) if self.summed else self.proj(out)
 
 
 def test_einsum_follows_heads_and_locks_a_sum_over_channels():
-    model, x = EinsumAttention().eval(), torch.randn(2, 3, 8)
-    g = ppf.DependencyGraph(model, x)
-    heads = g.group_of(model.qkv)
-    assert heads.prunable and heads.channels == 4 and dead_channel_check(model, x, g) == "ok"
+    model, x = EinsumAttention().eval(), torch.randn(2, 3, 16)
+    for heads in ("dims", "whole"):
+        g = ppf.DependencyGraph(model, x, heads=heads)
+        group = g.group_of(model.qkv)
+        assert group.prunable and group.channels == 4 and dead_channel_check(model, x, g) == "ok"
+        assert ("dims of each of 4 heads" in group.origin) == (heads == "dims")
     pruned_runs(model, x)
     summed = EinsumAttention(summed=True).eval()
     assert "einsum 'bnc->bn' sums over these channels" in ppf.DependencyGraph(summed, x).group_of(summed.qkv).reason

@@ -119,21 +119,27 @@ def test_qkv_bias_concatenated_in_forward_is_cut_with_the_heads():
     torch.manual_seed(0)
     model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
                               embed_dim=64, num_heads=4, num_classes=10).eval()
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads="whole")
     heads = g.group_of(model.blocks[0].attn.qkv)
     assert heads.prunable and heads.channels == 4
     assert {(m.name, m.block) for m in heads.members} >= {(f"blocks.0.attn.{p}_bias", 16) for p in "qkv"}
     kill_channels(g, heads, torch.tensor([1, 2]))  # weights and biases of heads 1 and 2 zeroed
     y = model(X)
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads="whole")
     ppf.apply(ppf.Plan(g).remove(g.group_of(model.blocks[0].attn.qkv), [1, 2]))
     assert model.blocks[0].attn.num_heads == 2 and model.blocks[0].attn.q_bias.shape == (32,)
     torch.testing.assert_close(model(X), y, rtol=1e-5, atol=1e-5)
-    model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
-                              embed_dim=64, num_heads=4, num_classes=10).eval()
-    ppf.prune(model, X, ratio=0.5, prune_embedding=True)
-    attn = model.blocks[0].attn
-    assert attn.num_heads == 2 and attn.q_bias.shape == attn.k_bias.shape == (32,) and model(X).shape == (2, 10)
+    for heads, num_heads in (("whole", 2), ("dims", 4)):
+        model = timm.create_model("beit_base_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                                  embed_dim=64, num_heads=4, num_classes=10).eval()
+        if heads == "dims":  # each bias holds the same positions of every head
+            dims = ppf.DependencyGraph(model, X).group_of(model.blocks[0].attn.qkv)
+            assert dims.channels == 16 and sorted(m.offset for m in dims.members if m.name.endswith("q_bias")) == [
+                0, 16, 32, 48]
+        ppf.prune(model, X, ratio=0.5, prune_embedding=True, heads=heads)
+        attn = model.blocks[0].attn
+        assert attn.num_heads == num_heads and attn.q_bias.shape == attn.k_bias.shape == (32,)
+        assert model(X).shape == (2, 10)
 
 
 class ScaledBias(nn.Module):

@@ -21,7 +21,7 @@ imports only the names below.
 from . import taxonomy
 from .analyses import batchnorm_after
 from .channels import dead_channels_are_exact, kill_channels, positions
-from .dependency import DependencyGraph, Group, uncompiled
+from .dependency import DependencyGraph, Group, check_heads, uncompiled
 from .ir import Node, Trace, Value, leaves, map_tensors, op_name
 from .record import failed_op, has_hooks, model_inputs, output_shapes, output_trace, record
 from .rules import NORM_PARAMS, Context, register_rule
@@ -32,6 +32,6 @@ from .unchanged import Unchanged
 
 __all__ = ["NORM_PARAMS", "SIZE_READS", "Context", "DependencyGraph", "Group", "Member", "Modules", "Node", "Role",
            "Trace", "Unchanged", "Value", "batchnorm_after", "child", "dead_channels_are_exact", "failed_op",
-           "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "model_inputs", "module_of",
+           "check_heads", "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "model_inputs", "module_of",
            "named_tensors", "op_name", "output_shapes", "output_trace", "positions", "record", "register_rule",
            "shapes_of", "taxonomy", "tensor_slots", "uncompiled"]

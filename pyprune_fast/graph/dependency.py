@@ -15,7 +15,7 @@ from .spaces import Member, join_shared
 from .record import model_inputs, record
 from .tensors import child, first_change, named_tensors, shapes_of
 
-__all__ = ["DependencyGraph", "Group", "KeepOutputs", "uncompiled"]
+__all__ = ["HEADS", "DependencyGraph", "Group", "KeepOutputs", "check_heads", "uncompiled"]
 
 KeepOutputs = Union[str, Callable[[tuple], bool], Sequence[int]]  # "all", a predicate on paths, leaf numbers
 
@@ -25,6 +25,15 @@ def uncompiled(model: nn.Module) -> nn.Module:
     module in place; the compiled wrapper still runs it (recompiling for the new shapes)."""
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # loaded by anything that compiled
     return model._orig_mod if eval_frame is not None and isinstance(model, eval_frame.OptimizedModule) else model
+
+
+HEADS = ("dims", "whole")
+
+
+def check_heads(heads: Any, where: str = "DependencyGraph") -> None:
+    """ValueError unless `heads` is a way to prune attention heads (see DependencyGraph)."""
+    if not isinstance(heads, str) or heads not in HEADS:
+        raise ValueError(f"{where}: heads must be 'dims' or 'whole', got {heads!r}")
 
 
 def _check_keep(keep: Any) -> None:
@@ -63,6 +72,15 @@ def _kept(keep: KeepOutputs, paths: list[tuple]) -> tuple[int, ...]:
         raise ValueError(f"keep_outputs keeps none of the model's {n} output tensors (paths {paths}); keep at least "
                          "one")
     return kept
+
+
+def _channels(trace, ignored: set[str], kept: tuple[int, ...], whole_heads: Optional[frozenset]) -> Context:
+    """The rules run over `trace`: every value's channel labels and the spaces, shared weights joined.
+    `whole_heads`: the views whose heads are pruned whole (None: every one; see `recut.split_heads`)."""
+    ctx = Context(trace, ignored, whole_heads)
+    propagate(ctx, kept)
+    join_shared(ctx.spaces, ctx.fixed)
+    return ctx
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +147,10 @@ class DependencyGraph:
         prune_embedding: let the embedding width of a transformer (the width its attention heads are read
             from: patch embedding, class and position embeddings, every LayerNorm, projections and MLPs of
             the residual stream) be pruned; a big change to a model, so it is locked by default.
+        heads: how attention heads made by a view (timm, Hugging Face) are pruned: "dims" (default) cuts
+            head dims, the same positions in every head, so each head gets narrower and their count stays,
+            and prunes whole heads only where something reads the head dims whole (a rotary embedding);
+            "whole" prunes whole heads wherever it can (fewer, full-width heads).
         keep_outputs: the tensors the model returns that must keep their shape (their channels are locked; the
             run check after pruning compares them); the others may change their channel count (the neck
             feature maps YOLO returns next to its detections). "all" (default); a list of numbers, counting
@@ -139,11 +161,13 @@ class DependencyGraph:
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[nn.Module] = (), *,
-                 meta: bool = True, prune_embedding: bool = False, keep_outputs: KeepOutputs = "all"):
+                 meta: bool = True, prune_embedding: bool = False, heads: str = "dims",
+                 keep_outputs: KeepOutputs = "all"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"DependencyGraph: model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(prune_embedding, bool):
             raise TypeError(f"DependencyGraph: prune_embedding must be True or False, got {prune_embedding!r}")
+        check_heads(heads)
         _check_keep(keep_outputs)
         model = uncompiled(model)
         model_inputs(example_inputs)  # a TypeError for inputs of the wrong kind, not a failed run
@@ -158,9 +182,10 @@ class DependencyGraph:
         except Exception as e:
             raise ValueError(f"DependencyGraph: running the model on example_inputs failed: {type(e).__name__}: {e}") from e
         self.kept_outputs = _kept(keep_outputs, trace.output_paths)  # numbers into trace.outputs
-        ctx = Context(trace, ignored)
-        propagate(ctx, self.kept_outputs)
-        join_shared(ctx.spaces, ctx.fixed)
+        ctx = _channels(trace, ignored, self.kept_outputs, None if heads == "whole" else frozenset())
+        whole = frozenset(node for node, space in ctx.head_dims.items() if space.root().locked is not None)
+        if whole:  # head dims something reads whole (a rotary embedding): those heads are pruned whole instead
+            ctx = _channels(trace, ignored, self.kept_outputs, whole)
 
         self.model = model
         self.trace = trace

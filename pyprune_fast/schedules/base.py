@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..flops import profile, profile_trace
-from ..graph import DependencyGraph, first_change, map_tensors, named_tensors, shapes_of
+from ..graph import DependencyGraph, check_heads, first_change, map_tensors, named_tensors, shapes_of
 from ..plan import Plan
 from ..pruning import Decision, decide
 from ..surgery import apply
@@ -73,23 +73,24 @@ class ScheduleReport:
 
 class Schedule:
     """Base of the training-time pruners. Subclasses implement `_step(epoch, optimizer) -> bool`. Every
-    schedule takes `prune_embedding` and `keep_outputs` as keywords, for each graph it builds (see
+    schedule takes `prune_embedding`, `heads` and `keep_outputs` as keywords, for each graph it builds (see
     DependencyGraph)."""
 
     name = "schedule"
     target = ""  # what the user asked for, in words (set by each schedule)
 
     def __init__(self, model: nn.Module, example_inputs: Any, ignored_layers=(), *, prune_embedding: bool = False,
-                 keep_outputs: Any = "all"):
+                 heads: str = "dims", keep_outputs: Any = "all"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name}: model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(prune_embedding, bool):
             raise TypeError(f"{self.name}: prune_embedding must be True or False, got {prune_embedding!r}")
+        check_heads(heads, self.name)
         self.model = unwrap(model)
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers)
         # as DependencyGraph takes them: a transformer's embedding width, the outputs that keep their shape
-        self.graph_options = {"prune_embedding": prune_embedding, "keep_outputs": keep_outputs}
+        self.graph_options = {"prune_embedding": prune_embedding, "heads": heads, "keep_outputs": keep_outputs}
         graph = self._graph()  # one trace for the MACs and the widths
         self.macs_before = profile_trace(graph.trace, graph.model).macs
         self.widths_before = [(g.origin, g.channels) for g in graph.prunable_groups]
@@ -148,7 +149,8 @@ class Schedule:
         return profile(self.model, self.example_inputs).macs / max(self.macs_before, 1)
 
     def _decide(self, method: str, **options) -> Decision:
-        return decide(self.model, self.example_inputs, method, ignored_layers=self.ignored_layers, **options)
+        return decide(self.model, self.example_inputs, method, ignored_layers=self.ignored_layers, **self.graph_options,
+                      **options)
 
     def _on_rank0(self, make: Callable[[], Any]) -> Any:
         """make() on rank 0 (here when not distributed), its result sent to every rank (tensors via the CPU)."""

@@ -227,15 +227,23 @@ def einsum(ctx: Context, node: Node) -> None:
 def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
     """F.scaled_dot_product_attention(q, k, v, attn_mask): the batch dims (heads among them) of q, k, v and the
     mask (added to the scores: a bias per head) are joined and kept; v's last dim keeps its label. q's and k's
-    last dim (their scale reads its size) and the sequence dims (the mask's last two) stay fixed. A dead
-    head's output is zero where its v is."""
+    last dims (head dims) are contracted: joined, like matmul's, and seen by the default scale, 1/sqrt of their
+    size. The sequence dims (the mask's last two) stay fixed. A dead head's output is zero where its v is."""
     q, k, v, mask = (node.arg(i, n) for i, n in enumerate(("query", "key", "value", "attn_mask")))
     out = node.outputs[0]
-    if node.arg(6, "enable_gqa", False) or not all(isinstance(t, Value) for t in (q, k, v)):
+    if node.arg(7, "enable_gqa", False) or not all(isinstance(t, Value) for t in (q, k, v)):
         return generic(ctx, node)
-    for t, dims in ((q, (-1, -2)), (k, (-1, -2)), (v, (-2,))):
-        for d in dims:
-            lock_label(ctx.of(t).dims.get(t.ndim + d), "scaled_dot_product_attention reads this dim whole")
+    for t in (q, k, v):
+        lock_label(ctx.of(t).dims.get(t.ndim - 2), "scaled_dot_product_attention reads this dim whole")
+    kq, kk = ctx.of(q).dims.get(q.ndim - 1), ctx.of(k).dims.get(k.ndim - 1)
+    if kq and kk:
+        unify([kq, kk], f"{node.name} contracts channels laid out differently")
+        if node.arg(6, "scale") is None:
+            mix(kq, f"{node.name} scales by 1/sqrt(head_dim)")
+        elif not any(_zero_where(ctx, kq, [t]) for t in (q, k)):
+            mix(kq, f"{node.name} sums products of these channels, both non-zero where dead")
+    else:
+        lock_label(kq or kk, f"{node.name} pairs these channels with fixed ones")
     masks = [mask] if isinstance(mask, Value) else []
     for t in masks:
         for d in (-1, -2):

@@ -25,9 +25,11 @@ class Context:
     - `ctx.lock_all(values, reason)`: the channels of these Values may not change, for `reason`.
     """
 
-    def __init__(self, trace: Trace, ignored_modules: set[str]):
+    def __init__(self, trace: Trace, ignored_modules: set[str], whole_heads: Optional[frozenset] = frozenset()):
         self.trace = trace
         self.ignored = ignored_modules
+        self.whole_heads = whole_heads  # ids of the views whose heads are pruned whole, None: all (`split_heads`)
+        self.head_dims: dict[int, Space] = {}  # view id -> the head-dim space it made
         self.labels: dict[int, Labels] = {}
         self.spaces: list[Space] = []
         self.groups_follow: set[str] = set()  # modules whose groups follow their channels: depthwise convs, per-channel GroupNorms

@@ -1,5 +1,5 @@
-"""A layer's channels re-expressed in other units where one view or split reads them all: whole heads
-(`coarsen`) or parts (`take_over`); the old space retires."""
+"""A layer's channels re-expressed in other units where one view or split reads them all: head dims
+(`split_heads`), whole heads or images (`coarsen`) or parts (`recut`); the old space retires."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..spaces import Label, Member, Segment, Space
 from ..tensors import module_of
 from .context import Context
 
-__all__ = ["coarsen", "fresh", "note_embedding", "own", "recut", "retire", "take_over"]
+__all__ = ["coarsen", "fresh", "note_embedding", "own", "recut", "retire", "split_heads", "take_over"]
 
 
 def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
@@ -75,6 +75,25 @@ def coarsen(ctx: Context, seg: Segment, sizes: list[int], t: int, what: str) -> 
     take_over(old, new, [p * sizes[t] * inner for p in range(outer)], inner)
     retire(ctx, old)
     return (Segment(new, sizes[t]),)
+
+
+def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[int]) -> tuple[Label, int]:
+    """A view at `node` that splits a layer's channels (`seg` on `x`) into dims of `sizes`, (heads, head_dim) or
+    (3, heads, head_dim): attention heads. They are pruned as head dims, the same positions in every head and
+    in q, k and v (the heads' count stays, each head gets narrower: a space of head_dim channels); or, where
+    a first pass locked those (`ctx.whole_heads` holds the node's id: a rotary embedding reads them, say) or
+    the user asked for it (`ctx.whole_heads` is None), as whole heads (`coarsen`). Returns the label and the index, in `sizes`, of the dim it labels."""
+    old, width = seg.space.root(), sizes[-1]
+    if ctx.whole_heads is None or node.id in ctx.whole_heads or width < 2:
+        label, t = coarsen(ctx, seg, sizes, len(sizes) - 2, "heads"), len(sizes) - 2
+    else:
+        new = ctx.new_space(width, f"{width} dims of each of {sizes[-2]} heads of {old.origin}")
+        take_over(old, new, [i * width for i in range(old.size // width)])
+        retire(ctx, old)
+        ctx.head_dims[node.id] = new
+        label, t = (Segment(new, width),), len(sizes) - 1
+    note_embedding(ctx, x, label[0].space)
+    return label, t
 
 
 def note_embedding(ctx: Context, x: Value, heads: Space) -> None:

@@ -11,7 +11,7 @@ from ..ir import Node, Value
 from ..spaces import Label, Segment, add_members, lock_label, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
-from .recut import coarsen, fresh, note_embedding, own
+from .recut import coarsen, fresh, own, split_heads
 from .registry import rule
 
 __all__ = ["cat", "expand", "pad", "permute", "reshape", "roll", "same_size_dims", "spatial"]
@@ -92,9 +92,9 @@ def permute(ctx: Context, node: Node) -> None:
 @rule(*RESHAPES)
 def reshape(ctx: Context, node: Node) -> None:
     """view, reshape, flatten, unflatten, squeeze, unsqueeze: read from the shapes before and after. A view
-    that splits one space into several dims re-expresses it in coarser units (`coarsen`) where it may
-    (`own`): a 4-d (B, C, h, w) has its channels on C (`_image`), anything else on the second-to-last
-    non-1 dim (attention heads)."""
+    that splits one space into several dims re-expresses it in other units where it may (`own`): a 4-d
+    (B, C, h, w) has its channels on C (`_image`, `coarsen`), anything else is attention heads
+    (`split_heads`: head dims on the last dim, or whole heads on the one before)."""
     x, out = node.tensor_inputs()[0], node.outputs[0]
     lab = ctx.of(x)
     groups = _reshape_groups(x.shape, out.shape)
@@ -116,9 +116,10 @@ def reshape(ctx: Context, node: Node) -> None:
         if not labelled:
             continue
         k = labelled[0]
-        if len(labelled) == 1 and len(jb) == 1 and all(x.shape[m] == 1 for m in ia if m < k):
-            factor = math.prod(x.shape[m] for m in ia if m > k)  # merge: each channel spans `factor` positions more
-            dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k])
+        if len(labelled) == 1 and len(jb) == 1:  # merge: each channel spans `factor` positions more, and the
+            factor = math.prod(x.shape[m] for m in ia if m > k)  # layout repeats for each index of the dims before
+            copies = math.prod(x.shape[m] for m in ia if m < k)  # (heads merged back after attention)
+            dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k]) * copies
             continue
         if len(labelled) == 1 and len(ia) == 1 and (heads := _equal_parts_to_heads(ctx, node, x, lab.dims[k], jb)):
             dims[heads[0]] = heads[1]
@@ -136,9 +137,8 @@ def reshape(ctx: Context, node: Node) -> None:
             if _image(out, nonunit) and own(ctx, x, seg, node) is None:  # a Linear's features viewed as (C, h, w)
                 dims[nonunit[0]] = label = coarsen(ctx, seg, [out.shape[j] for j in nonunit], 0, "channels")
             elif len(nonunit) >= 2 and fresh(ctx, x, seg, node):  # attention heads
-                dims[nonunit[-2]] = label = coarsen(ctx, seg, [out.shape[j] for j in nonunit], len(nonunit) - 2,
-                                                        "heads")
-                note_embedding(ctx, x, label[0].space)
+                label, t = split_heads(ctx, node, x, seg, [out.shape[j] for j in nonunit])
+                dims[nonunit[t]] = label
             else:
                 label = None
             if label is not None:
@@ -154,7 +154,7 @@ def reshape(ctx: Context, node: Node) -> None:
 
 def _equal_parts_to_heads(ctx: Context, node: Node, x: Value, label: Label, jb: list[int]) -> Optional[tuple]:
     """A layer's channels made k equal parts (a bias concatenated from k parameters, `layers._bias`) viewed as
-    (k, heads, head_dim): coarsened to heads as one part would be. Returns (the heads dim, its label) or None."""
+    (k, heads, head_dim): split as one part would be (`split_heads`). Returns (the dim labelled, its label) or None."""
     out = node.outputs[0]
     nonunit = [j for j in jb if out.shape[j] != 1]
     seg = label[0]
@@ -162,9 +162,8 @@ def _equal_parts_to_heads(ctx: Context, node: Node, x: Value, label: Label, jb: 
             or any(s.space.root() is not seg.space.root() or s.length != seg.length or s.block != 1 for s in label)
             or not fresh(ctx, x, seg, node)):
         return None
-    heads = coarsen(ctx, seg, [out.shape[j] for j in nonunit[1:]], len(nonunit) - 3, "heads")
-    note_embedding(ctx, x, heads[0].space)
-    return nonunit[-2], heads
+    label, t = split_heads(ctx, node, x, seg, [out.shape[j] for j in nonunit[1:]])
+    return nonunit[1 + t], label
 
 
 def _image(out: Value, split_dims: list[int]) -> bool:

@@ -146,13 +146,19 @@ def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = 
         ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
-    elif n.pure and attributes and len(label) == 1 and int(n) == label[0].span:
-        note_attribute_uses(ctx, n)
-        ctx.sized_by.append((label, *attributes[0][:2], label[0].block))
+    elif n.pure and attributes and _one_space(label) and int(n) == sum(seg.span for seg in label):
+        note_attribute_uses(ctx, n)  # (the same channels once a head, say: all_head_size)
+        ctx.sized_by.append((label, *attributes[0][:2], label[0].block * len(label)))
     elif rewrite:
         ctx.rewrites.append(rewrite)
     else:
         used(ctx, node, n, also=label)
+
+
+def _one_space(label: Label) -> bool:
+    """Whether every segment of `label` holds all of one space's channels alike (heads merged back)."""
+    root, block = label[0].space.root(), label[0].block
+    return all(seg.space.root() is root and seg.block == block and seg.length == root.size for seg in label)
 
 
 def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
@@ -206,7 +212,18 @@ def settle_sizes(ctx: Context) -> None:
                 lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
         else:
             ctx.sizes.setdefault(roots.pop(), []).append((module, attribute, uses[0][1]))
-    ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)]
+    ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)
+                    if not _stays(ctx, node, j)]
+
+
+def _stays(ctx: Context, node: Node, j: int) -> bool:
+    """Whether size j of `node`, at a dim without channels, stays right however the channels are cut: a module
+    attribute as read that surgery leaves alone (`self.num_heads` where head dims are cut)."""
+    n = _shape_arg(node)[j]
+    if j in ctx.of(node.outputs[0]).dims or not isinstance(n, Tracked) or not n.pure or _read_labels(ctx, n):
+        return False
+    sized = {(module, attribute) for attributes in ctx.sizes.values() for module, attribute, _ in attributes}
+    return all(not a[2] and a[:2] not in sized for a in attribute_reads(n))
 
 
 def _concerned(ctx: Context, node: Node, j: int) -> list:
