@@ -153,13 +153,13 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
     channels = _a_third(group, torch.Generator().manual_seed(seed))
     dead = copy.deepcopy(model)
     try:
-        g1 = DependencyGraph(dead, x, ignored_layers=[])
+        g1 = DependencyGraph(dead, x, ignored_layers=[], **graph.options)
         grp = g1.groups[group.index]
         if (grp.channels, grp.origin) != (group.channels, group.origin):
             return f"dead-channel check: group {group.index} differs on a copy ({grp.origin}, {grp.channels} channels)"
         kill_channels(g1, grp, channels)
         y0 = forward_leaves(dead, x)
-        g2 = DependencyGraph(dead, x, ignored_layers=[])
+        g2 = DependencyGraph(dead, x, ignored_layers=[], **graph.options)
         grp = g2.groups[group.index]
         if (grp.channels, grp.origin) != (group.channels, group.origin):
             return f"dead-channel check: group {group.index} differs after killing ({grp.origin}, {grp.channels} channels)"

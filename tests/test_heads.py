@@ -79,18 +79,23 @@ def test_pruned_heads_save_and_load(tmp_path, heads, attribute, kept):
     assert ppf.load_pruned(tiny_vit, tmp_path / "again.pt").blocks[1].attn.attn_dim == 192
 
 
-def test_hugging_face_heads_join_q_k_and_v():
+@pytest.mark.parametrize("heads, channels", [("dims", 16), ("whole", 4)])
+def test_hugging_face_heads_join_q_k_and_v(heads, channels):
+    """HF's q, k and v views all read `self.head_dim`: one count for three spaces, so their head dims are cut
+    alike (joined) and the attribute follows."""
     model = hf_vit()
     inputs = {"pixel_values": X}
-    g = ppf.DependencyGraph(model, inputs)
-    heads = heads_groups(g)
-    assert len(heads) == 2 and all(h.prunable and h.channels == 4 for h in heads)
-    names = {m.name.rsplit(".", 2)[-2] for m in heads[0].members}
+    g = ppf.DependencyGraph(model, inputs, heads=heads)
+    groups = heads_groups(g)
+    assert len(groups) == 2 and all(h.prunable and h.channels == channels for h in groups)
+    names = {m.name.rsplit(".", 2)[-2] for m in groups[0].members}
     assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
     y = model(**inputs).logits.shape
-    ppf.prune(model, inputs, ratio=0.5)
-    q = next(m for n, m in model.named_modules() if n.endswith("0.attention.q_proj"))
-    assert q.out_features == 32 and model(**inputs).logits.shape == y
+    ppf.prune(model, inputs, ratio=0.5, heads=heads)
+    attn = next(m for n, m in model.named_modules() if n.endswith("layers.0.attention"))
+    assert attn.q_proj.out_features == 32 and model(**inputs).logits.shape == y
+    if heads == "dims":
+        assert groups[0].sizes == (("vit.layers.0.attention", "head_dim", 1),) and attn.head_dim == 8
 
 
 def test_dead_heads_are_removed_exactly():

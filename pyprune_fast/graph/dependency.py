@@ -137,6 +137,8 @@ class DependencyGraph:
     The model is left as it was: tensors, attributes, every module's `training` flag, hooks, grad mode;
     forward hooks never see meta tensors (see `record.record`).
 
+    `options` keeps prune_embedding, heads and keep_outputs as given, to build the same kind of graph again.
+
     Args:
         model: any nn.Module; for a `torch.compile`d model, the module it wraps (see `uncompiled`).
         example_inputs: a tensor, a tuple or list of positional inputs, or a dict of keyword inputs
@@ -188,6 +190,7 @@ class DependencyGraph:
             ctx = _channels(trace, ignored, self.kept_outputs, whole)
 
         self.model = model
+        self.options = {"prune_embedding": prune_embedding, "heads": heads, "keep_outputs": keep_outputs}  # to rebuild
         self.trace = trace
         self.example_inputs = example_inputs  # what apply's run check runs the pruned model on
         # per output of the trace, the dims that hold channels (locked where kept): what a run check reads

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 from ..ir import Node, Value
 from ..sizes import Tracked, attribute_reads, reads_in, size_comparison
-from ..spaces import Label, Segment, lock_label, same_layout
+from ..spaces import Label, Segment, lock_label, same_layout, union
 from ..taxonomy import SIZE_READS, SPLITS
 from .context import Context
 from .registry import rule
@@ -194,8 +195,9 @@ def compare(ctx: Context, node: Node) -> None:
 
 def settle_sizes(ctx: Context) -> None:
     """Once every op is seen: channel counts used as sizes of channels must name the same channels, and a
-    module attribute that sizes channels must size only those (one group, one block size) and have no other
-    use; else those channels are locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
+    module attribute that sizes channels must size only those (one count, one block size: several spaces it
+    sizes are joined) and have no other use; else those channels are locked. What holds is `ctx.sizes`: root
+    space -> (module, attribute, block)."""
     for a, b, reason, rewrite in ctx.same_channels:
         if not same_channels(a, b) and rewrite:
             ctx.rewrites.append(rewrite)  # apply gives the call -1 there
@@ -207,11 +209,13 @@ def settle_sizes(ctx: Context) -> None:
         bound.setdefault((module, attribute), []).append((label, block))
     for (module, attribute), uses in bound.items():
         roots = {label[0].space.root() for label, _ in uses}
-        if len(roots) > 1 or len({block for _, block in uses}) > 1 or ctx.attribute_uses[(module, attribute)] > len(uses):
+        if (len({r.size for r in roots}) > 1 or len({block for _, block in uses}) > 1
+                or ctx.attribute_uses[(module, attribute)] > len(uses)):
             for label, _ in uses:
                 lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
-        else:
-            ctx.sizes.setdefault(roots.pop(), []).append((module, attribute, uses[0][1]))
+        else:  # one count for several spaces of one size (HF's head_dim for q, k and v): cut alike
+            root = functools.reduce(union, roots)
+            ctx.sizes.setdefault(root, []).append((module, attribute, uses[0][1]))
     ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)
                     if not _stays(ctx, node, j)]
 
