@@ -10,7 +10,7 @@ import transformers
 from torch import nn
 
 import pyprune_fast as ppf
-from pyprune_fast.testing import kill_channels
+from pyprune_fast.testing import dead_channel_check, kill_channels
 
 
 def tiny_vit():
@@ -273,3 +273,33 @@ def test_a_per_head_bias_in_the_mask_is_cut_with_the_heads():
     ppf.prune(model, x, ratio=0.5)
     assert model.bias.shape == (2, 3, 3) and model.num_heads == 2 and model.qkv.out_features == 12
     assert model(x).shape == (2, 3, 8)
+
+
+class SplitAttention(nn.Module):
+    """ResNeSt's radix: a grouped conv (groups = radix), BatchNorm and ReLU, viewed as (radix, RC // radix) and
+    summed over the radix with attention weights per radix and channel."""
+
+    def __init__(self, radix: int = 2):
+        super().__init__()
+        self.radix = radix
+        self.conv, self.bn = nn.Conv2d(8, 16 * radix, 3, padding=1, groups=radix), nn.BatchNorm2d(16 * radix)
+        self.fc = nn.Conv2d(16, 16 * radix, 1)
+        self.out = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x)).relu()
+        B, RC, H, W = x.shape
+        x = x.reshape(B, self.radix, RC // self.radix, H, W)
+        attn = self.fc(x.sum(1).mean((2, 3), keepdim=True)).view(B, self.radix, -1).softmax(1)
+        return self.out((x * attn.reshape(B, self.radix, RC // self.radix, 1, 1)).sum(1))
+
+
+def test_a_grouped_convs_radix_viewed_as_heads_is_cut_alike_in_every_radix():
+    model, x = SplitAttention().eval(), torch.randn(2, 8, 6, 6)
+    g = ppf.DependencyGraph(model, x)
+    dims = g.group_of(model.conv)
+    assert dims.prunable and dims.channels == 16 and dims is g.group_of(model.fc) and dims.divisions == 1
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.conv.out_channels, model.conv.groups, model.fc.out_channels, model.out.in_channels) == (16, 2, 16, 8)
+    assert model(x).shape == (2, 4, 6, 6)

@@ -45,6 +45,9 @@ MODELS = {
     "timm_convnext_atto": _timm("convnext_atto", 64),
     "timm_efficientnet_b0": _timm("efficientnet_b0", 64),
     "timm_vit_tiny": _timm("vit_tiny_patch16_224", 64, img_size=64),
+    "timm_cait": _timm("cait_xxs24_224", 64, img_size=64, depth=2),  # class attention: q through an unsqueeze
+    "timm_resnest14d": _timm("resnest14d", 64),  # split attention: a grouped conv's radix viewed as heads
+    "timm_levit": _timm("levit_128s", 64, img_size=64),  # heads through Linear + BatchNorm, split into q, k, v
     "hf_resnet": _hf_resnet,
     "hf_vit": _hf_vit,
     "tv_fasterrcnn_mobilenet_320": _detector,

@@ -12,14 +12,17 @@ from ..spaces import Label, Member, Segment, Space
 from ..tensors import module_of
 from .context import Context
 
-__all__ = ["coarsen", "fresh", "note_embedding", "own", "recut", "retire", "split_heads", "take_over"]
+__all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", "recut", "retire", "split_heads", "take_over",
+           "whole_heads"]
 
 
-def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
+def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> Optional[str]:
     """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
     coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
     layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
-    it is read later, no size bound to it), so every member of the space can be re-laid."""
+    it is read later, no size bound to it), so every member of the space can be re-laid. `aligned`: the new
+    spaces cut the same positions from each of this many equal runs (head dims), so divisions that divide it
+    (a grouped conv's, ResNeSt's radix) hold by themselves."""
     s = seg.space.root()
     if s.locked is not None:
         return s.locked
@@ -27,7 +30,7 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
         return f"they are part of the channels of {s.origin}"
     if not any(m.role == "producer" for m in s.members):
         return "no layer makes them"
-    if s.divisions > 1 or any(m.divisions > 1 for m in s.members):
+    if aligned % s.divisions or any(m.divisions > 1 for m in s.members):
         return f"{s.why_divided or 'a grouped conv'} divides them"
     if ctx.readers(x) != 1:
         return "other ops read them too"
@@ -41,11 +44,24 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node) -> Optional[str]:
     return None
 
 
-def fresh(ctx: Context, x: Value, seg: Segment, node: Node) -> bool:
-    """Whether `seg`, on `x`, is a space that may be re-expressed (`own`) straight out of its layer (an
-    attention projection, whose input is the width heads are read from)."""
-    return (own(ctx, x, seg, node) is None and x.producer is not None
-            and any(seg.space.root().modules & {module_of(v.param)} for v in x.producer.tensor_inputs() if v.param))
+def fresh(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> bool:
+    """Whether `seg`, on `x`, is a space that may be re-expressed (`own`) as it comes out of its layer (an
+    attention projection, whose input is the width heads are read from), maybe through ops that keep its
+    channels (a norm, an activation, an unsqueeze: `maker`)."""
+    return own(ctx, x, seg, node, aligned) is None and maker(ctx, x, seg.space.root()) is not None
+
+
+def maker(ctx: Context, x: Value, space: Space) -> Optional[Node]:
+    """The layer that made `space`'s channels, found from `x` back through the ops whose first input carries
+    them too; None where that op has no parameter of the space's modules."""
+    v = x
+    while v.producer is not None:
+        node, inputs = v.producer, v.producer.tensor_inputs()
+        if inputs and any(sg.space.root() is space for label in ctx.of(inputs[0]).dims.values() for sg in label):
+            v = inputs[0]
+            continue
+        return node if any(u.param and module_of(u.param) in space.modules for u in inputs) else None
+    return None
 
 
 def take_over(old: Space, new: Space, starts: list[int], inner: int = 1) -> None:
@@ -77,6 +93,17 @@ def coarsen(ctx: Context, seg: Segment, sizes: list[int], t: int, what: str) -> 
     return (Segment(new, sizes[t]),)
 
 
+def whole_heads(ctx: Context, node: Node, sizes: list[int]) -> bool:
+    """Whether the heads a view at `node` makes (dims of `sizes`, head_dim last) are pruned whole."""
+    return ctx.whole_heads is None or node.id in ctx.whole_heads or sizes[-1] < 2
+
+
+def heads_fresh(ctx: Context, x: Value, seg: Segment, node: Node, sizes: list[int]) -> bool:
+    """`fresh` for a view into heads of `sizes`: head dims cut alike in every head keep a grouped conv's
+    divisions that fall on head boundaries."""
+    return fresh(ctx, x, seg, node, 1 if whole_heads(ctx, node, sizes) else math.prod(sizes[:-1]))
+
+
 def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[int]) -> tuple[Label, int]:
     """A view at `node` that splits a layer's channels (`seg` on `x`) into dims of `sizes`, (heads, head_dim) or
     (3, heads, head_dim): attention heads. They are pruned as head dims, the same positions in every head and
@@ -84,22 +111,24 @@ def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[in
     a first pass locked those (`ctx.whole_heads` holds the node's id: a rotary embedding reads them, say) or
     the user asked for it (`ctx.whole_heads` is None), as whole heads (`coarsen`). Returns the label and the index, in `sizes`, of the dim it labels."""
     old, width = seg.space.root(), sizes[-1]
-    if ctx.whole_heads is None or node.id in ctx.whole_heads or width < 2:
+    layer = maker(ctx, x, old)
+    if whole_heads(ctx, node, sizes):
         label, t = coarsen(ctx, seg, sizes, len(sizes) - 2, "heads"), len(sizes) - 2
     else:
         new = ctx.new_space(width, f"{width} dims of each of {sizes[-2]} heads of {old.origin}")
         take_over(old, new, [i * width for i in range(old.size // width)])
         retire(ctx, old)
         ctx.head_dims[node.id] = new
+        ctx.split_into[old] = (new, old.size // width)
         label, t = (Segment(new, width),), len(sizes) - 1
-    note_embedding(ctx, x, label[0].space)
+    note_embedding(ctx, layer, label[0].space)
     return label, t
 
 
-def note_embedding(ctx: Context, x: Value, heads: Space) -> None:
-    """The width the layer making `x` reads (a transformer's embedding) is noted in `ctx.embeddings`."""
-    layer = x.producer
-    feed = layer.tensor_inputs()[0] if layer.tensor_inputs() else None
+def note_embedding(ctx: Context, layer: Optional[Node], heads: Space) -> None:
+    """The width `layer` (an attention projection) reads, where it lies on the last dim (a transformer's
+    embedding), is noted in `ctx.embeddings`."""
+    feed = layer.tensor_inputs()[0] if layer is not None and layer.tensor_inputs() else None
     if feed is not None and feed.ndim and feed.ndim - 1 in ctx.of(feed).dims:
         for s in ctx.of(feed).dims[feed.ndim - 1]:
             ctx.embeddings.setdefault(s.space, f"the input of {heads.origin}")

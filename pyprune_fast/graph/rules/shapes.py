@@ -11,7 +11,7 @@ from ..ir import Node, Value
 from ..spaces import Label, Segment, add_members, lock_label, unify
 from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
-from .recut import coarsen, fresh, own, split_heads
+from .recut import coarsen, heads_fresh, own, split_heads
 from .registry import rule
 
 __all__ = ["cat", "expand", "pad", "permute", "reshape", "roll", "same_size_dims", "spatial"]
@@ -121,6 +121,9 @@ def reshape(ctx: Context, node: Node) -> None:
             copies = math.prod(x.shape[m] for m in ia if m < k)  # (heads merged back after attention)
             dims[jb[0]] = tuple(Segment(s.space, s.length, s.block * factor) for s in lab.dims[k]) * copies
             continue
+        if len(labelled) == 1 and len(ia) == 1 and (again := _repeats_split(lab.dims[k], [out.shape[j] for j in jb])):
+            dims[jb[again]] = lab.dims[k][:1]  # split back: (heads, head_dim) merged, then split again
+            continue
         if len(labelled) == 1 and len(ia) == 1 and (heads := _equal_parts_to_heads(ctx, node, x, lab.dims[k], jb)):
             dims[heads[0]] = heads[1]
             if ctx.dead_nonzero(x, lab.dims[k][0]) is not None:
@@ -136,8 +139,8 @@ def reshape(ctx: Context, node: Node) -> None:
             nonunit = [j for j in jb if out.shape[j] != 1]
             if _image(out, nonunit) and own(ctx, x, seg, node) is None:  # a Linear's features viewed as (C, h, w)
                 dims[nonunit[0]] = label = coarsen(ctx, seg, [out.shape[j] for j in nonunit], 0, "channels")
-            elif len(nonunit) >= 2 and fresh(ctx, x, seg, node):  # attention heads
-                label, t = split_heads(ctx, node, x, seg, [out.shape[j] for j in nonunit])
+            elif len(nonunit) >= 2 and heads_fresh(ctx, x, seg, node, parts := [out.shape[j] for j in nonunit]):
+                label, t = split_heads(ctx, node, x, seg, parts)  # attention heads
                 dims[nonunit[t]] = label
             else:
                 label = None
@@ -152,6 +155,16 @@ def reshape(ctx: Context, node: Node) -> None:
         ctx.nonzero[out.id] = {**ctx.inherited([x], out), **nonzero}
 
 
+def _repeats_split(label: Label, sizes: list[int]) -> Optional[int]:
+    """Where `label` is one space's channels n times over (heads merged back) and a view splits it into
+    (n, channels) (`sizes`, give or take dims of 1): the index of the channels' dim in `sizes`; else None."""
+    seg, nonunit = label[0], [i for i, s in enumerate(sizes) if s != 1]
+    if (len(label) < 2 or seg.block != 1 or any(s != seg for s in label) or len(nonunit) != 2
+            or [sizes[i] for i in nonunit] != [len(label), seg.length]):
+        return None
+    return nonunit[1]
+
+
 def _equal_parts_to_heads(ctx: Context, node: Node, x: Value, label: Label, jb: list[int]) -> Optional[tuple]:
     """A layer's channels made k equal parts (a bias concatenated from k parameters, `layers._bias`) viewed as
     (k, heads, head_dim): split as one part would be (`split_heads`). Returns (the dim labelled, its label) or None."""
@@ -160,7 +173,7 @@ def _equal_parts_to_heads(ctx: Context, node: Node, x: Value, label: Label, jb: 
     seg = label[0]
     if (len(label) < 2 or len(nonunit) < 3 or out.shape[nonunit[0]] != len(label)
             or any(s.space.root() is not seg.space.root() or s.length != seg.length or s.block != 1 for s in label)
-            or not fresh(ctx, x, seg, node)):
+            or not heads_fresh(ctx, x, seg, node, [out.shape[j] for j in nonunit[1:]])):
         return None
     label, t = split_heads(ctx, node, x, seg, [out.shape[j] for j in nonunit[1:]])
     return nonunit[1 + t], label

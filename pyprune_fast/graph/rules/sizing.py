@@ -143,7 +143,8 @@ def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = 
     labels, attributes = _read_labels(ctx, n), attribute_reads(n)
     if n.pure and labels:
         ctx.same_channels.append((labels[0], label, f"{what}, which are other channels", rewrite))
-    elif len(label) == 1 and (counted := _linear_count(ctx, n, label[0].block)) is not None:
+    elif len(label) == 1 and (counted := (_split_count(ctx, n, label[0].block)
+                                          or _linear_count(ctx, n, label[0].block))) is not None:
         ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
@@ -160,6 +161,20 @@ def _one_space(label: Label) -> bool:
     """Whether every segment of `label` holds all of one space's channels alike (heads merged back)."""
     root, block = label[0].space.root(), label[0].block
     return all(seg.space.root() is root and seg.block == block and seg.length == root.size for seg in label)
+
+
+def _split_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
+    """Where `n` is the channel count C of a space that a view split into heads (`recut.split_heads`) over the
+    number of heads (ResNeSt's `RC // self.radix`): the label of the head dims it counts, laid out with
+    `block`; else None."""
+    counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
+    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)):
+        return None
+    read = ctx.of(counts[0][0]).dims[counts[0][1]]
+    into = ctx.split_into.get(read[0].space.root()) if len(read) == 1 and read[0].block == 1 else None
+    if into is None or not n.scales(counts, into[1], block):
+        return None
+    return (Segment(into[0], into[0].size, block),)
 
 
 def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
