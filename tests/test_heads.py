@@ -2,6 +2,8 @@
 scaled_dot_product_attention, the module attributes that size heads (updated by apply, kept by
 save_pruned), and the embedding width, pruned only when asked (prune_embedding=True)."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -303,3 +305,30 @@ def test_a_grouped_convs_radix_viewed_as_heads_is_cut_alike_in_every_radix():
     ppf.prune(model, x, ratio=0.5)
     assert (model.conv.out_channels, model.conv.groups, model.fc.out_channels, model.out.in_channels) == (16, 2, 16, 8)
     assert model(x).shape == (2, 4, 6, 6)
+
+
+class SqrtScaled(nn.Module):
+    """Older Hugging Face attention: scores / math.sqrt(self.head_size), in forward. The head size made a float
+    is a use the graph cannot follow, so head dims are not cut; whole heads are, in the graph's second pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.heads, self.head_size = 4, 4
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = (t.view(B, N, self.heads, self.head_size).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)
+        return self.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, 16))
+
+
+def test_a_head_size_made_a_float_falls_back_to_whole_heads():
+    model, x = SqrtScaled().eval(), torch.randn(2, 5, 16)
+    g = ppf.DependencyGraph(model, x)
+    heads = g.group_of(model.q)
+    assert heads.prunable and heads.channels == 4 and "4 heads of" in heads.origin and heads is g.group_of(model.v)
+    assert dead_channel_check(model, x, g) == "ok"
+    assert ppf.DependencyGraph(model, x, heads="whole").group_of(model.q).channels == 4
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.heads, model.head_size, model.q.out_features) == (2, 4, 8) and model(x).shape == (2, 5, 16)

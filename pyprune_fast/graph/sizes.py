@@ -125,7 +125,13 @@ def _add_methods(cls: type) -> type:
 
 @_add_methods
 class Size(Tracked, int):
-    """An int read from (or computed from) tensor sizes."""
+    """An int read from (or computed from) tensor sizes. Made a float (`math.sqrt(self.head_size)`), it is no
+    longer followed: `log` hears of it as a comparison with the symbol "float", so its value counts as used."""
+
+    def __float__(self) -> float:
+        if self.log is not None:
+            self.log(self, None, "float")
+        return float(int(self))
 
 
 @_add_methods
@@ -183,8 +189,11 @@ def attribute_reads(number: Tracked) -> list[tuple[str, str, bool]]:
     return [r for r in number.reads if isinstance(r[0], str)]
 
 
-def size_comparison(a: Any, b: Any, symbol: str) -> bool:
-    """Recorded in place of a comparison the model's code made of a size it read (`a symbol b`)."""
+def size_comparison(a: Any, b: Any, symbol: str) -> Any:
+    """Recorded in place of a comparison the model's code made of a size it read (`a symbol b`), or of the
+    size made a float (symbol "float")."""
+    if symbol == "float":
+        return float(_plain(a))
     return getattr(operator, {v: k for k, v in _COMPARISONS.items()}[symbol])(_plain(a), _plain(b))
 
 

@@ -190,8 +190,8 @@ def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
 
 @rule(size_comparison)
 def compare(ctx: Context, node: Node) -> None:
-    """The code compared a size it read (`if C == 64`, `assert C == D`): the channel counts involved are
-    fixed, unless both sides are counts of the same channels (checked once every op is seen). A module
+    """The code compared a size it read (`if C == 64`, `assert C == D`) or made it a float (`math.sqrt(C)`):
+    the channel counts involved are fixed, unless both sides are counts of the same channels (checked once every op is seen). A module
     attribute compared is not updated with channels (`settle_sizes`)."""
     a, b, symbol = node.args
     for n in (a, b):
@@ -200,7 +200,8 @@ def compare(ctx: Context, node: Node) -> None:
     la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
     if not la and not lb:
         return
-    reason = f"the model's code compares a channel count: {describe(a)} {symbol} {describe(b)}"
+    reason = (f"the model's code makes a channel count a float: {describe(a)}" if symbol == "float" else
+              f"the model's code compares a channel count: {describe(a)} {symbol} {describe(b)}")
     if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
         ctx.same_channels.append((la[0], lb[0], reason, None))
         return
