@@ -332,3 +332,34 @@ def test_a_head_size_made_a_float_falls_back_to_whole_heads():
     assert ppf.DependencyGraph(model, x, heads="whole").group_of(model.q).channels == 4
     ppf.prune(model, x, ratio=0.5)
     assert (model.heads, model.head_size, model.q.out_features) == (2, 4, 8) and model(x).shape == (2, 5, 16)
+
+
+class LocalValue(nn.Module):
+    """EfficientFormerV2's attention: v (a conv) viewed as heads and also read whole by a depthwise conv, the
+    attention's output merged back and added to that."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 1), nn.Conv2d(8, 16, 1)
+        self.local, self.proj, self.heads = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1), 4
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q = self.q(x).reshape(B, self.heads, -1, H * W).transpose(-1, -2)
+        k = self.k(x).reshape(B, self.heads, -1, H * W)
+        v = self.v(x)
+        local = self.local(v)
+        v = v.reshape(B, self.heads, -1, H * W).transpose(-1, -2)
+        out = ((q @ k).softmax(-1) @ v).transpose(-1, -2).reshape(B, -1, H, W)
+        return self.proj(out + local)
+
+
+def test_head_dims_of_a_value_other_ops_read_too():
+    model, x = LocalValue().eval(), torch.randn(2, 8, 5, 5)
+    g = ppf.DependencyGraph(model, x)
+    v = g.group_of(model.v)
+    assert v.prunable and v.channels == 4 and "4 dims of each of 4 heads" in v.origin
+    assert sorted(m.offset for m in v.members if m.name == "local.weight") == [0, 4, 8, 12]
+    assert g.group_of(model.q) is g.group_of(model.k) and dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.v.out_channels, model.local.groups, model.proj.in_channels) == (8, 8, 8) and model(x).shape == x.shape

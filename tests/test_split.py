@@ -114,7 +114,8 @@ class FixedCat(nn.Module):
 
 
 class Inside(nn.Module):
-    """Cuts that cannot follow: a slice inside a conv's channels, select, and chunk of a tensor read twice."""
+    """Cuts that cannot follow: a slice inside a conv's channels, select, and a tensor read twice, chunked (its
+    equal parts hold the channels everywhere from then on) and sliced inside the first part."""
 
     def __init__(self, how):
         super().__init__()
@@ -252,7 +253,8 @@ def test_concat_with_the_models_input_keeps_it_fixed():
 
 @pytest.mark.parametrize("how, reason", [("slice", "__getitem__ slices the channel dim at [0:5] of 8, inside"),
                                          ("select", "select takes single channels out"),
-                                         ("chunk", "chunk cuts the channels of conv2d conv.0 into [4, 4], and")])
+                                         ("chunk", "__getitem__ slices the channel dim at [0:2] of 8, inside the "
+                                                   "channels of 2 equal parts")])
 def test_cuts_that_cannot_follow_lock(how, reason):
     g = ppf.DependencyGraph(Inside(how), X)
     assert reason in group_with(g, "conv.0.weight").reason
@@ -344,3 +346,26 @@ def test_counts_sizing_a_locked_split_lock_their_channels():
     assert not g.group_of(model.proj).prunable and not g.group_of(model.embed).prunable
     ppf.prune(model, x, ratio=0.5)
     assert model(x).shape == (1, 4, 4, 4)
+
+
+class ChunkedAndAdded(nn.Module):
+    """EdgeNeXt-like: a conv's output chunked in two for a branch and also added back whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.mix, self.out = conv_bn(3, 8), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a, b = y.chunk(2, 1)
+        return self.out(torch.cat([self.mix(a), b], 1) + y)
+
+
+def test_a_chunk_of_a_tensor_read_again_holds_its_parts_there_too():
+    model = ChunkedAndAdded().eval()
+    g = ppf.DependencyGraph(model, X)
+    parts = group_with(g, "conv.0.weight")
+    assert parts.prunable and parts.channels == 4 and dead_channel_check(model, X, g) == "ok"
+    assert sorted(m.offset for m in parts.members if m.name == "out.weight") == [0, 4]
+    pruned_runs(model, X)
+    assert (model.conv[0].out_channels, model.mix.groups, model.out.in_channels) == (4, 2, 4)

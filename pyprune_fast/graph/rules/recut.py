@@ -12,17 +12,18 @@ from ..spaces import Label, Member, Segment, Space
 from ..tensors import module_of
 from .context import Context
 
-__all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", "recut", "retire", "split_heads", "take_over",
-           "whole_heads"]
+__all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", "recut", "relabel", "retire", "split_heads",
+           "take_over", "whole_heads"]
 
 
-def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> Optional[str]:
+def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1, relabel: bool = False) -> Optional[str]:
     """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
     coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
     layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
     it is read later, no size bound to it), so every member of the space can be re-laid. `aligned`: the new
     spaces cut the same positions from each of this many equal runs (head dims), so divisions that divide it
-    (a grouped conv's, ResNeSt's radix) hold by themselves."""
+    (a grouped conv's, ResNeSt's radix) hold by themselves. `relabel`: the new spaces hold the channels in
+    place (`relabel`), so other readers of them need not stop it."""
     s = seg.space.root()
     if s.locked is not None:
         return s.locked
@@ -32,11 +33,13 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> O
         return "no layer makes them"
     if aligned % s.divisions or any(m.divisions > 1 for m in s.members):
         return f"{s.why_divided or 'a grouped conv'} divides them"
-    if ctx.readers(x) != 1:
-        return "other ops read them too"
     pending = [label for a, b, *_ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
     if s in ctx.embeddings or any(sg.space.root() is s for label in pending for sg in label):
         return "a size in the model's code names them"
+    if relabel:
+        return None
+    if ctx.readers(x) != 1:
+        return "other ops read them too"
     for value_id, labels in ctx.labels.items():
         if value_id != x.id and any(sg.space.root() is s for label in labels.dims.values() for sg in label) \
                 and ctx.read_after(value_id, node):
@@ -44,11 +47,11 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> O
     return None
 
 
-def fresh(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1) -> bool:
+def fresh(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1, relabel: bool = False) -> bool:
     """Whether `seg`, on `x`, is a space that may be re-expressed (`own`) as it comes out of its layer (an
     attention projection, whose input is the width heads are read from), maybe through ops that keep its
     channels (a norm, an activation, an unsqueeze: `maker`)."""
-    return own(ctx, x, seg, node, aligned) is None and maker(ctx, x, seg.space.root()) is not None
+    return own(ctx, x, seg, node, aligned, relabel) is None and maker(ctx, x, seg.space.root()) is not None
 
 
 def maker(ctx: Context, x: Value, space: Space) -> Optional[Node]:
@@ -101,7 +104,8 @@ def whole_heads(ctx: Context, node: Node, sizes: list[int]) -> bool:
 def heads_fresh(ctx: Context, x: Value, seg: Segment, node: Node, sizes: list[int]) -> bool:
     """`fresh` for a view into heads of `sizes`: head dims cut alike in every head keep a grouped conv's
     divisions that fall on head boundaries."""
-    return fresh(ctx, x, seg, node, 1 if whole_heads(ctx, node, sizes) else math.prod(sizes[:-1]))
+    whole = whole_heads(ctx, node, sizes)
+    return fresh(ctx, x, seg, node, 1 if whole else math.prod(sizes[:-1]), relabel=not whole)
 
 
 def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[int]) -> tuple[Label, int]:
@@ -118,11 +122,29 @@ def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[in
         new = ctx.new_space(width, f"{width} dims of each of {sizes[-2]} heads of {old.origin}")
         take_over(old, new, [i * width for i in range(old.size // width)])
         retire(ctx, old)
+        relabel(ctx, old, (Segment(new, width),) * (old.size // width))
         ctx.head_dims[node.id] = new
         ctx.split_into[old] = (new, old.size // width)
         label, t = (Segment(new, width),), len(sizes) - 1
     note_embedding(ctx, layer, label[0].space)
     return label, t
+
+
+def relabel(ctx: Context, old: Space, runs: Label) -> None:
+    """Every value's label holding `old` (retired: its channels are those of `runs`, in order: the head dims of
+    a view or the parts of a split other ops read too) holds the runs instead, and so do the dead channels
+    made non-zero (a space of `runs` takes each non-zero mark of `old`)."""
+    def swap(label: Label) -> Label:
+        return tuple(s for seg in label for s in ([Segment(r.space, r.length, seg.block) for r in runs]
+                                                  if seg.space.root() is old else (seg,)))
+
+    for labels in ctx.labels.values():
+        if any(seg.space.root() is old for label in labels.dims.values() for seg in label):
+            labels.dims = {d: swap(label) for d, label in labels.dims.items()}
+    for spaces in ctx.nonzero.values():
+        for space in [s for s in spaces if s.root() is old]:
+            why = spaces.pop(space)
+            spaces.update((r.space, why) for r in runs)
 
 
 def note_embedding(ctx: Context, layer: Optional[Node], heads: Space) -> None:
@@ -148,4 +170,6 @@ def recut(ctx: Context, node: Node, seg: Segment, lengths: list[int], equal: boo
         for space, start in zip(spaces, starts):
             take_over(old, space, [start])
     retire(ctx, old)
-    return [(Segment(space, n),) for space, n in zip(spaces, lengths)]
+    parts = [(Segment(space, n),) for space, n in zip(spaces, lengths)]
+    relabel(ctx, old, tuple(seg for part in parts for seg in part))
+    return parts

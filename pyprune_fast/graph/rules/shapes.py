@@ -104,7 +104,8 @@ def reshape(ctx: Context, node: Node) -> None:
         return
     dims, params, nonzero = {}, {}, {}
     for ia, jb in groups:
-        labelled = [k for k in ia if k in lab.dims]
+        # a locked label's channels never change: for a split or merge, its dim is as good as fixed
+        labelled = [k for k in ia if k in lab.dims and any(seg.space.root().locked is None for seg in lab.dims[k])]
         ka = [k for k in ia if x.shape[k] != 1] or ia[:1]
         kb = [j for j in jb if out.shape[j] != 1] or jb[:1]
         if len(ka) == 1 and len(kb) == 1:  # one dim to one, give or take dims of size 1 (squeeze, unsqueeze)

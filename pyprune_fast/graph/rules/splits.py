@@ -226,7 +226,7 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
                 sized(ctx, node, n, part)
         return parts, judged
     seg = label[0]
-    why = "they are several spaces" if len(label) > 1 else own(ctx, x, seg, node)
+    why = "they are several spaces" if len(label) > 1 else own(ctx, x, seg, node, relabel=True)
     equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg, len(lengths)) for n in sizes)
     if why is None and counted and not equal:
         why = "the parts are unequal"
