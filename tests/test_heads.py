@@ -237,7 +237,7 @@ class UsedTwice(nn.Module):
 @pytest.mark.parametrize("compare", [False, True])
 def test_an_attribute_used_otherwise_locks_its_heads(compare):
     model = UsedTwice(compare)
-    g = ppf.DependencyGraph(model, torch.randn(2, 3, 8))
+    g = ppf.DependencyGraph(model, torch.randn(2, 3, 8), heads="whole")
     heads = heads_groups(g)[0]
     assert "num_heads sizes these channels and is used otherwise too" in heads.reason
 
@@ -270,9 +270,9 @@ class BiasedHeads(nn.Module):
 
 def test_a_per_head_bias_in_the_mask_is_cut_with_the_heads():
     model, x = BiasedHeads(), torch.randn(2, 3, 8)
-    heads = heads_groups(ppf.DependencyGraph(model, x))[0]
+    heads = heads_groups(ppf.DependencyGraph(model, x, heads="whole"))[0]
     assert heads.prunable and any(m.name == "bias" and m.dim == 0 for m in heads.members)
-    ppf.prune(model, x, ratio=0.5)
+    ppf.prune(model, x, ratio=0.5, heads="whole")
     assert model.bias.shape == (2, 3, 3) and model.num_heads == 2 and model.qkv.out_features == 12
     assert model(x).shape == (2, 3, 8)
 

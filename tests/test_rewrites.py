@@ -23,16 +23,19 @@ def cait():
                              depth_token_only=1, num_classes=10).eval()
 
 
-def test_timm_heads_reshaped_by_the_input_width_are_pruned():
+@pytest.mark.parametrize("how, num_heads, qkv", [("whole", 2, 3 * 2 * 48), ("dims", 4, 3 * 4 * 24)])
+def test_timm_heads_reshaped_by_the_input_width_are_pruned(how, num_heads, qkv):
+    """CaiT's `reshape(B, N, 3, self.num_heads, C // self.num_heads)` and `reshape(B, N, C)`, C the input's
+    width: both sizes become -1 in the pruned module's forward, for whole heads and for head dims."""
     model = cait()
-    g = ppf.DependencyGraph(model, X)
+    g = ppf.DependencyGraph(model, X, heads=how)
     heads = [grp for grp in g.groups if "heads of" in grp.origin and "blocks.0" in grp.origin]
     assert heads and heads[0].prunable
     assert any(r[:2] == ("blocks.0.attn", "forward") for r in heads[0].rewrites)
     shape = model(X).shape
-    ppf.prune(model, X, ratio=0.5)
+    ppf.prune(model, X, ratio=0.5, heads=how)
     attn = model.blocks[0].attn
-    assert attn.num_heads == 2 and attn.qkv.out_features == 3 * 2 * 48 and model(X).shape == shape
+    assert attn.num_heads == num_heads and attn.qkv.out_features == qkv and model(X).shape == shape
     assert isinstance(vars(attn)["forward"], Rewritten) and "forward" in getattr(attn, REWRITES)
     assert "forward" not in vars(cait().blocks[0].attn)  # the class and other instances are as they were
 

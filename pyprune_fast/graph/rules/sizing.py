@@ -87,9 +87,12 @@ def size_uses(ctx: Context, node: Node) -> None:
 def _at_risk(ctx: Context, n, label: Optional[Label]) -> bool:
     """Whether pruning may make size `n` wrong for a dim holding `label` (None: a fixed dim): a number in a
     channel dim that surgery does not update, or a fixed dim's size computed from channel counts or sizes
-    surgery updates."""
+    surgery updates. A module attribute as read, at a fixed dim, is taken to stay (`self.num_heads` where head
+    dims are cut): its use there is noted (`used`), so surgery never updates it (`settle_sizes`)."""
     if label is None:
-        return isinstance(n, Tracked) and bool(_read_labels(ctx, n) or attribute_reads(n))
+        attributes = attribute_reads(n) if isinstance(n, Tracked) else []
+        return isinstance(n, Tracked) and bool(_read_labels(ctx, n) or attributes and not (
+            n.pure and len(attributes) == 1 and not attributes[0][2]))
     attributes = attribute_reads(n) if isinstance(n, Tracked) else []
     return not (attributes and n.pure and (attributes[0][2] or int(n) == label[0].span and len(label) == 1))
 
@@ -235,18 +238,7 @@ def settle_sizes(ctx: Context) -> None:
         else:  # one count for several spaces of one size (HF's head_dim for q, k and v): cut alike
             root = functools.reduce(union, roots)
             ctx.sizes.setdefault(root, []).append((module, attribute, uses[0][1]))
-    ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)
-                    if not _stays(ctx, node, j)]
-
-
-def _stays(ctx: Context, node: Node, j: int) -> bool:
-    """Whether size j of `node`, at a dim without channels, stays right however the channels are cut: a module
-    attribute as read that surgery leaves alone (`self.num_heads` where head dims are cut)."""
-    n = _shape_arg(node)[j]
-    if j in ctx.of(node.outputs[0]).dims or not isinstance(n, Tracked) or not n.pure or _read_labels(ctx, n):
-        return False
-    sized = {(module, attribute) for attributes in ctx.sizes.values() for module, attribute, _ in attributes}
-    return all(not a[2] and a[:2] not in sized for a in attribute_reads(n))
+    ctx.rewrites = [(node, j, _concerned(ctx, node, j)) for node, j in dict.fromkeys(ctx.rewrites)]
 
 
 def _concerned(ctx: Context, node: Node, j: int) -> list:
