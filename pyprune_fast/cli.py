@@ -345,7 +345,7 @@ def _inspect(args: argparse.Namespace) -> int:
     with _stages(2) as stages:
         model, x, ignored = _model_and_inputs(args, stages)
         stages.start("trace")
-        graph = ppf.DependencyGraph(model, x, ignored)
+        graph = ppf.DependencyGraph(model, x, ignored, prune_embedding=args.prune_embedding, heads=args.heads)
     width = max([len("origin")] + [len(g.origin) for g in graph.groups])
     print(f"{len(graph.groups)} groups, {len(graph.prunable_groups)} prunable")
     print(f"{'group':>5} {'channels':>8}  {'origin':<{width}}  state")
@@ -389,6 +389,10 @@ def _parser() -> _Parser:
     model.add_argument("--seed", type=_seed, default=0, help="seed for the model's random weights, the example "
                                                              "input and randomised methods (default 0)")
     model.add_argument("--device", type=_device, default=torch.device("cpu"), help="cpu or cuda[:N] (default cpu)")
+    model.add_argument("--prune-embedding", action="store_true",
+                       help="also prune a transformer's embedding width (the residual stream: a big change to a model)")
+    model.add_argument("--heads", choices=("dims", "whole"), default="dims",
+                       help="attention heads: 'dims' makes each head narrower (default), 'whole' removes whole heads")
 
     pr = sub.add_parser("prune", parents=[model], help="prune a model and print the report",
                         description="Prune a model by a channel criterion, print the report (MACs, params, widths, "
@@ -413,10 +417,6 @@ def _parser() -> _Parser:
                     help="measure the latency before and after (on --device, at --input-shape) with this backend: "
                          f"{', '.join(BACKENDS)}; the report shows the speed-up")
     pr.add_argument("--min-channels", type=int, default=1, help="every group keeps at least this many channels (default 1)")
-    pr.add_argument("--prune-embedding", action="store_true",
-                    help="also prune a transformer's embedding width (the residual stream: a big change to a model)")
-    pr.add_argument("--heads", choices=("dims", "whole"), default="dims",
-                    help="attention heads: 'dims' makes each head narrower (default), 'whole' removes whole heads")
     pr.add_argument("--keep-outputs", type=_output_numbers, default="all", metavar="N[,N...]",
                     help="numbers of the output tensors that must keep their shape, in the order the model returns "
                          "them, nested outputs flattened (default: all); the others may change their channels")

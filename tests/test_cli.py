@@ -82,6 +82,15 @@ def test_inspect_lists_groups_and_macs(capsys):
     assert "MMACs" in out and "total:" in out and err == ""
 
 
+@pytest.mark.parametrize("flags, shown", [((), "64 dims of each of 6 heads of linear blocks.0.attn.qkv  prunable"),
+                                          (("--heads", "whole", "--prune-embedding"),
+                                           "6 heads of linear blocks.0.attn.qkv  prunable")])
+def test_inspect_shows_the_graph_prune_would_use(capsys, flags, shown):
+    rc, out, err = run(capsys, "inspect", "--model", "test_heads:tiny_vit", "--input-shape", "2,3,32,32", *flags)
+    assert rc == 0 and shown in out, err
+    assert ("embedding width of a transformer" in out) == (not flags)
+
+
 def test_inspect_a_model_without_channels(capsys):
     rc, out, err = run(capsys, "inspect", "--model", "torch.nn:Identity", "--input-shape", "2,3")
     assert rc == 0 and out.startswith("0 groups, 0 prunable\ngroup channels  origin  state\n"), err
