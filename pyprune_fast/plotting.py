@@ -36,8 +36,8 @@ def check_plot_path(path) -> Path:
 
 def short_names(origins: list[str]) -> tuple[list[str], str]:
     """Each group's label: the layer that made its channels ("conv2d layer1.0.conv1" -> "layer1.0.conv1",
-    "... heads" for attention heads, "... head dims" for their dims), less the dotted prefix all share (returned too); long names keep
-    their end."""
+    "... heads" for attention heads, "... head dims" for their dims), less the dotted prefix all share
+    (returned too); long names keep their end."""
     names = [o.rsplit(" ", 1)[-1] for o in origins]
     parts = [n.split(".") for n in names]
     common = 0

@@ -48,6 +48,8 @@ def test_group_labels():
                                   "linear encoder.layers.encoder_layer_1.mlp.0"])
     assert labels == ["encoder_layer_0.self_attention heads", "encoder_layer_1.mlp.0"]
     assert prefix == "encoder.layers."
+    labels, _ = short_names(["64 dims of each of 6 heads of linear blocks.0.attn.qkv", "6 heads of linear blocks.1.attn.qkv"])
+    assert labels == ["0.attn.qkv head dims", "1.attn.qkv heads"]
     (long,), _ = short_names(["conv2d " + "a" * 30 + ".b" * 20])
     assert long.startswith("\u2026") and long.endswith(".b.b") and len(long) == 40
 

@@ -31,7 +31,7 @@ from .tensors import Modules, child, first_change, module_of, named_tensors, sha
 from .unchanged import Unchanged
 
 __all__ = ["NORM_PARAMS", "SIZE_READS", "Context", "DependencyGraph", "Group", "Member", "Modules", "Node", "Role",
-           "Trace", "Unchanged", "Value", "batchnorm_after", "child", "dead_channels_are_exact", "failed_op",
-           "check_heads", "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "model_inputs", "module_of",
-           "named_tensors", "op_name", "output_shapes", "output_trace", "positions", "record", "register_rule",
-           "shapes_of", "taxonomy", "tensor_slots", "uncompiled"]
+           "Trace", "Unchanged", "Value", "batchnorm_after", "check_heads", "child", "dead_channels_are_exact",
+           "failed_op", "first_change", "has_hooks", "kill_channels", "leaves", "map_tensors", "model_inputs",
+           "module_of", "named_tensors", "op_name", "output_shapes", "output_trace", "positions", "record",
+           "register_rule", "shapes_of", "taxonomy", "tensor_slots", "uncompiled"]

@@ -12,11 +12,12 @@ from ..spaces import Label, Member, Segment, Space
 from ..tensors import module_of
 from .context import Context
 
-__all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", "recut", "relabel", "retire", "split_heads",
-           "take_over", "whole_heads"]
+__all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", "recut", "relabel", "retire",
+           "split_heads", "take_over", "whole_heads"]
 
 
-def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1, relabel: bool = False) -> Optional[str]:
+def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1,
+        relabel: bool = False) -> Optional[str]:
     """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
     coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
     layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
@@ -113,7 +114,9 @@ def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[in
     (3, heads, head_dim): attention heads. They are pruned as head dims, the same positions in every head and
     in q, k and v (the heads' count stays, each head gets narrower: a space of head_dim channels); or, where
     a first pass locked those (`ctx.whole_heads` holds the node's id: a rotary embedding reads them, say) or
-    the user asked for it (`ctx.whole_heads` is None), as whole heads (`coarsen`). Returns the label and the index, in `sizes`, of the dim it labels."""
+    the user asked for it (`ctx.whole_heads` is None), as whole heads (`coarsen`). Other values holding the
+    layer's channels hold the head dims from now on (`relabel`). Returns the label and the index, in
+    `sizes`, of the dim it labels."""
     old, width = seg.space.root(), sizes[-1]
     layer = maker(ctx, x, old)
     if whole_heads(ctx, node, sizes):

@@ -197,8 +197,8 @@ def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
 @rule(size_comparison)
 def compare(ctx: Context, node: Node) -> None:
     """The code compared a size it read (`if C == 64`, `assert C == D`) or made it a float (`math.sqrt(C)`):
-    the channel counts involved are fixed, unless both sides are counts of the same channels (checked once every op is seen). A module
-    attribute compared is not updated with channels (`settle_sizes`)."""
+    the channel counts involved are fixed, unless both sides are counts of the same channels (checked once
+    every op is seen). A module attribute compared is not updated with channels (`settle_sizes`)."""
     a, b, symbol = node.args
     for n in (a, b):
         if isinstance(n, Tracked):
