@@ -268,3 +268,32 @@ def test_a_channel_multiplier_prunes_whole_groups(tmp_path):
     assert model(x).shape == (2, 4, 8, 8)
     ppf.save_pruned(model, tmp_path / "m.pt")
     torch.testing.assert_close(ppf.load_pruned(lambda: Multiplier().eval(), tmp_path / "m.pt")(x), model(x))
+
+
+class MultipliedThenMixed(nn.Module):
+    """FastViT's downsampling: a depthwise conv doubles the channels (each input channel 2 positions wide), a
+    depthwise conv over those, and a block adding a 1x1 conv's output to them (its identity branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.mix, self.out = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y = self.dw(self.up(self.c1(x)))
+        return self.out(y + self.mix(y))
+
+
+def test_a_layer_added_to_multiplied_channels_is_cut_in_their_blocks():
+    model, x = MultipliedThenMixed().eval(), torch.randn(2, 3, 8, 8)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.c1)
+    assert grp.prunable and grp.channels == 8 and g.group_of(model.mix) is grp
+    assert {(m.name, m.block) for m in grp.members if m.name.startswith(("dw.", "mix.weight"))} == {
+        ("dw.weight", 2), ("dw.bias", 2), ("mix.weight", 2)}
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert (model.up.out_channels, model.dw.groups, model.mix.in_channels, model.mix.out_channels) == (8, 8, 8, 8)
+    assert model(x).shape == (2, 4, 8, 8)

@@ -9,7 +9,7 @@ from ..taxonomy import (ACTIVATIONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OT
                         RELUS, SUMS)
 from .computed import on_weight_chain
 from .context import Context, all_nonzero, generic, mix, wrap
-from .recut import own, recut
+from .recut import coarsen, own, recut
 from .registry import rule
 
 __all__ = ["elementwise", "identity", "like", "softmax"]
@@ -105,8 +105,15 @@ def elementwise(ctx: Context, node: Node) -> None:
 
 
 def _laid_out(ctx: Context, node: Node, v: Value, label: Label, others: list) -> Label:
-    """`v`'s label, cut into the parts of another operand's concatenation where its channels are one space only
-    this op reads (`recut.own`): GhostNet's shortcut conv added to a (primary, cheap) concat. Else as it is."""
+    """`v`'s label, laid out as another operand's where its channels are one space only this op reads
+    (`recut.own`): cut into the parts of a concatenation (GhostNet's shortcut conv added to a (primary, cheap)
+    concat), or coarsened to channels several positions wide (FastViT's 1x1 conv added to the doubled channels
+    of a depthwise conv). Else as it is."""
+    wide = next((o for o in others if o and len(o) == 1 and o[0].block > 1), None)
+    if wide and len(label) == 1 and label[0].block == 1 and label[0].length == wide[0].span \
+            and own(ctx, v, label[0], node) is None:
+        space = coarsen(ctx, label[0], [wide[0].length, wide[0].block], 0, "channels")[0].space
+        return (Segment(space, wide[0].length, wide[0].block),)
     ref = max((o for o in others if o and len(o) > 1), key=len, default=None)
     if ref is None or len(label) != 1 or same_layout(label, ref) or any(seg.block != 1 for seg in ref) \
             or sum(seg.length for seg in ref) != label[0].length or own(ctx, v, label[0], node) is not None:

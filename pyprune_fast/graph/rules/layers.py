@@ -41,8 +41,7 @@ def conv(ctx: Context, node: Node) -> None:
     if groups == 1:
         ctx.consume(x, lx, what)
         label = _layer(ctx, what, module, weight, w, b, lx, transposed=transposed)
-    elif groups == cin and cout % cin == 0 and (cout == cin or not transposed) and lx and all(
-            seg.block == 1 for seg in lx):
+    elif groups == cin and cout % cin == 0 and (cout == cin or not transposed) and lx:
         label = _depthwise(ctx, node, module, weight, b, lx, cout // cin)
     else:
         # grouped: group j's weights read the j-th division of the input channels and make the j-th division
@@ -127,10 +126,11 @@ def _weight(ctx: Context, node: Node, w: Value, x: Value, channels: int) -> Opti
 
 def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Label, multiplier: int) -> Label:
     """Output channels c * multiplier ... + multiplier read input channel c only (one input channel a group),
-    so they are the input's channels, each `multiplier` positions wide: pruning an input channel removes its
-    group. `groups` read from a module attribute (timm's BlurPool2d: groups=self.channels) is updated with the
+    so they are the input's channels, each `multiplier` times as many positions wide (an input channel of
+    several positions, from an earlier multiplier, keeps them all): pruning an input channel removes its
+    groups. `groups` read from a module attribute (timm's BlurPool2d: groups=self.channels) is updated with the
     channels. Returns the output's label."""
-    out = tuple(Segment(seg.space, seg.length, multiplier) for seg in lx)
+    out = tuple(Segment(seg.space, seg.length, seg.block * multiplier) for seg in lx)
     for name in (weight.name, *param_names(b)):
         add_members(out, name, 0, "producer")
     for name, dim in weight.per_row:
@@ -143,7 +143,7 @@ def _depthwise(ctx: Context, node: Node, module: str, weight: Weight, b, lx: Lab
     if isinstance(groups, Tracked) and groups.pure:
         for owner, attribute, synced in attribute_reads(groups):
             if not synced:  # a width attribute surgery sets from the tensors already needs no binding
-                ctx.sized_by.append((lx, owner, attribute, 1))
+                ctx.sized_by.append((lx, owner, attribute, lx[0].block))
     return out
 
 
