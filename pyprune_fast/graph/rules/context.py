@@ -30,7 +30,6 @@ class Context:
         self.ignored = ignored_modules
         self.whole_heads = whole_heads  # ids of the views whose heads are pruned whole, None: all (`split_heads`)
         self.head_dims: dict[int, Space] = {}  # view id -> the head-dim space it made
-        self.split_into: dict[Space, tuple[Space, int]] = {}  # retired space -> (head dims, how many copies)
         self.labels: dict[int, Labels] = {}
         self.spaces: list[Space] = []
         self.groups_follow: set[str] = set()  # modules whose groups follow their channels: depthwise convs, per-channel GroupNorms

@@ -127,7 +127,6 @@ def split_heads(ctx: Context, node: Node, x: Value, seg: Segment, sizes: list[in
         retire(ctx, old)
         relabel(ctx, old, (Segment(new, width),) * (old.size // width))
         ctx.head_dims[node.id] = new
-        ctx.split_into[old] = (new, old.size // width)
         label, t = (Segment(new, width),), len(sizes) - 1
     note_embedding(ctx, layer, label[0].space)
     return label, t

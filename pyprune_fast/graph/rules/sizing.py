@@ -173,14 +173,10 @@ def _split_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
     counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
     if len(counts) != 1 or any(a[2] for a in attribute_reads(n)):
         return None
-    read = ctx.of(counts[0][0]).dims[counts[0][1]]  # the space split, or its head dims in place (`relabel`)
-    if read[0].block != 1:
+    read = ctx.of(counts[0][0]).dims[counts[0][1]]  # the split space's head dims, in place (`recut.relabel`)
+    if len(read) < 2 or read[0].block != 1 or not _one_space(read) or not n.scales(counts, len(read), block):
         return None
-    into = ctx.split_into.get(read[0].space.root()) if len(read) == 1 else (
-        (read[0].space.root(), len(read)) if _one_space(read) else None)
-    if into is None or not n.scales(counts, into[1], block):
-        return None
-    return (Segment(into[0], into[0].size, block),)
+    return (Segment(read[0].space.root(), read[0].length, block),)
 
 
 def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
