@@ -1,15 +1,15 @@
 """Coverage of pyprune_fast over the model zoos users bring (see benchmarks/zoo.py), with Torch-Pruning as peer.
 
 For each model (random init, eval mode, seed 0, small inputs), `pyprune_fast.testing.check_coverage` builds the
-DependencyGraph (timed on one CPU thread), removes a third of one group's channels after zeroing them (the
-output must not change: rel. err < 1e-5), prunes the model with ppf.prune(method="l1", ratio=--ratio) and
-checks that it runs and that every output keeps its shape. --peer also prunes a fresh copy with Torch-Pruning's
-MagnitudePruner (L1, the same ratio; the layers whose outputs are the model's outputs ignored) and records its
-MACs cut (by its own counter) and whether the pruned model runs with the same output shapes. --onnx exports
-every pruned model that runs with `ppf.export_onnx`, runs it in onnxruntime (CPU) on the same input and records
-whether it exports and the largest difference of its outputs from PyTorch's, over the output's scale (the
-largest |y|; it matches below 1e-4). Parameters left all zero by the model's init (a ViT's head) are filled with
-random values first: else every output would be 0 and any export would match.
+DependencyGraph (timed on one CPU thread), removes a third of one group's channels after zeroing them (the output
+must not change: rel. err < 1e-5), prunes the model with ppf.prune(method="l1", ratio=--ratio) and checks that it
+runs and that every output keeps its shape (for YOLO the predictions: `zoo.KEEP_OUTPUTS`). --peer also prunes a
+fresh copy with Torch-Pruning's MagnitudePruner (L1, the same ratio; the layers whose outputs are the model's
+outputs ignored) and records its MACs cut (by its own counter) and whether the pruned model runs with the same
+output shapes. --onnx exports every pruned model that runs with `ppf.export_onnx`, runs it in onnxruntime (CPU) on
+the same input and records whether it exports and the largest difference of its outputs from PyTorch's, over the
+output's scale (the largest |y|; it matches below 1e-4). Parameters left all zero by the model's init (a ViT's head)
+are filled with random values first: else every output would be 0 and any export would match.
 
   python benchmarks/coverage.py [--zoo torchvision|timm|hf|dense|yolo|all] [--models a,b] [--limit N]
                                 [--size 224] [--ratio 0.3] [--peer] [--onnx] [--prune-embedding] [--budget 600]
@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import machine, table_header, table_line, write_csv  # noqa: E402
-from zoo import DEFAULT_SIZE, ZOOS, Builder, torchvision_models, zoo_models  # noqa: E402
+from zoo import DEFAULT_SIZE, KEEP_OUTPUTS, ZOOS, Builder, torchvision_models, zoo_models  # noqa: E402
 
 from pyprune_fast.testing import (OUTPUT_LOCK, SAME, CoverageResult, call_model, check_coverage, compare_shapes,  # noqa: E402
                                   forward_leaves, output_leaves)
@@ -183,7 +183,8 @@ def check_model(zoo: str, name: str, builder: Builder, ratio: float = 0.3, peer:
         return row
     params = sum(p.numel() for p in model.parameters()) / 1e6
     with time_budget(budget):
-        result = check_coverage(model, x, ratio, prune_embedding=prune_embedding)
+        result = check_coverage(model, x, ratio, prune_embedding=prune_embedding,
+                                keep_outputs=KEEP_OUTPUTS.get(zoo, "all"))
     exported = (False, math.nan, "")
     if onnx and result.runs_after_prune:
         try:

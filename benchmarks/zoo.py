@@ -259,6 +259,14 @@ def yolo_models() -> list[Entry]:
             for v in ("yolov8", "yolo11") for s in ("n", "s") for task, suffix in YOLO_TASKS.items()]
 
 
+def yolo_predictions(path: tuple) -> bool:
+    """ultralytics' eval output is (predictions, the head's raw outputs): the predictions keep their shape;
+    the raw outputs' neck feature maps ("feats") are prunable, as a user who deploys the predictions wants."""
+    return path[0] == 0
+
+
+KEEP_OUTPUTS = {"yolo": yolo_predictions}  # per zoo, keep_outputs for `ppf.prune` (else "all")
+
 ZOOS: dict[str, Callable[[], list[Entry]]] = {"torchvision": torchvision_models, "timm": timm_models, "hf": hf_models,
                                               "dense": dense_models, "yolo": yolo_models}
 

@@ -20,23 +20,32 @@ __all__ = ["Limits", "Ladder", "uniform_widths", "ranking_ladder", "fraction_lad
 
 @dataclass(frozen=True)
 class Limits:
-    """Every group keeps at least min(min_channels, its size) channels, rounded up to a multiple of round_to
-    and of its entry in `steps` (per group, in the order of the widths: its divisions, so that each keeps
-    as many channels, at least one; a group's size keeps it whole; empty: 1 for every group)."""
+    """Every group keeps at least min(min_channels, its size) channels, a multiple of its entry in `steps`
+    (per group, in the order of the widths: its divisions, so that each keeps as many channels; the nearest
+    multiple, at least one; a group's size keeps it whole; empty: 1 for every group), rounded up to a
+    multiple of round_to."""
 
     min_channels: int = 1
     round_to: int = 1
     steps: tuple[int, ...] = ()
 
     def __call__(self, widths: Tensor, channels: Tensor) -> Tensor:
-        w = torch.maximum(widths, channels.clamp_max(self.min_channels))
+        least = channels.clamp_max(self.min_channels)
+        w = torch.maximum(widths, least)
         step = torch.tensor(self.round_to)
         if self.steps:
             if len(self.steps) != len(widths):
                 raise ValueError(f"Limits: {len(widths)} widths for {len(self.steps)} groups")
-            step = torch.lcm(torch.tensor(self.steps, dtype=torch.long), step)
-        w = torch.div(w + step - 1, step, rounding_mode="floor") * step
-        return torch.minimum(w, channels)
+            steps = torch.tensor(self.steps, dtype=torch.long)
+            nearest = torch.div(2 * w + steps, 2 * steps, rounding_mode="floor") * steps  # halves up
+            w = torch.maximum(nearest, _up(least.clamp_min(1), steps))
+            step = torch.lcm(steps, step)
+        return torch.minimum(_up(w, step), channels)
+
+
+def _up(w: Tensor, step: Tensor) -> Tensor:
+    """w rounded up to a multiple of step."""
+    return torch.div(w + step - 1, step, rounding_mode="floor") * step
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,11 @@ class Ladder:
 
 
 def uniform_widths(channels: Tensor, ratio: float) -> Tensor:
-    """Each group keeps all but floor(ratio * size) channels, and at least one."""
-    return (channels - torch.floor(ratio * channels.double() + 1e-9).long()).clamp_min(1)
+    """Each group keeps all but round(ratio * size) channels (halves rounded up), and at least one.
+
+    Rounding to the nearest count, not down, keeps the cut unbiased: floor would leave every group half
+    a channel short of the ratio on average, which on narrow layers is several points of the MACs."""
+    return (channels - torch.floor(ratio * channels.double() + (0.5 + 1e-9)).long()).clamp_min(1)
 
 
 def ranking_ladder(scores: list[Tensor], channels: Tensor, limits: Limits) -> Ladder:
@@ -130,7 +142,8 @@ def land(priorities: list[Tensor], channels: Tensor, limits: Limits, measure: Ca
 
 
 def fraction_ladder(channels: Tensor, limits: Limits) -> Ladder:
-    """Uniform ratios: rung i is the i-th distinct ratio at which some group's width changes."""
-    ratios = sorted({j / n for n in channels.tolist() for j in range(n)})
+    """Uniform ratios: rung i is the i-th distinct ratio at which some group's width changes (a group of
+    n channels gives up its j-th at (j - 1/2) / n, see uniform_widths)."""
+    ratios = sorted({0.0} | {(j - 0.5) / n for n in channels.tolist() for j in range(1, n)})
     return Ladder(len(ratios), lambda i: limits(uniform_widths(channels, ratios[i]), channels), ratios.__getitem__, "ratio")
 

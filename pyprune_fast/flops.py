@@ -40,6 +40,8 @@ def _macs(node: Node) -> tuple[str, int, Optional[str]]:
     if name in taxonomy.CONVS or node.func is F.linear:
         w = node.arg(1, "weight")  # every output element: one MAC per weight element of its row
         return _weighted(name, w, math.prod(out.shape) * math.prod(w.shape[1:]))
+    if name == "addmm":  # x @ w + b, w (in, out): Hugging Face's Conv1D
+        return _weighted(name, node.arg(2, "mat2"), math.prod(out.shape) * node.arg(1, "mat1").shape[-1])
     if name in taxonomy.CONV_TRANSPOSES:
         x, w = node.arg(0, "input"), node.arg(1, "weight")  # every input element: one MAC per weight element of its row
         return _weighted(name, w, math.prod(x.shape) * math.prod(w.shape[1:]))
@@ -73,7 +75,8 @@ def _weighted(name: str, w, macs: int) -> tuple[str, int, Optional[str]]:
 
 def _proportional(node: Node) -> bool:
     """Whether the op's MACs are its weight's element count times a size pruning does not change."""
-    return node.name in taxonomy.CONVS or node.name in taxonomy.CONV_TRANSPOSES or node.func is F.linear
+    return (node.name in taxonomy.CONVS or node.name in taxonomy.CONV_TRANSPOSES or node.func is F.linear
+            or node.name == "addmm")
 
 
 def param_count(model: nn.Module) -> int:

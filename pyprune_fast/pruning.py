@@ -96,7 +96,7 @@ def _widths(crit: Criterion, alloc: str, value: float, macs, latency: LatencyOpt
     ladder = crit.ladder()
     if alloc == "global_ratio":
         total = int(crit.channels.sum())
-        rung = bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 1e-9))
+        rung = bisect(ladder, lambda w: float(w.sum()), total - math.floor(value * total + 0.5 + 1e-9))
     elif alloc == "target_latency":
         solved = solve_latency(crit, ladder, macs, value, latency)
         crit.timings["latency model"] = solved.build_s

@@ -8,14 +8,16 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from . import DependencyGraph, Plan, apply, prune  # public names: the package is loaded before this module
 from .graph import dead_channels_are_exact, kill_channels, model_inputs
+from .graph.dependency import KeepOutputs
 from .graph.ir import leaf_paths
 
 __all__ = ["kill_channels", "dead_channels_are_exact", "CoverageResult", "check_coverage", "dead_channel_check",
@@ -69,16 +71,20 @@ def output_leaves(out: Any) -> list[Leaf]:
     return found
 
 
-def compare_shapes(before: list[Leaf], after: list[Leaf]) -> str:
+def compare_shapes(before: list[Leaf], after: list[Leaf], kept: Optional[Collection[int]] = None) -> str:
     """"same", "same except data-dependent dims", or "differs: <the first difference>" between two outputs'
-    leaves (see `output_leaves`): same paths in the same order, same shapes but for data-dependent dims."""
+    leaves (see `output_leaves`): same paths in the same order, same shapes but for data-dependent dims.
+    `kept`: the numbers of the leaves that keep their shape (None: all); the others keep their dim count."""
     paths0, paths1 = [p for p, _, _ in before], [p for p, _, _ in after]
     if paths0 != paths1:
         extra = sorted(set(paths0) ^ set(paths1))[:3]
         return f"differs: output structure ({len(paths1)} tensors vs {len(paths0)}; {', '.join(extra) or 'order'})"
-    for (path, t0, dd), (_, t1, _) in zip(before, after):
+    for i, ((path, t0, dd), (_, t1, _)) in enumerate(zip(before, after)):
         s0, s1 = tuple(t0.shape), tuple(t1.shape)
-        same = (len(s0) == len(s1) and s0[1:] == s1[1:]) if dd else s0 == s1
+        if kept is not None and i not in kept:
+            same = len(s0) == len(s1)
+        else:
+            same = (len(s0) == len(s1) and s0[1:] == s1[1:]) if dd else s0 == s1
         if not same:
             return f"differs: {path} {s1} != {s0}"
     return SAME_EXCEPT_DATA if any(dd for _, _, dd in before) else SAME
@@ -184,13 +190,14 @@ def dead_channel_check(model: nn.Module, x: Any, graph: DependencyGraph, seed: i
     return "ok"
 
 
-def _graph(model: nn.Module, x: Any, res: CoverageResult, prune_embedding: bool = False) -> DependencyGraph:
+def _graph(model: nn.Module, x: Any, res: CoverageResult, prune_embedding: bool = False,
+           keep_outputs: KeepOutputs = "all") -> DependencyGraph:
     """The model's DependencyGraph, built on one CPU thread (timed into `res`), its groups counted into `res`."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         t0 = time.perf_counter()
-        graph = DependencyGraph(model, x, ignored_layers=[], prune_embedding=prune_embedding)
+        graph = DependencyGraph(model, x, ignored_layers=[], prune_embedding=prune_embedding, keep_outputs=keep_outputs)
         res.graph_seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
@@ -210,7 +217,7 @@ def _not_finite(before: list[Leaf], after: list[Leaf]) -> str:
 
 
 def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, seed: int = 0,
-                   prune_embedding: bool = False) -> CoverageResult:
+                   prune_embedding: bool = False, keep_outputs: KeepOutputs = "all") -> CoverageResult:
     """Check that pruning works on `model`; never raises (but on KeyboardInterrupt), prunes `model` in place.
 
     1. build the DependencyGraph (ignored_layers=[], on one CPU thread, timed), count its groups, prunable
@@ -219,7 +226,8 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
        third of the channels (chosen with `seed`) on a copy, remove them, and compare outputs (rel. err < 1e-5);
     3. `ppf.prune(model, example_inputs, method="l1", ratio=ratio)`: the pruned model runs, every output tensor
        keeps its shape (but for dims that depend on the data, such as a detector's box counts) and outputs
-       that were finite stay finite. `prune_embedding` is passed to the graph and to prune.
+       that were finite stay finite. `prune_embedding` and `keep_outputs` are passed to the graph and to
+       prune; an output keep_outputs does not keep may change the sizes of its dims, not their count.
 
     `example_inputs`: a tensor, a tuple of positional inputs or a dict of keyword inputs. A `model` that is not
     an nn.Module or a `ratio` outside [0, 1) raises (TypeError, ValueError) before anything runs.
@@ -237,9 +245,10 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
         except Exception as e:
             reasons.append(f"forward: {_err(e)}")
             return res
-        graph = None
+        graph, kept = None, None
         try:
-            graph = _graph(model, example_inputs, res, prune_embedding)
+            graph = _graph(model, example_inputs, res, prune_embedding, keep_outputs)
+            kept = graph.kept_outputs
         except Exception as e:
             reasons.append(f"graph: {_err(e)}")
         if graph is not None:
@@ -252,7 +261,8 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
             graph = None  # free it (the model is pruned next; the graph would be stale anyway)
             gc.collect()
         try:
-            report = prune(model, example_inputs, method="l1", ratio=ratio, prune_embedding=prune_embedding)
+            report = prune(model, example_inputs, method="l1", ratio=ratio, prune_embedding=prune_embedding,
+                           keep_outputs=keep_outputs)
             res.macs_before, res.macs_after = report.macs_before / 1e9, report.macs_after / 1e9
             res.macs_cut = 1 - report.macs_after / report.macs_before if report.macs_before else math.nan
             if not res.groups:
@@ -267,7 +277,7 @@ def check_coverage(model: nn.Module, example_inputs: Any, ratio: float = 0.3, se
         except Exception as e:
             reasons.append(f"forward after prune: {_err(e)}")
             return res
-        res.shapes = compare_shapes(y_ref, y)
+        res.shapes = compare_shapes(y_ref, y, kept)
         if not res.shapes.startswith(SAME):
             reasons.append(f"pruned output shapes {res.shapes}")
         elif _not_finite(y_ref, y):

@@ -19,6 +19,17 @@ def pruned_runs(model, x, ratio=0.5):
     return before, ppf.profile(model, x).macs
 
 
+def fc_reads_blocks(model, x, block):
+    """model.conv's 8 channels reach model.fc in blocks of `block` positions, dead channels exact; pruned by
+    half, fc reads 4 blocks."""
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv)
+    assert group.prunable and ("fc.weight", 1, 0, block) in {(m.name, m.dim, m.offset, m.block) for m in group.members}
+    assert dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    assert model.fc.in_features == 4 * block
+
+
 class TinyUNet(nn.Module):
     """Down with convs, up with ConvTranspose2d (plain and depthwise), a skip concatenation."""
 
@@ -113,13 +124,7 @@ class UnfoldNet(nn.Module):
 
 
 def test_unfold_makes_blocks_of_the_window():
-    model, x = UnfoldNet().eval(), torch.randn(2, 3, 5, 5)
-    g = ppf.DependencyGraph(model, x)
-    group = g.group_of(model.conv)
-    assert group.prunable and ("fc.weight", 1, 0, 9) in {(m.name, m.dim, m.offset, m.block) for m in group.members}
-    assert dead_channel_check(model, x, g) == "ok"
-    pruned_runs(model, x)
-    assert model.fc.in_features == 4 * 9
+    fc_reads_blocks(UnfoldNet().eval(), torch.randn(2, 3, 5, 5), 9)
 
 
 class WindowsNet(nn.Module):
@@ -333,3 +338,136 @@ def test_channels_on_a_convs_length_dim_follow_a_pointwise_kernel_and_lock_other
     assert model.head.in_features == model.fc.out_features == 4
     wide = TokenConv(kernel=3).eval()
     assert "slides its kernel along these channels" in ppf.DependencyGraph(wide, x).group_of(wide.fc).reason
+
+
+class WriteNet(nn.Module):
+    """y written into a new tensor with x[...] = y: `into` sizes its channel dim ("count": y.shape[1], "fixed":
+    8 written in the code); `fill` is the value the rest starts at; `value` writes a number across it."""
+
+    def __init__(self, into="count", fill="zeros", value=None):
+        super().__init__()
+        self.into, self.fill, self.value = into, fill, value
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        c = y.shape[1] if self.into == "count" else 8
+        r = getattr(torch, self.fill)((3, c, y.shape[2], y.shape[3]), dtype=y.dtype)
+        r[torch.tensor([0, 2])] = y.expand(2, -1, -1, -1)
+        if self.value is not None:
+            r[1] = self.value
+        return self.out(r)
+
+
+@pytest.mark.parametrize("fill,value,exact", [("zeros", None, True), ("zeros", 0.0, True), ("ones", None, False),
+                                              ("zeros", 2.0, False)])
+def test_setitem_into_a_new_tensor_sized_by_the_channels(fill, value, exact):
+    model, x = WriteNet(fill=fill, value=value).eval(), torch.randn(1, 3, 6, 6)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv)
+    assert group.prunable and "out.weight" in {m.name for m in group.members}
+    assert (group.inexact is None) == exact, group.inexact
+    if exact:
+        assert dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    assert model.out.in_channels == 4
+
+
+def test_setitem_into_fixed_channels_locks():
+    """Writing into a tensor whose channel count is a number in the code: the channels written lock (a
+    pruned model would no longer run); the write used to be unrecorded, and the model corrupted."""
+    model, x = WriteNet(into="fixed").eval(), torch.randn(1, 3, 6, 6)
+    assert "writes them into fixed channels" in ppf.DependencyGraph(model, x).group_of(model.conv).reason
+    ppf.prune(model, x, ratio=0.5)
+    assert model.conv.out_channels == 8 and model(x).shape == (3, 4, 6, 6)
+
+
+def test_setitem_of_fixed_channels_into_channels_locks():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            y[:, :, :1] = torch.ones(8, 1, 6)  # a made tensor of 8 channels written in
+            return self.out(y)
+
+    model, x = Net().eval(), torch.randn(1, 3, 6, 6)
+    assert "writes fixed channels into them" in ppf.DependencyGraph(model, x).group_of(model.conv).reason
+
+
+def test_roi_align_keeps_the_channels():
+    torchvision = pytest.importorskip("torchvision")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 2 * 2, 5)
+
+        def forward(self, x):
+            boxes = torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [0, 2.0, 1.0, 7.0, 7.0]])
+            pooled = torchvision.ops.roi_align(torch.relu(self.conv(x)), boxes, (2, 2))
+            return self.fc(pooled.flatten(1))
+
+    fc_reads_blocks(Net().eval(), torch.randn(1, 3, 8, 8), 4)
+
+
+class InterpolatedPosition(nn.Module):
+    """PVT's position embedding: a parameter interpolated to the input's size, then added to the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.pos = nn.Parameter(torch.randn(1, 8, 4, 4))
+
+    def forward(self, x):
+        return self.out(self.conv(x) + F.interpolate(self.pos, size=x.shape[2:], mode="bilinear"))
+
+
+def test_an_interpolated_parameter_keeps_its_channel_dim():
+    model, x = InterpolatedPosition().eval(), torch.randn(1, 3, 8, 8)
+    group = ppf.DependencyGraph(model, x).group_of(model.conv)
+    assert group.prunable and ("pos", 1) in {(m.name, m.dim) for m in group.members}
+    pruned_runs(model, x)
+    assert model.pos.shape == (1, 4, 4, 4)
+
+
+def test_hf_conv1d_is_a_linear_stored_transposed():
+    """Hugging Face's Conv1D (GPT-2): torch.addmm(bias, x, weight) with weight (in, out), its width `nf`."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, n_positions=16, vocab_size=50)
+    model, x = transformers.GPT2Model(config).eval(), {"input_ids": torch.randint(0, 50, (1, 8))}
+    g = ppf.DependencyGraph(model, x)
+    mlp = model.h[0].mlp
+    group = g.group_of(mlp.c_fc)
+    assert group.prunable, group.reason
+    assert {("h.0.mlp.c_fc.weight", 1), ("h.0.mlp.c_fc.bias", 0), ("h.0.mlp.c_proj.weight", 0)} <= {
+        (m.name, m.dim) for m in group.members}
+    assert dead_channel_check(model, x, g) == "ok"
+    before = ppf.profile(model, x).macs
+    ppf.prune(model, x, ratio=0.5)
+    assert mlp.c_fc.weight.shape == (32, 64) and mlp.c_fc.nf == 64 and mlp.c_proj.weight.shape == (64, 32)
+    assert model(**x).last_hidden_state.shape == (1, 8, 32) and ppf.profile(model, x).macs < before
+
+
+class PickedBias(nn.Module):
+    """LeViT's attention biases: a parameter of (heads, offsets) indexed by a tensor along dim 1, added per head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+        self.biases = nn.Parameter(torch.randn(4, 5))
+        self.register_buffer("idx", torch.randint(0, 5, (16,)), persistent=False)
+
+    def forward(self, x):
+        return self.fc((self.conv(x).flatten(2) + self.biases[:, self.idx]).transpose(1, 2))
+
+
+def test_a_parameter_picked_along_another_dim_keeps_its_channel_dim():
+    model, x = PickedBias().eval(), torch.randn(1, 3, 4, 4)
+    g = ppf.DependencyGraph(model, x)
+    group = g.group_of(model.conv)
+    assert group.prunable and ("biases", 0) in {(m.name, m.dim) for m in group.members}
+    pruned_runs(model, x)
+    assert model.biases.shape == (2, 5)

@@ -57,11 +57,15 @@ def numel_view(y):
 
 
 def zeros_of_width(y):
-    return y + torch.zeros(1, y.size(1), 1, 1)  # a tensor sized by the count, made in forward
+    return y + torch.zeros(1, y.size(1), 1, 1)  # a tensor sized by the count, made in forward: follows C
+
+
+def zeros_of_twice_width(y):
+    return y + torch.zeros(1, 2 * y.size(1), 1, 1)[:, ::2]  # sized by a number computed from the count
 
 
 class OtherCount(nn.Module):
-    """View the 8 channels of c2 with the 16 of c1: after pruning c1 the sizes disagree."""
+    """View the 16 channels of c1 with the count of c2's 16: pruned alike, the sizes still agree."""
 
     def __init__(self):
         super().__init__()
@@ -91,7 +95,8 @@ def c1_group(model):
     return g, g.group_of(model.c1)
 
 
-@pytest.mark.parametrize("mid", [same_size_views, tf_same_padding, numel_view], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("mid", [same_size_views, tf_same_padding, numel_view, zeros_of_width],
+                         ids=lambda f: f.__name__)
 def test_reads_that_keep_counts_right_lock_nothing(mid):
     model = Net(mid).eval()
     g, grp = c1_group(model)
@@ -104,7 +109,7 @@ def test_reads_that_keep_counts_right_lock_nothing(mid):
 @pytest.mark.parametrize("mid,reason", [
     (shuffle, "view is given the size 2 for the channels of 2 heads of conv2d c1, a number fixed in the model's code"),
     (branch, "compares a channel count: 16 (dim 1 of a [2, 16, 8, 8] tensor) == 16"),
-    (zeros_of_width, "computes an argument of zeros from a channel count: 16 (dim 1"),
+    (zeros_of_twice_width, "computes an argument of zeros from a channel count: 32 (dim 1"),
 ], ids=["shuffle", "branch", "zeros"])
 def test_counts_the_code_computes_with_lock(mid, reason):
     g, grp = c1_group(Net(mid).eval())
@@ -112,11 +117,12 @@ def test_counts_the_code_computes_with_lock(mid, reason):
     assert g.group_of(g.model.c2).prunable  # the other channels are free
 
 
-def test_a_count_given_to_other_channels_locks_both():
+def test_a_count_given_to_other_channels_joins_them():
     model = OtherCount().eval()
     g = ppf.DependencyGraph(model, X)
-    assert "which are other channels" in g.group_of(model.c1).reason
-    assert g.group_of(model.c2).reason  # the count fixes both
+    assert g.group_of(model.c1) is g.group_of(model.c2) and g.group_of(model.c1).prunable
+    ppf.prune(model, X, ratio=0.5)
+    assert model.c1.out_channels == model.c2.out_channels == 8 and model(X).shape == ()
 
 
 def test_a_count_joined_later_to_its_channels_is_followed():
@@ -226,3 +232,28 @@ def test_a_parameter_viewed_at_a_fixed_size_keeps_its_width(follow):
         assert "scale is also read with fixed channels" in grp.reason
     ppf.prune(model, X, ratio=0.5)
     assert model(X).shape == (2, 8, 8, 8) and model.c1.out_channels == (8 if follow else 16)
+
+
+class CheckedWidth(nn.Module):
+    """Hugging Face's patch embeddings check their input's width against an attribute (`num_channels`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.num_channels = nn.Conv2d(3, 16, 1), nn.Conv2d(16, 4, 1), 16
+
+    def forward(self, x):
+        y = self.c1(x)
+        if y.shape[1] != self.num_channels:
+            raise ValueError("wrong width")
+        return self.c2(y)
+
+
+def test_an_attribute_a_count_is_checked_against_follows_the_channels():
+    model = CheckedWidth().eval()
+    g, grp = c1_group(model)
+    assert grp.prunable, grp.reason
+    ppf.prune(model, X, ratio=0.5)
+    assert model.num_channels == model.c1.out_channels == 8 and model(X).shape == (2, 4, 8, 8)
+    used = CheckedWidth().eval()
+    used.forward = lambda x: used.c2(used.c1(x)[:, :used.num_channels]) if used.c1(x).shape[1] == used.num_channels else x
+    assert not c1_group(used)[1].prunable  # the attribute is used otherwise too: locked

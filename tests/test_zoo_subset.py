@@ -3,6 +3,8 @@ torchvision detection, ultralytics YOLO; torchvision classifiers are in test_cov
 inputs: the pruned model runs, every output keeps its shape (but for data-dependent box counts), the
 dead-channel check passes or is skipped, and the MACs fall."""
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -81,6 +83,20 @@ def test_every_output_shape_is_compared():
     narrower = (torch.zeros(1, 10), {"feats": [torch.zeros(1, 6, 4, 4)]})
     assert compare_shapes(list(output_leaves(out)), list(output_leaves(narrower))) == "differs: output[1]['feats'][0] (1, 6, 4, 4) != (1, 8, 4, 4)"
     assert compare_shapes(list(output_leaves(out)), list(output_leaves(out[:1]))).startswith("differs: output structure")
+    assert compare_shapes(list(output_leaves(out)), list(output_leaves(narrower)), kept=[0]) == "same"
+    flat = (torch.zeros(1, 10), {"feats": [torch.zeros(1, 96)]})
+    assert compare_shapes(list(output_leaves(out)), list(output_leaves(flat)), kept=[0]).startswith("differs")
+
+
+def test_yolo_with_the_predictions_kept_prunes_the_neck():
+    """keep_outputs as a YOLO user sets it (the zoo's too): the neck feature maps next to the predictions
+    in eval mode are pruned, and only the predictions keep their shape."""
+    every, x = _yolo("yolov8n.yaml", 128)()
+    predictions = copy.deepcopy(every)
+    every = check_coverage(every.eval(), x, 0.3)
+    row = check_coverage(predictions.eval(), x, 0.3, keep_outputs=lambda path: path[0] == 0)
+    assert row.ok and row.shapes == "same" and row.dead_check == "ok", row.reason
+    assert row.macs_cut > every.macs_cut + 0.02, (row.macs_cut, every.macs_cut)
 
 
 @pytest.mark.parametrize("reason, kind", [

@@ -235,13 +235,14 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
     def group_of(self, module: nn.Module) -> Group:
-        """The group holding `module`'s output channels (dim 0 of its weight)."""
+        """The group holding `module`'s output channels (the dim of its weight that makes them: 0, or 1 for a
+        transposed conv or Hugging Face's Conv1D)."""
         name = next((n for n, m in self.model.named_modules() if m is module), None)
         if name is None:
             raise ValueError(f"group_of: the {type(module).__name__} is not part of the model")
         weight = child(name, "weight")
         for g in self.groups:
-            if any(m.name == weight and m.dim == 0 and m.role == "producer" for m in g.members):
+            if any(m.name == weight and m.role == "producer" for m in g.members):
                 return g
         raise ValueError(f"group_of: no group holds the output channels of {name} ({type(module).__name__})")
 

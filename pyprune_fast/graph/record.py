@@ -82,7 +82,9 @@ class _Recorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = self.run(func, args, kwargs)
+        result = self.run(func, args, kwargs)
+        # x[key] = v returns nothing: the tensor written into is its output, a new value (as an in-place op's)
+        out = args[0] if op_name(func) == "__setitem__" and isinstance(args[0], torch.Tensor) else result
         if (not isinstance(out, torch.Tensor) and not any(isinstance(o, torch.Tensor) for o in leaves(out))
                 and op_name(func) not in SIZE_READS):
             return out
@@ -94,7 +96,7 @@ class _Recorder(TorchFunctionMode):
         self.nodes.append(node)
         if node.name in SIZE_READS:  # numbers that remember the sizes they came from
             return tracked(out, node.args[0], node.name, node.args, self.compared)
-        return out
+        return result
 
     def compared(self, a, b, symbol: str) -> None:
         """The model's code compared a size it read: recorded as a `size_comparison` op (while the pass runs)."""

@@ -3,9 +3,9 @@ method's name), read by the graph's rules, the MAC count (`flops`) and LRP relev
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "CATS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "LIKES", "MATH", "MATMULS",
-           "MAX_POOLS", "NEW_TENSORS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS", "PRODUCTS", "QUOTIENTS", "REDUCTIONS",
-           "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
+__all__ = ["ACTIVATIONS", "CATS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "FILLED",
+           "LIKES", "MATH", "MATMULS", "MAX_POOLS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS", "PRODUCTS", "QUOTIENTS",
+           "REDUCTIONS", "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
 
 # Elementwise on one tensor, shape kept.
 RELUS = {"relu", "relu_"}
@@ -47,7 +47,8 @@ REDUCTIONS = {"mean", "sum", "amax", "amin", "nansum", "nanmean"}
 SPREADS = {"std", "var"}
 
 # New tensors.
-NEW_TENSORS = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}  # shapes given in numbers
+FILLED = {"zeros": 0, "ones": 0, "empty": 0, "full": 0, "new_zeros": 1, "new_ones": 1, "new_empty": 1,
+          "new_full": 1}  # new tensors of a shape given in numbers: where the sizes start in the arguments
 LIKES = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like"}
 
 SIZE_READS = {"size", "shape", "numel", "__len__"}  # recorded with no outputs; they return `sizes.Size` numbers

@@ -14,11 +14,11 @@ from ..sizes import Tracked, attribute_reads
 from ..spaces import Label, Member, Segment, add_members, lock_label
 from ..tensors import module_of
 from .computed import Weight, layer_weight, params_in
-from .context import Context, all_nonzero, param_names, producer, record_module, zeroed
+from .context import Context, all_nonzero, generic, param_names, producer, record_module, zeroed
 from .recut import recut
 from .registry import rule
 
-__all__ = ["conv", "embedding", "linear"]
+__all__ = ["addmm", "conv", "embedding", "linear"]
 
 
 @rule(torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torch.conv_transpose2d,
@@ -189,17 +189,32 @@ def _layer(ctx: Context, origin: str, module: str, weight: Weight, w: Value, b, 
 
 @rule(F.linear)
 def linear(ctx: Context, node: Node) -> None:
-    x, w, b = node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias")
+    _linear(ctx, node, node.arg(0, "input"), node.arg(1, "weight"), node.arg(2, "bias"))
+
+
+@rule("addmm")
+def addmm(ctx: Context, node: Node) -> None:
+    """torch.addmm(bias, x, weight) with parameters for weight and bias: a Linear whose weight is stored
+    (in, out), Hugging Face's Conv1D (GPT-2, ImageGPT). Anything else has no rule (locks)."""
+    b, x, w = node.arg(0, "input"), node.arg(1, "mat1"), node.arg(2, "mat2")
+    if not (isinstance(x, Value) and x.ndim == 2 and isinstance(w, Value) and w.param and isinstance(b, Value)
+            and b.param and b.ndim == 1 and node.kwargs.get("beta", 1) == 1 and node.kwargs.get("alpha", 1) == 1):
+        return generic(ctx, node)
+    _linear(ctx, node, x, w, b, transposed=True)
+
+
+def _linear(ctx: Context, node: Node, x: Value, w: Value, b, transposed: bool = False) -> None:
+    """A Linear layer: weight (out, in), or (in, out) where `transposed`."""
     out = node.outputs[0]
-    weight = _weight(ctx, node, w, x, w.shape[0])
+    weight = _weight(ctx, node, w, x, w.shape[1 if transposed else 0])
     if weight is None:
         return
     module = module_of(weight.name)
     lx = ctx.of(x).dims.get(x.ndim - 1)
     ctx.reads_fixed(x, x.ndim - 1)
-    ctx.consume(x, lx, f"linear {module}")
+    ctx.consume(x, lx, f"{node.name} {module}")
     dims = {d: lab for d, lab in ctx.of(x).dims.items() if d < x.ndim - 1}  # rows: each gets W x + b
-    label = _layer(ctx, f"linear {module}", module, weight, w, b, lx)
+    label = _layer(ctx, f"{node.name} {module}", module, weight, w, b, lx, transposed=transposed)
     label = _bias(ctx, node, b, label, module)
     ctx.set(out, {**dims, out.ndim - 1: label})
     nonzero = ctx.inherited([x], out)

@@ -9,12 +9,14 @@ import torch.nn.functional as F
 
 from ..ir import Node, Value
 from ..spaces import Label, Segment, add_members, lock_label, unify
-from ..taxonomy import CATS, EXPANDS, MAX_POOLS, NEW_TENSORS, PERMUTES, POOLS, RESHAPES
+from ..sizes import Tracked
+from ..taxonomy import CATS, EXPANDS, FILLED, MAX_POOLS, PERMUTES, POOLS, RESHAPES
 from .context import Context, all_nonzero, fixed_outputs, generic, producer, wrap
 from .recut import coarsen, heads_fresh, own, split_heads
 from .registry import rule
+from .sizing import read_labels, shape_arg
 
-__all__ = ["cat", "expand", "pad", "permute", "reshape", "roll", "same_size_dims", "spatial"]
+__all__ = ["cat", "expand", "filled", "pad", "permute", "reshape", "rois", "roll", "same_size_dims", "spatial"]
 
 
 @rule(*CATS)
@@ -242,18 +244,30 @@ def spatial(ctx: Context, node: Node) -> None:
     same_size_dims(ctx, node, set(range(2, x.ndim)))
 
 
-def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
-    """Ops that act along some dims only (pad, roll, pooling): labels stay on the other dims whose
-    size is unchanged; labels on `moved` dims are locked."""
+@rule("roi_align", "roi_pool")
+def rois(ctx: Context, node: Node) -> None:
+    """torchvision's RoI pooling, [N, C, H, W] -> [K, C, h, w]: each channel is pooled on its own (a dead
+    channel stays zero), so the channel label stays on dim 1; a label on any other dim is locked."""
     x, out = node.tensor_inputs()[0], node.outputs[0]
     lab = ctx.of(x)
-    keep = {}
     for d, label in lab.dims.items():
-        if d in moved or out.ndim != x.ndim or x.shape[d] != out.shape[d]:
+        if d != 1:
+            lock_label(label, f"{node.name} pools boxes out of dim {d}")
+    ctx.set(out, {1: lab.dims[1]} if 1 in lab.dims else {}, {1: lab.params[1]} if 1 in lab.params else {})
+
+
+def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
+    """Ops that act along some dims only (pad, roll, pooling): labels stay on the other dims whose
+    size is unchanged, and so do a parameter's dims (a position embedding interpolated); labels on
+    `moved` dims are locked."""
+    x, out = node.tensor_inputs()[0], node.outputs[0]
+    lab = ctx.of(x)
+    stays = {d for d in range(x.ndim) if d not in moved and out.ndim == x.ndim and x.shape[d] == out.shape[d]}
+    for d, label in lab.dims.items():
+        if d not in stays:
             lock_label(label, f"{node.name} changes or moves along dim {d}")
-        else:
-            keep[d] = label
-    ctx.set(out, keep)
+    ctx.set(out, {d: label for d, label in lab.dims.items() if d in stays},
+            {d: p for d, p in lab.params.items() if d in stays})
     for extra in node.outputs[1:]:  # max_pool's indices
         ctx.set(extra, {})
 
@@ -274,4 +288,21 @@ def roll(ctx: Context, node: Node) -> None:
     same_size_dims(ctx, node, {wrap(d, x.ndim) for d in dims} if dims else set(range(x.ndim)))
 
 
-rule(*NEW_TENSORS)(fixed_outputs)  # shapes given in numbers: any read of a channel count locks by itself
+rule("new_tensor")(fixed_outputs)  # data given in numbers
+
+
+@rule(*FILLED)
+def filled(ctx: Context, node: Node) -> None:
+    """A new tensor of a shape given in numbers (`torch.zeros(K, C, h, w)`, `x.new_zeros(...)`): a dim whose
+    size is a count of some channels as read (`x.shape[1]`) holds those channels, and follows them when they
+    are pruned (zeros stay exact zeros there; ones, a fill or empty memory do not). Other sizes fix their
+    dims, and a channel count used in them locks its channels (`sizing.size_uses`)."""
+    dims = {}
+    for j, n in enumerate(shape_arg(node)):
+        labels = read_labels(ctx, n) if isinstance(n, Tracked) and n.pure else []
+        if len(labels) == 1:
+            dims[j] = labels[0]
+    out = node.outputs[0]
+    ctx.set(out, dims)
+    if dims and not node.name.endswith("zeros"):
+        ctx.nonzero[out.id] = all_nonzero(dims.values(), f"{node.name} fills them")

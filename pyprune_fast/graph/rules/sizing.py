@@ -7,13 +7,13 @@ from typing import Optional
 
 from ..ir import Node, Value
 from ..sizes import Tracked, attribute_reads, reads_in, size_comparison
-from ..spaces import Label, Segment, lock_label, same_layout, union
-from ..taxonomy import SIZE_READS, SPLITS
+from ..spaces import Label, Segment, lock_label, same_layout, unify, union
+from ..taxonomy import FILLED, SIZE_READS, SPLITS
 from .context import Context
 from .registry import rule
 
-__all__ = ["JUDGE_OWN_SIZES", "compare", "describe", "note_attribute_uses", "same_channels", "settle_sizes", "size_read",
-           "size_uses", "sized", "used"]
+__all__ = ["JUDGE_OWN_SIZES", "compare", "describe", "note_attribute_uses", "read_labels", "same_channels",
+           "settle_sizes", "shape_arg", "size_read", "size_uses", "sized", "used"]
 
 
 @rule(*SIZE_READS)
@@ -23,21 +23,22 @@ def size_read(ctx: Context, node: Node) -> None:
 
 
 JUDGE_OWN_SIZES = {"__getitem__", *SPLITS}  # rules that judge the numbers they are given themselves
-_SHAPED = {"view", "reshape", "expand", "broadcast_to"}  # ops whose numbers are the output's sizes, in order
+_SHAPED = {"view": 1, "reshape": 1, "expand": 1, "broadcast_to": 1, **FILLED}  # ops whose numbers are the
+# output's sizes, in order: where they start in the arguments
 
 
-def _shape_arg(node: Node) -> list:
+def shape_arg(node: Node) -> list:
     """The sizes an op of `_SHAPED` was given, one per output dim, or [] (for another op)."""
     if node.name not in _SHAPED or not node.outputs:
         return []
-    rest = list(node.args[1:])
-    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+    rest = list(node.args[_SHAPED[node.name]:])
+    if rest and isinstance(rest[0], (tuple, list)):
         rest = list(rest[0])
     rest = rest or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
     return rest if len(rest) == node.outputs[0].ndim else []
 
 
-def _read_labels(ctx: Context, number: Tracked) -> list:
+def read_labels(ctx: Context, number: Tracked) -> list:
     """Labels of the channel dims a number was read from."""
     return [ctx.of(r[0]).dims[r[1]] for r in number.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
 
@@ -66,7 +67,7 @@ def size_uses(ctx: Context, node: Node) -> None:
     (`nn.rewritten`; timm's `reshape(B, N, C)` after attention heads)."""
     if node.name in SIZE_READS or node.name in JUDGE_OWN_SIZES or node.func is size_comparison:
         return
-    shape = _shape_arg(node)
+    shape = shape_arg(node)
     out = ctx.of(node.outputs[0]) if shape else None
     spare = _spare(ctx, node, shape, out)
     for j, n in enumerate(shape):
@@ -91,7 +92,7 @@ def _at_risk(ctx: Context, n, label: Optional[Label]) -> bool:
     dims are cut): its use there is noted (`used`), so surgery never updates it (`settle_sizes`)."""
     if label is None:
         attributes = attribute_reads(n) if isinstance(n, Tracked) else []
-        return isinstance(n, Tracked) and bool(_read_labels(ctx, n) or attributes and not (
+        return isinstance(n, Tracked) and bool(read_labels(ctx, n) or attributes and not (
             n.pure and len(attributes) == 1 and not attributes[0][2]))
     attributes = attribute_reads(n) if isinstance(n, Tracked) else []
     return not (attributes and n.pure and (attributes[0][2] or int(n) == label[0].span and len(label) == 1))
@@ -123,7 +124,7 @@ def note_attribute_uses(ctx: Context, n: Tracked) -> None:
 def used(ctx: Context, node: Node, n: Tracked, also: Optional[Label] = None) -> None:
     """A number used where its value is fixed: the channel counts in it (and `also`) can no longer change."""
     note_attribute_uses(ctx, n)
-    labels = _read_labels(ctx, n) + ([also] if also else [])
+    labels = read_labels(ctx, n) + ([also] if also else [])
     if labels:
         reason = (f"the model's code computes an argument of {node.name} from a channel count: {describe(n)}; "
                   "teach it with ppf.register_rule or keep these channels")
@@ -143,11 +144,10 @@ def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = 
         else:
             lock_label(label, f"{what}, a number fixed in the model's code")
         return
-    labels, attributes = _read_labels(ctx, n), attribute_reads(n)
+    labels, attributes = read_labels(ctx, n), attribute_reads(n)
     if n.pure and labels:
         ctx.same_channels.append((labels[0], label, f"{what}, which are other channels", rewrite))
-    elif len(label) == 1 and (counted := (_split_count(ctx, n, label[0].block)
-                                          or _linear_count(ctx, n, label[0].block))) is not None:
+    elif (counted := _counted(ctx, n, label)) is not None:
         ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
@@ -179,15 +179,24 @@ def _split_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
     return (Segment(read[0].space.root(), read[0].length, block),)
 
 
-def _linear_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
-    """Where `n` is computed from one channel count C and sizes pruning leaves alone, as C * block (`C * H * W`
-    for a dim merging C channels of H * W positions each), the label of C's channels laid out with that
-    block; else None. Checked by recomputing `n` for other values of C."""
+def _counted(ctx: Context, n: Tracked, label: Label) -> Optional[Label]:
+    """The label of the channels a number computed from channel counts describes, for a dim holding `label`
+    (`_split_count`, `_linear_count`), or None."""
+    if len(label) == 1:
+        return _split_count(ctx, n, label[0].block) or _linear_count(ctx, n, label[0].block)
+    return _linear_count(ctx, n, label[0].block, len(label)) if _one_space(label) else None
+
+
+def _linear_count(ctx: Context, n: Tracked, block: int, times: int = 1) -> Optional[Label]:
+    """Where `n` is computed from one channel count C and sizes pruning leaves alone, as C * block * times
+    (`C * H * W` for a dim merging C channels of H * W positions each; `4 * C` for four copies of C
+    concatenated, Swin's patch merging), the label of C's channels laid out with that block, `times` over;
+    else None. Checked by recomputing `n` for other values of C."""
     counts = [r for r in n.reads if isinstance(r[0], Value) and r[1] in ctx.of(r[0]).dims]
-    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)) or not n.scales(counts, 1, block):
+    if len(counts) != 1 or any(a[2] for a in attribute_reads(n)) or not n.scales(counts, 1, block * times):
         return None  # (a synced width changes with its channels)
     v, d = counts[0]
-    return tuple(Segment(seg.space, seg.length, seg.block * block) for seg in ctx.of(v).dims[d])
+    return tuple(Segment(seg.space, seg.length, seg.block * block) for seg in ctx.of(v).dims[d]) * times
 
 
 @rule(size_comparison)
@@ -199,7 +208,7 @@ def compare(ctx: Context, node: Node) -> None:
     for n in (a, b):
         if isinstance(n, Tracked):
             note_attribute_uses(ctx, n)
-    la, lb = (_read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
+    la, lb = (read_labels(ctx, n) if isinstance(n, Tracked) else [] for n in (a, b))
     if not la and not lb:
         return
     reason = (f"the model's code makes a channel count a float: {describe(a)}" if symbol == "float" else
@@ -207,21 +216,37 @@ def compare(ctx: Context, node: Node) -> None:
     if isinstance(a, Tracked) and isinstance(b, Tracked) and a.pure and b.pure and la and lb:
         ctx.same_channels.append((la[0], lb[0], reason, None))
         return
+    if symbol in ("==", "!=") and (_attribute_equal(ctx, a, b, la) or _attribute_equal(ctx, b, a, lb)):
+        return
     for label in la + lb:
         lock_label(label, reason)
 
 
+def _attribute_equal(ctx: Context, count, other, labels: list) -> bool:
+    """Whether the code compared `count`, a channel count as read, for equality with `other`, a module
+    attribute of the same value (HF's `if num_channels != self.num_channels`): the attribute is then bound
+    to those channels (`ctx.sized_by`, checked by `settle_sizes`), so that surgery keeps it equal."""
+    if not (isinstance(count, Tracked) and isinstance(other, Tracked) and count.pure and other.pure
+            and len(labels) == 1 and _one_space(labels[0])):
+        return False
+    attributes = attribute_reads(other)
+    if len(attributes) != 1 or attributes[0][2] or int(other) != int(count):
+        return False
+    ctx.sized_by.append((labels[0], *attributes[0][:2], labels[0][0].block * len(labels[0])))
+    return True
+
+
 def settle_sizes(ctx: Context) -> None:
-    """Once every op is seen: channel counts used as sizes of channels must name the same channels, and a
-    module attribute that sizes channels must size only those (one count, one block size: several spaces it
-    sizes are joined) and have no other use; else those channels are locked. What holds is `ctx.sizes`: root
-    space -> (module, attribute, block)."""
+    """Once every op is seen: a channel count used as the size of other channels (SegFormer's reduction conv
+    viewed with its input's count) joins the two, laid out alike (so both keep as many), unless apply may
+    rewrite that size to -1; and a module attribute that sizes channels must size only those (one count,
+    one block size: several spaces it sizes are joined) and have no other use. Else those channels are
+    locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
     for a, b, reason, rewrite in ctx.same_channels:
         if not same_channels(a, b) and rewrite:
             ctx.rewrites.append(rewrite)  # apply gives the call -1 there
         elif not same_channels(a, b):
-            lock_label(a, reason)
-            lock_label(b, reason)
+            unify([a, b], reason)
     bound: dict[tuple[str, str], list] = {}
     for label, module, attribute, block in ctx.sized_by:
         bound.setdefault((module, attribute), []).append((label, block))
@@ -240,7 +265,7 @@ def settle_sizes(ctx: Context) -> None:
 def _concerned(ctx: Context, node: Node, j: int) -> list:
     """The labels whose pruning may make size j of `node` wrong: the channels it reads and those the size
     was read from."""
-    n = _shape_arg(node)[j]
+    n = shape_arg(node)[j]
     values = node.tensor_inputs() + node.outputs
     return [lab for v in values for lab in ctx.of(v).dims.values()] + (
-        _read_labels(ctx, n) if isinstance(n, Tracked) else [])
+        read_labels(ctx, n) if isinstance(n, Tracked) else [])

@@ -9,12 +9,12 @@ from ..ir import Node, Value
 from ..sizes import Tracked, attribute_reads, reads_in
 from ..spaces import Label, Segment, lock_label, unify
 from ..taxonomy import SPLITS
-from .context import Context, wrap
+from .context import Context, all_nonzero, wrap
 from .recut import own, recut
 from .registry import rule
 from .sizing import describe, note_attribute_uses, sized, used
 
-__all__ = ["getitem", "split"]
+__all__ = ["getitem", "setitem", "split"]
 
 
 @rule("__getitem__")
@@ -23,24 +23,62 @@ def getitem(ctx: Context, node: Node) -> None:
     slice takes the segments between its ends where they fall on segment boundaries and follow the
     channels (`_slice`); else it locks. The numbers in the index are judged here (`_sizes_judged`)."""
     x, index, out = node.args[0], node.args[1], node.outputs[0]
+    dims, params, _ = _indexed(ctx, node, x, index, out.shape)
+    ctx.set(out, dims, params)
+
+
+@rule("__setitem__")
+def setitem(ctx: Context, node: Node) -> None:
+    """x[...] = v: x keeps its channels; v is written where x[...] reads (labelled as by `getitem`), its dims
+    matched from the right as it broadcasts: a channel dim of v is joined with the one it is written into;
+    written into fixed channels, or fixed channels written into channels, they lock; one value written
+    across channels (a number, a dim of size 1) makes their dead ones that value."""
+    x, index, v, out = node.args[0], node.args[1], node.args[2], node.outputs[0]
+    dims, _, ndim = _indexed(ctx, node, x, index, None)
+    written = ctx.of(v).dims if isinstance(v, Value) else {}
+    shift = ndim - (v.ndim if isinstance(v, Value) else 0)
+    spread = []
+    for j, label in dims.items():
+        source = written.get(j - shift)
+        if source is not None:
+            unify([label, source], f"{node.name} writes channels into channels laid out differently")
+        elif isinstance(v, Value) and j >= shift and v.shape[j - shift] != 1:
+            lock_label(label, f"{node.name} writes fixed channels into them")
+        elif not (isinstance(v, (int, float)) and v == 0):
+            spread.append(label)
+    for d, label in written.items():
+        if d + shift not in dims:
+            lock_label(label, f"{node.name} writes them into fixed channels")
     lab = ctx.of(x)
-    if isinstance(index, Value) and out.shape == index.shape + x.shape[1:]:  # x[idx]: picks along dim 0
-        lock_label(lab.dims.get(0), "indexing the channel dim with a tensor")
-        shift = index.ndim - 1
-        ctx.set(out, {d + shift: v for d, v in lab.dims.items() if d},
-                {d + shift: v for d, v in lab.params.items() if d})
-        return
+    ctx.set(out, lab.dims, lab.params)
+    ctx.nonzero[out.id] = {**ctx.inherited(node.tensor_inputs(), out),
+                           **all_nonzero(spread, f"{node.name} writes one value across them")}
+
+
+def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) -> tuple[dict, dict, int]:
+    """The labels and parameter dims of x[index], and its dim count; `shape`: its shape where known. One
+    tensor index, every other dim taken whole, picks along its dim (LeViT's `biases[:, idx]`): the other
+    dims keep their labels (a channel dim picked from locks); it must be 1-d where `shape` is not known."""
+    lab = ctx.of(x)
     index = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, (Value, list)) for i in index):
-        ctx.lock_all([x], "indexing with a tensor or a list")
-        ctx.set(out, {})
-        _sizes_judged(ctx, node, set())
-        return
     if Ellipsis in index:
         k = index.index(Ellipsis)
         fill = x.ndim - sum(1 for i in index if i is not None and i is not Ellipsis)
         index = index[:k] + (slice(None),) * fill + index[k + 1:]
     index = index + (slice(None),) * (x.ndim - sum(1 for i in index if i is not None))
+    picked = [k for k, i in enumerate(index) if isinstance(i, (Value, list))]
+    if len(picked) == 1 and isinstance(index[picked[0]], Value) and all(
+            _whole(i) for k, i in enumerate(index) if k != picked[0]):
+        k, at = picked[0], index[picked[0]]
+        if (at.ndim == 1) if shape is None else (tuple(shape) == x.shape[:k] + at.shape + x.shape[k + 1:]):
+            lock_label(lab.dims.get(k), "indexing the channel dim with a tensor")
+            shift = at.ndim - 1
+            return ({d + shift * (d > k): v for d, v in lab.dims.items() if d != k},
+                    {d + shift * (d > k): v for d, v in lab.params.items() if d != k}, x.ndim + shift)
+    if picked:
+        ctx.lock_all([x], "indexing with a tensor or a list")
+        _sizes_judged(ctx, node, set())
+        return {}, {}, 0
     dims, params, d, j, judged = {}, {}, 0, 0, set()
     for i in index:
         if i is None:
@@ -60,8 +98,12 @@ def getitem(ctx: Context, node: Node) -> None:
             params[j] = lab.params[d]
         d += 1
         j += 1
-    ctx.set(out, dims, params)
     _sizes_judged(ctx, node, judged)
+    return dims, params, j
+
+
+def _whole(i) -> bool:
+    return isinstance(i, slice) and i.start is None and i.stop is None and i.step is None
 
 
 def _sizes_judged(ctx: Context, node: Node, judged: set) -> None:
