@@ -471,3 +471,28 @@ def test_a_parameter_picked_along_another_dim_keeps_its_channel_dim():
     assert group.prunable and ("biases", 0) in {(m.name, m.dim) for m in group.members}
     pruned_runs(model, x)
     assert model.biases.shape == (2, 5)
+
+
+class TiledPosition(nn.Module):
+    """SAM2/Hiera's position embedding: an interpolated parameter plus a window's, tiled, added to the channels;
+    `repeat` > 1 repeats the channels themselves."""
+
+    def __init__(self, repeat=1):
+        super().__init__()
+        self.repeat = repeat
+        self.conv, self.out = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8 * repeat, 4, 1)
+        self.pos, self.win = nn.Parameter(torch.randn(1, 8, 4, 4)), nn.Parameter(torch.randn(1, 8, 2, 2))
+
+    def forward(self, x):
+        pos = F.interpolate(self.pos, size=x.shape[2:], mode="bilinear") + self.win.tile(1, 1, 4, 4)
+        return self.out((self.conv(x) + pos.repeat(x.shape[0], 1, 1, 1)).repeat(1, self.repeat, 1, 1))
+
+
+def test_parameters_combined_tiled_and_repeated_follow_the_channels():
+    model, x = TiledPosition().eval(), torch.randn(2, 3, 8, 8)
+    group = ppf.DependencyGraph(model, x).group_of(model.conv)
+    assert group.prunable and {("pos", 1), ("win", 1)} <= {(m.name, m.dim) for m in group.members}
+    pruned_runs(model, x)
+    assert model.pos.shape == (1, 4, 4, 4) and model.win.shape == (1, 4, 2, 2)
+    doubled = TiledPosition(repeat=2).eval()
+    assert "repeat repeats channels" in ppf.DependencyGraph(doubled, x).group_of(doubled.conv).reason

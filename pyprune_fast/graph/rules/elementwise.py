@@ -89,10 +89,12 @@ def elementwise(ctx: Context, node: Node) -> None:
                 params.append(lab.params[od])
             elif v.shape[od] > 1:
                 fixed.append(v)
-        if not labels:
+        if not labels and (fixed or not params or on_weight_chain(ctx, out)):
             if not on_weight_chain(ctx, out):  # else a layer's weight computed from them: its rule decides
                 ctx.fixed.update(params)
             continue
+        if not labels:  # parameters combined (SAM2's position embedding + its window's): their own channels
+            labels.append((Segment(ctx.new_space(out.shape[d], f"{node.name} of parameters"), out.shape[d]),))
         label = unify(labels, f"{node.name} adds tensors whose channels are concatenated differently")
         if fixed:
             source = fixed[0].producer.name if fixed[0].producer else "a model input or constant"

@@ -16,7 +16,8 @@ from .recut import coarsen, heads_fresh, own, split_heads
 from .registry import rule
 from .sizing import read_labels, shape_arg
 
-__all__ = ["cat", "expand", "filled", "pad", "permute", "reshape", "rois", "roll", "same_size_dims", "spatial"]
+__all__ = ["cat", "expand", "filled", "pad", "permute", "repeat_interleave", "reshape", "rois", "roll", "same_size_dims",
+           "spatial"]
 
 
 @rule(*CATS)
@@ -219,8 +220,18 @@ def _reshape_groups(a, b):
     return groups
 
 
-@rule(*EXPANDS)
+@rule("repeat_interleave")
+def repeat_interleave(ctx: Context, node: Node) -> None:
+    """Along one dim (`dim` given), as repeat; flattened (no `dim`), no rule."""
+    x = node.tensor_inputs()[0]
+    dim = node.arg(2, "dim")
+    return expand(ctx, node) if dim is not None and node.outputs[0].ndim == x.ndim else generic(ctx, node)
+
+
+@rule(*EXPANDS, "repeat", "tile")
 def expand(ctx: Context, node: Node) -> None:
+    """expand, repeat, tile (sizes aligned from the right): labels and parameter dims stay on the dims whose
+    size is unchanged; channels repeated lock."""
     x, out = node.tensor_inputs()[0], node.outputs[0]
     lab = ctx.of(x)
     dims, params = {}, {}
