@@ -24,6 +24,7 @@ from torch.overrides import _get_current_function_mode_stack, _pop_mode
 
 from . import ops
 from .graph import DependencyGraph, Modules, Trace, Unchanged, positions, tensor_slots
+from .nn.caches import tensor_caches
 from .nn.rewritten import install
 from .nn.widths import kind_of
 from .plan import Plan
@@ -300,6 +301,8 @@ def applied(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
             attrs = sync_module_attributes(module, synced[module_name], graph)
             for attr, value in attrs.items():
                 swap.setattr(module, attr, value)
+            for attr in tensor_caches(module):  # computed from the unpruned parameters
+                swap.setitem(vars(module), attr, {})
         for module_name, attr, value in _code_sizes(plan):
             module = by_name[module_name]
             swap.setattr(module, attr, value)

@@ -579,3 +579,16 @@ def test_widths_of_a_transposed_conv_follow_its_weight(cls):
     assert surgery.sync_module_attributes(conv, "up") == {"in_channels": 6, "groups": 2, "out_channels": 4}
     conv.weight.data = conv.weight.data[:4]
     assert surgery.sync_module_attributes(conv, "up") == {"in_channels": 4, "groups": 2, "out_channels": 4}
+
+
+def test_tensor_caches_of_pruned_modules_are_emptied():
+    """Hugging Face's LeViT caches its attention biases, indexed for the input, by device in eval mode: after
+    pruning its heads the cache must not serve the unpruned biases (the model would no longer run)."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.LevitForImageClassification(transformers.LevitConfig(num_labels=10)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    model(x)  # fills the caches
+    ppf.prune(model, x, ratio=0.3, prune_embedding=True)
+    attn = model.levit.encoder.stages[0].layers[0].module
+    assert attn.attention_biases.shape[0] < 4 and attn.attention_bias_cache == {}
+    assert model(x).logits.shape == (1, 10)
