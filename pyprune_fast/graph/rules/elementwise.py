@@ -89,7 +89,7 @@ def elementwise(ctx: Context, node: Node) -> None:
                 params.append(lab.params[od])
             elif v.shape[od] > 1:
                 fixed.append(v)
-        if not labels and (fixed or not params or on_weight_chain(ctx, out)):
+        if not labels and (fixed or len(params) < 2 or out.shape[d] == 1 or on_weight_chain(ctx, out)):
             if not on_weight_chain(ctx, out):  # else a layer's weight computed from them: its rule decides
                 ctx.fixed.update(params)
             continue
