@@ -9,6 +9,7 @@ returned; a file that fails any check gives a ValueError or TypeError naming the
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from typing import Callable, Union
@@ -25,7 +26,8 @@ __all__ = ["save_pruned", "load_pruned"]
 
 _FORMAT = "pyprune_fast.pruned/1"
 _KEYS = ("format", "shapes", "attrs", "state_dict")
-_OPTIONAL = ("rewrites",)  # {module: {method: [[line, end_line, col, end_col, size index], ...]}} (nn.rewritten)
+_OPTIONAL = ("rewrites",)  # {module: {method: [[line, end_line, col, end_col, size index or ["scale", value]], ...]}}
+# (nn.rewritten)
 
 
 def _heads_pruned(m: nn.Module) -> bool:
@@ -48,7 +50,8 @@ def _shape_attrs(model: nn.Module) -> dict[str, dict]:
 def save_pruned(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Save `model`'s tensor shapes, layer widths and state dict (no pickled modules) to `path`."""
     state = model.state_dict()
-    rewrites = {name: {method: [[*positions, index] for positions, index in edits] for method, edits in done.items()}
+    rewrites = {name: {method: [[*at, i if isinstance(i, int) else list(i)] for at, i in edits]
+                       for method, edits in done.items()}
                 for name, m in model.named_modules() if (done := getattr(m, REWRITES, None))}
     torch.save({"format": _FORMAT, "shapes": shapes_of(state), "attrs": _shape_attrs(model), "state_dict": state,
                 **({"rewrites": rewrites} if rewrites else {})}, path)
@@ -136,17 +139,25 @@ def _check_consistent(name: str, m: nn.Module, orig: dict) -> None:
         raise ValueError(f"load_pruned: {name}.{wrong}")
 
 
+def _is_scale(edit) -> bool:
+    """Whether `edit` is ["scale", value]: sdpa's default scale made explicit (nn.rewritten)."""
+    return (isinstance(edit, (list, tuple)) and len(edit) == 2 and edit[0] == "scale"
+            and isinstance(edit[1], float) and math.isfinite(edit[1]) and edit[1] > 0)
+
+
 def _rewrite(modules: dict[str, nn.Module], name: str, methods: dict, swap: _Swap) -> None:
     """Rewrites the calls of the model's code that apply rewrote (nn.rewritten), as the file lists them."""
     if name not in modules:
         raise ValueError(f"load_pruned: rewrites names a module {name!r} that the model from build_fn does not have")
     for method, edits in methods.items():
         key = f"rewrites[{name!r}][{method!r}]"
-        if not isinstance(edits, list) or not all(isinstance(e, list) and len(e) == 5 and all(map(_is_int, e))
-                                                  for e in edits):
-            raise ValueError(f"load_pruned: {key} must be a list of [line, end_line, col, end_col, index] ints")
+        if not isinstance(edits, list) or not all(isinstance(e, list) and len(e) == 5 and all(map(_is_int, e[:4]))
+                                                  and (_is_int(e[4]) or _is_scale(e[4])) for e in edits):
+            raise ValueError(f"load_pruned: {key} must be a list of [line, end_line, col, end_col, index] ints (index: "
+                             "or [\"scale\", a positive number])")
         try:
-            install(modules[name], method, tuple((tuple(e[:4]), e[4]) for e in edits), swap.setitem)
+            install(modules[name], method, tuple((tuple(e[:4]), e[4] if _is_int(e[4]) else tuple(e[4])) for e in edits),
+                    swap.setitem)
         except (ValueError, OSError, TypeError, SyntaxError) as e:
             raise ValueError(f"load_pruned: {key} does not fit the model's code: {e}") from e
 

@@ -114,10 +114,11 @@ def test_dead_heads_are_removed_exactly():
 
 
 def test_dead_head_dims_are_removed_exactly_where_the_scale_is_fixed():
-    """SDPA's default scale, 1/sqrt(head_dim), sees a head dim cut; timm's unfused path multiplies by its own
-    `scale`, so dead head dims (zero in q, k and v) go without changing the output."""
+    """SDPA's default scale, 1/sqrt(head_dim), would see a head dim cut: apply passes it the dense model's
+    (`nn.rewritten`); timm's unfused path multiplies by its own `scale`. Either way dead head dims (zero in q,
+    k and v) go without changing the output."""
     model = tiny_vit()
-    assert "scales by 1/sqrt(head_dim)" in heads_groups(ppf.DependencyGraph(model, X))[0].inexact
+    assert heads_groups(ppf.DependencyGraph(model, X))[0].inexact is None
     for block in model.blocks:
         block.attn.fused_attn = False
     g = ppf.DependencyGraph(model, X)
@@ -178,12 +179,21 @@ def test_matmul_joins_what_it_contracts():
     assert model(x).shape == (2, 5, 16)
 
 
-def test_sdpa_joins_q_and_k_and_its_default_scale_sees_their_width():
-    model = Attention(fused=True)
-    g = ppf.DependencyGraph(model, torch.randn(2, 5, 16))
+def test_sdpa_joins_q_and_k_and_keeps_its_default_scale():
+    """The default scale, 1/sqrt of q's width, is passed explicitly once q and k are cut (the call is
+    rewritten), so dead channels go exactly; where the call cannot be rewritten, the group is inexact."""
+    model, x = Attention(fused=True), torch.randn(2, 5, 16)
+    g = ppf.DependencyGraph(model, x)
     qk = g.group_of(model.q)
-    assert qk is g.group_of(model.k) and qk.prunable and "scales by 1/sqrt(head_dim)" in qk.inexact
+    assert qk is g.group_of(model.k) and qk.prunable and qk.inexact is None
+    assert ("", "forward", qk.rewrites[0][2], ("scale", 32 ** -0.5)) in qk.rewrites
     assert g.group_of(model.v).prunable and g.group_of(model.v) is not qk  # v's width passes through
+    ppf.prune(model, x, ratio=0.5)
+    q, k, v = model.q(x), model.k(x), model.v(x)
+    torch.testing.assert_close(model(x), model.o((q @ k.transpose(1, 2) / 32 ** 0.5).softmax(-1) @ v))
+    closure = Attention(fused=True)
+    closure.forward = lambda x: closure.o(F.scaled_dot_product_attention(closure.q(x), closure.k(x), closure.v(x)))
+    assert "scales by 1/sqrt(head_dim)" in ppf.DependencyGraph(closure, x).group_of(closure.q).inexact
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -11,7 +11,7 @@ from torch import nn
 
 import pyprune_fast as ppf
 from pyprune_fast.nn.rewritten import REWRITES, Rewritten
-from pyprune_fast.testing import kill_channels
+from pyprune_fast.testing import dead_channel_check, kill_channels
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -157,3 +157,30 @@ class ScaledBias(nn.Module):
 def test_a_bias_computed_otherwise_locks_its_layer():
     g = ppf.DependencyGraph(ScaledBias(), torch.randn(3, 4))
     assert "the bias of fc is computed in forward" in g.group_of(g.model.fc).reason
+
+
+def test_sdpa_keeps_the_dense_models_scale(tmp_path):
+    """timm's fused attention calls F.scaled_dot_product_attention without `scale` (1/sqrt(head_dim)): pruned
+    head dims would change it, and the fused path would no longer match the unfused one (`self.scale`). The
+    call gets `scale=` with the dense model's value, so head-dim groups are exact; saved and loaded too."""
+    def vit():
+        torch.manual_seed(0)
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                                 num_classes=10).eval()
+
+    model = vit()
+    g = ppf.DependencyGraph(model, X)
+    dims = [grp for grp in g.groups if "dims of each of 3 heads" in grp.origin]
+    assert dims and all(grp.prunable and grp.inexact is None for grp in dims)
+    assert any(r[3] == ("scale", 64 ** -0.5) for r in dims[0].rewrites)
+    assert dead_channel_check(model, X, g) == "ok"
+    ppf.prune(model, X, ratio=0.5)
+    assert model.blocks[0].attn.head_dim == 32
+    fused = model(X)
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    torch.testing.assert_close(model(X), fused)
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    ppf.save_pruned(model, tmp_path / "vit.pt")
+    torch.testing.assert_close(ppf.load_pruned(vit, tmp_path / "vit.pt")(X), fused)

@@ -100,7 +100,8 @@ class Group:
     `sizes`: (module, attribute, block) for each int attribute of the model's code that sizes these channels
     (timm's `attn.num_heads`, block 1; `attn.attn_dim`, block head_dim): surgery sets it to the channels
     kept times block. `rewrites`: (module, method, call position, size index) for each view/reshape of the
-    model's code whose size there surgery rewrites to -1 when these channels are cut (`nn.rewritten`)."""
+    model's code whose size there surgery rewrites to -1 when these channels are cut, or (..., (keyword,
+    value)) for a call given that argument (sdpa's default scale; `nn.rewritten`)."""
 
     index: int
     channels: int
@@ -113,7 +114,7 @@ class Group:
     divisions: int = 1
     uniform: bool = False
     sizes: tuple[tuple[str, str, int], ...] = ()
-    rewrites: tuple[tuple[str, str, tuple, int], ...] = ()
+    rewrites: tuple[tuple[str, str, tuple, Any], ...] = ()
 
     @property
     def merges_exactly(self) -> bool:

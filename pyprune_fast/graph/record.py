@@ -37,7 +37,13 @@ __all__ = ["failed_op", "has_hooks", "model_inputs", "output_shapes", "output_tr
 
 
 _NOT_MODEL_CODE = tuple(os.path.dirname(f) + os.sep for f in (torch.__file__, os.path.dirname(os.path.abspath(__file__))))
-_REWRITABLE = {"view", "reshape"}  # ops whose size arguments apply may rewrite to -1 (nn.rewritten)
+# ops whose calls apply may rewrite (nn.rewritten): view/reshape sizes to -1, sdpa's default scale made explicit
+_REWRITABLE = {"view", "reshape", "scaled_dot_product_attention"}
+
+
+def _rewritable(node: Node) -> tuple:
+    """What a call of `node`'s op must look like to be rewritten (`nn.rewritten.site_of`)."""
+    return ("scale",) if node.name == "scaled_dot_product_attention" else ("sizes", node.outputs[0].ndim)
 
 
 class _Recorder(TorchFunctionMode):
@@ -92,7 +98,7 @@ class _Recorder(TorchFunctionMode):
                     id=len(self.nodes))
         node.output_tree = map_tensors(lambda t: self.new_value(t, node), out)
         if node.name in _REWRITABLE:
-            node.site = site_of(sys._getframe(1), _NOT_MODEL_CODE, self.module_names, node.outputs[0].ndim)
+            node.site = site_of(sys._getframe(1), _NOT_MODEL_CODE, self.module_names, _rewritable(node))
         self.nodes.append(node)
         if node.name in SIZE_READS:  # numbers that remember the sizes they came from
             return tracked(out, node.args[0], node.name, node.args, self.compared)

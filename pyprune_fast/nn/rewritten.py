@@ -1,4 +1,5 @@
-"""Methods of a model's modules with a size argument rewritten to -1, so that they run once channels are gone.
+"""Methods of a model's modules with a size argument rewritten to -1, so that they run once channels are gone,
+or with a call's default made explicit, so that they compute what they did.
 
 timm's `Attention.forward` ends with `x.transpose(1, 2).reshape(B, N, C)`, `C` read from its input: once
 heads are pruned, the merged heads are no longer `C` wide, and only `-1` is right there. The graph notes
@@ -6,7 +7,9 @@ where a `view`/`reshape` is given such a number (`Site`: the module, its method,
 source); apply gives the module its own copy of that method with the number replaced by `-1` (`Rewritten`,
 an instance attribute, so other instances of the class are untouched). The edit is made on the method's
 source (`ast`), compiled with the method's globals; methods with closures other than `__class__`, or
-decorated, are not rewritten (`_why_not` says why).
+decorated, are not rewritten (`_why_not` says why). Likewise `F.scaled_dot_product_attention(q, k, v)`
+scales by 1/sqrt of q's last dim, which pruning head dims changes: apply adds `scale=` with the dense
+model's value (an edit `(position, ("scale", value))`).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ def _caller(frame: types.FrameType, skip: tuple[str, ...]) -> Optional[types.Fra
     return frame
 
 
-def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str], sizes: int) -> Optional[Site]:
-    """The Site of the view/reshape being called, with `sizes` sizes, from the first frame above `frame` whose
-    file is outside `skip`, where that frame runs a method of a module of `names` (id -> name) that can be
-    rewritten there (the sizes written out in the call); else None."""
+def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str], want: tuple) -> Optional[Site]:
+    """The Site of the op being called from the first frame above `frame` whose file is outside `skip`, where
+    that frame runs a method of a module of `names` (id -> name) that can be rewritten there: `want` is
+    ("sizes", n), a view/reshape with its n sizes written out, or ("scale",), a call without `scale`;
+    else None."""
     frame = _caller(frame, skip)
     if frame is None:
         return None
@@ -54,20 +58,28 @@ def site_of(frame: types.FrameType, skip: tuple[str, ...], names: dict[int, str]
     if id(self) not in names:
         return None
     positions = tuple(list(code.co_positions())[frame.f_lasti // 2])
-    if None in positions or _sizes_at(type(self), code.co_name, code, positions) != sizes:
+    if None in positions or not _fits(type(self), code.co_name, code, positions, want):
         return None
     return Site(names[id(self)], code.co_name, code, positions)
 
 
 @functools.lru_cache(maxsize=None)
-def _sizes_at(cls: type, method: str, code: types.CodeType, positions: tuple) -> Optional[int]:
-    """How many size expressions the call at `positions` of a rewritable method writes out, or None."""
+def _fits(cls: type, method: str, code: types.CodeType, positions: tuple, want: tuple) -> bool:
+    """Whether the call at `positions` of a rewritable method is as `want` says (see site_of)."""
     if _why_not(cls, method, code) is not None:
-        return None
+        return False
     fdef, shift = _source(_method(cls, method, code)[0])
     call = _calls(fdef, shift).get(positions)
-    sizes = _shape_args(call) if call is not None else None
-    return None if sizes is None else len(sizes)
+    if call is None:
+        return False
+    if want[0] == "sizes":
+        sizes = _shape_args(call)
+        return sizes is not None and len(sizes) == want[1]
+    return (len(call.args) < _SCALE_POSITION and not any(isinstance(a, ast.Starred) for a in call.args)
+            and all(k.arg not in ("scale", None) for k in call.keywords))
+
+
+_SCALE_POSITION = 6  # scaled_dot_product_attention's `scale`, counted from 0
 
 
 def _calls(fdef: ast.FunctionDef, shift: int) -> dict[tuple, ast.Call]:
@@ -124,11 +136,18 @@ def _shape_args(call: ast.Call) -> Optional[list]:
 
 
 def _compile(fn: types.FunctionType, owner: type, edits: tuple) -> types.FunctionType:
-    """fn with, for each (positions, index) of `edits`, that call's size argument `index` replaced by -1."""
+    """fn with, for each (positions, index) of `edits`, that call's size argument `index` replaced by -1, or
+    where index is (keyword, value), that keyword argument added."""
     fdef, shift = _source(fn)
     calls = _calls(fdef, shift)
     for positions, index in edits:
         call = calls.get(tuple(positions))
+        if isinstance(index, tuple):
+            keyword, value = index
+            if call is None or any(k.arg in (keyword, None) for k in call.keywords):
+                raise ValueError(f"cannot rewrite {fn.__qualname__}: no call without {keyword}= at {positions}")
+            call.keywords.append(ast.keyword(keyword, ast.Constant(value)))
+            continue
         sizes = _shape_args(call) if call is not None else None
         if sizes is None or index >= len(sizes):
             raise ValueError(f"cannot rewrite {fn.__qualname__}: no call with {index + 1} sizes at {positions}")
@@ -150,8 +169,9 @@ def _compile(fn: types.FunctionType, owner: type, edits: tuple) -> types.Functio
 
 
 class Rewritten:
-    """A module's own copy of one of its class's methods, with size arguments rewritten to -1; an instance
-    attribute standing in for the method. Copies, pickles and reloads as the edits it was made from."""
+    """A module's own copy of one of its class's methods, with size arguments rewritten to -1 (or keywords
+    added); an instance attribute standing in for the method. Copies, pickles and reloads as the edits it
+    was made from."""
 
     def __init__(self, module: nn.Module, method: str, edits: tuple):
         fn, owner = _method(type(module), method)

@@ -228,7 +228,8 @@ def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
     """F.scaled_dot_product_attention(q, k, v, attn_mask): the batch dims (heads among them) of q, k, v and the
     mask (added to the scores: a bias per head) are joined and kept; v's last dim keeps its label. q's and k's
     last dims (head dims) are contracted: joined, like matmul's, and seen by the default scale, 1/sqrt of their
-    size. The sequence dims (the mask's last two) stay fixed. A dead head's output is zero where its v is."""
+    size: apply makes it explicit in the model's code where it can (`nn.rewritten`), else they are inexact.
+    The sequence dims (the mask's last two) stay fixed. A dead head's output is zero where its v is."""
     q, k, v, mask = (node.arg(i, n) for i, n in enumerate(("query", "key", "value", "attn_mask")))
     out = node.outputs[0]
     if node.arg(7, "enable_gqa", False) or not all(isinstance(t, Value) for t in (q, k, v)):
@@ -238,7 +239,9 @@ def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
     kq, kk = ctx.of(q).dims.get(q.ndim - 1), ctx.of(k).dims.get(k.ndim - 1)
     if kq and kk:
         unify([kq, kk], f"{node.name} contracts channels laid out differently")
-        if node.arg(6, "scale") is None:
+        if node.arg(6, "scale") is None and node.site is not None:  # apply passes the dense model's scale
+            ctx.rewrites.append((node, ("scale", q.shape[-1] ** -0.5)))
+        if node.arg(6, "scale") is None and node.site is None:
             mix(kq, f"{node.name} scales by 1/sqrt(head_dim)")
         elif not any(_zero_where(ctx, kq, [t]) for t in (q, k)):
             mix(kq, f"{node.name} sums products of these channels, both non-zero where dead")

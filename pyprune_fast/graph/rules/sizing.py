@@ -101,7 +101,7 @@ def _at_risk(ctx: Context, n, label: Optional[Label]) -> bool:
 def _spare(ctx: Context, node: Node, shape: list, out) -> Optional[int]:
     """The one size of `shape` that pruning may make wrong, where the call can be rewritten with -1 there:
     the model's own method called a view/reshape (`node.site`), with no -1 and no parameter dims; else None."""
-    if node.site is None or out.params or any(not isinstance(n, Tracked) and n == -1 for n in shape):
+    if not shape or node.site is None or out.params or any(not isinstance(n, Tracked) and n == -1 for n in shape):
         return None
     risky = [j for j, n in enumerate(shape) if _at_risk(ctx, n, out.dims.get(j))]
     return risky[0] if len(risky) == 1 else None
@@ -263,9 +263,9 @@ def settle_sizes(ctx: Context) -> None:
 
 
 def _concerned(ctx: Context, node: Node, j: int) -> list:
-    """The labels whose pruning may make size j of `node` wrong: the channels it reads and those the size
-    was read from."""
-    n = shape_arg(node)[j]
+    """The labels whose pruning may make size j of `node` wrong (or its default argument j, a (keyword, value)
+    pair, change): the channels it reads and those the size was read from."""
+    n = shape_arg(node)[j] if isinstance(j, int) else None
     values = node.tensor_inputs() + node.outputs
     return [lab for v in values for lab in ctx.of(v).dims.values()] + (
         read_labels(ctx, n) if isinstance(n, Tracked) else [])
