@@ -327,8 +327,8 @@ def test_a_shortcut_added_to_a_concat_is_cut_into_its_parts():
 
 
 class SplitByInputWidth(nn.Module):
-    """FocalNet's modulation: a projection split at the width of its input, (C, C, 3), a cut the rule cannot
-    follow; the input's channels, whose count sizes the split, must stay too."""
+    """FocalNet's modulation: a projection split at the width of its input, (C, C, 3): its first two parts are
+    joined with the input's channels, whose count sizes them; the gates (3, a number in the code) stay."""
 
     def __init__(self):
         super().__init__()
@@ -340,12 +340,14 @@ class SplitByInputWidth(nn.Module):
         return self.out(q * ctx + h) * gates.sum(1, keepdim=True)
 
 
-def test_counts_sizing_a_locked_split_lock_their_channels():
+def test_split_sized_by_another_count_joins_those_channels():
     model, x = SplitByInputWidth(), torch.randn(1, 3, 4, 4)
     g = ppf.DependencyGraph(model, x)
-    assert not g.group_of(model.proj).prunable and not g.group_of(model.embed).prunable
+    group = g.group_of(model.embed)
+    assert group.prunable and sorted(m.offset for m in group.members if m.name == "proj.weight") == [0, 0, 8]
+    assert dead_channel_check(model, x, g) == "ok"
     ppf.prune(model, x, ratio=0.5)
-    assert model(x).shape == (1, 4, 4, 4)
+    assert (model.embed.out_channels, model.proj.out_channels) == (4, 4 + 4 + 3) and model(x).shape == (1, 4, 4, 4)
 
 
 class ChunkedAndAdded(nn.Module):

@@ -12,7 +12,7 @@ from ..taxonomy import SPLITS
 from .context import Context, all_nonzero, wrap
 from .recut import own, recut
 from .registry import rule
-from .sizing import describe, note_attribute_uses, sized, used
+from .sizing import describe, note_attribute_uses, read_labels, sized, used
 
 __all__ = ["getitem", "setitem", "split"]
 
@@ -272,10 +272,10 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
     equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg, len(lengths)) for n in sizes)
     if why is None and counted and not equal:
         why = "the parts are unequal"
-    if why is None and not equal and not all(_attribute(n) for n in sizes):
-        plain = any(not isinstance(n, Tracked) for n in sizes)
+    if why is None and not equal and not any(_attribute(n) or _other_count(ctx, n, seg) for n in sizes):
+        plain = all(not isinstance(n, Tracked) for n in sizes)
         why = f"its sizes {', '.join(describe(n) for n in sizes)} are " + (
-            "numbers fixed in the model's code" if plain else "neither module attributes nor counts of these channels")
+            "numbers fixed in the model's code" if plain else "neither module attributes nor counts of channels")
     if why is None and 0 in lengths:
         why = "a part is empty"
     if why is not None:
@@ -287,9 +287,16 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
             if n is sizes[0]:
                 note_attribute_uses(ctx, n)
                 ctx.sized_by.append((part, *attribute_reads(n)[0][:2], len(lengths)))
-        elif isinstance(n, Tracked) and attribute_reads(n):
-            sized(ctx, node, n, part)
+        elif n is not None and not (equal and not isinstance(n, Tracked)):
+            sized(ctx, node, n, part)  # a count of other channels joins them; a fixed number fixes its part
     return parts, judged
+
+
+def _other_count(ctx: Context, n, seg: Segment) -> bool:
+    """Whether split size `n` is a count of other channels than `seg`'s as read (FocalNet's `split(x, (C, C,
+    L + 1))`, C its input's width): the part it sizes is joined with them (`sized`)."""
+    labels = read_labels(ctx, n) if isinstance(n, Tracked) and n.pure else []
+    return len(labels) == 1 and all(s.space.root() is not seg.space.root() for s in labels[0])
 
 
 def _attribute(n) -> bool:
