@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import shapes_of
+from .graph.sizes import int_sequence
 from .nn.rewritten import REWRITES, install
 from .nn.widths import kind_of
 from .surgery import CODE_SIZES, _Swap, owner
@@ -100,16 +101,17 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
         allowed = kind_of(m).widths + (("pruned_heads",) if kind_of(m).heads is not None else ())
         for attr, value in _dict(given, f"attrs[{name!r}]").items():
             key = f"attrs[{name!r}][{attr!r}]"
-            if attr not in allowed and type(getattr(m, attr, None)) is not int:
+            have = getattr(m, attr, None)
+            if attr not in allowed and not (type(have) is int or int_sequence(m, have)):
                 raise ValueError(f"load_pruned: {key} is neither a width of a {type(m).__name__} "
-                                 f"({', '.join(allowed)}) nor an int attribute of it")
+                                 f"({', '.join(allowed)}) nor an int attribute of it (or a tuple or list of ints)")
             if attr == "pruned_heads":
                 if value is not True:
                     raise ValueError(f"load_pruned: {key} must be True, got {value!r}")
                 continue
             orig = getattr(m, attr)
             ok = (isinstance(value, (tuple, list)) and len(value) == len(orig)
-                  and all(_is_int(v) and 1 <= v <= o for v, o in zip(value, orig))) if isinstance(orig, tuple) \
+                  and all(_is_int(v) and 1 <= v <= o for v, o in zip(value, orig))) if isinstance(orig, (tuple, list)) \
                 else _is_int(value) and 1 <= value <= orig
             if not ok:
                 kind = "ints" if isinstance(orig, tuple) else "an int"
@@ -218,7 +220,8 @@ def load_pruned(build_fn: Callable[[], nn.Module], path: Union[str, os.PathLike]
                 if attr == "pruned_heads":
                     swap.setattr(module, "__class__", kind_of(module).heads(module))
                 else:
-                    swap.setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+                    was = getattr(module, attr)
+                    swap.setattr(module, attr, type(was)(value) if isinstance(was, (tuple, list)) else value)
             code = tuple(sorted(a for a in given if a not in kind_of(module).widths and a != "pruned_heads"))
             if code:  # sizes of the model's code that apply changed: a later save_pruned keeps them
                 swap.setitem(vars(module), CODE_SIZES, code)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -232,10 +232,21 @@ CODE_SIZES = "_pyprune_fast_sizes"  # on a module: its int attributes that apply
 
 
 def _code_sizes(plan: Plan) -> list[tuple[str, str, int]]:
-    """(module, attribute, new value) for the int attributes of the model's code that size the channels of a
-    planned group (Group.sizes): the channels kept times the attribute's block."""
+    """(module, attribute, new value) for the int attributes (or elements of a tuple or list attribute:
+    "splits[1]") of the model's code that size the channels of a planned group (Group.sizes): the channels
+    kept times the attribute's block."""
     return [(module, attr, len(entry.keep) * block) for entry in plan.entries.values()
             for module, attr, block in entry.group.sizes]
+
+
+def _element_set(module: nn.Module, attr: str, value: int) -> tuple[str, Any]:
+    """(attribute, its new value) for setting `attr` of `module` to `value`; for element i of a tuple or list
+    attribute ("splits[1]"), the whole attribute with that element replaced."""
+    name, bracket, index = attr.partition("[")
+    if not bracket:
+        return attr, value
+    i, old = int(index.rstrip("]")), getattr(module, name)
+    return name, type(old)(value if j == i else v for j, v in enumerate(old))
 
 
 def _rewrites(plan: Plan) -> dict[tuple[str, str], tuple]:
@@ -305,6 +316,7 @@ def applied(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
                 swap.setitem(vars(module), attr, {})
         for module_name, attr, value in _code_sizes(plan):
             module = by_name[module_name]
+            attr, value = _element_set(module, attr, value)
             swap.setattr(module, attr, value)
             changed = getattr(module, CODE_SIZES, ())
             swap.setitem(vars(module), CODE_SIZES, tuple(sorted({*changed, attr})))

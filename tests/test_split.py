@@ -371,3 +371,32 @@ def test_a_chunk_of_a_tensor_read_again_holds_its_parts_there_too():
     assert sorted(m.offset for m in parts.members if m.name == "out.weight") == [0, 4]
     pruned_runs(model, X)
     assert (model.conv[0].out_channels, model.mix.groups, model.out.in_channels) == (4, 2, 4)
+
+
+class SplitByAttribute(nn.Module):
+    """InceptionNeXt/MixNet: a split at sizes the module keeps in a tuple (or list) attribute, each part through
+    its own depthwise conv, concatenated back."""
+
+    def __init__(self, kind=tuple):
+        super().__init__()
+        self.proj, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.splits = kind((5, 3))
+        self.dw = nn.ModuleList(nn.Conv2d(c, c, 3, padding=1, groups=c) for c in self.splits)
+
+    def forward(self, x):
+        parts = torch.split(self.proj(x), self.splits, 1)
+        return self.out(torch.cat([dw(p) for dw, p in zip(self.dw, parts)], 1))
+
+
+@pytest.mark.parametrize("kind", [tuple, list])
+def test_split_sizes_in_a_tuple_attribute_follow(kind, tmp_path):
+    model, x = SplitByAttribute(kind).eval(), torch.randn(1, 3, 4, 4)
+    g = ppf.DependencyGraph(model, x)
+    assert g.group_of(model.dw[0]).prunable and g.group_of(model.dw[1]).prunable
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.4)
+    assert model.splits == kind((3, 2)) and model.out.in_channels == 5 and model(x).shape == (1, 4, 4, 4)
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    loaded = ppf.load_pruned(lambda: SplitByAttribute(kind).eval(), tmp_path / "m.pt")
+    assert tuple(loaded.splits) == (3, 2)
+    torch.testing.assert_close(loaded(x), model(x))

@@ -20,8 +20,8 @@ import operator
 from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
-__all__ = ["Reads", "Size", "SizeFloat", "Tracked", "attribute_reads", "attributes_tracked", "reads_in", "size_comparison",
-           "tracked"]
+__all__ = ["Reads", "Size", "SizeFloat", "Tracked", "attribute_reads", "attributes_tracked", "int_sequence", "reads_in",
+           "size_comparison", "tracked"]
 
 Reads = frozenset  # of (Value, dim) sizes and (module name, attribute, synced) ints a number was computed from
 
@@ -164,7 +164,9 @@ def attributes_tracked(model, log: Callable, synced: Callable[[Any], tuple]):
     """Every module's int attributes (`self.num_heads`, `self.c`) as `Size` numbers that remember
     (module name, attribute, synced), for one recorded pass; the plain ints are put back on exit. `synced`:
     the attribute is one that `synced(module)` names, a width surgery sets from the tensors' shapes (a
-    conv's `out_channels`), so it follows the channels whatever the code does with it."""
+    conv's `out_channels`), so it follows the channels whatever the code does with it. A tuple or list of
+    ints of the model's own modules (InceptionNeXt's split sizes; not torch.nn's kernel sizes) is one of
+    Sizes, element i named `attribute[i]`."""
     from torch import jit
 
     swapped = []
@@ -174,6 +176,8 @@ def attributes_tracked(model, log: Callable, synced: Callable[[Any], tuple]):
         d, skip = vars(m), synced(m)
         swapped += [(d, k, v, Size._make(v, frozenset({(name, k, k in skip)}), True, log)) for k, v in d.items()
                     if type(v) is int]
+        swapped += [(d, k, v, type(v)(Size._make(e, frozenset({(name, f"{k}[{i}]", False)}), True, log)
+                                      for i, e in enumerate(v))) for k, v in d.items() if int_sequence(m, v)]
     try:
         for d, k, _, size in swapped:
             d[k] = size
@@ -182,6 +186,14 @@ def attributes_tracked(model, log: Callable, synced: Callable[[Any], tuple]):
         for d, k, v, size in swapped:
             if d.get(k) is size:
                 d[k] = v
+
+
+def int_sequence(module, value) -> bool:
+    """Whether `value`, an attribute of `module`, is a tuple or list of positive ints of the model's own code
+    (not torch.nn's kernel sizes and strides; not a shape with -1): its elements are tracked
+    (`attributes_tracked`) and may be set."""
+    return (type(value) in (tuple, list) and bool(value) and all(type(e) is int and e > 0 for e in value)
+            and not type(module).__module__.startswith("torch."))
 
 
 def attribute_reads(number: Tracked) -> list[tuple[str, str, bool]]:

@@ -272,7 +272,9 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
     equal = len(set(lengths)) == 1 and all(n is None or _follows(ctx, n, seg, len(lengths)) for n in sizes)
     if why is None and counted and not equal:
         why = "the parts are unequal"
-    if why is None and not equal and not any(_attribute(n) or _other_count(ctx, n, seg) for n in sizes):
+    others = any(_other_count(ctx, n, seg) for n in sizes)  # then sizes that read no channels fix their parts
+    if why is None and not equal and not all(_attribute(n) or _other_count(ctx, n, seg) or (
+            others and not (isinstance(n, Tracked) and read_labels(ctx, n))) for n in sizes):
         plain = all(not isinstance(n, Tracked) for n in sizes)
         why = f"its sizes {', '.join(describe(n) for n in sizes)} are " + (
             "numbers fixed in the model's code" if plain else "neither module attributes nor counts of channels")
