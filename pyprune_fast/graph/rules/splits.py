@@ -289,7 +289,7 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
             if n is sizes[0]:
                 note_attribute_uses(ctx, n)
                 ctx.sized_by.append((part, *attribute_reads(n)[0][:2], len(lengths)))
-        elif n is not None and not (equal and not isinstance(n, Tracked)):
+        elif isinstance(n, Tracked) and attribute_reads(n) or not equal:
             sized(ctx, node, n, part)  # a count of other channels joins them; a fixed number fixes its part
     return parts, judged
 
