@@ -239,9 +239,10 @@ def scaled_dot_product_attention(ctx: Context, node: Node) -> None:
     kq, kk = ctx.of(q).dims.get(q.ndim - 1), ctx.of(k).dims.get(k.ndim - 1)
     if kq and kk:
         unify([kq, kk], f"{node.name} contracts channels laid out differently")
-        if node.arg(6, "scale") is None and node.site is not None:  # apply passes the dense model's scale
+        default = node.arg(6, "scale") is None
+        if default and node.site is not None:  # apply passes the dense model's scale
             ctx.rewrites.append((node, ("scale", q.shape[-1] ** -0.5)))
-        if node.arg(6, "scale") is None and node.site is None:
+        if default and node.site is None:
             mix(kq, f"{node.name} scales by 1/sqrt(head_dim)")
         elif not any(_zero_where(ctx, kq, [t]) for t in (q, k)):
             mix(kq, f"{node.name} sums products of these channels, both non-zero where dead")
