@@ -216,7 +216,7 @@ def test_computed_weight_not_followed_locks_with_a_reason():
     assert not out.prunable and "sub combines the filters" in out.reason
 
 
-@pytest.mark.parametrize("name", ["resnetv2_50x1_bit", "nf_resnet26", "convnextv2_atto", "tresnet_m"])
+@pytest.mark.parametrize("name", ["resnetv2_50x1_bit", "nf_resnet26", "convnextv2_atto", "tresnet_m", "skresnet18"])
 def test_timm_models_prune_and_run(name):
     timm = pytest.importorskip("timm")
     model, x = timm.create_model(name, pretrained=False).eval(), torch.randn(1, 3, 64, 64)
@@ -302,16 +302,41 @@ class CrossStage(nn.Module):
         return self.out(torch.cat([xs, self.mid(xb)], dim=1))
 
 
-def test_a_split_sized_by_an_attribute_divided_is_followed(tmp_path):
-    model, x = CrossStage().eval(), torch.randn(2, 3, 8, 8)
+class SelectiveKernel(nn.Module):
+    """SKNet's input split (timm `SelectiveKernel`): the residual stream cut into `num_paths` equal parts by
+    `self.in_channels // self.num_paths`, one conv per part, in two blocks in a row."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.in_channels, self.num_paths = nn.Conv2d(3, 8, 1), 8, 2
+        self.paths = nn.ModuleList(nn.Conv2d(4, 8, 3, padding=1) for _ in range(2))
+        self.paths2 = nn.ModuleList(nn.Conv2d(4, 8, 1) for _ in range(2))
+        self.head = nn.Linear(8, 2)
+
+    def block(self, x, paths):
+        parts = x.split(self.in_channels // self.num_paths, 1)
+        return x + sum(p(part) for p, part in zip(paths, parts))
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x), self.paths), self.paths2).mean((2, 3)))
+
+
+@pytest.mark.parametrize("make, x, layer, attribute, widths", [
+    (CrossStage, torch.randn(2, 3, 8, 8), "conv_exp", "expand_chs", ("expand_chs", "conv_exp.out_channels", "mid.in_channels")),
+    (SelectiveKernel, torch.randn(2, 3, 6, 6), "stem", "in_channels", ("in_channels", "stem.out_channels", "paths.1.in_channels"))],
+    ids=["cspnet-halves", "sknet-paths"])
+def test_a_split_sized_by_an_attribute_divided_is_followed(tmp_path, make, x, layer, attribute, widths):
+    """timm CSPNet's `split(self.expand_chs // 2)`, SKNet's `split(self.in_channels // self.num_paths)`."""
+    model = make().eval()
     g = ppf.DependencyGraph(model, x)
-    grp = g.group_of(model.conv_exp)
-    assert grp.prunable and grp.channels == 4 and grp.sizes == (("", "expand_chs", 2),)
+    grp = g.group_of(model.get_submodule(layer))
+    assert grp.prunable and grp.channels == 4 and grp.sizes == (("", attribute, 2),)
     assert dead_channel_check(model, x, g) == "ok"
     pruned_runs(model, x)
-    assert model.expand_chs == 4 and model.conv_exp.out_channels == 4 and model.mid.in_channels == 2
+    owner = lambda path: model.get_submodule(path.rpartition(".")[0])  # noqa: E731
+    assert [getattr(owner(w), w.rpartition(".")[2]) for w in widths] == [4, 4, 2]
     ppf.save_pruned(model, tmp_path / "m.pt")
-    torch.testing.assert_close(ppf.load_pruned(lambda: CrossStage().eval(), tmp_path / "m.pt")(x), model(x))
+    torch.testing.assert_close(ppf.load_pruned(lambda: make().eval(), tmp_path / "m.pt")(x), model(x))
 
 
 class TokenConv(nn.Module):
@@ -496,3 +521,48 @@ def test_parameters_combined_tiled_and_repeated_follow_the_channels():
     assert model.pos.shape == (1, 4, 4, 4) and model.win.shape == (1, 4, 2, 2)
     doubled = TiledPosition(repeat=2).eval()
     assert "repeat repeats channels" in ppf.DependencyGraph(doubled, x).group_of(doubled.conv).reason
+
+
+class Recurrent(nn.Module):
+    """A Linear's features read by a 2-layer bidirectional LSTM and, along another layout, a GRU given a hidden
+    state made by a layer; a packed sequence into an RNN."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.h0 = nn.Linear(8, 6), nn.Linear(8, 4)
+        self.lstm = nn.LSTM(6, 5, batch_first=True, bidirectional=True, num_layers=2)
+        self.gru, self.rnn = nn.GRU(6, 4), nn.RNN(6, 3)
+        self.out = nn.Linear(10 + 4 + 3, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        y, _ = self.lstm(h)
+        z, _ = self.gru(h.transpose(0, 1), self.h0(x[:, 0]).unsqueeze(0))
+        packed = nn.utils.rnn.pack_padded_sequence(h, [4, 3], batch_first=True)
+        r, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
+        return self.out(torch.cat([y, z.transpose(0, 1), r], -1))
+
+
+def test_recurrent_layers_read_their_input_features_with_weight_ih_l0():
+    model, x = Recurrent().eval(), torch.randn(2, 4, 8)
+    g = ppf.DependencyGraph(model, x)
+    features = g.group_of(model.a)
+    assert features.prunable and {"lstm", "gru", "rnn"} <= set(features.modules)
+    held = {(m.name, m.dim) for m in features.members}
+    assert {("lstm.weight_ih_l0", 1), ("lstm.weight_ih_l0_reverse", 1), ("gru.weight_ih_l0", 1),
+            ("rnn.weight_ih_l0", 1)} <= held and not any("l1" in name or "hh" in name for name, _ in held)
+    hidden = g.group_of(model.h0)  # the GRU's hidden state keeps its size
+    assert not hidden.prunable and "hidden state" in hidden.reason
+    assert dead_channel_check(model, x, g) == "ok"
+    ppf.prune(model, x, ratio=0.5)
+    assert model.a.out_features == 3 and (model.lstm.input_size, model.gru.input_size, model.rnn.input_size) == (3, 3, 3)
+    assert model.lstm.weight_ih_l0_reverse.shape == (20, 3) and model.lstm.weight_ih_l1.shape == (20, 10)
+    assert model(x).shape == (2, 4, 2)
+
+
+def test_recurrent_layer_along_channels_locks():
+    """An LSTM run along a dim that holds channels (the sequence is the channels) mixes them: locked."""
+    model = nn.Sequential(nn.Conv1d(3, 6, 1), nn.LSTM(5, 4, batch_first=True)).eval()
+    g = ppf.DependencyGraph(model, torch.randn(2, 3, 5))
+    conv = g.group_of(model[0])
+    assert not conv.prunable and "lstm 1 runs along these channels" in conv.reason

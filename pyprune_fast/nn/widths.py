@@ -99,6 +99,10 @@ def _embedding(m: nn.Embedding, groups_follow: bool) -> dict:
     return {"num_embeddings": m.weight.shape[0], "embedding_dim": m.weight.shape[1]}
 
 
+def _recurrent(m: nn.RNNBase, groups_follow: bool) -> dict:
+    return {"input_size": m.weight_ih_l0.shape[1]}
+
+
 def _batch_norm(m: nn.modules.batchnorm._NormBase, groups_follow: bool) -> dict:
     ref = m.weight if m.weight is not None else m.running_mean
     return {"num_features": ref.shape[0]} if ref is not None else {}
@@ -122,6 +126,7 @@ _KINDS: tuple[tuple[type | tuple[type, ...], Kind], ...] = (
     (nn.modules.conv._ConvNd, Kind(("in_channels", "out_channels", "groups"), _conv, groups="groups")),
     (nn.Linear, Kind(("in_features", "out_features"), _linear)),
     (nn.Embedding, Kind(("num_embeddings", "embedding_dim"), _embedding)),
+    (nn.RNNBase, Kind(("input_size",), _recurrent)),
     (nn.modules.batchnorm._NormBase, Kind(("num_features",), _batch_norm)),
     (nn.GroupNorm, Kind(("num_groups", "num_channels"), _group_norm, groups="num_groups")),
     ((nn.LayerNorm, nn.RMSNorm), Kind(("normalized_shape",), _layer_norm)),

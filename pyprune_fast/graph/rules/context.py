@@ -42,6 +42,7 @@ class Context:
         # (node, position): a size apply rewrites to -1 (nn.rewritten); settle_sizes adds the labels it concerns
         self.rewrites: list[tuple] = []
         self.sized_by: list[tuple[Label, str, str, int]] = []  # (label, module, attribute, block): attribute = span
+        self.synced_equal: list[tuple[Label, str, str]] = []  # (label, module, width attribute) compared equal
         self.attribute_uses: Counter = Counter()  # (module, attribute) -> how often the code used its value
         self.sizes: dict[Space, list[tuple[str, str, int]]] = {}  # root -> attributes that follow its channels
         self.embeddings: dict[Space, str] = {}  # widths attention heads are read from -> which heads

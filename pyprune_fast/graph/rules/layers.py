@@ -1,4 +1,4 @@
-"""Convs, transposed convs, Linear layers and embeddings: a weight reads the input's channels and makes a new
+"""Convs, transposed convs, Linear layers, embeddings and recurrent layers: a weight reads the input's channels and makes a new
 space of output channels. A weight computed in forward from a parameter (weight standardisation) is followed
 back to it (`computed.weight_source`); one that cannot be locks, with the reason."""
 
@@ -18,7 +18,7 @@ from .context import Context, all_nonzero, generic, param_names, producer, recor
 from .recut import recut
 from .registry import rule
 
-__all__ = ["addmm", "conv", "embedding", "linear"]
+__all__ = ["addmm", "conv", "embedding", "linear", "recurrent"]
 
 
 @rule(torch.conv1d, torch.conv2d, torch.conv3d, torch.conv_transpose1d, torch.conv_transpose2d,
@@ -244,3 +244,40 @@ def embedding(ctx: Context, node: Node) -> None:
     label = (Segment(space, w.shape[1]),)
     ctx.set(out, {out.ndim - 1: label})
     ctx.nonzero[out.id] = {}  # a dead channel's column is zero: every row picked is
+
+
+_INPUT_WEIGHTS = ("weight_ih_l0", "weight_ih_l0_reverse")
+
+
+@rule("lstm", "gru", "rnn_tanh", "rnn_relu")
+def recurrent(ctx: Context, node: Node) -> None:
+    """nn.LSTM, nn.GRU and nn.RNN (their ops take the weights as one list): the first layer's input weights
+    (`weight_ih_l0`, and `_reverse`) read the input's last dim with their columns, so its channels are cut
+    with those columns. The hidden state, every other weight and the outputs stay as they are; channels on
+    another dim of the input (the sequence the layer runs along, the batch) are locked."""
+    x = node.args[0]
+    weights = next((a for a in node.args[1:] if isinstance(a, (list, tuple)) and len(a) > 1  # not (h, c)
+                    and all(isinstance(v, Value) and v.param for v in a)), None)
+    if weights is None:
+        return generic(ctx, node)
+    inputs = [w for w in weights if w.param.rsplit(".", 1)[-1] in _INPUT_WEIGHTS]
+    module = module_of(weights[0].param)
+    what = f"{node.name} {module}"
+    last = x.ndim - 1
+    labels = ctx.of(x).dims
+    ctx.lock_all([v for v in node.tensor_inputs() if v is not x and not v.param], f"{what} reads them as its hidden state")
+    for d, label in labels.items():
+        if d != last:
+            lock_label(label, f"{what} runs along these channels (dim {d} of its input)")
+    ctx.reads_fixed(x, last)
+    ctx.fixed.update((w.param, d) for w in weights for d in range(w.ndim) if not (w in inputs and d == 1))
+    lx = labels.get(last)
+    if lx:
+        ctx.consume(x, lx, what)
+        for w in inputs:
+            add_members(lx, w.param, 1, "consumer")
+        record_module(lx, module)
+        if module in ctx.ignored:
+            lock_label(lx, f"{module} is in ignored_layers")
+    for out in node.outputs:
+        ctx.set(out, {})

@@ -283,6 +283,26 @@ def same_size_dims(ctx: Context, node: Node, moved: set) -> None:
         ctx.set(extra, {})
 
 
+@rule("_pack_padded_sequence", "_pad_packed_sequence")
+def packed(ctx: Context, node: Node) -> None:
+    """Packing a padded batch of sequences ([B, T, *] or [T, B, *] -> [N, *], `pack_padded_sequence`) and
+    back: the feature dims (*) keep their channels, one dim earlier or later; channels on the batch or time
+    dims are locked. Padding with a value other than 0 makes dead channels non-zero."""
+    x, out = node.args[0], node.outputs[0]
+    unpack = node.name == "_pad_packed_sequence"
+    lead, shift = (1, 1) if unpack else (2, -1)  # dims before the features, and how far they move
+    lab = ctx.of(x)
+    for d, label in lab.dims.items():
+        if d < lead:
+            lock_label(label, f"{node.name} moves sequences along dim {d}")
+    ctx.set(out, {d + shift: label for d, label in lab.dims.items() if d >= lead},
+            {d + shift: p for d, p in lab.params.items() if d >= lead})
+    for extra in node.outputs[1:]:  # batch sizes, lengths
+        ctx.set(extra, {})
+    if unpack and node.arg(3, "padding_value", 0.0):
+        ctx.nonzero[out.id] = all_nonzero(ctx.of(out).dims.values(), f"{node.name} with {node.arg(3, 'padding_value')}")
+
+
 @rule("pad")
 def pad(ctx: Context, node: Node) -> None:
     same_size_dims(ctx, node, set())

@@ -230,9 +230,13 @@ def _attribute_equal(ctx: Context, count, other, labels: list) -> bool:
             and len(labels) == 1 and _one_space(labels[0])):
         return False
     attributes = attribute_reads(other)
-    if len(attributes) != 1 or attributes[0][2] or int(other) != int(count):
+    if len(attributes) != 1 or int(other) != int(count):
         return False
-    ctx.sized_by.append((labels[0], *attributes[0][:2], labels[0][0].block * len(labels[0])))
+    owner, attribute, synced = attributes[0]
+    if synced:  # a width apply sets from the module's tensors (nn.LSTM's input_size): they must hold these channels
+        ctx.synced_equal.append((labels[0], owner, attribute))
+    else:
+        ctx.sized_by.append((labels[0], owner, attribute, labels[0][0].block * len(labels[0])))
     return True
 
 
@@ -247,6 +251,10 @@ def settle_sizes(ctx: Context) -> None:
             ctx.rewrites.append(rewrite)  # apply gives the call -1 there
         elif not same_channels(a, b):
             unify([a, b], reason)
+    for label, owner, attribute in ctx.synced_equal:
+        if owner not in label[0].space.root().modules:
+            lock_label(label, f"the model's code compares these channels with {owner}.{attribute}, which "
+                              f"follows other channels")
     bound: dict[tuple[str, str], list] = {}
     for label, module, attribute, block in ctx.sized_by:
         bound.setdefault((module, attribute), []).append((label, block))

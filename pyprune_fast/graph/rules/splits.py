@@ -261,8 +261,13 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
     sizes = [None] * len(lengths) if counted else (list(given) if isinstance(given, (tuple, list)) else [given] * len(lengths))
     judged = set() if counted else {id(n) for n in reads_in(given)}
     if all(parts):
-        if counted:
+        divided = _divided_attribute(sizes[0], len(lengths)) if all(n is sizes[0] for n in sizes) else None
+        if counted or divided:
             unify(parts, f"{name} cuts these channels into parts that must stay equal, laid out differently")
+        if divided:  # the attribute counts all parts (as in the recut below)
+            note_attribute_uses(ctx, sizes[0])
+            ctx.sized_by.append((parts[0], *divided, len(lengths)))
+            return parts, judged
         for n, part in zip(sizes, parts):
             if n is not None:
                 sized(ctx, node, n, part)
@@ -285,10 +290,11 @@ def _parts(ctx: Context, node: Node, x: Value, dim: int, label: Label) -> tuple[
         return [None] * len(lengths), set()  # the sizes are now fixed: counts among them lock their channels
     parts = recut(ctx, node, seg, lengths, equal)
     for n, part in zip(sizes, parts):
-        if _divided_attribute(n, len(lengths)):  # the attribute counts all parts: surgery sets it to parts x kept
+        divided = _divided_attribute(n, len(lengths))
+        if divided:  # the attribute counts all parts: surgery sets it to parts x kept
             if n is sizes[0]:
                 note_attribute_uses(ctx, n)
-                ctx.sized_by.append((part, *attribute_reads(n)[0][:2], len(lengths)))
+                ctx.sized_by.append((part, *divided, len(lengths)))
         elif isinstance(n, Tracked) and attribute_reads(n) or not equal:
             sized(ctx, node, n, part)  # a count of other channels joins them; a fixed number fixes its part
     return parts, judged
@@ -306,12 +312,15 @@ def _attribute(n) -> bool:
     return isinstance(n, Tracked) and n.pure and len(attribute_reads(n)) == 1 and not attribute_reads(n)[0][2]
 
 
-def _divided_attribute(n, parts: int) -> bool:
-    """Whether number `n` is one module attribute (one surgery may set) divided into `parts` (timm CSPNet's
-    `x.split(self.expand_chs // 2)`; checked by recomputing it for other values of the attribute)."""
+def _divided_attribute(n, parts: int) -> Optional[tuple[str, str]]:
+    """The (module, attribute) that number `n` divides into `parts`, where it is one module attribute (one
+    surgery may set) divided (timm CSPNet's `x.split(self.expand_chs // 2)`), possibly by others (SKNet's
+    `self.in_channels // self.num_paths`); checked by recomputing it for other values of that attribute."""
     reads = attribute_reads(n) if isinstance(n, Tracked) else []
-    return (len(reads) == 1 == len(n.reads) and not reads[0][2] and not n.pure
-            and n.scales(n.reads, parts, 1))
+    if not reads or len(reads) != len(n.reads) or n.pure or any(synced for _, _, synced in reads):
+        return None
+    divided = [r for r in n.reads if n.scales([r], parts, 1)]
+    return divided[0][:2] if len(divided) == 1 else None
 
 
 def _follows(ctx: Context, n, seg: Segment, parts: int) -> bool:
