@@ -566,3 +566,26 @@ def test_recurrent_layer_along_channels_locks():
     g = ppf.DependencyGraph(model, torch.randn(2, 3, 5))
     conv = g.group_of(model[0])
     assert not conv.prunable and "lstm 1 runs along these channels" in conv.reason
+
+
+class PositionTable(nn.Module):
+    """Gemma4's vision position embedding: one-hot positions @ a (2, P, D) table, summed over the 2 axes, added
+    to the patch embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.table, self.head = nn.Linear(6, 8), nn.Parameter(torch.randn(2, 5, 8)), nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (B, N, 6)
+        positions = torch.arange(x.shape[1]).remainder(5).expand(2, -1)
+        pe = (F.one_hot(positions, 5).to(x) @ self.table).sum(0)
+        return self.head(self.proj(x) + pe)
+
+
+def test_a_parameters_columns_through_matmul_and_sum_follow_the_channels():
+    model, x = PositionTable().eval(), torch.randn(2, 4, 6)
+    g = ppf.DependencyGraph(model, x)
+    grp = g.group_of(model.proj)
+    assert grp.prunable and {("table", 2), ("head.weight", 1)} <= {(m.name, m.dim) for m in grp.members}
+    pruned_runs(model, x)
+    assert model.table.shape == (2, 5, 4)

@@ -132,6 +132,21 @@ class Inside(nn.Module):
         return torch.cat([a * b, y[:, :2]], 1)
 
 
+class PartialShortcut(nn.Module):
+    """RexNet's shortcut into the first channels of a wider block: `cat([x[:, :self.in_channels] + shortcut,
+    x[:, self.in_channels:]])`."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.pw, self.in_channels = conv_bn(3, 6), conv_bn(6, 10), 6
+        self.head = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        shortcut = self.stem(x)
+        y = self.pw(shortcut)
+        return self.head(torch.cat([y[:, 0:self.in_channels] + shortcut, y[:, self.in_channels:]], dim=1))
+
+
 X = torch.randn(2, 3, 8, 8)
 
 
@@ -400,3 +415,17 @@ def test_split_sizes_in_a_tuple_attribute_follow(kind, tmp_path):
     loaded = ppf.load_pruned(lambda: SplitByAttribute(kind).eval(), tmp_path / "m.pt")
     assert tuple(loaded.splits) == (3, 2)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_a_slice_at_a_module_attribute_inside_a_layers_channels_cuts_them_there(tmp_path):
+    model = PartialShortcut().eval()
+    g = ppf.DependencyGraph(model, X)
+    first = group_with(g, "stem.0.weight")
+    rest = next(grp for grp in g.groups if any(m.name == "pw.0.weight" and m.offset == 6 for m in grp.members))
+    assert first.prunable and rest.prunable and (first.channels, rest.channels) == (6, 4)
+    assert first.sizes == (("", "in_channels", 1),) and ("pw.0.weight", 0, 0) in {(m.name, m.dim, m.offset) for m in first.members}
+    assert dead_channel_check(model, X, g) == "ok"
+    pruned_runs(model, X)
+    assert (model.in_channels, model.pw[0].out_channels, model.head.in_channels) == (3, 5, 5)
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    torch.testing.assert_close(ppf.load_pruned(lambda: PartialShortcut().eval(), tmp_path / "m.pt")(X), model(X))

@@ -174,9 +174,13 @@ def matmul(ctx: Context, node: Node) -> None:
             else:
                 ctx.consume(a if other is b else b, label, node.name)
                 add_members(label, param[0], param[1], "consumer")
-    for v, lab in ((a, la), (b, lb)):  # a parameter's other dims stay as they are
-        ctx.fixed.update(p for d, p in lab.params.items() if d not in lab.dims)
-    ctx.set(out, dims)
+    # a parameter's rows (of a) or columns (of b) are the output's: cut with whatever they meet later (Gemma4's
+    # one-hot @ position table); its other dims stay as they are
+    params = {out.ndim - 2: la.params.get(a.ndim - 2), out.ndim - 1: lb.params.get(b.ndim - 1)}
+    params = {d: p for d, p in params.items() if p is not None and d not in dims}
+    for v, lab in ((a, la), (b, lb)):
+        ctx.fixed.update(p for d, p in lab.params.items() if d not in lab.dims and p not in params.values())
+    ctx.set(out, dims, params)
     ctx.nonzero[out.id] = {seg.space: node.name for label in dims.values() for seg in label
                            if not _zero_where(ctx, label, [a, b])}
 

@@ -67,7 +67,7 @@ def _reduce(ctx: Context, node: Node, dim, keepdim, mixes: bool) -> None:
         reduced = set(range(x.ndim))
     else:
         reduced = {wrap(d, x.ndim) for d in ([dim] if isinstance(dim, int) else dim)}
-    dims, j = {}, 0
+    dims, params, j = {}, {}, 0
     for d in range(x.ndim):
         if d in reduced and d in lab.dims:
             reads(ctx, x, lab.dims[d], node.name, mixes)
@@ -75,9 +75,11 @@ def _reduce(ctx: Context, node: Node, dim, keepdim, mixes: bool) -> None:
             continue
         if d in lab.dims and d not in reduced:
             dims[j] = lab.dims[d]
+        elif d in lab.params and d not in reduced:  # a parameter's dim kept (a position table summed over its axes)
+            params[j] = lab.params[d]
         j += 1
     if any(o.ndim != x.ndim - (0 if keepdim else len(reduced)) for o in node.outputs):
         ctx.lock_all([x], f"{node.name} with arguments not understood")  # unlabelled would mean fixed
-        dims = {}
+        dims, params = {}, {}
     for o in node.outputs:
-        ctx.set(o, dims)
+        ctx.set(o, dims, params)

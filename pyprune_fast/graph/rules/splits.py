@@ -90,7 +90,7 @@ def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) 
             d += 1
             continue
         if d in lab.dims:
-            part = _slice(ctx, node, lab.dims[d], i.start, i.stop, i.step)
+            part = _slice(ctx, node, x, lab.dims[d], i.start, i.stop, i.step)
             judged |= {id(n) for n in reads_in(i)}
             if part:
                 dims[j] = part
@@ -137,14 +137,23 @@ def _position(n, length: int, default: int) -> int:
     return min(max(n + length if n < 0 else n, 0), length)
 
 
-def _slice(ctx: Context, node: Node, label: Label, start, stop, step) -> Optional[Label]:
-    """The label of positions [start:stop] of a channel dim holding `label`: the segments between, where
-    both ends fall on segment boundaries and each end follows the channels before it when they are pruned
-    (`_bound`); else the channels are locked and None."""
+def _slice(ctx: Context, node: Node, x: Value, label: Label, start, stop, step) -> Optional[Label]:
+    """The label of positions [start:stop] of a channel dim holding `label` (on `x`): the segments between,
+    where both ends fall on segment boundaries and each end follows the channels before it when they are
+    pruned (`_bound`); else the channels are locked and None. An end inside the channels of one layer that
+    is a module attribute (RexNet's `x[:, :self.in_channels] + shortcut`) cuts them there into parts first
+    (`recut`), the attribute bound to the channels before it."""
     length = _span(label)
     a, b = _position(start, length, 0), _position(stop, length, length)
     what = f"{node.name} slices the channel dim at [{a}:{b}] of {length}"
-    part = _segments(label, a, min(max(a, b), length)) if step in (None, 1) else None
+    b = min(max(a, b), length)
+    part = _segments(label, a, b) if step in (None, 1) else None
+    inner = [(n, pos) for n, pos in ((start, a), (stop, b)) if 0 < pos < length]
+    if part is None and step in (None, 1) and len(label) == 1 and inner and all(_attribute(n) for n, _ in inner) \
+            and own(ctx, x, label[0], node, relabel=True) is None:
+        cuts = sorted({0, length, *(pos for _, pos in inner)})
+        label = tuple(seg for p in recut(ctx, node, label[0], [q - p for p, q in zip(cuts, cuts[1:])], False) for seg in p)
+        part = _segments(label, a, b)
     if part is None:
         lock_label(label, f"{what}, inside the channels of {label[0].space.root().origin}" if step in (None, 1)
                    else f"{node.name} slices the channel dim with step {step}")
