@@ -322,8 +322,10 @@ class SelectiveKernel(nn.Module):
 
 
 @pytest.mark.parametrize("make, x, layer, attribute, widths", [
-    (CrossStage, torch.randn(2, 3, 8, 8), "conv_exp", "expand_chs", ("expand_chs", "conv_exp.out_channels", "mid.in_channels")),
-    (SelectiveKernel, torch.randn(2, 3, 6, 6), "stem", "in_channels", ("in_channels", "stem.out_channels", "paths.1.in_channels"))],
+    (CrossStage, torch.randn(2, 3, 8, 8), "conv_exp", "expand_chs",
+     ("expand_chs", "conv_exp.out_channels", "mid.in_channels")),
+    (SelectiveKernel, torch.randn(2, 3, 6, 6), "stem", "in_channels",
+     ("in_channels", "stem.out_channels", "paths.1.in_channels"))],
     ids=["cspnet-halves", "sknet-paths"])
 def test_a_split_sized_by_an_attribute_divided_is_followed(tmp_path, make, x, layer, attribute, widths):
     """timm CSPNet's `split(self.expand_chs // 2)`, SKNet's `split(self.in_channels // self.num_paths)`."""
@@ -555,7 +557,8 @@ def test_recurrent_layers_read_their_input_features_with_weight_ih_l0():
     assert not hidden.prunable and "hidden state" in hidden.reason
     assert dead_channel_check(model, x, g) == "ok"
     ppf.prune(model, x, ratio=0.5)
-    assert model.a.out_features == 3 and (model.lstm.input_size, model.gru.input_size, model.rnn.input_size) == (3, 3, 3)
+    assert model.a.out_features == 3
+    assert (model.lstm.input_size, model.gru.input_size, model.rnn.input_size) == (3, 3, 3)
     assert model.lstm.weight_ih_l0_reverse.shape == (20, 3) and model.lstm.weight_ih_l1.shape == (20, 10)
     assert model(x).shape == (2, 4, 2)
 

@@ -1,6 +1,6 @@
-"""Convs, transposed convs, Linear layers, embeddings and recurrent layers: a weight reads the input's channels and makes a new
-space of output channels. A weight computed in forward from a parameter (weight standardisation) is followed
-back to it (`computed.weight_source`); one that cannot be locks, with the reason."""
+"""Convs, transposed convs, Linear layers, embeddings and recurrent layers: a weight reads the input's channels
+and makes a new space of output channels. A weight computed in forward from a parameter (weight
+standardisation) is followed back to it (`computed.weight_source`); one that cannot be locks, with the reason."""
 
 from __future__ import annotations
 
@@ -265,7 +265,8 @@ def recurrent(ctx: Context, node: Node) -> None:
     what = f"{node.name} {module}"
     last = x.ndim - 1
     labels = ctx.of(x).dims
-    ctx.lock_all([v for v in node.tensor_inputs() if v is not x and not v.param], f"{what} reads them as its hidden state")
+    hidden = [v for v in node.tensor_inputs() if v is not x and not v.param]
+    ctx.lock_all(hidden, f"{what} reads them as its hidden state")
     for d, label in labels.items():
         if d != last:
             lock_label(label, f"{what} runs along these channels (dim {d} of its input)")

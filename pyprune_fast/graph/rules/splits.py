@@ -152,7 +152,8 @@ def _slice(ctx: Context, node: Node, x: Value, label: Label, start, stop, step) 
     if part is None and step in (None, 1) and len(label) == 1 and inner and all(_attribute(n) for n, _ in inner) \
             and own(ctx, x, label[0], node, relabel=True) is None:
         cuts = sorted({0, length, *(pos for _, pos in inner)})
-        label = tuple(seg for p in recut(ctx, node, label[0], [q - p for p, q in zip(cuts, cuts[1:])], False) for seg in p)
+        parts = recut(ctx, node, label[0], [q - p for p, q in zip(cuts, cuts[1:])], equal=False)
+        label = tuple(seg for p in parts for seg in p)
         part = _segments(label, a, b)
     if part is None:
         lock_label(label, f"{what}, inside the channels of {label[0].space.root().origin}" if step in (None, 1)
