@@ -231,12 +231,22 @@ def _holders(modules: Modules, tensors: list[torch.Tensor]) -> dict[int, list[tu
 CODE_SIZES = "_pyprune_fast_sizes"  # on a module: its int attributes that apply changed (save_pruned keeps them)
 
 
-def _code_sizes(plan: Plan) -> list[tuple[str, str, int]]:
+def _code_sizes(plan: Plan, modules: dict[str, nn.Module]) -> list[tuple[str, str, int]]:
     """(module, attribute, new value) for the int attributes (or elements of a tuple or list attribute:
-    "splits[1]") of the model's code that size the channels of a planned group (Group.sizes): the channels
-    kept times the attribute's block."""
-    return [(module, attr, len(entry.keep) * block) for entry in plan.entries.values()
-            for module, attr, block in entry.group.sizes]
+    "splits[1]") of the model's code that size the channels of a planned group (Group.sizes): their value
+    less the channels removed times the attribute's block, for every planned group it counts (RexNet's
+    `in_channels` counts the two parts of a shortcut)."""
+    removed: dict[tuple[str, str], int] = {}
+    for entry in plan.entries.values():
+        for module, attr, block in entry.group.sizes:
+            removed[(module, attr)] = removed.get((module, attr), 0) + (entry.group.channels - len(entry.keep)) * block
+    return [(module, attr, _element_get(modules[module], attr) - n) for (module, attr), n in removed.items()]
+
+
+def _element_get(module: nn.Module, attr: str) -> int:
+    """The value of `attr` of `module`, or of its element i for "name[i]"."""
+    name, bracket, index = attr.partition("[")
+    return int(getattr(module, name)[int(index.rstrip("]"))] if bracket else getattr(module, name))
 
 
 def _element_set(module: nn.Module, attr: str, value: int) -> tuple[str, Any]:
@@ -314,7 +324,7 @@ def applied(plan: Plan, optimizer: Optional[torch.optim.Optimizer] = None,
                 swap.setattr(module, attr, value)
             for attr in tensor_caches(module):  # computed from the unpruned parameters
                 swap.setitem(vars(module), attr, {})
-        for module_name, attr, value in _code_sizes(plan):
+        for module_name, attr, value in _code_sizes(plan, by_name):
             module = by_name[module_name]
             attr, value = _element_set(module, attr, value)
             swap.setattr(module, attr, value)

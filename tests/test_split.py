@@ -133,18 +133,37 @@ class Inside(nn.Module):
 
 
 class PartialShortcut(nn.Module):
-    """RexNet's shortcut into the first channels of a wider block: `cat([x[:, :self.in_channels] + shortcut,
-    x[:, self.in_channels:]])`."""
+    """RexNet's shortcut into the first channels of a wider block, `cat([y[:, :self.in_channels] + x,
+    y[:, self.in_channels:]])`, twice: the second block's shortcut holds the first's two parts."""
 
     def __init__(self):
         super().__init__()
-        self.stem, self.pw, self.in_channels = conv_bn(3, 6), conv_bn(6, 10), 6
-        self.head = nn.Conv2d(10, 4, 1)
+        self.stem, self.head = conv_bn(3, 6), nn.Conv2d(13, 4, 1)
+        self.blocks = nn.ModuleList([conv_bn(6, 10), conv_bn(10, 13)])
+        for block, c in zip(self.blocks, (6, 10)):
+            block.in_channels = c
 
     def forward(self, x):
-        shortcut = self.stem(x)
-        y = self.pw(shortcut)
-        return self.head(torch.cat([y[:, 0:self.in_channels] + shortcut, y[:, self.in_channels:]], dim=1))
+        x = self.stem(x)
+        for block in self.blocks:
+            y, c = block(x), block.in_channels
+            x = torch.cat([y[:, 0:c] + x, y[:, c:]], dim=1)
+        return self.head(x)
+
+
+class Gated(nn.Module):
+    """MambaOut's gated block: a Linear split by a tuple attribute into (gate, identity, conv) parts, the gate
+    times the concatenated (identity, conv(conv part)) parts."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.split_indices = nn.Linear(4, 12), nn.Linear(6, 4), (6, 2, 4)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+
+    def forward(self, x):  # (B, H, W, C)
+        g, i, c = torch.split(self.fc1(x), self.split_indices, dim=-1)
+        c = self.conv(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.fc2(torch.relu(g) * torch.cat((i, c), dim=-1))
 
 
 X = torch.randn(2, 3, 8, 8)
@@ -420,13 +439,26 @@ def test_split_sizes_in_a_tuple_attribute_follow(kind, tmp_path):
 def test_a_slice_at_a_module_attribute_inside_a_layers_channels_cuts_them_there(tmp_path):
     model = PartialShortcut().eval()
     g = ppf.DependencyGraph(model, X)
-    first = group_with(g, "stem.0.weight")
-    rest = next(grp for grp in g.groups if any(m.name == "pw.0.weight" and m.offset == 6 for m in grp.members))
-    assert first.prunable and rest.prunable and (first.channels, rest.channels) == (6, 4)
-    assert first.sizes == (("", "in_channels", 1),)
-    assert ("pw.0.weight", 0, 0) in {(m.name, m.dim, m.offset) for m in first.members}
+    stem = group_with(g, "stem.0.weight")
+    first = next(grp for grp in g.groups if any(m.name == "blocks.0.0.weight" and m.offset == 6 for m in grp.members))
+    assert stem.prunable and first.prunable and (stem.channels, first.channels) == (6, 4)
+    assert ("blocks.0", "in_channels", 1) in stem.sizes and ("blocks.1", "in_channels", 1) in stem.sizes
+    assert ("blocks.1", "in_channels", 1) in first.sizes  # the second block's shortcut: both parts
+    assert ("blocks.0.0.weight", 0, 0) in {(m.name, m.dim, m.offset) for m in stem.members}
     assert dead_channel_check(model, X, g) == "ok"
     pruned_runs(model, X)
-    assert (model.in_channels, model.pw[0].out_channels, model.head.in_channels) == (3, 5, 5)
+    assert [b.in_channels for b in model.blocks] == [3, 5] and model.head.in_channels == 6  # 3 + 2 + 1
     ppf.save_pruned(model, tmp_path / "m.pt")
     torch.testing.assert_close(ppf.load_pruned(lambda: PartialShortcut().eval(), tmp_path / "m.pt")(X), model(X))
+
+
+def test_a_part_of_a_split_laid_out_as_the_concat_it_meets_keeps_its_size_attribute(tmp_path):
+    model, x = Gated().eval(), torch.randn(2, 5, 5, 4)
+    g = ppf.DependencyGraph(model, x)
+    conv = group_with(g, "conv.weight")
+    assert conv.prunable and conv.channels == 4 and ("", "split_indices[0]", 1) in conv.sizes
+    assert dead_channel_check(model, x, g) == "ok"
+    pruned_runs(model, x)
+    assert model.split_indices == (3, 1, 2) and model.fc1.out_features == 6 and model.conv.groups == 2
+    ppf.save_pruned(model, tmp_path / "m.pt")
+    torch.testing.assert_close(ppf.load_pruned(lambda: Gated().eval(), tmp_path / "m.pt")(x), model(x))

@@ -118,7 +118,8 @@ def _laid_out(ctx: Context, node: Node, v: Value, label: Label, others: list) ->
         return (Segment(space, wide[0].length, wide[0].block),)
     ref = max((o for o in others if o and len(o) > 1), key=len, default=None)
     if ref is None or len(label) != 1 or same_layout(label, ref) or any(seg.block != 1 for seg in ref) \
-            or sum(seg.length for seg in ref) != label[0].length or own(ctx, v, label[0], node) is not None:
+            or sum(seg.length for seg in ref) != label[0].length \
+            or own(ctx, v, label[0], node, relabel=True, sized=True) is not None:
         return label
     return tuple(seg for part in recut(ctx, node, label[0], [seg.length for seg in ref], equal=False) for seg in part)
 

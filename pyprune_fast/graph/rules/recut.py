@@ -17,14 +17,15 @@ __all__ = ["coarsen", "fresh", "heads_fresh", "maker", "note_embedding", "own", 
 
 
 def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1,
-        relabel: bool = False) -> Optional[str]:
+        relabel: bool = False, sized: bool = False) -> Optional[str]:
     """Why the channels of `seg`, on `x`, cannot be re-expressed as other spaces at `node` (cut into parts,
     coarsened), or None when they can: `seg` is the whole of an unlocked space, one position a channel, that
     layers make (a producer member), undivided, read by `node` alone from here on (no other value holding
     it is read later, no size bound to it), so every member of the space can be re-laid. `aligned`: the new
     spaces cut the same positions from each of this many equal runs (head dims), so divisions that divide it
     (a grouped conv's, ResNeSt's radix) hold by themselves. `relabel`: the new spaces hold the channels in
-    place (`relabel`), so other readers of them need not stop it."""
+    place (`relabel`), so other readers of them need not stop it. `sized`: cut into parts (`recut`), so a
+    module attribute bound to them counts the parts from then on and need not stop it either."""
     s = seg.space.root()
     if s.locked is not None:
         return s.locked
@@ -34,7 +35,8 @@ def own(ctx: Context, x: Value, seg: Segment, node: Node, aligned: int = 1,
         return "no layer makes them"
     if aligned % s.divisions or any(m.divisions > 1 for m in s.members):
         return f"{s.why_divided or 'a grouped conv'} divides them"
-    pending = [label for a, b, *_ in ctx.same_channels for label in (a, b)] + [u[0] for u in ctx.sized_by]
+    pending = [label for a, b, *_ in ctx.same_channels for label in (a, b)]
+    pending += [] if sized else [u[0] for u in ctx.sized_by]
     if s in ctx.embeddings or any(sg.space.root() is s for label in pending for sg in label):
         return "a size in the model's code names them"
     if relabel:
@@ -143,6 +145,7 @@ def relabel(ctx: Context, old: Space, runs: Label) -> None:
     for labels in ctx.labels.values():
         if any(seg.space.root() is old for label in labels.dims.values() for seg in label):
             labels.dims = {d: swap(label) for d, label in labels.dims.items()}
+    ctx.sized_by = [(swap(label), *rest) for label, *rest in ctx.sized_by]  # an attribute counts every run
     for spaces in ctx.nonzero.values():
         for space in [s for s in spaces if s.root() is old]:
             why = spaces.pop(space)

@@ -151,9 +151,9 @@ def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = 
         ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
-    elif n.pure and attributes and _one_space(label) and int(n) == sum(seg.span for seg in label):
-        note_attribute_uses(ctx, n)  # (the same channels once a head, say: all_head_size)
-        ctx.sized_by.append((label, *attributes[0][:2], label[0].block * len(label)))
+    elif n.pure and attributes and int(n) == sum(seg.span for seg in label) and (_one_space(label) or _parts(label)):
+        note_attribute_uses(ctx, n)  # (the same channels once a head, say: all_head_size; or the parts' sum)
+        ctx.sized_by.append((label, *attributes[0][:2], label[0].block * len(label) if _one_space(label) else 1))
     elif rewrite:
         ctx.rewrites.append(rewrite)
     else:
@@ -164,6 +164,13 @@ def _one_space(label: Label) -> bool:
     """Whether every segment of `label` holds all of one space's channels alike (heads merged back)."""
     root, block = label[0].space.root(), label[0].block
     return all(seg.space.root() is root and seg.block == block and seg.length == root.size for seg in label)
+
+
+def _parts(label: Label) -> bool:
+    """Whether `label` holds whole spaces, each once, one position a channel (an attribute sizing it counts
+    their sum: RexNet's `in_channels` of a shortcut cut into parts)."""
+    roots = [seg.space.root() for seg in label]
+    return len(set(roots)) == len(roots) and all(s.block == 1 and s.length == r.size for s, r in zip(label, roots))
 
 
 def _split_count(ctx: Context, n: Tracked, block: int) -> Optional[Label]:
@@ -244,8 +251,9 @@ def settle_sizes(ctx: Context) -> None:
     """Once every op is seen: a channel count used as the size of other channels (SegFormer's reduction conv
     viewed with its input's count) joins the two, laid out alike (so both keep as many), unless apply may
     rewrite that size to -1; and a module attribute that sizes channels must size only those (one count,
-    one block size: several spaces it sizes are joined) and have no other use. Else those channels are
-    locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
+    one block size: several spaces it sizes are joined) and have no other use; or, where its channels were
+    cut into parts after it was bound (`recut`), it counts those parts, each once, in every use. Else those
+    channels are locked. What holds is `ctx.sizes`: root space -> (module, attribute, block)."""
     for a, b, reason, rewrite in ctx.same_channels:
         if not same_channels(a, b) and rewrite:
             ctx.rewrites.append(rewrite)  # apply gives the call -1 there
@@ -260,7 +268,18 @@ def settle_sizes(ctx: Context) -> None:
         bound.setdefault((module, attribute), []).append((label, block))
     for (module, attribute), uses in bound.items():
         roots = {label[0].space.root() for label, _ in uses}
-        if (len({r.size for r in roots}) > 1 or len({block for _, block in uses}) > 1
+        parts = {tuple(seg.space.root() for seg in label) for label, _ in uses}
+        if any(len(set(p)) > 1 for p in parts):  # a sum of parts: the same parts everywhere, each once, one wide
+            if (len(parts) > 1 or len(set(next(iter(parts)))) < len(next(iter(parts))) or
+                    any(seg.block != 1 for label, _ in uses for seg in label) or {b for _, b in uses} != {1}
+                    or ctx.attribute_uses[(module, attribute)] > len(uses)):
+                for label, _ in uses:
+                    lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels, cut into parts "
+                                      f"laid out differently or used otherwise too")
+            else:
+                for root in next(iter(parts)):
+                    ctx.sizes.setdefault(root, []).append((module, attribute, 1))
+        elif (len({r.size for r in roots}) > 1 or len({block for _, block in uses}) > 1
                 or ctx.attribute_uses[(module, attribute)] > len(uses)):
             for label, _ in uses:
                 lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels and is used otherwise too")
