@@ -243,19 +243,25 @@ def _code_sizes(plan: Plan, modules: dict[str, nn.Module]) -> list[tuple[str, st
     return [(module, attr, _element_get(modules[module], attr) - n) for (module, attr), n in removed.items()]
 
 
+def _element(attr: str) -> tuple[str, Optional[int]]:
+    """("splits", 1) for element 1 of a tuple or list attribute "splits[1]"; (attr, None) for a plain one."""
+    name, bracket, index = attr.partition("[")
+    return name, int(index.rstrip("]")) if bracket else None
+
+
 def _element_get(module: nn.Module, attr: str) -> int:
     """The value of `attr` of `module`, or of its element i for "name[i]"."""
-    name, bracket, index = attr.partition("[")
-    return int(getattr(module, name)[int(index.rstrip("]"))] if bracket else getattr(module, name))
+    name, i = _element(attr)
+    return int(getattr(module, name) if i is None else getattr(module, name)[i])
 
 
 def _element_set(module: nn.Module, attr: str, value: int) -> tuple[str, Any]:
     """(attribute, its new value) for setting `attr` of `module` to `value`; for element i of a tuple or list
     attribute ("splits[1]"), the whole attribute with that element replaced."""
-    name, bracket, index = attr.partition("[")
-    if not bracket:
+    name, i = _element(attr)
+    if i is None:
         return attr, value
-    i, old = int(index.rstrip("]")), getattr(module, name)
+    old = getattr(module, name)
     return name, type(old)(value if j == i else v for j, v in enumerate(old))
 
 

@@ -151,9 +151,10 @@ def sized(ctx: Context, node: Node, n, label: Label, rewrite: Optional[tuple] = 
         ctx.same_channels.append((counted, label, f"{what}, which are other channels", rewrite))
     elif n.pure and attributes and attributes[0][2]:
         return  # a width surgery sets from the tensors' shapes
-    elif n.pure and attributes and int(n) == sum(seg.span for seg in label) and (_one_space(label) or _parts(label)):
+    elif n.pure and attributes and int(n) == sum(seg.span for seg in label) and (
+            (one := _one_space(label)) or _parts(label)):
         note_attribute_uses(ctx, n)  # (the same channels once a head, say: all_head_size; or the parts' sum)
-        ctx.sized_by.append((label, *attributes[0][:2], label[0].block * len(label) if _one_space(label) else 1))
+        ctx.sized_by.append((label, *attributes[0][:2], label[0].block * len(label) if one else 1))
     elif rewrite:
         ctx.rewrites.append(rewrite)
     else:
@@ -270,14 +271,15 @@ def settle_sizes(ctx: Context) -> None:
         roots = {label[0].space.root() for label, _ in uses}
         parts = {tuple(seg.space.root() for seg in label) for label, _ in uses}
         if any(len(set(p)) > 1 for p in parts):  # a sum of parts: the same parts everywhere, each once, one wide
-            if (len(parts) > 1 or len(set(next(iter(parts)))) < len(next(iter(parts))) or
-                    any(seg.block != 1 for label, _ in uses for seg in label) or {b for _, b in uses} != {1}
+            first = next(iter(parts))
+            if (len(parts) > 1 or len(set(first)) < len(first)
+                    or any(seg.block != 1 for label, _ in uses for seg in label) or {b for _, b in uses} != {1}
                     or ctx.attribute_uses[(module, attribute)] > len(uses)):
                 for label, _ in uses:
                     lock_label(label, f"{module or 'the model'}.{attribute} sizes these channels, cut into parts "
                                       f"laid out differently or used otherwise too")
             else:
-                for root in next(iter(parts)):
+                for root in first:
                     ctx.sizes.setdefault(root, []).append((module, attribute, 1))
         elif (len({r.size for r in roots}) > 1 or len({block for _, block in uses}) > 1
                 or ctx.attribute_uses[(module, attribute)] > len(uses)):
