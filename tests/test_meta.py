@@ -36,3 +36,48 @@ def test_recurrent_layers_on_meta_have_their_shapes_made_directly(rnn, x):
     rnn.weight_ih_l0 = nn.Parameter(torch.randn(rnn.weight_ih_l0.shape[0], 7))  # as a bad prune would leave it
     with pytest.raises(RuntimeError):
         output_shapes(rnn, x, True)
+
+
+class _SizedByInput(nn.Module):
+    """A position table resized to sizes the model reads from an integer input (as Hugging Face SigLIP2's
+    `spatial_shapes`), masked by an integer mask moved to the features' device."""
+
+    def __init__(self, write_into_input_buffer: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 2, stride=2)
+        self.pos = nn.Parameter(torch.randn(1, 8, 4, 4))
+        self.fc = nn.Linear(8, 5)
+        self.write = write_into_input_buffer
+
+    def forward(self, x, sizes, mask):
+        y = self.conv(x).flatten(2).transpose(1, 2)
+        h, w = (int(s) for s in sizes[0])  # Tensor.__int__ -> .item(): a value the model needs
+        pos = F.interpolate(self.pos, size=(h, w)).flatten(2).transpose(1, 2)
+        m = mask.to(device=y.device, dtype=y.dtype)
+        if bool(m.sum() > 0):
+            y = (y + pos) * m[..., None]
+        if self.write:
+            out = torch.zeros(y.shape[0], y.shape[1], 5, device=sizes.device)
+            out[:] = self.fc(y)  # meta values written into a real tensor: the pass runs for real
+            return out
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("write", [False, True], ids=["read", "written-into"])
+def test_integer_inputs_stay_real_in_the_meta_pass(write):
+    """Integer inputs stay real in the meta pass, so the model's code can read their values (`.item()`,
+    `bool(...)`): the graph is still recorded on meta, the same as a real pass records; an op that would write
+    meta values into a real tensor makes the pass run for real instead."""
+    from pyprune_fast.graph.record import record
+
+    model = _SizedByInput(write).eval()
+    inputs = (torch.randn(2, 3, 8, 8), torch.tensor([[4, 4], [4, 4]]), torch.ones(2, 16, dtype=torch.long))
+    trace, real = record(model, inputs), record(model, inputs, meta=False)
+    assert trace.meta is not write
+    assert [n.name for n in trace.nodes] == [n.name for n in real.nodes]
+    assert [v.shape for v in trace.outputs] == [tuple(model(*inputs).shape)]
+    assert inputs[1].device.type == "cpu" and not model.pos.is_meta  # nothing of the caller's moved
+    import pyprune_fast as ppf
+    before = model(*inputs).shape
+    ppf.prune(model, inputs, method="l1", ratio=0.5)
+    assert model.conv.out_channels == 4 and model(*inputs).shape == before

@@ -57,6 +57,7 @@ class _Recorder(TorchFunctionMode):
         self.params: dict[str, Value] = {}
         self._ids = itertools.count()
         self.listening = False  # comparisons of sizes are recorded (model code runs)
+        self.mixed = False  # a meta pass with real inputs (integer ones): ops meeting both run on meta
 
     def value_of(self, t: torch.Tensor) -> Value:
         v = self.values.get(id(t))
@@ -81,6 +82,10 @@ class _Recorder(TorchFunctionMode):
         (they are not the model's code)."""
         self.listening = False
         try:
+            if self.mixed:
+                if op_name(func) == "to" and isinstance(args[0], torch.Tensor) and not args[0].is_meta:
+                    return _to_kept_real(func, args, kwargs)
+                args, kwargs = _on_meta(func, args, kwargs)
             out = meta_output(func, args, kwargs)
             return func(*args, **kwargs) if out is None else out
         finally:
@@ -108,6 +113,28 @@ class _Recorder(TorchFunctionMode):
         """The model's code compared a size it read: recorded as a `size_comparison` op (while the pass runs)."""
         if self.listening:
             self.nodes.append(Node(size_comparison, (a, b, symbol), {}, [], None, id=len(self.nodes)))
+
+
+def _on_meta(func, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The arguments of an op of a meta pass whose real inputs (integer ones, kept real for the model's code
+    to read) meet meta tensors: every real tensor as a meta one. RuntimeError where the op would write meta
+    values into a real tensor (the pass then runs for real)."""
+    tensors = [t for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    if all(t.is_meta for t in tensors) or not any(t.is_meta for t in tensors):
+        return args, kwargs
+    name = op_name(func)
+    if "out" in kwargs or (isinstance(args[0], torch.Tensor) and not args[0].is_meta and (
+            name == "__setitem__" or (name.endswith("_") and not name.startswith("__")))):
+        raise RuntimeError(f"{name}: writes meta values into a real tensor")
+    meta = lambda t: t if t.is_meta else t.to("meta")  # noqa: E731
+    return map_tensors(meta, args), map_tensors(meta, kwargs)
+
+
+def _to_kept_real(func, args: tuple, kwargs: dict) -> torch.Tensor:
+    """`real.to(...)` in a meta pass: moved to meta (the model's device there), a real tensor stays real (as
+    its dtype asks), so that the model's code can still read it."""
+    probe = func(torch.empty_like(args[0], device="meta"), *args[1:], **kwargs)
+    return args[0].to(probe.dtype) if probe.is_meta else func(*args, **kwargs)
 
 
 class _Runner(_Recorder):
@@ -152,9 +179,10 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
     model's parameters and buffers (as named_tensors gives them). Every tensor the model returns, however
     nested (tuples, lists, dicts, Hugging Face ModelOutputs), is an output of the trace (of no ops for a
     `_Runner`)."""
-    if meta:
-        inputs = map_tensors(lambda x: x.to("meta"), inputs)
+    if meta:  # integer and bool inputs stay real: the model's code may read their values (`.item()`)
+        inputs = map_tensors(lambda x: x.to("meta") if x.is_floating_point() or x.is_complex() else x, inputs)
     recorder = recorder_class({id(t): n for n, t in tensors.items()}, {id(m): n for n, m in model.named_modules()})
+    recorder.mixed = meta and any(isinstance(x, torch.Tensor) and not x.is_meta for x in leaves(inputs))
     input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     args, kwargs = inputs
     with torch.no_grad(), recorder, attributes_tracked(model, recorder.compared, lambda m: kind_of(m).widths):
