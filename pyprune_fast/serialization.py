@@ -114,7 +114,7 @@ def _check_attrs(attrs: dict, modules: dict[str, nn.Module]) -> None:
                   and all(_is_int(v) and 1 <= v <= o for v, o in zip(value, orig))) if isinstance(orig, (tuple, list)) \
                 else _is_int(value) and 1 <= value <= orig
             if not ok:
-                kind = "ints" if isinstance(orig, tuple) else "an int"
+                kind = f"{len(orig)} ints, each" if isinstance(orig, (tuple, list)) else "an int"
                 raise ValueError(f"load_pruned: {key} = {value!r} must be {kind} "
                                  f"between 1 and the original {orig!r}")
 

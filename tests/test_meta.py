@@ -81,3 +81,19 @@ def test_integer_inputs_stay_real_in_the_meta_pass(write):
     before = model(*inputs).shape
     ppf.prune(model, inputs, method="l1", ratio=0.5)
     assert model.conv.out_channels == 4 and model(*inputs).shape == before
+
+
+@pytest.mark.parametrize("x, grid", [((2, 3, 5, 7), (2, 4, 6, 2)), ((1, 4, 3, 5, 6), (1, 2, 3, 4, 3)),
+                                     ((2, 3, 5, 7), (2, 4, 6, 3)), ((2, 3, 5, 7), (1, 4, 6, 2))],
+                         ids=["2d", "3d", "bad-last-dim", "bad-batch"])
+def test_grid_sample_on_meta_has_its_shape_made_directly(x, grid):
+    """F.grid_sample on meta is a slow Python decomposition (RAFT's correlation lookups): its output is made
+    directly, of the real shape; a grid that does not fit is left for the real kernel to report."""
+    x, grid = torch.randn(x), torch.rand(grid) * 2 - 1
+    made = meta_output(F.grid_sample, (x.to("meta"), grid.to("meta")), {"align_corners": False})
+    try:
+        real = F.grid_sample(x, grid, align_corners=False)
+    except RuntimeError:
+        assert made is None
+        return
+    assert made.is_meta and made.shape == real.shape and made.dtype == real.dtype and made.is_contiguous()

@@ -434,6 +434,11 @@ def test_split_sizes_in_a_tuple_attribute_follow(kind, tmp_path):
     loaded = ppf.load_pruned(lambda: SplitByAttribute(kind).eval(), tmp_path / "m.pt")
     assert tuple(loaded.splits) == (3, 2)
     torch.testing.assert_close(loaded(x), model(x))
+    payload = torch.load(tmp_path / "m.pt", weights_only=False)
+    payload["attrs"][""]["splits"] = kind((6, 2))  # past the original 5
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"\['splits'\] = .*6, 2.* must be 2 ints, each between 1 and the original"):
+        ppf.load_pruned(lambda: SplitByAttribute(kind).eval(), tmp_path / "bad.pt")
 
 
 def test_a_slice_at_a_module_attribute_inside_a_layers_channels_cuts_them_there(tmp_path):

@@ -25,6 +25,7 @@ from ..nn.caches import cleared
 from ..nn.rewritten import site_of
 from ..nn.widths import kind_of, pruned_class
 from .ir import Node, Trace, Value, leaf_paths, leaves, map_tensors, op_name
+from .guessed import guessed_output, postprocessing_on_meta
 from .meta import meta_output
 from .one_op import module_call, one_op_class
 from .sizes import attributes_tracked, size_comparison, tracked
@@ -58,6 +59,8 @@ class _Recorder(TorchFunctionMode):
         self._ids = itertools.count()
         self.listening = False  # comparisons of sizes are recorded (model code runs)
         self.mixed = False  # a meta pass with real inputs (integer ones): ops meeting both run on meta
+        self.meta = False  # a meta pass
+        self.guessed = False  # an op's output size depending on the data was guessed (guessed_output)
 
     def value_of(self, t: torch.Tensor) -> Value:
         v = self.values.get(id(t))
@@ -87,6 +90,9 @@ class _Recorder(TorchFunctionMode):
                     return _to_kept_real(func, args, kwargs)
                 args, kwargs = _on_meta(func, args, kwargs)
             out = meta_output(func, args, kwargs)
+            if out is None and self.meta:
+                out = guessed_output(func, args, kwargs)
+                self.guessed |= out is not None
             return func(*args, **kwargs) if out is None else out
         finally:
             self.listening = True
@@ -182,6 +188,7 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
     if meta:  # integer and bool inputs stay real: the model's code may read their values (`.item()`)
         inputs = map_tensors(lambda x: x.to("meta") if x.is_floating_point() or x.is_complex() else x, inputs)
     recorder = recorder_class({id(t): n for n, t in tensors.items()}, {id(m): n for n, m in model.named_modules()})
+    recorder.meta = meta
     recorder.mixed = meta and any(isinstance(x, torch.Tensor) and not x.is_meta for x in leaves(inputs))
     input_values = [recorder.value_of(x) for x in leaves(inputs) if isinstance(x, torch.Tensor)]
     args, kwargs = inputs
@@ -194,7 +201,7 @@ def _run(model: nn.Module, tensors: dict[str, torch.Tensor], inputs: tuple[tuple
     returned = [(path, o) for path, o in leaf_paths(out) if isinstance(o, torch.Tensor)]
     outputs = [recorder.value_of(o) for _, o in returned]  # seen by no op: as given
     return Trace(recorder.nodes, input_values, outputs, recorder.params, meta, shapes_of(tensors),
-                 [path for path, _ in returned])
+                 [path for path, _ in returned], recorder.guessed)
 
 
 class _OnMeta:
@@ -290,7 +297,7 @@ def _pass(model: nn.Module, modules: Modules, inputs: tuple[tuple, dict], meta: 
     tensors themselves, with the modules' shape caches cleared (inside `Unchanged`, which puts them back)."""
     cleared(modules)
     if meta:
-        with _OnMeta(modules) as on_meta:
+        with _OnMeta(modules) as on_meta, postprocessing_on_meta():
             return _run(model, on_meta.tensors, inputs, True, recorder_class)
     return _run(model, named_tensors(model, modules), inputs, False, recorder_class)
 

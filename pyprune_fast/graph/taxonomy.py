@@ -3,7 +3,7 @@ method's name), read by the graph's rules, the MAC count (`flops`) and LRP relev
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "CATS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "FILLED",
+__all__ = ["ACTIVATIONS", "CATS", "COMPARISONS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "FILLED",
            "LIKES", "MATH", "MATMULS", "MAX_POOLS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS", "PRODUCTS", "QUOTIENTS",
            "REDUCTIONS", "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
 
@@ -24,6 +24,9 @@ SUMS = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub_
 PRODUCTS = {"mul", "mul_", "__mul__", "__rmul__", "__imul__"}
 QUOTIENTS = {"div", "div_", "__truediv__", "__rtruediv__", "__itruediv__", "true_divide"}
 OTHER_ELEMENTWISE = {"where", "maximum", "minimum", "addcmul", "lerp"}
+COMPARISONS = {"gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal",
+               "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "logical_and", "logical_or", "logical_xor",
+               "__and__", "__or__", "__xor__"}  # true or false: a dead channel's result may be true
 
 # Moving values around.
 RESHAPES = {"view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as",

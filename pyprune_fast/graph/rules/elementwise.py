@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..ir import Node, Value
 from ..spaces import Label, Segment, Space, add_members, lock_label, same_layout, unify
-from ..taxonomy import (ACTIVATIONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OTHER_ELEMENTWISE, PRODUCTS, QUOTIENTS,
-                        RELUS, SUMS)
+from ..taxonomy import (ACTIVATIONS, COMPARISONS, COPIES, DETACHES, DROPOUTS, LIKES, MATH, OTHER_ELEMENTWISE, PRODUCTS,
+                        QUOTIENTS, RELUS, SUMS)
 from .computed import on_weight_chain
 from .context import Context, all_nonzero, generic, mix, wrap
 from .recut import coarsen, own, recut
@@ -69,9 +69,10 @@ def softmax(ctx: Context, node: Node) -> None:
             mix(label, f"{node.name} along these channels")
 
 
-@rule(*SUMS, *PRODUCTS, *QUOTIENTS, *OTHER_ELEMENTWISE)
+@rule(*SUMS, *PRODUCTS, *QUOTIENTS, *OTHER_ELEMENTWISE, *COMPARISONS)
 def elementwise(ctx: Context, node: Node) -> None:
-    """Broadcasting ops on several tensors (add, sub, mul, div, where): aligned dims share channels."""
+    """Broadcasting ops on several tensors (add, sub, mul, div, where, comparisons): aligned dims share
+    channels."""
     out = node.outputs[0]
     operands = node.tensor_inputs()
     dims = {}
@@ -103,7 +104,8 @@ def elementwise(ctx: Context, node: Node) -> None:
             add_members(label, name, pd, "producer")
         dims[d] = label
     ctx.set(out, dims)
-    ctx.nonzero[out.id] = _elementwise_nonzero(ctx, node, dims)
+    ctx.nonzero[out.id] = (all_nonzero(dims.values(), f"{node.name} of dead channels may be true")
+                           if node.name in COMPARISONS else _elementwise_nonzero(ctx, node, dims))
 
 
 def _laid_out(ctx: Context, node: Node, v: Value, label: Label, others: list) -> Label:

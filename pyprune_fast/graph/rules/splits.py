@@ -58,7 +58,9 @@ def setitem(ctx: Context, node: Node) -> None:
 def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) -> tuple[dict, dict, int]:
     """The labels and parameter dims of x[index], and its dim count; `shape`: its shape where known. One
     tensor index, every other dim taken whole, picks along its dim (LeViT's `biases[:, idx]`): the other
-    dims keep their labels (a channel dim picked from locks); it must be 1-d where `shape` is not known."""
+    dims keep their labels (a channel dim picked from locks); it must be 1-d where `shape` is not known. A
+    boolean mask so (a detector's `features[scores > t]`, where `shape` is known) makes the dims it covers one:
+    the others keep their labels, a channel dim under the mask locks."""
     lab = ctx.of(x)
     index = index if isinstance(index, tuple) else (index,)
     if Ellipsis in index:
@@ -75,6 +77,15 @@ def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) 
             shift = at.ndim - 1
             return ({d + shift * (d > k): v for d, v in lab.dims.items() if d != k},
                     {d + shift * (d > k): v for d, v in lab.params.items() if d != k}, x.ndim + shift)
+    if len(picked) == 1 and isinstance(index[picked[0]], Value) and shape is not None and all(
+            _whole(i) for k, i in enumerate(index) if k != picked[0]):
+        k, m = picked[0], index[picked[0]].ndim
+        if _masked_shape(x.shape, k, index[k].shape, tuple(shape)):  # its dims k..k+m-1 become one
+            for d in range(k, k + m):
+                lock_label(lab.dims.get(d), "a boolean mask over the channel dim selects channels")
+            moved = lambda d: d - (m - 1) * (d >= k + m)  # noqa: E731
+            return ({moved(d): v for d, v in lab.dims.items() if not k <= d < k + m},
+                    {moved(d): v for d, v in lab.params.items() if not k <= d < k + m}, x.ndim - m + 1)
     if picked:
         ctx.lock_all([x], "indexing with a tensor or a list")
         _sizes_judged(ctx, node, set())
@@ -100,6 +111,13 @@ def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) 
         j += 1
     _sizes_judged(ctx, node, judged)
     return dims, params, j
+
+
+def _masked_shape(x: tuple, k: int, mask: tuple, out: tuple) -> bool:
+    """Whether x[..., mask, ...] (the mask at dim k, every other dim whole) gave `out` as a boolean mask does:
+    the mask covers dims k.. of x, and they became one dim of the elements it kept."""
+    m = len(mask)
+    return m > 0 and x[k:k + m] == mask and out[:k] == x[:k] and out[k + 1:] == x[k + m:] and len(out) == len(x) - m + 1
 
 
 def _whole(i) -> bool:
