@@ -132,3 +132,18 @@ def test_a_boolean_mask_over_positions_keeps_the_channels_one_over_them_locks(ov
         (group,) = [g for g in ppf.DependencyGraph(model, x, meta=meta).groups if g.origin.startswith("conv2d conv")]
         assert group.prunable is not over_channels
         assert over_channels == ("a boolean mask over the channel dim selects channels" in (group.reason or ""))
+
+
+def test_a_detectors_boxes_are_compared_in_the_dead_channel_check():
+    """Killed channels removed change no box: the dead-channel check compares a detector's outputs, whose
+    sizes depend on the data, where they keep their size (every box kept here: score threshold 0)."""
+    from torchvision.models import detection
+
+    from pyprune_fast.testing import dead_channel_check, forward_leaves
+
+    torch.manual_seed(0)
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                            box_score_thresh=0.0, min_size=96, max_size=96).eval()
+    images = ([torch.rand(3, 96, 96)],)
+    assert all(t.shape[0] > 0 for _, t, dd in forward_leaves(model, images) if dd)
+    assert dead_channel_check(model, images, ppf.DependencyGraph(model, images, ignored_layers=[])) == "ok"
