@@ -30,8 +30,8 @@ class Check(NamedTuple):
 def check_inputs(graph: DependencyGraph) -> Optional[Check]:
     """What check_runs runs the pruned model on: the graph's example inputs, as meta stand-ins where
     the graph was traced on meta without guessing a size (`Trace.guessed`) and the model has no forward hooks
-    (hooks must not see meta tensors), for real otherwise. None where no check is possible: a real pass is needed, and the example
-    inputs are meta tensors themselves."""
+    (hooks must not see meta tensors), for real otherwise. None where no check is possible: a real pass is
+    needed, and the example inputs are meta tensors themselves."""
     meta = graph.trace.meta and not graph.trace.guessed and not has_hooks(list(graph.model.named_modules()))
     given = graph.example_inputs
     if not meta and any(isinstance(x, torch.Tensor) and x.is_meta for x in leaves(model_inputs(given))):

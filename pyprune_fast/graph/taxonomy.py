@@ -3,9 +3,9 @@ method's name), read by the graph's rules, the MAC count (`flops`) and LRP relev
 
 from __future__ import annotations
 
-__all__ = ["ACTIVATIONS", "CATS", "COMPARISONS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS", "EXPANDS", "FILLED",
-           "LIKES", "MATH", "MATMULS", "MAX_POOLS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS", "PRODUCTS", "QUOTIENTS",
-           "REDUCTIONS", "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
+__all__ = ["ACTIVATIONS", "CATS", "COMPARISONS", "CONV_TRANSPOSES", "CONVS", "COPIES", "DETACHES", "DROPOUTS",
+           "EXPANDS", "FILLED", "LIKES", "MATH", "MATMULS", "MAX_POOLS", "OTHER_ELEMENTWISE", "PERMUTES", "POOLS",
+           "PRODUCTS", "QUOTIENTS", "REDUCTIONS", "RELUS", "RESHAPES", "SIZE_READS", "SPLITS", "SPREADS", "SUMS"]
 
 # Elementwise on one tensor, shape kept.
 RELUS = {"relu", "relu_"}

@@ -73,19 +73,9 @@ def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) 
             _whole(i) for k, i in enumerate(index) if k != picked[0]):
         k, at = picked[0], index[picked[0]]
         if (at.ndim == 1) if shape is None else (tuple(shape) == x.shape[:k] + at.shape + x.shape[k + 1:]):
-            lock_label(lab.dims.get(k), "indexing the channel dim with a tensor")
-            shift = at.ndim - 1
-            return ({d + shift * (d > k): v for d, v in lab.dims.items() if d != k},
-                    {d + shift * (d > k): v for d, v in lab.params.items() if d != k}, x.ndim + shift)
-    if len(picked) == 1 and isinstance(index[picked[0]], Value) and shape is not None and all(
-            _whole(i) for k, i in enumerate(index) if k != picked[0]):
-        k, m = picked[0], index[picked[0]].ndim
-        if _masked_shape(x.shape, k, index[k].shape, tuple(shape)):  # its dims k..k+m-1 become one
-            for d in range(k, k + m):
-                lock_label(lab.dims.get(d), "a boolean mask over the channel dim selects channels")
-            moved = lambda d: d - (m - 1) * (d >= k + m)  # noqa: E731
-            return ({moved(d): v for d, v in lab.dims.items() if not k <= d < k + m},
-                    {moved(d): v for d, v in lab.params.items() if not k <= d < k + m}, x.ndim - m + 1)
+            return _replaced(lab, k, 1, at.ndim, x.ndim, "indexing the channel dim with a tensor")
+        if shape is not None and _masked_shape(x.shape, k, at.shape, tuple(shape)):
+            return _replaced(lab, k, at.ndim, 1, x.ndim, "a boolean mask over the channel dim selects channels")
     if picked:
         ctx.lock_all([x], "indexing with a tensor or a list")
         _sizes_judged(ctx, node, set())
@@ -111,6 +101,16 @@ def _indexed(ctx: Context, node: Node, x: Value, index, shape: Optional[tuple]) 
         j += 1
     _sizes_judged(ctx, node, judged)
     return dims, params, j
+
+
+def _replaced(lab, k: int, m: int, n: int, ndim: int, why: str) -> tuple[dict, dict, int]:
+    """The labels and parameter dims of x (of `ndim` dims, labelled `lab`) with its dims k..k+m-1 replaced by
+    n dims of picked elements: a channel dim among those locks (`why`), the others keep their labels."""
+    for d in range(k, k + m):
+        lock_label(lab.dims.get(d), why)
+    moved = {d: d + (n - m) * (d >= k + m) for d in range(ndim) if not k <= d < k + m}
+    return ({moved[d]: v for d, v in lab.dims.items() if d in moved},
+            {moved[d]: v for d, v in lab.params.items() if d in moved}, ndim - m + n)
 
 
 def _masked_shape(x: tuple, k: int, mask: tuple, out: tuple) -> bool:
