@@ -82,7 +82,9 @@ def test_busy_processes_are_gone_after_an_exception():
     assert gone(pids)
 
 
-# A script that starts one busy process through machine(), says its pid, then waits to be stopped.
+# A script that starts one busy process through machine(), says its pid, then waits to be stopped: in short
+# sleeps, as a benchmark runs Python throughout (a signal that the kernel hands to another thread of the process,
+# torch's, is only acted on when the main thread next runs Python: one long sleep would hold it up to its end).
 SCRIPT = f"""
 import argparse, multiprocessing, sys, time
 sys.path.insert(0, {BENCH!r})
@@ -90,7 +92,8 @@ import _harness
 with _harness.machine(argparse.ArgumentParser(), ["--load", "1"]) as args:
     [proc] = multiprocessing.active_children()
     print("pid", proc.pid, flush=True)
-    time.sleep(60)
+    for _ in range(600):
+        time.sleep(0.1)
 """
 
 
