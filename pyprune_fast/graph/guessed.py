@@ -24,13 +24,12 @@ def _meta(t) -> bool:
     return isinstance(t, torch.Tensor) and t.is_meta
 
 
-def _indices(shape, device) -> torch.Tensor:
-    return torch.empty((GUESS, len(shape)), dtype=torch.long, device=device)
-
-
 def _key_without_masks(key):
-    """A getitem key with every boolean mask (meta) as the long index tensors it stands for."""
+    """A getitem key with every boolean mask (meta) as the long index tensors it stands for; None where it
+    holds no mask."""
     parts = key if isinstance(key, tuple) else (key,)
+    if not any(_meta(k) and k.dtype == torch.bool for k in parts):
+        return None
     out = []
     for k in parts:
         if _meta(k) and k.dtype == torch.bool:
@@ -47,18 +46,15 @@ def guessed_output(func: Callable, args: tuple, kwargs: dict) -> Optional[object
         return None
     name, x = op_name(func), args[0]
     if name in ("nonzero", "argwhere") and not kwargs.get("as_tuple", False):
-        return _indices(x.shape, x.device)
+        return x.new_empty((GUESS, x.dim()), dtype=torch.long)
     if name == "nonzero" or (name == "where" and len(args) == 1 and not kwargs):
         return tuple(x.new_empty(GUESS, dtype=torch.long) for _ in range(x.dim()))
     if name == "masked_select":
         return x.new_empty(GUESS)
     if name == "nms":
         return x.new_empty(GUESS, dtype=torch.long)
-    if name == "__getitem__" and len(args) == 2:
-        key = args[1]
-        parts = key if isinstance(key, tuple) else (key,)
-        if any(_meta(k) and k.dtype == torch.bool for k in parts):
-            return func(x, _key_without_masks(key))
+    if name == "__getitem__" and len(args) == 2 and (key := _key_without_masks(args[1])) is not None:
+        return func(x, key)
     return None
 
 

@@ -58,7 +58,7 @@ class Trace:
     meta: bool = True  # recorded on meta tensors
     shapes: dict[str, tuple] = field(default_factory=dict)  # every parameter/buffer (read or not) -> its shape
     output_paths: list[tuple] = field(default_factory=list)  # per output, its path in what the model returned
-    guessed: bool = False  # on meta, sizes that depend on the data were guessed (graph.guessed): no check of shapes
+    guessed: bool = False  # on meta, sizes that depend on the data were guessed (graph/guessed.py)
 
 
 # Leaves that are neither containers nor tensors: kept as they are, without a call per leaf.
