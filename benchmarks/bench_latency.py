@@ -2,8 +2,8 @@
 
     python benchmarks/bench_latency.py [--models resnet50,mobilenet_v2,vit_b_16,efficientnet_b0] [--methods l1,cup]
         [--keep 0.3,0.5,0.7] [--backends eager,compile,onnxruntime] [--batch-sizes 1,32] [--device cpu|cuda]
-        [--threads N] [--min-time S] [--targets 0.7,0.5] [--round-to 1,8,16] [--image-size 224]
-        [--quick] [--out-dir DIR]
+        [--threads N] [--min-time S] [--min-runs N] [--targets 0.7,0.5] [--round-to 1,8,16] [--image-size 224]
+        [--quick] [--out-dir DIR] [--plot-from CSV,CSV]
 
 1. MACs kept against latency kept: every model pruned by every method to each fraction of its MACs
    (`target_flops`), each pruned model measured with `ppf.measure_latency` on every backend and batch size.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import os
 import re
 import sys
@@ -54,14 +55,16 @@ class Meter:
     """measure_latency with the run's settings; a backend that fails on a model gives None and says why."""
 
     def __init__(self, args):
-        self.device, self.threads, self.min_time = args.device, args.threads, args.min_time
+        self.device, self.threads = args.device, args.threads
+        self.min_time, self.min_runs = args.min_time, args.min_runs
 
     def __call__(self, model, x, backend: str, batch: int):
         if backend == "compile":  # past dynamo's recompile limit (8 copies of one class) a model would run eager
             torch._dynamo.reset()
         try:
             lat = ppf.measure_latency(model, x, backend=backend, device=self.device, batch_size=batch,
-                                      threads=self.threads, min_time=self.min_time)
+                                      threads=self.threads, min_time=self.min_time, min_runs=self.min_runs,
+                                      warmup=min(3, self.min_runs))
         except Exception as e:  # noqa: BLE001  (an export or compile failure is a result too)
             _say(f"    {backend} batch {batch}: failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             return None
@@ -175,21 +178,25 @@ def plot(path: str, rows: list[dict], targets: list[dict]) -> None:
     for ax, name in zip(axes, models):
         mine = [r for r in rows if r["model"] == name and r["latency_kept"] is not None]
         for backend in dict.fromkeys(r["backend"] for r in mine):
-            for batch, style in zip(sorted({r["batch"] for r in mine}), ("-", "--", ":")):
+            for i, batch in enumerate(sorted({r["batch"] for r in mine})):  # the first batch size filled, others hollow
                 for method, marker in zip(dict.fromkeys(r["method"] for r in mine), "os^vD"):
                     pts = sorted((r["macs_kept"], r["latency_kept"]) for r in mine
                                  if (r["backend"], r["batch"], r["method"]) == (backend, batch, method))
                     if pts:
-                        ax.plot(*zip(*pts), style, marker=marker, color=colors.get(backend, "tab:grey"), ms=4,
-                                label=f"{backend}, batch {batch}, {method}")
+                        color = colors.get(backend, "tab:grey")
+                        ax.plot(*zip(*pts), ("-", "--", ":")[min(i, 2)], marker=marker, color=color, ms=4 + i,
+                                mfc=color if i == 0 else "none", label=f"{backend}, batch {batch}, {method}")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
         top = max([1.2] + [r["latency_kept"] for r in mine]) * 1.05
         ax.set(title=name, xlabel="MACs kept", ylabel="latency kept", xlim=(0, 1.05), ylim=(0, top))
         ax.legend(fontsize=6)
     if targets:
         ax = axes[len(models)]
-        for r in targets:
-            ax.plot(r["asked"], r["measured_again"], "o", ms=4, label=f"{r['model']} {r['method']} b{r['batch']}")
+        runs = dict.fromkeys((r["model"], r["method"], r["batch"]) for r in targets)
+        for model, method, batch in runs:
+            pts = [(r["asked"], r["measured_again"]) for r in targets if (r["model"], r["method"], r["batch"]) ==
+                   (model, method, batch)]
+            ax.plot(*zip(*pts), "o", ms=4, label=f"{model} {method} b{batch}")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
         ax.fill_between([0, 1], [0, 0.9], [0, 1.1], color="grey", alpha=0.15)
         top = max([1.2] + [r["measured_again"] for r in targets]) * 1.05
@@ -204,6 +211,29 @@ def plot(path: str, rows: list[dict], targets: list[dict]) -> None:
     _say(f"wrote {path}")
 
 
+def _read_rows(p: argparse.ArgumentParser, paths: list[str]) -> tuple[list[dict], list[dict]]:
+    """(MACs-vs-latency rows, target_latency rows) of CSV files this script wrote, numbers as numbers."""
+    rows, targets = [], []
+    for path in paths:
+        try:
+            with open(path, newline="") as f:
+                found = list(csv.DictReader(f))
+        except OSError as e:
+            p.error(f"--plot-from: cannot read {path}: {e.strerror}")
+        if not found or not ({"latency_kept", "measured_again"} & set(found[0])):
+            p.error(f"--plot-from: {path} is neither a latency.csv nor a target_latency.csv of this script")
+        for r in found:
+            r.update({k: (int(v) if k == "batch" else float(v) if v else None) for k, v in r.items()
+                      if k not in ("model", "method", "backend")})
+        if "measured_again" in found[0]:
+            targets += found
+        else:
+            rows += [r for r in found if r["latency_kept"] is not None]  # a backend that failed on a model
+    # one point per (model, method, backend, batch, MACs asked): a later file's measurement replaces an earlier's
+    last = {(r["model"], r["method"], r["backend"], r["batch"], r["macs_asked"]): r for r in rows}
+    return list(last.values()), targets
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_list(str), default=list(MODELS))
@@ -215,15 +245,28 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", type=_list(int), default=[1, 8, 16], help="rounding part ('' for none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
+    p.add_argument("--min-runs", type=int, default=10, help="timed runs per measurement, at least (and up to 3 "
+                   "warm-up runs): fewer for a slow model, as ViT-B/16 at batch 32 on a CPU")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--quick", action="store_true", help="CI size: see the module docstring")
     p.add_argument("--out-dir", default="bench_out")
+    p.add_argument("--plot-from", type=_list(str), default=[], metavar="CSV,CSV",
+                   help="measure nothing: draw latency_vs_macs.png from latency.csv and target_latency.csv files "
+                   "written by earlier runs (several runs in one picture; where two files measured the same point, "
+                   "the later file's is drawn)")
     with machine(p, argv) as args:  # --threads: torch's threads, which the measurements run on; --load
         return _run(p, args)
 
 
 def _run(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     check_device(p, args.device)
+    if args.plot_from:
+        rows, targets = _read_rows(p, args.plot_from)
+        os.makedirs(args.out_dir, exist_ok=True)
+        plot(os.path.join(args.out_dir, "latency_vs_macs.png"), rows, targets)
+        return 0
+    if args.min_runs < 1:
+        p.error(f"--min-runs must be at least 1, got {args.min_runs}")
     if args.quick:
         args.models, args.keep, args.backends = ["resnet18", "mobilenet_v2"], [0.5], ["eager", "onnxruntime"]
         args.batch_sizes, args.targets, args.round_to, args.image_size = [1], [0.5], [1, 8], 96
