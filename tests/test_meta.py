@@ -97,3 +97,57 @@ def test_grid_sample_on_meta_has_its_shape_made_directly(x, grid):
         assert made is None
         return
     assert made.is_meta and made.shape == real.shape and made.dtype == real.dtype and made.is_contiguous()
+
+
+_T = torch.Tensor
+ARITHMETIC = [(torch.add, {}), (_T.add, {"alpha": 2}), (torch.sub, {"alpha": 0.5}), (_T.__sub__, {}),
+              (_T.__rsub__, {}), (torch.mul, {}), (_T.__mul__, {}), (_T.__radd__, {}), (torch.div, {}),
+              (_T.div, {"rounding_mode": "floor"}), (_T.__truediv__, {}), (_T.__rtruediv__, {})]
+OPERANDS = {  # (x, y): y a shape, a number, or (shape, dtype) / "transposed"
+    "same": ((2, 3, 4), (2, 3, 4)), "broadcast": ((2, 1, 4), (3, 1)), "vector": ((1, 5, 8), (8,)),
+    "number": ((2, 3), 1.5), "int-number": ((2, 3), 3), "no-fit": ((2, 3), (4,)),
+    "other-dtype": ((2, 3), ((2, 3), torch.float64)), "transposed": ((3, 2), "transposed"),
+    "int-tensors": (((2, 3), torch.int64), ((2, 3), torch.int64)), "0-dim": ((2, 3), ((), torch.float64)),
+}
+
+
+def _operand(spec, other=None):
+    if spec == "transposed":
+        return torch.randn(other.shape[::-1]).t()
+    if isinstance(spec, (int, float)):
+        return spec
+    shape, dtype = spec if isinstance(spec[-1], torch.dtype) else (spec, torch.float32)
+    return (torch.randn(shape) * 10).to(dtype) + (dtype.is_floating_point is False)  # no zero divisors
+
+
+@pytest.mark.parametrize("func, kwargs", ARITHMETIC, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("operands", OPERANDS, ids=str)
+def test_binary_arithmetic_on_meta_has_the_real_output_or_is_left_to_the_op(func, kwargs, operands):
+    """Residual adds and scalings are Python references on meta (~0.1 ms a call): where the output is plain it is
+    made directly, with the real op's shape, dtype and strides; anything else (mixed dtypes, integers, a view,
+    shapes that do not broadcast) is left to the op, for its own result or error."""
+    x = _operand(OPERANDS[operands][0])
+    y = _operand(OPERANDS[operands][1], x)
+    meta = lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v  # noqa: E731
+    with torch.no_grad():
+        made = meta_output(func, (meta(x), meta(y)), kwargs)
+        try:
+            real = func(x, y, **kwargs)
+        except RuntimeError:
+            assert made is None
+            with pytest.raises((RuntimeError, ValueError)):  # as the op on meta reports it
+                func(meta(x), meta(y), **kwargs)
+            return
+        if made is None:
+            assert operands in ("other-dtype", "transposed", "int-tensors", "0-dim")
+            return
+    assert made.is_meta and made.shape == real.shape and made.dtype == real.dtype and made.stride() == real.stride()
+
+
+def test_binary_arithmetic_is_left_to_the_op_with_grad_or_out():
+    x, y = torch.randn(2, 3, device="meta"), torch.randn(2, 3, device="meta")
+    assert meta_output(torch.add, (x, y), {"out": torch.empty(2, 3, device="meta")}) is None
+    with torch.enable_grad():
+        assert meta_output(torch.add, (x, y), {}) is None
+    with torch.no_grad():
+        assert meta_output(torch.add, (x, y), {}).shape == (2, 3)

@@ -1,6 +1,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -11,23 +12,26 @@ namespace pyprune_fast {
 namespace {
 
 // Rows [begin, end) of the output, row r = (outer o, picked k): `inner` words copied from input row
-// (o, idx[k]). Rows are walked without a division each; tiny rows (1x1 convs, vectors) are one load.
+// (o, idx[k]). Walked one outer slice at a time, so the loop over its picked rows has no division and no
+// branch: single words (1x1 convs along dim 1, a Linear's columns) one load each, short rows (3x3 kernels)
+// word by word, long rows with memcpy.
 template <class word_t>
 void gather_rows(const word_t* src, word_t* dst, const int64_t* idx, const ChannelView& v, int64_t picked,
                  int64_t begin, int64_t end) {
-  int64_t o = begin / picked, k = begin % picked;
   const int64_t inner = v.inner;
-  for (int64_t r = begin; r < end; ++r) {
-    const word_t* from = src + (o * v.channels + idx[k]) * inner;
+  for (int64_t r = begin; r < end;) {
+    const int64_t o = r / picked, k = r % picked, n = std::min(picked - k, end - r);
+    const word_t* from = src + o * v.channels * inner;
+    const int64_t* ix = idx + k;
     word_t* to = dst + r * inner;
     if (inner == 1) {
-      *to = *from;
-    } else if (inner * int64_t(sizeof(word_t)) > 256) {
-      std::memcpy(to, from, inner * sizeof(word_t));
+      for (int64_t j = 0; j < n; ++j) to[j] = from[ix[j]];
+    } else if (inner == 9) {  // 3x3 kernels
+      for (int64_t j = 0; j < n; ++j) std::memcpy(to + j * 9, from + ix[j] * 9, 9 * sizeof(word_t));
     } else {
-      for (int64_t e = 0; e < inner; ++e) to[e] = from[e];
+      for (int64_t j = 0; j < n; ++j) std::memcpy(to + j * inner, from + ix[j] * inner, inner * sizeof(word_t));
     }
-    if (++k == picked) k = 0, ++o;
+    r += n;
   }
 }
 

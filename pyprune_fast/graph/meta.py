@@ -50,6 +50,33 @@ def _rnn_output(name: str, x: torch.Tensor, hx, params: list, bidirectional: boo
     return (out, *(t.new_empty(t.shape) for t in states))
 
 
+# Binary arithmetic (residual adds, scalings): on meta a Python reference, ~0.1 ms a call. Made directly where the
+# output is plain: tensors of one floating dtype, all contiguous (the output is then contiguous too), or one such
+# tensor and a Python number; in-place forms and `out=` are left to the op. Allowed keyword arguments per op.
+_T = torch.Tensor
+_ARITHMETIC = {**dict.fromkeys((torch.add, _T.add, torch.sub, _T.sub), ("alpha",)),
+               **dict.fromkeys((torch.div, _T.div), ("rounding_mode",)),
+               **dict.fromkeys((torch.mul, _T.mul, _T.__add__, _T.__radd__, _T.__sub__, _T.__rsub__, _T.__mul__,
+                                _T.__rmul__, _T.__truediv__, _T.__rtruediv__), ())}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _arithmetic_output(x: torch.Tensor, args: tuple, kwargs: dict, allowed: tuple):
+    if len(args) != 2 or not set(kwargs) <= set(allowed) or torch.is_grad_enabled():
+        return None
+    y = args[1]
+    if type(x) not in _PLAIN or not x.is_floating_point() or not x.is_contiguous():
+        return None
+    if isinstance(y, (int, float)) and not isinstance(y, bool):
+        return x.new_empty(x.shape)
+    if type(y) not in _PLAIN or not y.is_meta or y.dtype != x.dtype or not y.is_contiguous():
+        return None
+    try:
+        return x.new_empty(torch.broadcast_shapes(x.shape, y.shape))
+    except RuntimeError:
+        return None  # a mismatch for the real op to report
+
+
 def _bias_fits(b, w: torch.Tensor) -> bool:
     return b is None or (isinstance(b, torch.Tensor) and b.dim() == 1 and b.shape[0] == w.shape[0])
 
@@ -101,6 +128,8 @@ def meta_output(func: Callable, args: tuple, kwargs: dict):
     x = args[0]
     if func in _ONCE:
         return _run_once(func, args, kwargs)
+    if func in _ARITHMETIC:
+        return _arithmetic_output(x, args, kwargs, _ARITHMETIC[func])
     if func in _SAME_SHAPE:
         if not _params_fit(func, x, [a for a in (*args[1:], *kwargs.values()) if isinstance(a, torch.Tensor)]):
             return None  # a mismatch for the real kernel to report

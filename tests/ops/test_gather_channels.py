@@ -25,6 +25,25 @@ def test_list_matches_reference(device, dtype):
         assert torch.equal(out, _reference.gather_channels(x, keep, d))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape, dim", [((300, 512, 1, 1), 1), ((64, 300, 3, 3), 1), ((700, 40, 3, 3), 0),
+                                        ((33, 70, 7, 7), 1), ((3, 4000), 1), ((257, 3, 200), 0)],
+                         ids=["1x1-in", "3x3-in", "3x3-out", "7x7-in", "linear-in", "long-rows"])
+def test_large_tensors_split_across_tasks_match_reference(shape, dim, threads):
+    """Tensors large enough to be split into many tasks, whose bounds fall inside an outer slice (an odd number
+    of channels kept): single elements, 3x3 and 7x7 kernels, rows longer than 256 bytes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape)
+        keep = torch.randperm(shape[dim])[: shape[dim] // 2 + 1]
+        out = ops.gather_channels([x, x.double()], keep, [dim, dim])
+        assert torch.equal(out[0], _reference.gather_channels(x, keep, dim))
+        assert torch.equal(out[1], _reference.gather_channels(x.double(), keep, dim))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("device", cpu_and_cuda())
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex128])
 def test_any_element_size(device, dtype):
