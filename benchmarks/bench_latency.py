@@ -200,8 +200,8 @@ def plot(path: str, rows: list[dict], targets: list[dict]) -> None:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
         ax.fill_between([0, 1], [0, 0.9], [0, 1.1], color="grey", alpha=0.15)
         top = max([1.2] + [r["measured_again"] for r in targets]) * 1.05
-        ax.set(title="target_latency: asked vs measured (eager)", xlabel="asked", ylabel="measured", xlim=(0, 1.05),
-               ylim=(0, top))
+        ax.set(title="target_latency: asked vs measured (eager; grey: ±10 %)", xlabel="asked", ylabel="measured",
+               xlim=(0, 1.05), ylim=(0, top))
         ax.legend(fontsize=5)
     for ax in axes[panels:]:
         ax.axis("off")
