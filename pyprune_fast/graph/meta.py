@@ -71,10 +71,20 @@ def _arithmetic_output(x: torch.Tensor, args: tuple, kwargs: dict, allowed: tupl
         return x.new_empty(x.shape)
     if type(y) not in _PLAIN or not y.is_meta or y.dtype != x.dtype or not y.is_contiguous():
         return None
-    try:
-        return x.new_empty(torch.broadcast_shapes(x.shape, y.shape))
-    except RuntimeError:
-        return None  # a mismatch for the real op to report
+    shape = _broadcast(x.shape, y.shape)
+    return None if shape is None else x.new_empty(shape)  # None: a mismatch for the real op to report
+
+
+def _broadcast(a: torch.Size, b: torch.Size):
+    """The broadcast shape of a and b, or None where they do not broadcast (no exception: one raised inside
+    apply's run check must be the model's)."""
+    n = max(len(a), len(b))
+    out = []
+    for p, q in zip((1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)):
+        if p != q and 1 not in (p, q):
+            return None
+        out.append(q if p == 1 else p)
+    return out
 
 
 def _bias_fits(b, w: torch.Tensor) -> bool:
