@@ -42,6 +42,10 @@ def machine_line() -> str:
     from pyprune_fast import threads
 
     simd = torch.backends.cpu.get_cpu_capability()
+    if os.environ.get("ATEN_CPU_CAPABILITY"):  # a lesser CPU's code paths (--simd), not this CPU's own
+        faiss = sys.modules.get("faiss")
+        simd += f" (ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}" + (
+            f", faiss {faiss.SIMDConfig.get_level_name()})" if faiss is not None else ")")
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     setting = os.environ.get(threads.ENV, "auto")
     return (f"machine: {cpu_model()}, SIMD {simd}, {torch.get_num_threads()} torch threads on "
@@ -98,11 +102,19 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through every `with BusyLoad` and atexit
 
 
+SIMD_LEVELS = ("default", "avx2", "avx512")  # torch's CPU capabilities on x86, lowest first
+
+
 def add_machine_args(parser: argparse.ArgumentParser) -> None:
-    """--threads (torch threads; default torch's choice) and --load (busy processes for the run)."""
+    """--threads (torch threads; default torch's choice), --load (busy processes for the run) and --simd (the
+    code paths of a lesser CPU)."""
     parser.add_argument("--threads", type=int, default=None, help="torch threads, >= 1 (default: torch's choice)")
     parser.add_argument("--load", type=int, default=0, metavar="N",
                         help="run N busy processes (pure spin) for the duration, 0 to the number of usable CPUs")
+    parser.add_argument("--simd", choices=SIMD_LEVELS, default=None,
+                        help="run torch, MKL and faiss on this SIMD level's code paths (at most this CPU's), as on a "
+                        "CPU that has no more: the script starts again with ATEN_CPU_CAPABILITY and "
+                        "MKL_ENABLE_INSTRUCTIONS set")
 
 
 def check_machine_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -111,6 +123,30 @@ def check_machine_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--threads {args.threads}: must be at least 1")
     if not 0 <= args.load <= usable_cpus():
         parser.error(f"--load {args.load}: must be between 0 and the {usable_cpus()} usable CPUs")
+    if args.simd is not None:
+        here = torch.backends.cpu.get_cpu_capability().lower()
+        if here not in SIMD_LEVELS or SIMD_LEVELS.index(args.simd) > SIMD_LEVELS.index(here):
+            parser.error(f"--simd {args.simd}: this CPU's code paths go up to {here}")
+
+
+def _on_simd_level(simd: Optional[str], argv: Optional[Sequence[str]], parser: argparse.ArgumentParser) -> None:
+    """With --simd, the script again in a fresh interpreter with torch's and MKL's SIMD level set in the
+    environment (they are read when torch loads), unless that is this run; then faiss's level is set too."""
+    if simd is None:
+        return
+    if os.environ.get("ATEN_CPU_CAPABILITY") != simd:
+        if argv is not None:
+            parser.error("--simd: only from the command line (the script starts again with the level set)")
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=simd,
+                   MKL_ENABLE_INSTRUCTIONS={"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"}[simd])
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.SIMDConfig.set_level(getattr(faiss, {"default": "SIMDLevel_NONE", "avx2": "SIMDLevel_AVX2",
+                                                "avx512": "SIMDLevel_AVX512"}[simd]))
 
 
 @contextlib.contextmanager
@@ -125,6 +161,7 @@ def machine(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = Non
     add_machine_args(parser)
     args = parser.parse_args(argv)
     check_machine_args(parser, args)
+    _on_simd_level(args.simd, argv, parser)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with BusyLoad(args.load):

@@ -50,7 +50,8 @@ def test_bad_values_are_refused_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         run_machine(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and message in err[-1] and len(err) == 2  # usage, then the one line
+    assert e.value.code == 2 and message in err[-1] and err[0].startswith("usage:")  # usage, then the one line
+    assert [line for line in err if "error" in line] == [err[-1]]
 
 
 def test_machine_line_names_cpu_simd_threads_and_load(capsys):
@@ -65,6 +66,40 @@ def test_machine_line_names_cpu_simd_threads_and_load(capsys):
                            "1 torch threads on ")
     assert "(1 for pyprune_fast now, PYPRUNE_FAST_THREADS=" in line
     assert "load average" in line and line.endswith("--load 0")
+
+
+SIMD_SCRIPT = """
+import argparse, os, sys
+import torch
+sys.path.insert(0, {bench!r})
+import _harness
+with _harness.machine(argparse.ArgumentParser(prog="bench")) as args:
+    print("capability", torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_ENABLE_INSTRUCTIONS"))
+"""
+
+
+def test_simd_runs_the_script_again_on_a_lesser_level(tmp_path):
+    """--simd default: the script starts again with torch's and MKL's level set (read when torch loads), and
+    its machine line says so; from Python (argv given) it is refused, as a level above this CPU's is."""
+    script = tmp_path / "bench.py"
+    script.write_text(SIMD_SCRIPT.format(bench=BENCH))
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")}
+    out = subprocess.run([sys.executable, str(script), "--simd", "default"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "SIMD DEFAULT (ATEN_CPU_CAPABILITY=default" in lines[0] and lines[1] == "capability DEFAULT SSE4_2"
+    try:
+        import faiss  # noqa: F401
+        assert "faiss NONE)" in lines[0]  # its dynamic dispatch set to the same level
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit):
+        run_machine(["--simd", "default"])
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    if here != "avx512":
+        with pytest.raises(SystemExit):
+            run_machine(["--simd", "avx512"])
 
 
 def test_busy_processes_run_inside_and_are_gone_after():
