@@ -43,9 +43,9 @@ def machine_line() -> str:
 
     simd = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("ATEN_CPU_CAPABILITY"):  # a lesser CPU's code paths (--simd), not this CPU's own
-        faiss = sys.modules.get("faiss")
+        config = getattr(sys.modules.get("faiss"), "SIMDConfig", None)
         simd += f" (ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']}" + (
-            f", faiss {faiss.SIMDConfig.get_level_name()})" if faiss is not None else ")")
+            f", faiss {config.get_level_name()})" if config is not None else ")")
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     setting = os.environ.get(threads.ENV, "auto")
     return (f"machine: {cpu_model()}, SIMD {simd}, {torch.get_num_threads()} torch threads on "
@@ -138,15 +138,17 @@ def _on_simd_level(simd: Optional[str], argv: Optional[Sequence[str]], parser: a
         if argv is not None:
             parser.error("--simd: only from the command line (the script starts again with the level set)")
         env = dict(os.environ, ATEN_CPU_CAPABILITY=simd,
-                   MKL_ENABLE_INSTRUCTIONS={"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"}[simd])
+                   MKL_ENABLE_INSTRUCTIONS={"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"}[simd],
+                   FAISS_OPT_LEVEL={"default": "generic", "avx2": "AVX2", "avx512": "AVX512"}[simd])  # older faiss
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     try:
         import faiss
     except ImportError:
         return
-    faiss.SIMDConfig.set_level(getattr(faiss, {"default": "SIMDLevel_NONE", "avx2": "SIMDLevel_AVX2",
-                                                "avx512": "SIMDLevel_AVX512"}[simd]))
+    if hasattr(faiss, "SIMDConfig"):  # a dynamic-dispatch faiss (1.15 here): one library, its level set here
+        faiss.SIMDConfig.set_level(getattr(faiss, {"default": "SIMDLevel_NONE", "avx2": "SIMDLevel_AVX2",
+                                                    "avx512": "SIMDLevel_AVX512"}[simd]))
 
 
 @contextlib.contextmanager
