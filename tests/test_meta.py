@@ -117,7 +117,8 @@ def _operand(spec, other=None):
     if isinstance(spec, (int, float)):
         return spec
     shape, dtype = spec if isinstance(spec[-1], torch.dtype) else (spec, torch.float32)
-    return (torch.randn(shape) * 10).to(dtype) + (dtype.is_floating_point is False)  # no zero divisors
+    t = (torch.randn(shape) * 10).to(dtype)
+    return t if dtype.is_floating_point else t.abs() + 1  # no integer zero divisors
 
 
 @pytest.mark.parametrize("func, kwargs", ARITHMETIC, ids=lambda v: getattr(v, "__name__", str(v)))
