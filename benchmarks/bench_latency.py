@@ -189,7 +189,7 @@ def plot(path: str, rows: list[dict], targets: list[dict]) -> None:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
         top = max([1.2] + [r["latency_kept"] for r in mine]) * 1.05
         ax.set(title=name, xlabel="MACs kept", ylabel="latency kept", xlim=(0, 1.05), ylim=(0, top))
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=5, loc="best")
     if targets:
         ax = axes[len(models)]
         runs = dict.fromkeys((r["model"], r["method"], r["batch"]) for r in targets)
