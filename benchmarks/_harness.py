@@ -102,7 +102,11 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through every `with BusyLoad` and atexit
 
 
-SIMD_LEVELS = ("default", "avx2", "avx512")  # torch's CPU capabilities on x86, lowest first
+# torch's CPU capabilities on x86, lowest first, each with the same level's name for MKL
+# (MKL_ENABLE_INSTRUCTIONS), for a faiss with one library per level (FAISS_OPT_LEVEL) and in faiss's dispatch
+_SIMD = {"default": ("SSE4_2", "generic", "SIMDLevel_NONE"), "avx2": ("AVX2", "AVX2", "SIMDLevel_AVX2"),
+         "avx512": ("AVX512", "AVX512", "SIMDLevel_AVX512")}
+SIMD_LEVELS = tuple(_SIMD)
 
 
 def add_machine_args(parser: argparse.ArgumentParser) -> None:
@@ -137,9 +141,8 @@ def _on_simd_level(simd: Optional[str], argv: Optional[Sequence[str]], parser: a
     if os.environ.get("ATEN_CPU_CAPABILITY") != simd:
         if argv is not None:
             parser.error("--simd: only from the command line (the script starts again with the level set)")
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=simd,
-                   MKL_ENABLE_INSTRUCTIONS={"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512"}[simd],
-                   FAISS_OPT_LEVEL={"default": "generic", "avx2": "AVX2", "avx512": "AVX512"}[simd])  # older faiss
+        mkl, faiss_library, _ = _SIMD[simd]
+        env = dict(os.environ, ATEN_CPU_CAPABILITY=simd, MKL_ENABLE_INSTRUCTIONS=mkl, FAISS_OPT_LEVEL=faiss_library)
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     try:
@@ -147,8 +150,7 @@ def _on_simd_level(simd: Optional[str], argv: Optional[Sequence[str]], parser: a
     except ImportError:
         return
     if hasattr(faiss, "SIMDConfig"):  # a dynamic-dispatch faiss (1.15 here): one library, its level set here
-        faiss.SIMDConfig.set_level(getattr(faiss, {"default": "SIMDLevel_NONE", "avx2": "SIMDLevel_AVX2",
-                                                    "avx512": "SIMDLevel_AVX512"}[simd]))
+        faiss.SIMDConfig.set_level(getattr(faiss, _SIMD[simd][2]))
 
 
 @contextlib.contextmanager
